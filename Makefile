@@ -1,0 +1,28 @@
+# The two commands a new user needs: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m netopt.cli demo
+
+test: $(STAMP)
+	$(PY) -m ruff check netopt tests benchmarks examples
+	$(PY) -m mypy
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,bench]'
+	$(PY) benchmarks/bench_materialize.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,111 @@
+"""IR -> torch: a `torch.fx.GraphModule` with one submodule per IR node.
+
+`build` makes fresh (randomly initialized) layers of the network's current widths;
+`materialize` (in materialize.py) fills them with the kept filters of a traced model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import fx, nn
+
+from netopt.bridge import modules as M
+from netopt.errors import MaterializeError
+from netopt.ir import INPUT, Network, Node, OpKind
+
+__all__ = ["build", "make_layer"]
+
+LayerFactory = Callable[[Network, Node], nn.Module]
+
+
+def _conv(net: Network, node: Node) -> nn.Module:
+    a = node.attrs
+    return nn.Conv2d(
+        net.shape(node.inputs[0])[0], net.shape(node.name)[0], a.kernel_size, stride=a.stride,
+        padding=a.padding, dilation=a.dilation, groups=net.conv_groups(node.name), bias=a.bias,
+        padding_mode=a.padding_mode,
+    )
+
+
+def _linear(net: Network, node: Node) -> nn.Module:
+    return nn.Linear(net.shape(node.inputs[0])[0], net.shape(node.name)[0], bias=node.attrs.bias)
+
+
+def _batchnorm(net: Network, node: Node) -> nn.Module:
+    a = node.attrs
+    cls = nn.BatchNorm2d if len(net.shape(node.name)) == 3 else nn.BatchNorm1d
+    return cls(net.shape(node.name)[0], eps=a.eps, momentum=a.momentum, affine=a.affine,
+               track_running_stats=a.track_running_stats)
+
+
+def _pool(cls: type[nn.Module]) -> LayerFactory:
+    def make(net: Network, node: Node) -> nn.Module:
+        a = node.attrs
+        if cls is nn.MaxPool2d:
+            return nn.MaxPool2d(a.kernel_size, a.stride, a.padding, a.dilation, ceil_mode=a.ceil_mode)
+        return nn.AvgPool2d(a.kernel_size, a.stride, a.padding, ceil_mode=a.ceil_mode,
+                            count_include_pad=a.count_include_pad)
+    return make
+
+
+def _plain(factory: Callable[[], nn.Module]) -> LayerFactory:
+    return lambda net, node: factory()
+
+
+FACTORIES: dict[OpKind, LayerFactory] = {
+    OpKind.CONV2D: _conv,
+    OpKind.LINEAR: _linear,
+    OpKind.BATCHNORM: _batchnorm,
+    OpKind.RELU: _plain(nn.ReLU),
+    OpKind.RELU6: _plain(nn.ReLU6),
+    OpKind.HARDSWISH: _plain(nn.Hardswish),
+    OpKind.HARDSIGMOID: _plain(nn.Hardsigmoid),
+    OpKind.SILU: _plain(nn.SiLU),
+    OpKind.SIGMOID: _plain(nn.Sigmoid),
+    OpKind.GELU: lambda net, node: nn.GELU(approximate=node.attrs.approximate),
+    OpKind.MAXPOOL2D: _pool(nn.MaxPool2d),
+    OpKind.AVGPOOL2D: _pool(nn.AvgPool2d),
+    OpKind.ADAPTIVE_AVGPOOL2D: lambda net, node: nn.AdaptiveAvgPool2d(node.attrs.output_size),
+    OpKind.ADAPTIVE_MAXPOOL2D: lambda net, node: nn.AdaptiveMaxPool2d(node.attrs.output_size),
+    OpKind.MEAN: lambda net, node: M.Mean(node.attrs.keepdim),
+    OpKind.ADD: lambda net, node: M.Add(node.attrs.scalar),
+    OpKind.MUL: lambda net, node: M.Mul(node.attrs.scalar),
+    OpKind.CONCAT: _plain(M.Concat),
+    OpKind.FLATTEN: _plain(M.Flatten),
+    OpKind.DROPOUT: lambda net, node: nn.Dropout(node.attrs.p),
+    OpKind.IDENTITY: _plain(nn.Identity),
+}
+
+
+def make_layer(net: Network, node: Node, opaque: Mapping[str, nn.Module] | None = None) -> nn.Module:
+    """A fresh torch layer for one IR node at the network's current widths."""
+    if node.op is OpKind.OPAQUE:
+        if opaque is None or node.name not in opaque:
+            raise MaterializeError(
+                f"node {node.name!r} is an opaque block; building it needs its module: "
+                "pass opaque={name: module} (Traced.materialize does this for you)"
+            )
+        return opaque[node.name]
+    return FACTORIES[node.op](net, node)
+
+
+def build(
+    net: Network,
+    layers: Mapping[str, nn.Module] | None = None,
+    opaque: Mapping[str, nn.Module] | None = None,
+) -> fx.GraphModule:
+    """A GraphModule computing `net`; `layers` supplies ready modules by node name."""
+    net.analysis  # fail early, with the IR's own message, on a broken structure
+    root: dict[str, Any] = {}
+    graph = fx.Graph()
+    values: dict[str, fx.Node] = {INPUT: graph.placeholder("x")}
+    for node in net.nodes:
+        layer = layers[node.name] if layers and node.name in layers else make_layer(net, node, opaque)
+        root[node.name] = layer
+        args = tuple(values[i] for i in node.inputs)
+        values[node.name] = graph.call_module(node.name, args)
+    outs = tuple(values[o] for o in net.outputs)
+    graph.output(outs[0] if len(outs) == 1 else outs)
+    return fx.GraphModule(root, graph, class_name="NetoptNetwork")

@@ -1,0 +1,105 @@
+"""`Builder`: write an IR network by hand, one op a call, with names made for you.
+
+    b = Builder((3, 32, 32))
+    x = b.conv(b.input, 16, 3, stride=2)
+    x = b.relu(b.bn(x))
+    x = b.linear(b.flatten(b.adaptive_avgpool(x)), 10)
+    net = b.build(x)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from netopt.ir.groups import INPUT
+from netopt.ir.network import Network, Node
+from netopt.ir.ops import (
+    AdaptivePoolAttrs,
+    BatchNormAttrs,
+    Conv2dAttrs,
+    DropoutAttrs,
+    LinearAttrs,
+    MeanAttrs,
+    OpKind,
+    PoolAttrs,
+    ScalarAttrs,
+)
+
+__all__ = ["Builder"]
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+class Builder:
+    """Accumulates nodes in execution order; `build` freezes them into a `Network`."""
+
+    input = INPUT
+
+    def __init__(self, input_shape: Sequence[int], step: int = 8) -> None:
+        self.input_shape = tuple(input_shape)
+        self.step = step
+        self.nodes: list[Node] = []
+        self._counts: dict[str, int] = {}
+
+    def add(self, op: OpKind, inputs: Sequence[str], attrs: Any = None, name: str | None = None) -> str:
+        if name is None:
+            k = self._counts.get(op.value, 0)
+            self._counts[op.value] = k + 1
+            name = f"{op.value}{k}"
+        self.nodes.append(Node(name, op, tuple(inputs), attrs))
+        return name
+
+    def conv(self, x: str, out: int, kernel: int | tuple[int, int] = 1, *, stride: int = 1,
+             padding: int | None = None, groups: int = 1, bias: bool = False) -> str:
+        k = _pair(kernel)
+        pad = _pair(padding) if padding is not None else (k[0] // 2, k[1] // 2)
+        attrs = Conv2dAttrs(out_channels=out, kernel_size=k, stride=_pair(stride), padding=pad,
+                            groups=groups, bias=bias)
+        return self.add(OpKind.CONV2D, [x], attrs)
+
+    def linear(self, x: str, out: int, *, bias: bool = True) -> str:
+        return self.add(OpKind.LINEAR, [x], LinearAttrs(out_features=out, bias=bias))
+
+    def bn(self, x: str) -> str:
+        return self.add(OpKind.BATCHNORM, [x], BatchNormAttrs())
+
+    def act(self, x: str, kind: OpKind = OpKind.RELU) -> str:
+        return self.add(kind, [x])
+
+    def relu(self, x: str) -> str:
+        return self.act(x, OpKind.RELU)
+
+    def maxpool(self, x: str, kernel: int, stride: int | None = None, padding: int = 0) -> str:
+        attrs = PoolAttrs(kernel_size=_pair(kernel), stride=_pair(stride or kernel), padding=_pair(padding))
+        return self.add(OpKind.MAXPOOL2D, [x], attrs)
+
+    def avgpool(self, x: str, kernel: int, stride: int | None = None) -> str:
+        attrs = PoolAttrs(kernel_size=_pair(kernel), stride=_pair(stride or kernel))
+        return self.add(OpKind.AVGPOOL2D, [x], attrs)
+
+    def adaptive_avgpool(self, x: str, size: int = 1) -> str:
+        return self.add(OpKind.ADAPTIVE_AVGPOOL2D, [x], AdaptivePoolAttrs(output_size=(size, size)))
+
+    def mean(self, x: str, keepdim: bool = False) -> str:
+        return self.add(OpKind.MEAN, [x], MeanAttrs(keepdim=keepdim))
+
+    def add_(self, *xs: str) -> str:
+        return self.add(OpKind.ADD, xs, ScalarAttrs())
+
+    def mul(self, *xs: str) -> str:
+        return self.add(OpKind.MUL, xs, ScalarAttrs())
+
+    def concat(self, *xs: str) -> str:
+        return self.add(OpKind.CONCAT, xs)
+
+    def flatten(self, x: str) -> str:
+        return self.add(OpKind.FLATTEN, [x])
+
+    def dropout(self, x: str, p: float = 0.2) -> str:
+        return self.add(OpKind.DROPOUT, [x], DropoutAttrs(p=p))
+
+    def build(self, *outputs: str) -> Network:
+        return Network(tuple(self.nodes), self.input_shape, outputs, step=self.step)

@@ -1,0 +1,101 @@
+"""Analytic costs computed from the IR alone: MACs, parameters, activation memory.
+
+MACs count CONV and FC layers, as the NetAdapt paper does. Parameters equal exactly the
+number of parameters of the materialized torch module (BatchNorm affine included, running
+statistics excluded: they are buffers). Activation memory is the peak of live tensors when
+the nodes run one after another in order.
+"""
+
+from __future__ import annotations
+
+import math
+
+from netopt.ir.groups import INPUT
+from netopt.ir.network import Network, Node
+from netopt.ir.ops import ALIASING, BatchNormAttrs, Conv2dAttrs, LinearAttrs, OpaqueAttrs
+
+__all__ = ["macs", "params", "activation_bytes", "layer_macs", "layer_params"]
+
+
+def layer_macs(net: Network, node: Node) -> int:
+    """Multiply-accumulates of one node at the network's current widths (0 if not CONV/FC)."""
+    if isinstance(node.attrs, Conv2dAttrs):
+        c_out, h, w = net.shape(node.name)
+        c_in = net.shape(node.inputs[0])[0]
+        kh, kw = node.attrs.kernel_size
+        return c_out * h * w * (c_in // net.conv_groups(node.name)) * kh * kw
+    if isinstance(node.attrs, LinearAttrs):
+        return net.shape(node.inputs[0])[0] * net.shape(node.name)[0]
+    if isinstance(node.attrs, OpaqueAttrs):
+        return node.attrs.macs
+    return 0
+
+
+def layer_params(net: Network, node: Node) -> int:
+    """Trainable parameters of one node at the network's current widths."""
+    attrs = node.attrs
+    if isinstance(attrs, Conv2dAttrs):
+        c_out = net.shape(node.name)[0]
+        c_in = net.shape(node.inputs[0])[0]
+        kh, kw = attrs.kernel_size
+        return c_out * (c_in // net.conv_groups(node.name)) * kh * kw + (c_out if attrs.bias else 0)
+    if isinstance(attrs, LinearAttrs):
+        c_out = net.shape(node.name)[0]
+        return c_out * net.shape(node.inputs[0])[0] + (c_out if attrs.bias else 0)
+    if isinstance(attrs, BatchNormAttrs):
+        return 2 * net.shape(node.name)[0] if attrs.affine else 0
+    if isinstance(attrs, OpaqueAttrs):
+        return attrs.params
+    return 0
+
+
+def macs(net: Network) -> int:
+    """Total multiply-accumulates of CONV and FC layers for one input (batch 1)."""
+    return sum(layer_macs(net, n) for n in net.nodes)
+
+
+def params(net: Network) -> int:
+    """Total trainable parameters, as `sum(p.numel() for p in module.parameters())`."""
+    return sum(layer_params(net, n) for n in net.nodes)
+
+
+def activation_bytes(net: Network, bytes_per_element: int = 4) -> int:
+    """Peak bytes of live activations (batch 1) running the nodes in order.
+
+    A tensor lives from the node that makes it until its last reader has run (network
+    outputs until the end). Identity, dropout and flatten are views of their input. While a
+    node runs, its inputs and its output are live together.
+    """
+    last_use = _last_uses(net)
+    owner = _storage_owners(net)
+    size = {name: math.prod(shape) * bytes_per_element for name, shape in net.shapes.items()}
+    live: set[str] = {INPUT}
+    peak = size[INPUT]
+    for i, node in enumerate(net.nodes):
+        live.add(owner[node.name])
+        peak = max(peak, sum(size[t] for t in live))
+        live = {t for t in live if last_use.get(t, -1) > i}
+    return peak
+
+
+def _storage_owners(net: Network) -> dict[str, str]:
+    """The node whose tensor holds each node's output (itself, unless it is a view)."""
+    owner = {INPUT: INPUT}
+    for node in net.nodes:
+        owner[node.name] = owner[node.inputs[0]] if node.op in ALIASING else node.name
+    return owner
+
+
+def _last_uses(net: Network) -> dict[str, int]:
+    """Index of the last node that reads each storage (outputs: past the end)."""
+    owner = _storage_owners(net)
+    last: dict[str, int] = {}
+    for i, node in enumerate(net.nodes):
+        for name in node.inputs:
+            last[owner[name]] = i
+        last.setdefault(owner[node.name], i)
+    for out in net.outputs:
+        last[owner[out]] = len(net.nodes)
+    return last
+
+

@@ -1,0 +1,264 @@
+"""Channel groups: the sets of channels that must shrink in lockstep.
+
+The analysis walks the nodes once, in order. Every producer (a conv or linear layer that is
+not channel-wise) starts a group; channel-wise ops pass their input's layout on; the operands
+of a residual add or an SE multiply are merged; concat lays its inputs' groups side by side;
+flatten gives each channel its H*W features. Groups that touch the network input, an output
+or an opaque block are fixed. The result is structural: it does not depend on the widths.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from netopt.errors import IRError
+from netopt.ir.ops import RULES, Conv2dAttrs, LinearAttrs, OpaqueAttrs, Spatial
+
+if TYPE_CHECKING:
+    from netopt.ir.network import Node
+
+__all__ = ["Segment", "Layout", "ChannelGroup", "Analysis", "analyze", "INPUT"]
+
+INPUT = "input"
+"""Name of the network input; a node may not take it."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of channels owned by one group; each group channel spans `inner` channels."""
+
+    group: str
+    inner: int = 1
+
+
+Layout = tuple[Segment, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChannelGroup:
+    """A prunable unit: `width` channels out of `full_width`, on a grid of `step`.
+
+    `blocks` > 1 means a grouped conv splits the channels into that many equal blocks, which
+    must all keep the same number of channels. `producers` are the layers whose filters make
+    the channels; `consumers` the layers whose input channels shrink with them.
+    """
+
+    id: str
+    width: int
+    full_width: int
+    min_width: int
+    step: int
+    blocks: int = 1
+    producers: tuple[str, ...] = ()
+    consumers: tuple[str, ...] = ()
+
+    def valid_widths(self) -> tuple[int, ...]:
+        """Every width this group may take, ascending: the step grid and the full width."""
+        grid = range(self.min_width, self.full_width, self.step)
+        return (*grid, self.full_width)
+
+    def is_valid(self, width: int) -> bool:
+        return width == self.full_width or (
+            self.min_width <= width < self.full_width and width % self.step == 0
+        )
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    full_width: int
+    blocks: int
+    fixed: bool
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Structural facts of a network, shared by every width assignment of it."""
+
+    spatial: Mapping[str, Spatial]
+    layouts: Mapping[str, Layout]
+    info: Mapping[str, GroupInfo]
+    step: int
+    prunable: tuple[str, ...] = field(default=())
+
+    def group_step(self, gid: str) -> int:
+        blocks = self.info[gid].blocks
+        return blocks * math.ceil(self.step / blocks)
+
+    def channels(self, layout: Layout, widths: Mapping[str, int]) -> int:
+        return sum(widths.get(s.group, self.info[s.group].full_width) * s.inner for s in layout)
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+        self.rank: dict[str, int] = {}
+
+    @property
+    def order(self) -> list[str]:
+        return list(self.parent)
+
+    def add(self, key: str) -> None:
+        self.parent[key] = key
+        self.rank[key] = len(self.rank)
+
+    def find(self, key: str) -> str:
+        while self.parent[key] != key:
+            self.parent[key] = self.parent[self.parent[key]]
+            key = self.parent[key]
+        return key
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:  # the earlier-created group stays the root, so ids follow node order
+            first, second = sorted((ra, rb), key=self.rank.__getitem__)
+            self.parent[second] = first
+
+
+class _Walker:
+    """One pass over the nodes, building layouts and merging groups."""
+
+    def __init__(self, input_shape: Sequence[int], step: int) -> None:
+        self.uf = _UnionFind()
+        self.full: dict[str, int] = {}
+        self.fixed: set[str] = set()
+        self.blocks: dict[str, int] = {}
+        self.spatial: dict[str, Spatial] = {INPUT: tuple(input_shape[1:])}
+        self.layouts: dict[str, Layout] = {}
+        self.step = step
+        self.producers: set[str] = set()
+        self.consumers: dict[str, list[str]] = {}
+        self._new_group(INPUT, input_shape[0], fixed=True)
+        self.layouts[INPUT] = (Segment(INPUT),)
+
+    def _new_group(self, gid: str, width: int, *, fixed: bool = False) -> Layout:
+        self.uf.add(gid)
+        self.full[gid] = width
+        if fixed:
+            self.fixed.add(gid)
+        return (Segment(gid),)
+
+    def full_channels(self, layout: Layout) -> int:
+        return sum(self.full[s.group] * s.inner for s in layout)
+
+    def fix(self, layouts: Sequence[Layout]) -> None:
+        self.fixed.update(s.group for lay in layouts for s in lay)
+
+    def visit(self, node: Node) -> None:
+        rule = RULES[node.op]
+        ins = [self.layouts[i] for i in node.inputs]
+        self.spatial[node.name] = rule.spatial(node.name, node.attrs, [self.spatial[i] for i in node.inputs])
+        handler = getattr(self, f"_{rule.role.value}")
+        self.layouts[node.name] = handler(node, ins)
+
+    def _produce(self, node: Node, ins: list[Layout]) -> Layout:
+        attrs = node.attrs
+        if isinstance(attrs, LinearAttrs):
+            self._consume(node.name, ins[0])
+            return self._new_group(node.name, attrs.out_features)
+        assert isinstance(attrs, Conv2dAttrs)
+        c_in = self.full_channels(ins[0])
+        g = attrs.groups
+        if c_in % g or attrs.out_channels % g:
+            raise IRError(
+                f"conv node {node.name!r}: groups={g} must divide in_channels={c_in} and "
+                f"out_channels={attrs.out_channels}; fix the groups or the channel counts"
+            )
+        if g == c_in and g > 1:  # depthwise: channel c of the input makes channels c*k..c*k+k-1
+            mult = attrs.out_channels // g
+            return tuple(Segment(s.group, s.inner * mult) for s in ins[0])
+        self._consume(node.name, ins[0])
+        out = self._new_group(node.name, attrs.out_channels)
+        if g > 1:
+            self.blocks[node.name] = g
+            if len(ins[0]) == 1 and ins[0][0].inner == 1:
+                gid = ins[0][0].group
+                self.blocks[gid] = math.lcm(self.blocks.get(gid, 1), g)
+            else:
+                self.fix(ins)
+        return out
+
+    def _consume(self, name: str, layout: Layout) -> None:
+        self.producers.add(name)
+        for s in layout:
+            names = self.consumers.setdefault(s.group, [])
+            if name not in names:
+                names.append(name)
+
+    def _follow(self, node: Node, ins: list[Layout]) -> Layout:
+        return ins[0]
+
+    def _couple(self, node: Node, ins: list[Layout]) -> Layout:
+        widest = max(self.full_channels(lay) for lay in ins)
+        operands = [lay for lay in ins if self.full_channels(lay) == widest]
+        if len(operands) != len(ins) and widest > 1 and any(
+            self.full_channels(lay) != 1 for lay in ins if lay not in operands
+        ):
+            raise IRError(
+                f"elementwise node {node.name!r} combines tensors of "
+                f"{[self.full_channels(lay) for lay in ins]} channels; channels must be equal "
+                "or 1 (broadcast)"
+            )
+        first = operands[0]
+        for other in operands[1:]:
+            if self._same_shape(first, other):
+                for a, b in zip(first, other, strict=True):
+                    self.uf.union(a.group, b.group)
+            else:  # same channel count, different group structure: keep all at full width
+                self.fix([first, other])
+        return first
+
+    def _same_shape(self, a: Layout, b: Layout) -> bool:
+        return len(a) == len(b) and all(
+            x.inner == y.inner and self.full[x.group] == self.full[y.group]
+            for x, y in zip(a, b, strict=True)
+        )
+
+    def _concat(self, node: Node, ins: list[Layout]) -> Layout:
+        return tuple(s for lay in ins for s in lay)
+
+    def _flatten(self, node: Node, ins: list[Layout]) -> Layout:
+        hw = math.prod(self.spatial[node.inputs[0]])
+        return tuple(Segment(s.group, s.inner * hw) for s in ins[0])
+
+    def _opaque(self, node: Node, ins: list[Layout]) -> Layout:
+        assert isinstance(node.attrs, OpaqueAttrs)
+        self.fix(ins)
+        return self._new_group(node.name, node.attrs.out_shape[0], fixed=True)
+
+
+def analyze(
+    nodes: Sequence[Node], input_shape: Sequence[int], outputs: Sequence[str], step: int
+) -> Analysis:
+    """Infer spatial shapes and channel layouts, and form the channel groups."""
+    walker = _Walker(input_shape, step)
+    for node in nodes:
+        walker.visit(node)
+    walker.fix([walker.layouts[o] for o in outputs])
+    return _finish(walker)
+
+
+def _finish(w: _Walker) -> Analysis:
+    root = {gid: w.uf.find(gid) for gid in w.uf.order}
+    layouts = {
+        name: tuple(Segment(root[s.group], s.inner) for s in lay) for name, lay in w.layouts.items()
+    }
+    members: dict[str, list[str]] = {}
+    for gid in w.uf.order:
+        members.setdefault(root[gid], []).append(gid)
+    info: dict[str, GroupInfo] = {}
+    for r, ms in members.items():
+        blocks = math.lcm(*(w.blocks.get(m, 1) for m in ms))
+        fixed = any(m in w.fixed for m in ms) or w.full[r] % blocks != 0
+        consumers = tuple(dict.fromkeys(c for m in ms for c in w.consumers.get(m, ())))
+        producers = tuple(m for m in ms if m in w.producers)
+        info[r] = GroupInfo(w.full[r], blocks, fixed, producers, consumers)
+    analysis = Analysis(w.spatial, layouts, info, w.step)
+    prunable = tuple(
+        r for r in members if not info[r].fixed and analysis.group_step(r) < info[r].full_width
+    )
+    return Analysis(w.spatial, layouts, info, w.step, prunable)

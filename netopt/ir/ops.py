@@ -1,0 +1,321 @@
+"""The closed set of operations the IR models, with their attributes and shape rules.
+
+Each `OpKind` has one `OpRule` in `RULES`: how many tensor inputs it takes, the attribute class,
+how channels flow through it (`Role`) and how it maps input spatial shapes to its output's.
+Channels are not computed here: they come from channel groups and widths (see `groups.py`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from enum import Enum
+from typing import Any
+
+from netopt.errors import IRError
+
+__all__ = [
+    "OpKind",
+    "Role",
+    "OpRule",
+    "RULES",
+    "Conv2dAttrs",
+    "LinearAttrs",
+    "BatchNormAttrs",
+    "PoolAttrs",
+    "AdaptivePoolAttrs",
+    "MeanAttrs",
+    "ScalarAttrs",
+    "DropoutAttrs",
+    "GeluAttrs",
+    "OpaqueAttrs",
+    "NoAttrs",
+    "Spatial",
+    "attrs_from_dict",
+]
+
+Spatial = tuple[int, ...]
+"""Spatial part of a tensor shape without batch and channels: (H, W) for maps, () for vectors."""
+
+
+class OpKind(str, Enum):
+    """Every operation the IR can describe. Anything else is traced as OPAQUE or refused."""
+
+    CONV2D = "conv2d"
+    LINEAR = "linear"
+    BATCHNORM = "batchnorm"
+    RELU = "relu"
+    RELU6 = "relu6"
+    HARDSWISH = "hardswish"
+    HARDSIGMOID = "hardsigmoid"
+    SILU = "silu"
+    SIGMOID = "sigmoid"
+    GELU = "gelu"
+    MAXPOOL2D = "maxpool2d"
+    AVGPOOL2D = "avgpool2d"
+    ADAPTIVE_AVGPOOL2D = "adaptive_avgpool2d"
+    ADAPTIVE_MAXPOOL2D = "adaptive_maxpool2d"
+    MEAN = "mean"
+    ADD = "add"
+    MUL = "mul"
+    CONCAT = "concat"
+    FLATTEN = "flatten"
+    DROPOUT = "dropout"
+    IDENTITY = "identity"
+    OPAQUE = "opaque"
+
+
+class Role(Enum):
+    """How an op treats channels; decides how channel groups form."""
+
+    PRODUCE = "produce"  # new output channels, free to shrink (conv, linear)
+    FOLLOW = "follow"  # channel-wise: output channel c depends on input channel c only
+    COUPLE = "couple"  # elementwise over several tensors: their channels shrink in lockstep
+    CONCAT = "concat"  # channels of the inputs side by side
+    FLATTEN = "flatten"  # (C, H, W) -> (C*H*W,): channel c owns H*W consecutive features
+    OPAQUE = "opaque"  # unknown inside: inputs and output keep their full width
+
+
+# --- attributes -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NoAttrs:
+    """Attributes of ops that have none."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Conv2dAttrs:
+    """nn.Conv2d at full width; `groups == in_channels > 1` makes it depthwise (channel-wise)."""
+
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    bias: bool = False
+    padding_mode: str = "zeros"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinearAttrs:
+    out_features: int
+    bias: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchNormAttrs:
+    eps: float = 1e-5
+    momentum: float | None = 0.1
+    affine: bool = True
+    track_running_stats: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolAttrs:
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    ceil_mode: bool = False
+    count_include_pad: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdaptivePoolAttrs:
+    output_size: tuple[int | None, int | None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MeanAttrs:
+    """Mean over the spatial dims (2, 3) of an NCHW tensor."""
+
+    keepdim: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScalarAttrs:
+    """ADD/MUL: with `scalar` set the op has one tensor input and a constant operand."""
+
+    scalar: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DropoutAttrs:
+    p: float = 0.5
+
+
+@dataclass(frozen=True, kw_only=True)
+class GeluAttrs:
+    approximate: str = "none"
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpaqueAttrs:
+    """A block kept whole: its output shape and parameter count come from the traced module."""
+
+    module_type: str
+    out_shape: tuple[int, ...]
+    params: int = 0
+    macs: int = 0
+
+
+def attrs_from_dict(cls: type[Any], data: dict[str, Any]) -> Any:
+    """Rebuild an attribute dataclass from JSON data (lists become tuples)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise IRError(
+            f"unknown attribute(s) {unknown} for {cls.__name__}; known: {sorted(known)}. "
+            "Remove them or check the format version."
+        )
+    return cls(**{k: _tuplify(v) for k, v in data.items()})
+
+
+def _tuplify(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuplify(v) for v in value)
+    return value
+
+
+# --- shape rules ----------------------------------------------------------------------------
+
+
+def _window_out(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
+    span = size + 2 * p - d * (k - 1) - 1
+    out = (math.ceil(span / s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1  # PyTorch: the last window must start inside the input or left padding
+    return out
+
+
+def _need_map(name: str, spatial: Sequence[Spatial]) -> Spatial:
+    if len(spatial[0]) != 2:
+        raise IRError(
+            f"node {name!r} needs a (C, H, W) feature map but its input is a vector; "
+            "put it before the flatten, or use a linear layer"
+        )
+    return spatial[0]
+
+
+def _conv_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
+    hw = _need_map(name, spatial)
+    return tuple(
+        _window_out(hw[i], attrs.kernel_size[i], attrs.stride[i], attrs.padding[i],
+                    attrs.dilation[i], False)
+        for i in range(2)
+    )
+
+
+def _pool_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
+    hw = _need_map(name, spatial)
+    return tuple(
+        _window_out(hw[i], attrs.kernel_size[i], attrs.stride[i], attrs.padding[i],
+                    attrs.dilation[i], attrs.ceil_mode)
+        for i in range(2)
+    )
+
+
+def _adaptive_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
+    hw = _need_map(name, spatial)
+    return tuple(hw[i] if attrs.output_size[i] is None else attrs.output_size[i] for i in range(2))
+
+
+def _mean_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
+    _need_map(name, spatial)
+    return (1, 1) if attrs.keepdim else ()
+
+
+def _linear_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
+    if spatial[0] != ():
+        raise IRError(
+            f"linear node {name!r} gets a feature map of spatial size {spatial[0]}; "
+            "the IR models linear layers on (N, F) inputs: flatten first"
+        )
+    return ()
+
+
+def _same_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
+    return spatial[0]
+
+
+def _flatten_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
+    return ()
+
+
+def _broadcast_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
+    ranks = {len(s) for s in spatial}
+    if len(ranks) != 1:
+        raise IRError(
+            f"elementwise node {name!r} mixes feature maps and vectors {list(spatial)}; "
+            "both operands must have the same rank"
+        )
+    out = []
+    for dims in zip(*spatial, strict=True):
+        big = max(dims)
+        if any(d not in (1, big) for d in dims):
+            raise IRError(
+                f"elementwise node {name!r} cannot broadcast spatial sizes {list(spatial)}; "
+                "each dim must be equal or 1"
+            )
+        out.append(big)
+    return tuple(out)
+
+
+def _concat_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
+    if len(set(spatial)) != 1:
+        raise IRError(
+            f"concat node {name!r} joins tensors of different spatial sizes {list(spatial)}; "
+            "concatenation is along channels, so all other dims must match"
+        )
+    return spatial[0]
+
+
+def _opaque_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
+    return tuple(attrs.out_shape[1:])
+
+
+SpatialRule = Callable[[str, Any, Sequence[Spatial]], Spatial]
+
+
+@dataclass(frozen=True)
+class OpRule:
+    """What the IR knows of one op kind. `arity` None means one or more inputs."""
+
+    attrs: type[Any]
+    role: Role
+    spatial: SpatialRule
+    arity: int | None = 1
+
+
+_ACT = OpRule(NoAttrs, Role.FOLLOW, _same_spatial)
+
+RULES: dict[OpKind, OpRule] = {
+    OpKind.CONV2D: OpRule(Conv2dAttrs, Role.PRODUCE, _conv_spatial),
+    OpKind.LINEAR: OpRule(LinearAttrs, Role.PRODUCE, _linear_spatial),
+    OpKind.BATCHNORM: OpRule(BatchNormAttrs, Role.FOLLOW, _same_spatial),
+    OpKind.RELU: _ACT,
+    OpKind.RELU6: _ACT,
+    OpKind.HARDSWISH: _ACT,
+    OpKind.HARDSIGMOID: _ACT,
+    OpKind.SILU: _ACT,
+    OpKind.SIGMOID: _ACT,
+    OpKind.GELU: OpRule(GeluAttrs, Role.FOLLOW, _same_spatial),
+    OpKind.MAXPOOL2D: OpRule(PoolAttrs, Role.FOLLOW, _pool_spatial),
+    OpKind.AVGPOOL2D: OpRule(PoolAttrs, Role.FOLLOW, _pool_spatial),
+    OpKind.ADAPTIVE_AVGPOOL2D: OpRule(AdaptivePoolAttrs, Role.FOLLOW, _adaptive_spatial),
+    OpKind.ADAPTIVE_MAXPOOL2D: OpRule(AdaptivePoolAttrs, Role.FOLLOW, _adaptive_spatial),
+    OpKind.MEAN: OpRule(MeanAttrs, Role.FOLLOW, _mean_spatial),
+    OpKind.ADD: OpRule(ScalarAttrs, Role.COUPLE, _broadcast_spatial, arity=None),
+    OpKind.MUL: OpRule(ScalarAttrs, Role.COUPLE, _broadcast_spatial, arity=None),
+    OpKind.CONCAT: OpRule(NoAttrs, Role.CONCAT, _concat_spatial, arity=None),
+    OpKind.FLATTEN: OpRule(NoAttrs, Role.FLATTEN, _flatten_spatial),
+    OpKind.DROPOUT: OpRule(DropoutAttrs, Role.FOLLOW, _same_spatial),
+    OpKind.IDENTITY: OpRule(NoAttrs, Role.FOLLOW, _same_spatial),
+    OpKind.OPAQUE: OpRule(OpaqueAttrs, Role.OPAQUE, _opaque_spatial, arity=None),
+}
+
+ALIASING: frozenset[OpKind] = frozenset({OpKind.IDENTITY, OpKind.DROPOUT, OpKind.FLATTEN})
+"""Ops whose output is a view of their input at inference: no new activation memory."""
