@@ -97,7 +97,7 @@ def build(
     opaque: Mapping[str, nn.Module] | None = None,
 ) -> fx.GraphModule:
     """A GraphModule computing `net`; `layers` supplies ready modules by node name."""
-    net.analysis  # fail early, with the IR's own message, on a broken structure
+    _ = net.analysis  # fail early, with the IR's own message, on a broken structure
     root: dict[str, Any] = {}
     graph = fx.Graph()
     values: dict[str, fx.Node] = {INPUT: graph.placeholder("x")}

@@ -234,7 +234,8 @@ def _f_unary(kind: OpKind) -> Callable[[fx.Node], Converted]:
 
 
 def _f_gelu(node: fx.Node) -> Converted:
-    return OpKind.GELU, GeluAttrs(approximate=node.kwargs.get("approximate", "none")), (node.args[0],)  # type: ignore[return-value]
+    approximate = str(node.kwargs.get("approximate", "none"))
+    return OpKind.GELU, GeluAttrs(approximate=approximate), (node.args[0],)  # type: ignore[return-value]
 
 
 def _f_adaptive(kind: OpKind) -> Callable[[fx.Node], Converted]:

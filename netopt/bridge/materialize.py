@@ -8,7 +8,7 @@ depthwise convs, concat offsets and flattened features all stay aligned.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, fx, nn
@@ -84,13 +84,14 @@ def materialize(traced: Traced, network: Network, selector: FilterSelector | Non
     return module.train(traced.module.training)
 
 
-def _module(traced: Traced, name: str) -> nn.Module:
+def _module(traced: Traced, name: str) -> Any:
+    """The traced submodule bound to IR node `name` (a layer with weight/bias attributes)."""
     return traced.module.get_submodule(traced.binding[name])
 
 
 def _sliced(traced: Traced, net: Network, node: Node, kept: Mapping[str, Tensor]) -> nn.Module:
     src = _module(traced, node.name)
-    layer = make_layer(net, node)
+    layer: Any = make_layer(net, node)
     out_idx = expand(net, net.layout(node.name), kept)
     if node.op is OpKind.BATCHNORM:
         _copy_bn(src, layer, out_idx)
@@ -123,7 +124,7 @@ def _slice_weight(w: Tensor, out_idx: Tensor, in_idx: Tensor, src: nn.Module, ne
     return torch.stack(rows)
 
 
-def _copy_bn(src: nn.Module, dst: nn.Module, idx: Tensor) -> None:
+def _copy_bn(src: Any, dst: Any, idx: Tensor) -> None:
     for name in ("weight", "bias", "running_mean", "running_var"):
         value = getattr(src, name, None)
         if value is not None:

@@ -124,9 +124,10 @@ def _propagate_shapes(model: nn.Module, gm: fx.GraphModule, x: torch.Tensor) -> 
         with torch.no_grad():
             ShapeProp(gm).propagate(x)
     except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TraceError(
             f"running {type(model).__name__} on the example input of shape {tuple(x.shape)} "
-            f"failed: {exc}. Pass an input the model accepts (right channels, size and dtype)"
+            f"failed: {first_line}. Pass an input the model accepts (right channels, size and dtype)"
         ) from exc
     finally:
         gm.train(was_training)

@@ -212,7 +212,7 @@ class Network:
         problems = self._syntax_problems()
         if not problems:
             try:
-                self.analysis
+                _ = self.analysis
             except IRError as exc:
                 problems.append(str(exc))
         if not problems:
@@ -324,7 +324,7 @@ def _arity_problems(node: Node) -> list[str]:
         arity = 1
     elif node.op in (OpKind.ADD, OpKind.MUL):
         arity = 2
-    if arity is None and n >= 1 or n == arity:
+    if (arity is None and n >= 1) or n == arity:
         return []
     want = "one or more" if arity is None else str(arity)
     return [f"node {node.name!r} ({node.op.value}) takes {want} input(s), got {n}"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
 
 from netopt.errors import IRError
@@ -39,7 +39,7 @@ Spatial = tuple[int, ...]
 """Spatial part of a tensor shape without batch and channels: (H, W) for maps, () for vectors."""
 
 
-class OpKind(str, Enum):
+class OpKind(StrEnum):
     """Every operation the IR can describe. Anything else is traced as OPAQUE or refused."""
 
     CONV2D = "conv2d"

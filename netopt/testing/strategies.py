@@ -1,0 +1,121 @@
+"""Hypothesis strategies for netopt's IR: random valid networks and random valid widths.
+
+Public, for users who property-test their own constraints and estimators:
+
+    from hypothesis import given
+    from netopt.testing import strategies as nst
+
+    @given(nst.networks_with_widths())
+    def test_my_cost_never_grows_when_shrinking(pair):
+        net, smaller = pair
+        assert my_cost(smaller) <= my_cost(net)
+
+`networks()` draws small CNNs built from the blocks real networks use: conv-BN-activation,
+depthwise-separable, residual (plain and inverted), squeeze-and-excitation, concat branches
+(Fire-style), grouped convs, pooling; with a pooled or flattened linear head. Every network
+it returns passes `lint()`. This module needs only hypothesis, not torch.
+"""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from netopt.ir import Builder, Network, OpKind
+
+__all__ = ["ACTIVATIONS", "BLOCKS", "networks", "widths", "networks_with_widths"]
+
+ACTIVATIONS = (OpKind.RELU, OpKind.RELU6, OpKind.HARDSWISH, OpKind.HARDSIGMOID,
+               OpKind.SILU, OpKind.SIGMOID, OpKind.GELU)
+
+BLOCKS = ("conv", "dwsep", "residual", "inverted", "se", "concat", "grouped", "pool")
+
+_channels = st.sampled_from((8, 12, 16, 24, 32))
+Draw = st.DrawFn
+
+
+def _c(b: Builder, x: str) -> int:
+    """Channels of `x` at full width (the builder's network is not frozen yet)."""
+    return Network(tuple(b.nodes), b.input_shape, (x,), step=b.step).shape(x)[0]
+
+
+def _hw(b: Builder, x: str) -> tuple[int, ...]:
+    return Network(tuple(b.nodes), b.input_shape, (x,), step=b.step).shape(x)[1:]
+
+
+def _act(draw: Draw, b: Builder, x: str) -> str:
+    return b.act(x, draw(st.sampled_from(ACTIVATIONS)))
+
+
+def _conv_bn_act(draw: Draw, b: Builder, x: str, out: int, k: int = 3, stride: int = 1, groups: int = 1) -> str:
+    return _act(draw, b, b.bn(b.conv(x, out, k, stride=stride, groups=groups)))
+
+
+def _block(draw: Draw, b: Builder, x: str, kind: str) -> str:
+    c = _c(b, x)
+    if kind == "conv":
+        stride = draw(st.sampled_from((1, 2))) if min(_hw(b, x)) >= 4 else 1
+        return _conv_bn_act(draw, b, x, draw(_channels), draw(st.sampled_from((1, 3))), stride)
+    if kind == "dwsep":
+        mult = draw(st.sampled_from((1, 1, 2)))
+        y = _conv_bn_act(draw, b, x, c * mult, 3, groups=c)
+        return _conv_bn_act(draw, b, y, draw(_channels), 1)
+    if kind == "residual":
+        y = _conv_bn_act(draw, b, x, draw(_channels), 3)
+        return b.add_(b.bn(b.conv(y, c, 3)), x)
+    if kind == "inverted":
+        hidden = c * draw(st.sampled_from((2, 3)))
+        y = _conv_bn_act(draw, b, x, hidden, 1)
+        y = _conv_bn_act(draw, b, y, hidden, 3, groups=hidden)
+        return b.add_(x, b.bn(b.conv(y, c, 1)))
+    if kind == "se":
+        s = b.adaptive_avgpool(x)
+        s = b.act(b.conv(s, draw(st.sampled_from((8, 16))), 1, bias=True), OpKind.RELU)
+        s = b.act(b.conv(s, c, 1, bias=True), draw(st.sampled_from((OpKind.SIGMOID, OpKind.HARDSIGMOID))))
+        return b.mul(s, x) if draw(st.booleans()) else b.mul(x, s)
+    if kind == "concat":
+        squeeze = _conv_bn_act(draw, b, x, draw(st.sampled_from((8, 16))), 1)
+        left = _conv_bn_act(draw, b, squeeze, draw(_channels), 1)
+        right = _conv_bn_act(draw, b, squeeze, draw(_channels), 3)
+        return b.concat(left, right)
+    if kind == "grouped":
+        g = draw(st.sampled_from([g for g in (2, 4) if c % g == 0] or [1]))
+        return _conv_bn_act(draw, b, x, g * draw(st.sampled_from((4, 8))), 3, groups=g)
+    if min(_hw(b, x)) >= 2:  # pool
+        return b.maxpool(x, 2) if draw(st.booleans()) else b.avgpool(x, 2)
+    return x
+
+
+@st.composite
+def networks(draw: Draw, max_blocks: int = 4, blocks: tuple[str, ...] = BLOCKS) -> Network:
+    """A random valid CNN with a classifier head; widths at full size."""
+    size = draw(st.sampled_from((8, 12, 16)))
+    b = Builder((draw(st.sampled_from((1, 3))), size, size))
+    x = _conv_bn_act(draw, b, b.input, draw(_channels), 3, draw(st.sampled_from((1, 2))))
+    for kind in draw(st.lists(st.sampled_from(blocks), min_size=1, max_size=max_blocks)):
+        x = _block(draw, b, x, kind)
+    if draw(st.booleans()) or min(_hw(b, x)) > 4:
+        x = b.adaptive_avgpool(x) if draw(st.booleans()) else b.mean(x, keepdim=True)
+    x = b.flatten(x)
+    if draw(st.booleans()):
+        x = b.act(b.linear(x, draw(_channels)), OpKind.RELU)
+        x = b.dropout(x)
+    return b.build(b.linear(x, draw(st.integers(2, 10))))
+
+
+@st.composite
+def widths(draw: Draw, network: Network, min_groups: int = 0) -> dict[str, int]:
+    """Valid widths for a random subset of `network`'s groups (each from `valid_widths()`)."""
+    chosen = {}
+    groups = network.groups
+    picked = draw(st.lists(st.sampled_from(groups), unique_by=lambda g: g.id,
+                           min_size=min(min_groups, len(groups)))) if groups else []
+    for group in picked:
+        chosen[group.id] = draw(st.sampled_from(group.valid_widths()))
+    return chosen
+
+
+@st.composite
+def networks_with_widths(draw: Draw, max_blocks: int = 4) -> tuple[Network, Network]:
+    """A random network at full width and a random valid shrinking of it."""
+    net = draw(networks(max_blocks=max_blocks))
+    return net, net.with_widths(draw(widths(net)))
