@@ -188,7 +188,7 @@ def _binary(kind: OpKind) -> Callable[[fx.Node], Converted]:
 def _cat(node: fx.Node) -> Converted:
     dim = _arg(node, 1, "dim", 0)
     inputs = tuple(_arg(node, 0, "tensors"))
-    rank = len(inputs[0].meta["tensor_meta"].shape)
+    rank = len(inputs[0].meta["netopt_shape"])
     if dim not in (1, 1 - rank):
         raise _refuse(node, f"concatenation along dim {dim}",
                       "only channel concatenation (dim=1) is modelled; mark the block opaque")
@@ -206,8 +206,8 @@ def _flatten_fn(node: fx.Node) -> Converted:
 def _reshape(node: fx.Node) -> Converted:
     source = node.args[0]
     assert isinstance(source, fx.Node)
-    shape_in = tuple(source.meta["tensor_meta"].shape)
-    shape_out = tuple(node.meta["tensor_meta"].shape)
+    shape_in = tuple(source.meta["netopt_shape"])
+    shape_out = tuple(node.meta["netopt_shape"])
     size = 1
     for d in shape_in[1:]:
         size *= d
@@ -223,7 +223,7 @@ def _mean_fn(node: fx.Node) -> Converted:
     dims = _arg(node, 1, "dim")
     keepdim = bool(_arg(node, 2, "keepdim", False))
     dims = tuple(dims) if isinstance(dims, list | tuple) else (dims,)
-    rank = len(node.args[0].meta["tensor_meta"].shape)  # type: ignore[union-attr]
+    rank = len(node.args[0].meta["netopt_shape"])  # type: ignore[union-attr]
     if rank != 4 or sorted(d % 4 for d in dims) != [2, 3]:
         raise _refuse(node, f"mean over dims {dims}", "only the spatial mean (dims 2, 3) is modelled")
     return OpKind.MEAN, MeanAttrs(keepdim=keepdim), (node.args[0],)  # type: ignore[return-value]

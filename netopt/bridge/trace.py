@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from netopt.bridge import modules as M
 from netopt.bridge.convert import FUNCTIONS, METHODS, MODULES, Converted
@@ -117,18 +116,37 @@ def _symbolic_trace(model: nn.Module, opaque: tuple[Opaque, ...]) -> fx.GraphMod
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
+SHAPE = "netopt_shape"
+"""fx node meta key: the shape of the tensor the node produced on the example input."""
+
+
+class _ShapeRecorder(fx.Interpreter):
+    """Runs the traced graph once, recording each tensor's shape; names the node that fails."""
+
+    def __init__(self, gm: fx.GraphModule, model_name: str, shape: tuple[int, ...]) -> None:
+        super().__init__(gm)
+        self.where = f"running {model_name} on the example input of shape {shape}"
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            result = super().run_node(n)
+        except Exception as exc:
+            first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+            raise TraceError(
+                f"{self.where} failed at node {n.name!r}: {first_line}. "
+                "Pass an input the model accepts (right channels, size and dtype)"
+            ) from exc
+        if isinstance(result, torch.Tensor):
+            n.meta[SHAPE] = tuple(result.shape)
+        return result
+
+
 def _propagate_shapes(model: nn.Module, gm: fx.GraphModule, x: torch.Tensor) -> None:
     was_training = model.training
     gm.eval()
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(x)
-    except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TraceError(
-            f"running {type(model).__name__} on the example input of shape {tuple(x.shape)} "
-            f"failed: {first_line}. Pass an input the model accepts (right channels, size and dtype)"
-        ) from exc
+            _ShapeRecorder(gm, type(model).__name__, tuple(x.shape)).run(x)
     finally:
         gm.train(was_training)
 
@@ -157,7 +175,7 @@ class _Converter:
                 f"node {node.name!r} reads the tensor {node.target!r} directly, which the IR "
                 "cannot shrink; move that computation into a submodule and pass it in opaque=[...]"
             )
-        elif "tensor_meta" in node.meta:
+        elif SHAPE in node.meta:
             self._tensor_op(node)
         # other nodes compute Python values (x.size(0), ...) that only feed reshapes
 
@@ -229,7 +247,7 @@ class _Converter:
         return kind, attrs, inputs
 
     def _opaque(self, node: fx.Node, target: str, module: nn.Module) -> Converted:
-        out = node.meta["tensor_meta"].shape
+        out = node.meta[SHAPE]
         attrs = OpaqueAttrs(
             module_type=type(module).__qualname__, out_shape=tuple(out[1:]),
             params=sum(p.numel() for p in module.parameters()),
@@ -265,7 +283,7 @@ def _check_shapes(network: Network, gm: fx.GraphModule, names: Mapping[fx.Node, 
     for fx_node, name in names.items():
         if name == INPUT:
             continue
-        actual = tuple(fx_node.meta["tensor_meta"].shape[1:])
+        actual = tuple(fx_node.meta[SHAPE][1:])
         if inferred[name] != actual:
             raise TraceError(
                 f"node {name!r}: the IR infers shape {inferred[name]} but torch produced {actual}; "

@@ -71,6 +71,13 @@ class Network:
         if problems:
             raise LintError(problems)
 
+    def __hash__(self) -> int:
+        cached = self._local.get("hash")
+        if cached is None:
+            cached = self._local["hash"] = hash((self.nodes, self.input_shape, self.outputs, self.step,
+                                                 self.width_overrides))
+        return int(cached)
+
     def __repr__(self) -> str:
         return (
             f"Network({len(self.nodes)} nodes, input {self.input_shape}, "

@@ -1,0 +1,31 @@
+"""Every example runs end to end (at a small size)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_shrink_and_export_example_runs(tmp_path: Path) -> None:
+    script = ROOT / "examples" / "shrink_and_export.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--out", str(tmp_path), "--resolution", "64"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ONNX Runtime output matches torch" in result.stdout
+    assert {p.name for p in tmp_path.iterdir()} == {"network.json", "weights.pt", "model.onnx"}
+
+
+def test_cli_describe_prints_groups_and_reports_bad_input() -> None:
+    ok = subprocess.run([sys.executable, "-m", "netopt.cli", "describe", "resnet8", "--resolution", "32"],
+                        capture_output=True, text=True, timeout=300, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert "prunable channel groups" in ok.stdout and "layers.0.0.conv1" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "netopt.cli", "describe", "resnet8", "--resolution", "0"],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("netopt: error:") and "Traceback" not in bad.stderr
