@@ -97,7 +97,7 @@ def _sliced(traced: Traced, net: Network, node: Node, kept: Mapping[str, Tensor]
         _copy_bn(src, layer, out_idx)
         return layer.to(_dtype(src))
     in_idx = expand(net, net.layout(node.inputs[0]), kept)
-    weight = _slice_weight(src.weight, out_idx, in_idx, src, net, node)
+    weight = _slice_weight(src.weight, out_idx, in_idx, getattr(src, "groups", 1))
     layer.weight.copy_(weight)
     if getattr(src, "bias", None) is not None:
         layer.bias.copy_(src.bias[out_idx])
@@ -108,8 +108,8 @@ def _dtype(src: nn.Module) -> torch.dtype:
     return next(iter(src.parameters()), next(iter(src.buffers()), torch.empty(0))).dtype
 
 
-def _slice_weight(w: Tensor, out_idx: Tensor, in_idx: Tensor, src: nn.Module, net: Network, node: Node) -> Tensor:
-    groups = getattr(src, "groups", 1)
+def _slice_weight(w: Tensor, out_idx: Tensor, in_idx: Tensor, groups: int) -> Tensor:
+    """Rows `out_idx` and (original) input channels `in_idx` of a conv or linear weight."""
     if groups == 1:
         return w[out_idx][:, in_idx]
     full_in = w.shape[1] * groups

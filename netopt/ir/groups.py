@@ -86,8 +86,7 @@ class Analysis:
     prunable: tuple[str, ...] = field(default=())
 
     def group_step(self, gid: str) -> int:
-        blocks = self.info[gid].blocks
-        return blocks * math.ceil(self.step / blocks)
+        return _grid(self.step, self.info[gid].blocks)
 
     def channels(self, layout: Layout, widths: Mapping[str, int]) -> int:
         return sum(widths.get(s.group, self.info[s.group].full_width) * s.inner for s in layout)
@@ -193,16 +192,14 @@ class _Walker:
         return ins[0]
 
     def _couple(self, node: Node, ins: list[Layout]) -> Layout:
-        widest = max(self.full_channels(lay) for lay in ins)
-        operands = [lay for lay in ins if self.full_channels(lay) == widest]
-        if len(operands) != len(ins) and widest > 1 and any(
-            self.full_channels(lay) != 1 for lay in ins if lay not in operands
-        ):
+        counts = [self.full_channels(lay) for lay in ins]
+        widest = max(counts)
+        if any(c not in (1, widest) for c in counts):
             raise IRError(
-                f"elementwise node {node.name!r} combines tensors of "
-                f"{[self.full_channels(lay) for lay in ins]} channels; channels must be equal "
-                "or 1 (broadcast)"
+                f"elementwise node {node.name!r} combines tensors of {counts} channels; "
+                "channels must be equal or 1 (broadcast)"
             )
+        operands = [lay for lay, c in zip(ins, counts, strict=True) if c == widest]
         first = operands[0]
         for other in operands[1:]:
             if self._same_shape(first, other):
@@ -257,8 +254,12 @@ def _finish(w: _Walker) -> Analysis:
         consumers = tuple(dict.fromkeys(c for m in ms for c in w.consumers.get(m, ())))
         producers = tuple(m for m in ms if m in w.producers)
         info[r] = GroupInfo(w.full[r], blocks, fixed, producers, consumers)
-    analysis = Analysis(w.spatial, layouts, info, w.step)
     prunable = tuple(
-        r for r in members if not info[r].fixed and analysis.group_step(r) < info[r].full_width
+        r for r in members if not info[r].fixed and _grid(w.step, info[r].blocks) < info[r].full_width
     )
     return Analysis(w.spatial, layouts, info, w.step, prunable)
+
+
+def _grid(step: int, blocks: int) -> int:
+    """A group's step: the smallest multiple of its blocks that is at least the base step."""
+    return blocks * math.ceil(step / blocks)

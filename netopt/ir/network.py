@@ -8,6 +8,7 @@ search can derive thousands of candidates cheaply. Nothing here imports torch.
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -131,9 +132,11 @@ class Network:
         return cached
 
     def group(self, gid: str) -> ChannelGroup:
-        for g in self.groups:
-            if g.id == gid:
-                return g
+        by_id = self._local.get("by_id")
+        if by_id is None:
+            by_id = self._local["by_id"] = {g.id: g for g in self.groups}
+        if gid in by_id:
+            return by_id[gid]  # type: ignore[no-any-return]
         raise WidthError(
             f"unknown group {gid!r}: this network's prunable groups are "
             f"{_preview(self.analysis.prunable)}; use an id from Network.groups"
@@ -153,7 +156,7 @@ class Network:
         merged = dict(self.width_overrides)
         for gid, width in widths.items():
             group = self.group(gid)
-            if isinstance(width, bool) or not isinstance(width, int | float) or width != int(width):
+            if isinstance(width, bool) or not isinstance(width, numbers.Real) or width != int(width):
                 raise WidthError(f"width {width!r} for group {gid!r} is not a whole number")
             if not group.is_valid(int(width)):
                 raise WidthError(_width_message(group, int(width)))
