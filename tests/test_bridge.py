@@ -38,6 +38,9 @@ def test_zoo_models_round_trip_exactly() -> None:
 def test_halved_mobilenet_v2_saves_loads_and_runs_in_onnxruntime(v2: netopt.Traced, tmp_path) -> None:
     small = halved(v2.network)
     module = v2.materialize(small).eval()
+    assert not any(t.is_meta for t in module.state_dict().values())
+    original = {k: v.data_ptr() for k, v in v2.module.state_dict().items()}
+    assert all(v.data_ptr() != original[k] for k, v in v2.materialize().state_dict().items())  # copies
     buffer = io.BytesIO()
     torch.save(module.state_dict(), buffer)
     buffer.seek(0)

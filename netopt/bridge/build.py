@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from torch import fx, nn
 
 from netopt.bridge import modules as M
@@ -18,19 +19,24 @@ from netopt.ir import INPUT, Network, Node, OpKind
 __all__ = ["build", "make_layer"]
 
 LayerFactory = Callable[[Network, Node], nn.Module]
+Device = torch.device | str | None
 
 
-def _conv(net: Network, node: Node) -> nn.Module:
+def _conv(net: Network, node: Node, device: Device = None) -> nn.Module:
     a = node.attrs
     return nn.Conv2d(
         net.shape(node.inputs[0])[0], net.shape(node.name)[0], a.kernel_size, stride=a.stride,
         padding=a.padding, dilation=a.dilation, groups=net.conv_groups(node.name), bias=a.bias,
-        padding_mode=a.padding_mode,
+        padding_mode=a.padding_mode, device=device,
     )
 
 
-def _linear(net: Network, node: Node) -> nn.Module:
-    return nn.Linear(net.shape(node.inputs[0])[0], net.shape(node.name)[0], bias=node.attrs.bias)
+def _linear(net: Network, node: Node, device: Device = None) -> nn.Module:
+    return nn.Linear(net.shape(node.inputs[0])[0], net.shape(node.name)[0], bias=node.attrs.bias, device=device)
+
+
+SHELLS: dict[OpKind, Callable[[Network, Node, Device], nn.Module]] = {OpKind.CONV2D: _conv, OpKind.LINEAR: _linear}
+"""Layers whose random initialization is costly: `make_shell` builds them without storage."""
 
 
 def _batchnorm(net: Network, node: Node) -> nn.Module:
@@ -77,6 +83,12 @@ FACTORIES: dict[OpKind, LayerFactory] = {
     OpKind.DROPOUT: lambda net, node: nn.Dropout(node.attrs.p),
     OpKind.IDENTITY: _plain(nn.Identity),
 }
+
+
+def make_shell(net: Network, node: Node) -> nn.Module:
+    """A layer of the right shapes whose tensors the caller replaces (meta storage if costly to init)."""
+    shell = SHELLS.get(node.op)
+    return shell(net, node, "meta") if shell else make_layer(net, node)
 
 
 def make_layer(net: Network, node: Node, opaque: Mapping[str, nn.Module] | None = None) -> nn.Module:

@@ -7,16 +7,16 @@ depthwise convs, concat offsets and flattened features all stay aligned.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, fx, nn
 
-from netopt.bridge.build import build, make_layer
+from netopt.bridge.build import build, make_shell
 from netopt.bridge.select import FilterSelector, GroupWeights, L2Magnitude, top_channels
 from netopt.errors import MaterializeError
-from netopt.ir import Layout, Network, Node, OpKind, Segment
+from netopt.ir import Layout, Network, Node, OpKind
 
 if TYPE_CHECKING:
     from netopt.bridge.trace import Traced
@@ -36,28 +36,34 @@ def expand(net: Network, layout: Layout, kept: Mapping[str, Tensor]) -> Tensor:
     return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)
 
 
-def group_weights(traced: Traced, gid: str) -> GroupWeights:
+def group_weights(traced: Traced, gid: str, batchnorms: Mapping[str, list[str]] | None = None) -> GroupWeights:
     """The filters that make group `gid`'s channels and the BN gammas applied to them."""
-    net = traced.network
-    info = net.analysis.info[gid]
+    info = traced.network.analysis.info[gid]
     filters = tuple(_module(traced, p).weight for p in info.producers)
-    own = (Segment(gid),)
-    gammas = tuple(
-        bn.weight for n in net.nodes
-        if n.op is OpKind.BATCHNORM and net.layout(n.name) == own
-        and (bn := _module(traced, n.name)).weight is not None
-    )
+    bns = (batchnorms if batchnorms is not None else _batchnorms(traced.network)).get(gid, ())
+    gammas = tuple(w for bn in bns if (w := _module(traced, bn).weight) is not None)
     return GroupWeights(filters, gammas)
+
+
+def _batchnorms(net: Network) -> dict[str, list[str]]:
+    """BatchNorm nodes by the one group whose channels they normalize."""
+    by_group: dict[str, list[str]] = {}
+    for node in net.nodes:
+        layout = net.layout(node.name)
+        if node.op is OpKind.BATCHNORM and len(layout) == 1 and layout[0].inner == 1:
+            by_group.setdefault(layout[0].group, []).append(node.name)
+    return by_group
 
 
 def kept_channels(traced: Traced, network: Network, selector: FilterSelector | None = None) -> dict[str, Tensor]:
     """For each group narrower than full width, the original indices of its kept channels."""
     selector = selector or L2Magnitude()
     kept = {}
+    batchnorms = _batchnorms(traced.network)
     for group in network.groups:
         if group.width == group.full_width:
             continue
-        scores = selector.scores(group_weights(traced, group.id))
+        scores = selector.scores(group_weights(traced, group.id, batchnorms))
         if scores.shape != (group.full_width,):
             raise MaterializeError(
                 f"{type(selector).__name__} returned {tuple(scores.shape)} scores for group "
@@ -75,11 +81,19 @@ def materialize(traced: Traced, network: Network, selector: FilterSelector | Non
             "with traced.network.with_widths(...)"
         )
     kept = kept_channels(traced, network, selector)
+    cache: dict[Layout, Tensor] = {}
+
+    def indices(layout: Layout) -> Tensor:
+        if layout not in cache:
+            cache[layout] = expand(network, layout, kept)
+        return cache[layout]
+
     layers: dict[str, nn.Module] = {}
+    modules = dict(traced.module.named_modules())
     with torch.no_grad():
         for node in network.nodes:
             if node.name in traced.binding and node.op is not OpKind.OPAQUE:
-                layers[node.name] = _sliced(traced, network, node, kept)
+                layers[node.name] = _sliced(modules[traced.binding[node.name]], network, node, indices)
     module = build(network, layers, opaque={k: v for k, v in traced.opaque.items()})
     return module.train(traced.module.training)
 
@@ -89,45 +103,38 @@ def _module(traced: Traced, name: str) -> Any:
     return traced.module.get_submodule(traced.binding[name])
 
 
-def _sliced(traced: Traced, net: Network, node: Node, kept: Mapping[str, Tensor]) -> nn.Module:
-    src = _module(traced, node.name)
-    layer: Any = make_layer(net, node)
-    out_idx = expand(net, net.layout(node.name), kept)
+def _sliced(src: Any, net: Network, node: Node, indices: Callable[[Layout], Tensor]) -> nn.Module:
+    """A layer of the new widths holding copies of the kept slices of `src` (no wasted init)."""
+    layer: Any = make_shell(net, node)  # every tensor is replaced below
+    out_idx = indices(net.layout(node.name))
+    names: tuple[str, ...] = ("weight", "bias")
     if node.op is OpKind.BATCHNORM:
-        _copy_bn(src, layer, out_idx)
-        return layer.to(_dtype(src))
-    in_idx = expand(net, net.layout(node.inputs[0]), kept)
-    weight = _slice_weight(src.weight, out_idx, in_idx, getattr(src, "groups", 1))
-    layer.weight.copy_(weight)
-    if getattr(src, "bias", None) is not None:
-        layer.bias.copy_(src.bias[out_idx])
-    return layer.to(_dtype(src))
-
-
-def _dtype(src: nn.Module) -> torch.dtype:
-    return next(iter(src.parameters()), next(iter(src.buffers()), torch.empty(0))).dtype
+        names = ("weight", "bias", "running_mean", "running_var")
+        tensors = {n: getattr(src, n).index_select(0, out_idx) for n in names if getattr(src, n, None) is not None}
+        if getattr(src, "num_batches_tracked", None) is not None:
+            tensors["num_batches_tracked"] = src.num_batches_tracked.clone()
+    else:
+        in_idx = indices(net.layout(node.inputs[0]))
+        tensors = {"weight": _slice_weight(src.weight, out_idx, in_idx, getattr(src, "groups", 1))}
+        if getattr(src, "bias", None) is not None:
+            tensors["bias"] = src.bias.index_select(0, out_idx)
+    for name, value in tensors.items():
+        is_param = isinstance(getattr(src, name), nn.Parameter)
+        setattr(layer, name, nn.Parameter(value, getattr(src, name).requires_grad) if is_param else value)
+    return layer
 
 
 def _slice_weight(w: Tensor, out_idx: Tensor, in_idx: Tensor, groups: int) -> Tensor:
     """Rows `out_idx` and (original) input channels `in_idx` of a conv or linear weight."""
+    rows = w.index_select(0, out_idx)
     if groups == 1:
-        return w[out_idx][:, in_idx]
+        return rows.index_select(1, in_idx)
     full_in = w.shape[1] * groups
     if groups == full_in:  # depthwise: each filter sees one input channel
-        return w[out_idx]
+        return rows
     in_per, out_per = full_in // groups, w.shape[0] // groups
-    rows = []
-    for o in out_idx.tolist():
+    kept_rows = []
+    for row, o in zip(rows, out_idx.tolist(), strict=True):
         block = o // out_per
-        local = in_idx[(in_idx // in_per) == block] - block * in_per
-        rows.append(w[o][local])
-    return torch.stack(rows)
-
-
-def _copy_bn(src: Any, dst: Any, idx: Tensor) -> None:
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        value = getattr(src, name, None)
-        if value is not None:
-            getattr(dst, name).copy_(value[idx])
-    if getattr(src, "num_batches_tracked", None) is not None:
-        dst.num_batches_tracked.copy_(src.num_batches_tracked)
+        kept_rows.append(row.index_select(0, in_idx[(in_idx // in_per) == block] - block * in_per))
+    return torch.stack(kept_rows)
