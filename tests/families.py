@@ -142,7 +142,7 @@ class InvertedResidualV2(nn.Module):
         self.stride = stride
         if norm_layer is None:
             norm_layer = nn.BatchNorm2d
-        hidden_dim = int(round(inp * expand_ratio))
+        hidden_dim = round(inp * expand_ratio)
         self.use_res_connect = self.stride == 1 and inp == oup
         layers: list[nn.Module] = []
         if expand_ratio != 1:
@@ -224,10 +224,12 @@ class InvertedResidualConfig:
         return _make_divisible(channels * width_mult, 8)
 
 
+SE_LAYER_V3 = partial(SqueezeExcitation, scale_activation=nn.Hardsigmoid)
+
+
 class InvertedResidualV3(nn.Module):
     def __init__(self, cnf: InvertedResidualConfig, norm_layer: Callable[..., nn.Module],
-                 se_layer: Callable[..., nn.Module] = partial(SqueezeExcitation,
-                                                              scale_activation=nn.Hardsigmoid)) -> None:
+                 se_layer: Callable[..., nn.Module] = SE_LAYER_V3) -> None:
         super().__init__()
         if not (1 <= cnf.stride <= 2):
             raise ValueError("illegal stride value")
@@ -720,7 +722,7 @@ class BottleneckTransform(nn.Sequential):
                  activation_layer: Callable[..., nn.Module], group_width: int, bottleneck_multiplier: float,
                  se_ratio: float | None) -> None:
         layers: OrderedDict[str, nn.Module] = OrderedDict()
-        w_b = int(round(width_out * bottleneck_multiplier))
+        w_b = round(width_out * bottleneck_multiplier)
         g = w_b // group_width
 
         layers["a"] = Conv2dNormActivation(width_in, w_b, kernel_size=1, stride=1, norm_layer=norm_layer,
@@ -730,7 +732,7 @@ class BottleneckTransform(nn.Sequential):
         if se_ratio:
             # The SE reduction ratio is defined with respect to the
             # beginning of the block
-            width_se_out = int(round(se_ratio * width_in))
+            width_se_out = round(se_ratio * width_in)
             layers["se"] = SqueezeExcitation(input_channels=w_b, squeeze_channels=width_se_out,
                                              activation=activation_layer)
         layers["c"] = Conv2dNormActivation(w_b, width_out, kernel_size=1, stride=1, norm_layer=norm_layer,
@@ -756,7 +758,7 @@ class ResBottleneckBlock(nn.Module):
         self.activation = activation_layer(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.proj is not None:
+        if self.proj is not None:  # noqa: SIM108 (torchvision's form)
             x = self.proj(x) + self.f(x)
         else:
             x = x + self.f(x)

@@ -7,6 +7,7 @@ depthwise convs, concat offsets and flattened features all stay aligned.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -94,7 +95,8 @@ def materialize(traced: Traced, network: Network, selector: FilterSelector | Non
         for node in network.nodes:
             if node.name in traced.binding and node.op is not OpKind.OPAQUE:
                 layers[node.name] = _sliced(modules[traced.binding[node.name]], network, node, indices)
-    module = build(network, layers, opaque={k: v for k, v in traced.opaque.items()})
+    # copies: fine-tuning one materialized network must not touch the traced model or another
+    module = build(network, layers, opaque={k: copy.deepcopy(v) for k, v in traced.opaque.items()})
     return module.train(traced.module.training)
 
 

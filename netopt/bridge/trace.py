@@ -18,6 +18,7 @@ from torch import fx, nn
 
 from netopt.bridge import modules as M
 from netopt.bridge.convert import FUNCTIONS, METHODS, MODULES, Converted
+from netopt.bridge.count import counting_macs
 from netopt.errors import IRError, TraceError, UnsupportedOpError
 from netopt.ir import INPUT, Network, Node, OpKind
 from netopt.ir.ops import OpaqueAttrs
@@ -81,7 +82,7 @@ def trace(
     shape = _check_input(example_input)
     leaves = tuple(opaque)
     gm = _symbolic_trace(model, leaves)
-    _propagate_shapes(model, gm, example_input)
+    _propagate_shapes(model, gm, example_input, leaves)
     converter = _Converter(gm, leaves)
     for node in gm.graph.nodes:
         converter.visit(node)
@@ -118,18 +119,24 @@ def _symbolic_trace(model: nn.Module, opaque: tuple[Opaque, ...]) -> fx.GraphMod
 
 SHAPE = "netopt_shape"
 """fx node meta key: the shape of the tensor the node produced on the example input."""
+MULTI = "netopt_multi"
+"""fx node meta key: the node returned several tensors (chunk, split, ...)."""
+MACS = "netopt_macs"
+"""fx node meta key: CONV/FC MACs per sample measured inside an opaque block."""
 
 
 class _ShapeRecorder(fx.Interpreter):
     """Runs the traced graph once, recording each tensor's shape; names the node that fails."""
 
-    def __init__(self, gm: fx.GraphModule, model_name: str, shape: tuple[int, ...]) -> None:
+    def __init__(self, gm: fx.GraphModule, model_name: str, x: torch.Tensor, opaque: tuple[Opaque, ...]) -> None:
         super().__init__(gm)
-        self.where = f"running {model_name} on the example input of shape {shape}"
+        self.where = f"running {model_name} on the example input of shape {tuple(x.shape)}"
+        self.batch = x.shape[0]
+        self.opaque = opaque
 
     def run_node(self, n: fx.Node) -> Any:
         try:
-            result = super().run_node(n)
+            result = self._run_counting(n) if self._is_opaque(n) else super().run_node(n)
         except Exception as exc:
             first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
             raise TraceError(
@@ -138,15 +145,28 @@ class _ShapeRecorder(fx.Interpreter):
             ) from exc
         if isinstance(result, torch.Tensor):
             n.meta[SHAPE] = tuple(result.shape)
+        elif isinstance(result, tuple | list) and any(isinstance(r, torch.Tensor) for r in result):
+            n.meta[MULTI] = True
+        return result
+
+    def _is_opaque(self, n: fx.Node) -> bool:
+        if n.op != "call_module":
+            return False
+        return _is_opaque(self.module.get_submodule(str(n.target)), str(n.target), self.opaque)
+
+    def _run_counting(self, n: fx.Node) -> Any:
+        with counting_macs(self.module.get_submodule(str(n.target)), self.batch) as total:
+            result = super().run_node(n)
+        n.meta[MACS] = total()
         return result
 
 
-def _propagate_shapes(model: nn.Module, gm: fx.GraphModule, x: torch.Tensor) -> None:
+def _propagate_shapes(model: nn.Module, gm: fx.GraphModule, x: torch.Tensor, opaque: tuple[Opaque, ...]) -> None:
     was_training = model.training
     gm.eval()
     try:
         with torch.no_grad():
-            _ShapeRecorder(gm, type(model).__name__, tuple(x.shape)).run(x)
+            _ShapeRecorder(gm, type(model).__name__, x, opaque).run(x)
     finally:
         gm.train(was_training)
 
@@ -175,7 +195,7 @@ class _Converter:
                 f"node {node.name!r} reads the tensor {node.target!r} directly, which the IR "
                 "cannot shrink; move that computation into a submodule and pass it in opaque=[...]"
             )
-        elif SHAPE in node.meta:
+        elif SHAPE in node.meta or MULTI in node.meta:
             self._tensor_op(node)
         # other nodes compute Python values (x.size(0), ...) that only feed reshapes
 
@@ -250,7 +270,7 @@ class _Converter:
         out = node.meta[SHAPE]
         attrs = OpaqueAttrs(
             module_type=type(module).__qualname__, out_shape=tuple(out[1:]),
-            params=sum(p.numel() for p in module.parameters()),
+            params=sum(p.numel() for p in module.parameters()), macs=int(node.meta.get(MACS, 0)),
         )
         self.opaque_modules[self._name(node)] = module
         self.binding[self._name(node)] = target

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from netopt.bridge.count import counting_macs
+
 __all__ = ["randomize_batchnorm", "module_macs", "module_params", "max_abs_diff"]
 
 
@@ -29,25 +31,10 @@ def module_params(model: nn.Module) -> int:
 
 
 def module_macs(model: nn.Module, x: Tensor) -> int:
-    """CONV and FC multiply-accumulates of one forward pass of batch size 1, counted by hooks."""
-    total = 0
-
-    def hook(m: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:
-        nonlocal total
-        if isinstance(m, nn.Conv2d):
-            kh, kw = m.kernel_size
-            total += out[0].numel() * (m.in_channels // m.groups) * kh * kw
-        elif isinstance(m, nn.Linear):
-            total += m.in_features * m.out_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    try:
-        with torch.no_grad():
-            model(x[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    return total
+    """CONV and FC multiply-accumulates of one forward pass for one sample, counted by hooks."""
+    with counting_macs(model, batch=1) as total, torch.no_grad():
+        model(x[:1])
+    return total()
 
 
 def max_abs_diff(a: nn.Module, b: nn.Module, x: Tensor) -> float:
