@@ -15,6 +15,9 @@ __all__ = [
     "TraceError",
     "UnsupportedOpError",
     "MaterializeError",
+    "ConfigError",
+    "MeasurementError",
+    "LookupTableError",
 ]
 
 
@@ -53,3 +56,15 @@ class UnsupportedOpError(TraceError):
 
 class MaterializeError(NetoptError):
     """A network could not be turned into a torch module with the traced weights."""
+
+
+class ConfigError(NetoptError):
+    """Settings or a configuration file with an unknown, missing or out-of-range field."""
+
+
+class MeasurementError(NetoptError):
+    """A measurement could not be taken: export failed, the runtime refused the model, no counter."""
+
+
+class LookupTableError(NetoptError):
+    """A lookup table that cannot be used: unreadable, corrupted, or from another platform."""

@@ -1,0 +1,155 @@
+"""The measurement contract: `Measurement`, `Fingerprint`, `MeasureSettings` and `Backend`.
+
+A backend measures a whole network (an nn.Module with its example input) and carries a
+fingerprint that identifies the platform: two measurements are comparable only when their
+fingerprints are equal, and lookup tables key every entry by it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from netopt.ir import Network
+
+__all__ = [
+    "Backend",
+    "Estimator",
+    "Fingerprint",
+    "MeasureSettings",
+    "Measurement",
+    "NoisyMeasurementWarning",
+    "summarize",
+]
+
+NOISY_IQR = 0.10
+"""IQR/median above which a measurement is flagged noisy (torch.utils.benchmark's threshold)."""
+
+
+class NoisyMeasurementWarning(UserWarning):
+    """A measurement whose spread (IQR/median) exceeds 10%: quote it with care."""
+
+
+class MeasureSettings(BaseModel):
+    """The protocol: warm-ups, then at least `runs` timed runs and at least `min_seconds`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    warmup: int = Field(10, ge=1, description="untimed runs first (caches, allocator, JIT)")
+    runs: int = Field(50, ge=5, description="minimum number of timed runs")
+    min_seconds: float = Field(0.2, ge=0.0, description="keep timing until this much time has passed")
+    max_runs: int = Field(2000, ge=5, description="stop after this many timed runs whatever the time")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Samples of one quantity (milliseconds, or millijoules) and their robust summary."""
+
+    unit: str
+    samples: tuple[float, ...]
+    median: float
+    min: float
+    p90: float
+    iqr: float
+    fingerprint: str = ""
+
+    @property
+    def iqr_ratio(self) -> float:
+        """IQR / median: the relative spread; above 0.10 the measurement is noisy."""
+        return self.iqr / self.median if self.median else 0.0
+
+    @property
+    def noisy(self) -> bool:
+        return self.iqr_ratio > NOISY_IQR
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"unit": self.unit, "samples": list(self.samples), "median": self.median, "min": self.min,
+                "p90": self.p90, "iqr": self.iqr, "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Measurement:
+        return cls(str(d["unit"]), tuple(float(s) for s in d["samples"]), float(d["median"]), float(d["min"]),
+                   float(d["p90"]), float(d["iqr"]), str(d.get("fingerprint", "")))
+
+
+def summarize(samples: Sequence[float], unit: str, fingerprint: str = "", what: str = "measurement") -> Measurement:
+    """Median, min, p90 and IQR of the samples; warns when IQR/median exceeds 10%."""
+    if not samples:
+        raise ValueError("no samples to summarize")
+    ordered = sorted(samples)
+    if len(ordered) >= 2:
+        q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
+        p90 = statistics.quantiles(ordered, n=10, method="inclusive")[-1]
+    else:
+        q1 = q3 = p90 = ordered[0]
+    m = Measurement(unit, tuple(samples), statistics.median(ordered), ordered[0], p90, q3 - q1, fingerprint)
+    if m.noisy:
+        warnings.warn(
+            f"{what}: IQR/median is {m.iqr_ratio:.0%} (> {NOISY_IQR:.0%}); the machine is busy or the "
+            "workload too short: quote the minimum, or measure again with more runs",
+            NoisyMeasurementWarning, stacklevel=3,
+        )
+    return m
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What identifies a platform: backend, its settings, library versions, CPU, threads."""
+
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """A short stable hash of every field: the platform part of a lookup-table key."""
+        text = json.dumps(dict(self.fields), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in sorted(self.fields.items()))
+
+    def diff(self, other: Fingerprint) -> list[str]:
+        keys = sorted(set(self.fields) | set(other.fields))
+        return [f"{k}: {self.fields.get(k)!r} != {other.fields.get(k)!r}"
+                for k in keys if self.fields.get(k) != other.fields.get(k)]
+
+
+class Backend(ABC):
+    """Measures a cost of running a network on one platform."""
+
+    unit: str = "ms"
+
+    @property
+    @abstractmethod
+    def fingerprint(self) -> Fingerprint:
+        """Identifies the platform and settings; equal fingerprints mean comparable numbers."""
+
+    @abstractmethod
+    def measure(self, module: nn.Module, example_input: torch.Tensor) -> Measurement:
+        """Measure the whole module on inputs shaped like `example_input`."""
+
+    def close(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
+        """Release sessions, connections or threads (optional)."""
+
+
+@runtime_checkable
+class Estimator(Protocol):
+    """Anything that puts a number on a network from its IR alone: a lookup table, an analytical
+    energy or memory model. Constraints read resources through this one method."""
+
+    unit: str
+
+    def estimate(self, network: Network) -> float:
+        """The network's cost in `unit`, at its current widths."""
+        ...

@@ -1,0 +1,34 @@
+"""The timing loop every latency backend shares: warm up, then time until runs and seconds suffice."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from netopt.measure.base import Measurement, MeasureSettings, summarize
+
+__all__ = ["time_calls"]
+
+
+def time_calls(run: Callable[[], object], settings: MeasureSettings, fingerprint: str = "",
+               what: str = "measurement", sync: Callable[[], None] | None = None) -> Measurement:
+    """Milliseconds per call of `run`, by the protocol in `settings`.
+
+    `sync` (e.g. torch.cuda.synchronize) runs after each call, inside the timed region, so
+    asynchronous devices are timed to completion.
+    """
+    for _ in range(settings.warmup):
+        run()
+    if sync:
+        sync()
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < settings.max_runs and (
+        len(samples) < settings.runs or time.perf_counter() - start < settings.min_seconds
+    ):
+        t0 = time.perf_counter_ns()
+        run()
+        if sync:
+            sync()
+        samples.append((time.perf_counter_ns() - t0) / 1e6)
+    return summarize(samples, "ms", fingerprint, what)
