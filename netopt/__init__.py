@@ -12,11 +12,12 @@ from netopt.errors import NetoptError
 
 if TYPE_CHECKING:
     from netopt.bridge import Traced, trace
+    from netopt.lut import LookupTable
 
 __version__ = "0.1.0"
-__all__ = ["NetoptError", "Traced", "trace", "__version__"]
+__all__ = ["LookupTable", "NetoptError", "Traced", "__version__", "trace"]
 
-_LAZY = {"trace": "netopt.bridge", "Traced": "netopt.bridge"}
+_LAZY = {"trace": "netopt.bridge", "Traced": "netopt.bridge", "LookupTable": "netopt.lut"}
 
 
 def __getattr__(name: str) -> Any:

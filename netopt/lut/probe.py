@@ -1,0 +1,49 @@
+"""Turn a unit into a small torch module that a backend can measure on its own."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from netopt.bridge.build import make_layer
+from netopt.ir import Network
+from netopt.lut.units import Unit
+
+__all__ = ["unit_module", "overhead_module"]
+
+
+class UnitModule(nn.Module):
+    """head(x, *others) then the fused ops; extra operands are constants of the right shape."""
+
+    def __init__(self, layers: list[nn.Module], others: list[Tensor]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        for i, t in enumerate(others):
+            self.register_buffer(f"operand{i}", t)
+        self.n_others = len(others)
+
+    def forward(self, x: Tensor) -> Tensor:
+        others = [getattr(self, f"operand{i}") for i in range(self.n_others)]
+        y = self.layers[0](x, *others)
+        for layer in self.layers[1:]:
+            y = layer(y)
+        return y
+
+
+def unit_module(net: Network, unit: Unit) -> tuple[nn.Module, Tensor]:
+    """A module computing `unit` at `net`'s widths, and an input for it (batch 1)."""
+    torch.manual_seed(0)
+    layers = [make_layer(net, node) for node in unit.nodes]
+    others = [torch.randn(1, *shape) for shape in unit.input_shapes[1:]]
+    module = UnitModule(layers, others).eval()
+    return module, torch.randn(1, *unit.input_shapes[0])
+
+
+class _Tiny(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(x)
+
+
+def overhead_module() -> tuple[nn.Module, Tensor]:
+    """The cheapest model a runtime still has to run: its latency is the per-call overhead."""
+    return _Tiny().eval(), torch.randn(1, 1)

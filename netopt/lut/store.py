@@ -1,0 +1,201 @@
+"""The lookup table's SQLite file: entries, claims and calibrations of one platform.
+
+Several processes may fill one file at once. SQLite in WAL mode serializes the writes; a
+`claims` table makes sure that a signature is measured by one process only: the first to
+claim it measures, the others wait for its entry (and take over a claim whose owner died).
+A file that is not a netopt lookup table, or is corrupted, is refused and never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from netopt.errors import LookupTableError
+from netopt.measure.base import Fingerprint, Measurement
+
+__all__ = ["Store", "Calibration", "FORMAT", "VERSION"]
+
+FORMAT = "netopt-lut"
+VERSION = 1
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    signature TEXT PRIMARY KEY, description TEXT NOT NULL, measurement TEXT NOT NULL,
+    created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS claims (signature TEXT PRIMARY KEY, owner TEXT NOT NULL, since REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS calibrations (
+    structure TEXT PRIMARY KEY, slope REAL NOT NULL, intercept REAL NOT NULL, points TEXT NOT NULL,
+    created REAL NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """estimate = slope * layer_sum + intercept, fitted on whole-network measurements."""
+
+    slope: float
+    intercept: float
+    points: tuple[tuple[float, float], ...]  # (layer sum, measured end to end)
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_alive(owner: str) -> bool:
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return True  # cannot tell; the claim timeout decides
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
+
+
+class Store:
+    """One platform's entries in one SQLite file."""
+
+    def __init__(self, path: str | Path, fingerprint: Fingerprint, claim_timeout: float = 600.0) -> None:
+        self.path = Path(path)
+        self.claim_timeout = claim_timeout
+        _refuse_foreign_file(self.path)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            self.db.execute("PRAGMA busy_timeout = 60000")
+            self.db.execute("PRAGMA journal_mode = WAL")
+            self._check_integrity()
+            self._init(fingerprint)
+        except sqlite3.DatabaseError as exc:
+            raise LookupTableError(
+                f"{self.path} is not a readable lookup table ({exc}); it was left untouched: "
+                "move it away or open another path"
+            ) from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _check_integrity(self) -> None:
+        result = self.db.execute("PRAGMA quick_check").fetchone()[0]
+        if result != "ok":
+            raise LookupTableError(f"{self.path} is corrupted (SQLite quick_check: {result}); it was left untouched")
+
+    def _init(self, fingerprint: Fingerprint) -> None:
+        with self._write() as db:
+            for statement in filter(str.strip, SCHEMA.split(";")):
+                db.execute(statement)
+            for key, value in (("format", FORMAT), ("version", str(VERSION)),
+                               ("fingerprint", json.dumps(dict(fingerprint.fields), sort_keys=True, default=str))):
+                db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, value))
+        meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+        if meta.get("format") != FORMAT or meta.get("version") != str(VERSION):
+            raise LookupTableError(
+                f"{self.path} holds format {meta.get('format')!r} version {meta.get('version')!r}, not "
+                f"{FORMAT!r} version {VERSION}; open another path (the file was left untouched)"
+            )
+        stored = Fingerprint(json.loads(meta["fingerprint"]))
+        if stored.key != fingerprint.key:
+            raise LookupTableError(
+                f"{self.path} was measured on another platform or with other settings "
+                f"({'; '.join(fingerprint.diff(stored))}); use one lookup table file per platform"
+            )
+
+    # --- entries ---------------------------------------------------------------------------
+
+    def get_many(self, signatures: list[str]) -> dict[str, Measurement]:
+        found: dict[str, Measurement] = {}
+        for start in range(0, len(signatures), 500):
+            chunk = signatures[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(f"SELECT signature, measurement FROM entries WHERE signature IN ({marks})", chunk)
+            found.update({sig: Measurement.from_dict(json.loads(m)) for sig, m in rows})
+        return found
+
+    def get(self, signature: str) -> Measurement | None:
+        return self.get_many([signature]).get(signature)
+
+    def put(self, signature: str, description: Mapping[str, Any], measurement: Measurement) -> None:
+        """Record an entry (the first one wins) and release its claim."""
+        with self._write() as db:
+            db.execute("INSERT OR IGNORE INTO entries VALUES (?, ?, ?, ?)",
+                       (signature, json.dumps(description, sort_keys=True),
+                        json.dumps(measurement.to_dict()), time.time()))
+            db.execute("DELETE FROM claims WHERE signature = ?", (signature,))
+
+    def count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+
+    def signatures(self) -> list[str]:
+        return [row[0] for row in self.db.execute("SELECT signature FROM entries ORDER BY signature")]
+
+    # --- claims ----------------------------------------------------------------------------
+
+    def claim(self, signature: str) -> bool:
+        """True if this process should measure `signature` now (no entry, no live claim)."""
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM entries WHERE signature = ?", (signature,)).fetchone():
+                return False
+            row = db.execute("SELECT owner, since FROM claims WHERE signature = ?", (signature,)).fetchone()
+            if row and _owner_alive(row[0]) and time.time() - row[1] < self.claim_timeout:
+                return False
+            db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?)", (signature, _owner(), time.time()))
+            return True
+
+    def release(self, signature: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM claims WHERE signature = ? AND owner = ?", (signature, _owner()))
+
+    # --- calibrations ----------------------------------------------------------------------
+
+    def calibration(self, structure: str) -> Calibration | None:
+        row = self.db.execute("SELECT slope, intercept, points FROM calibrations WHERE structure = ?",
+                              (structure,)).fetchone()
+        if row is None:
+            return None
+        return Calibration(row[0], row[1], tuple(tuple(p) for p in json.loads(row[2])))
+
+    def put_calibration(self, structure: str, calibration: Calibration) -> None:
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO calibrations VALUES (?, ?, ?, ?, ?)",
+                       (structure, calibration.slope, calibration.intercept,
+                        json.dumps(calibration.points), time.time()))
+
+
+def _refuse_foreign_file(path: Path) -> None:
+    """A non-empty file that is not SQLite is someone else's: refuse it before SQLite touches it."""
+    if not path.exists():
+        if not path.parent.exists():
+            raise LookupTableError(f"folder {path.parent} does not exist; create it or choose another path")
+        return
+    if path.is_dir():
+        raise LookupTableError(f"{path} is a folder; give the path of a lookup table file")
+    with path.open("rb") as f:
+        head = f.read(len(SQLITE_HEADER))
+    if head and head != SQLITE_HEADER:
+        raise LookupTableError(
+            f"{path} is not a lookup table (not an SQLite file); it was left untouched: move it away or open "
+            "another path"
+        )

@@ -1,0 +1,194 @@
+"""`LookupTable`: layer-wise costs measured once per platform, summed and calibrated.
+
+Calibration, in two steps (figures in benchmarks/bench_lut.py and the README):
+1. Units, not ops: a conv is measured together with the BatchNorm and activation that the
+   runtime fuses into it, so the sum sees the runtime's fusions.
+2. Per-call overhead: every stand-alone measurement pays the runtime's fixed cost of one call
+   (session run, input binding), which the whole network pays once. It is measured on the
+   cheapest model there is and taken off each unit: layer_sum = overhead + sum(unit - overhead).
+3. A linear correction fitted on a few whole-network measurements of the network family being
+   searched (`calibrate`): estimate = slope * layer_sum + intercept, stored per structure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from tqdm import tqdm
+
+from netopt.errors import LookupTableError
+from netopt.ir import Network
+from netopt.lut.probe import overhead_module, unit_module
+from netopt.lut.store import Calibration, Store
+from netopt.lut.units import Unit, units
+from netopt.measure.base import Backend, Measurement
+
+if TYPE_CHECKING:
+    from netopt.bridge import Traced
+
+__all__ = ["LookupTable", "structure_key", "random_variants"]
+
+OVERHEAD = "overhead"
+
+
+def structure_key(net: Network) -> str:
+    """Identifies a network's structure (not its widths): calibrations are kept per structure."""
+    return hashlib.sha256(net.at_full_width().to_json().encode()).hexdigest()[:24]
+
+
+class LookupTable:
+    """Costs of network units on one backend, filled lazily or prebuilt, kept in SQLite."""
+
+    def __init__(self, store: Store, backend: Backend, wait_timeout: float = 600.0) -> None:
+        self.store = store
+        self.backend = backend
+        self.unit = backend.unit
+        self.wait_timeout = wait_timeout
+        self.measurements = 0  # how many measurements this instance took (0 on a warm table)
+
+    @classmethod
+    def open(cls, path: str | Path, backend: Backend) -> LookupTable:
+        """Open (or create) the table at `path` for `backend`'s platform."""
+        return cls(Store(path, backend.fingerprint), backend)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # --- measuring -------------------------------------------------------------------------
+
+    def overhead(self) -> float:
+        """The backend's fixed cost of one call, in `unit`."""
+        return self._ensure_one(OVERHEAD, {"overhead": True}, lambda: self.backend.measure(*overhead_module())).min
+
+    def ensure(self, nets: Iterable[Network], progress: str | None = None) -> None:
+        """Measure every unit of `nets` that the table does not hold yet."""
+        todo: dict[str, tuple[Network, Unit]] = {}
+        for net in nets:
+            for u in units(net):
+                todo.setdefault(u.signature, (net, u))
+        missing = sorted(set(todo) - set(self.store.get_many(list(todo))))
+        bar = tqdm(missing, desc=progress or "measuring layers", unit="layer", disable=None, leave=False)
+        for sig in bar:
+            net, u = todo[sig]
+            self._ensure_one(sig, u.describe(), lambda net=net, u=u: self.backend.measure(*unit_module(net, u)))
+
+    def _ensure_one(self, sig: str, description: dict[str, object], measure: object) -> Measurement:
+        deadline = time.monotonic() + self.wait_timeout
+        while True:
+            found = self.store.get(sig)
+            if found is not None:
+                return found
+            if self.store.claim(sig):
+                try:
+                    result: Measurement = measure()  # type: ignore[operator]
+                except BaseException:
+                    self.store.release(sig)
+                    raise
+                self.store.put(sig, description, result)
+                self.measurements += 1
+                return result
+            if time.monotonic() > deadline:
+                raise LookupTableError(
+                    f"waited {self.wait_timeout:.0f} s for another process to measure layer {sig}; "
+                    "it may be stuck: stop it or raise wait_timeout"
+                )
+            time.sleep(0.02)
+
+    def prebuild(self, net: Network, points_per_group: int = 4) -> int:
+        """Measure every unit of `net` over a grid of widths (each group at `points_per_group`
+        evenly spaced valid widths, all combinations per unit). Returns how many were new."""
+        before = self.measurements
+        self.overhead()
+        grid = {g.id: _spread(g.valid_widths(), points_per_group) for g in net.groups}
+        variants: dict[str, Network] = {}
+        for u in units(net.at_full_width()):
+            involved = sorted({s.group for name in (*u.head.inputs, u.nodes[-1].name)
+                               for s in net.layout(name) if s.group in grid})
+            for combo in itertools.product(*(grid[g] for g in involved)):
+                variant = net.with_widths(dict(zip(involved, combo, strict=True)))
+                variants.setdefault(variant.to_json(), variant)
+        self.ensure(variants.values(), progress="prebuilding lookup table")
+        return self.measurements - before
+
+    # --- estimating ------------------------------------------------------------------------
+
+    def unit_costs(self, net: Network) -> list[tuple[Unit, float]]:
+        """Each unit of `net` with its cost net of the per-call overhead (measuring what is missing)."""
+        self.ensure([net])
+        found = self.store.get_many([u.signature for u in units(net)])
+        overhead = self.overhead()
+        return [(u, max(found[u.signature].min - overhead, 0.0)) for u in units(net)]
+
+    def layer_sum(self, net: Network) -> float:
+        """Uncorrected estimate: overhead + the sum of the unit costs."""
+        return self.overhead() + sum(cost for _, cost in self.unit_costs(net))
+
+    def naive_sum(self, net: Network) -> float:
+        """The plain sum of stand-alone unit measurements, for comparison (no calibration)."""
+        self.ensure([net])
+        found = self.store.get_many([u.signature for u in units(net)])
+        return sum(found[u.signature].min for u in units(net))
+
+    def estimate(self, net: Network) -> float:
+        """Calibrated cost of `net` in `unit` (Estimator protocol)."""
+        raw = self.layer_sum(net)
+        cal = self.store.calibration(structure_key(net))
+        return raw if cal is None else cal.slope * raw + cal.intercept
+
+    def calibrate(self, traced: Traced, variants: int = 6, seed: int = 0) -> Calibration:
+        """Fit the linear correction on end-to-end measurements of random variants of `traced`."""
+        nets = [traced.network, *random_variants(traced.network, variants - 1, seed)]
+        self.ensure(nets, progress="measuring layers for calibration")
+        points = []
+        for net in tqdm(nets, desc="measuring networks for calibration", disable=None, leave=False):
+            measured = self.backend.measure(traced.materialize(net), traced.example_input()).median
+            points.append((self.layer_sum(net), measured))
+        cal = fit_line(points)
+        self.store.put_calibration(structure_key(traced.network), cal)
+        return cal
+
+
+def fit_line(points: Sequence[tuple[float, float]]) -> Calibration:
+    """Least squares measured = slope * layer_sum + intercept.
+
+    With too few points, too narrow a spread, or a fit that would not increase with the layer
+    sum (noise), it falls back to a ratio through the origin, which is always monotone.
+    """
+    x, y = np.array([p[0] for p in points]), np.array([p[1] for p in points])
+    if len(points) >= 3 and np.ptp(x) >= 0.2 * x.mean():
+        slope, intercept = np.polyfit(x, y, 1)
+        if slope > 0 and slope * x.min() + intercept > 0:
+            return Calibration(float(slope), float(intercept), tuple(points))
+    return Calibration(float((x * y).sum() / (x * x).sum()), 0.0, tuple(points))
+
+
+def random_variants(net: Network, count: int, seed: int = 0) -> list[Network]:
+    """Random shrunken networks spread over the range: a global fraction, jittered per group."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        fraction = rng.uniform(0.25, 1.0)
+        widths = {}
+        for g in net.groups:
+            target = g.full_width * min(1.0, max(0.0, fraction + rng.uniform(-0.15, 0.15)))
+            widths[g.id] = _nearest(g.valid_widths(), target)
+        out.append(net.with_widths(widths))
+    return out
+
+
+def _spread(values: tuple[int, ...], k: int) -> tuple[int, ...]:
+    if len(values) <= k:
+        return values
+    picks = {values[round(i * (len(values) - 1) / (k - 1))] for i in range(k)} if k > 1 else {values[-1]}
+    return tuple(sorted(picks))
+
+
+def _nearest(values: Sequence[int], target: float) -> int:
+    return min(values, key=lambda w: abs(w - target))

@@ -1,0 +1,144 @@
+"""Lookup tables against the real ONNX Runtime backend (tiny settings keep it quick)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import netopt
+from netopt.errors import LookupTableError
+from netopt.ir import Builder, OpKind
+from netopt.lut import LookupTable, fidelity, random_variants, units
+from netopt.measure import MeasureSettings, NoisyMeasurementWarning, OnnxRuntimeCPU
+from netopt.zoo import MobileNetV1
+
+QUICK = MeasureSettings(warmup=1, runs=5, min_seconds=0.0)
+
+
+def backend(threads: int = 1) -> OnnxRuntimeCPU:
+    return OnnxRuntimeCPU(threads=threads, settings=QUICK)
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> None:
+    warnings.simplefilter("ignore", NoisyMeasurementWarning)
+
+
+def tiny() -> netopt.Traced:
+    return netopt.trace(MobileNetV1(0.25, 32, num_classes=10).eval(), torch.randn(1, 3, 32, 32))
+
+
+def test_units_fuse_bn_and_activation_and_skip_views() -> None:
+    b = Builder((3, 8, 8))
+    x = b.relu(b.bn(b.conv(b.input, 16, 3)))
+    y = b.add_(b.bn(b.conv(x, 16, 3)), x)
+    net = b.build(b.linear(b.flatten(b.adaptive_avgpool(b.relu(y))), 4))
+    ops = [[n.op for n in u.nodes] for u in units(net)]
+    assert ops == [
+        [OpKind.CONV2D, OpKind.BATCHNORM, OpKind.RELU],
+        [OpKind.CONV2D, OpKind.BATCHNORM],
+        [OpKind.ADD, OpKind.RELU],
+        [OpKind.ADAPTIVE_AVGPOOL2D],
+        [OpKind.LINEAR],
+    ]
+
+
+def test_equal_layers_share_one_signature() -> None:
+    net = tiny().network
+    sigs = [u.signature for u in units(net)]
+    assert len(set(sigs)) < len(sigs)  # MobileNetV1 repeats its 512-channel block five times
+    smaller = net.with_widths({net.groups[0].id: net.groups[0].min_width})
+    changed = [a.signature != b.signature for a, b in zip(units(net), units(smaller), strict=True)]
+    assert 1 <= sum(changed) <= 3  # the producer's unit and its readers' units, nothing else
+
+
+def test_second_run_on_the_same_platform_measures_nothing(tmp_path: Path) -> None:
+    traced = tiny()
+    first = LookupTable.open(tmp_path / "lut.sqlite", backend())
+    estimate = first.estimate(traced.network)
+    assert first.measurements == len({u.signature for u in units(traced.network)}) + 1  # + overhead
+    first.close()
+    second = LookupTable.open(tmp_path / "lut.sqlite", backend())
+    assert second.estimate(traced.network) == estimate
+    assert second.measurements == 0
+
+
+def test_prebuild_covers_a_grid_once(tmp_path: Path) -> None:
+    traced = tiny()
+    lut = LookupTable.open(tmp_path / "lut.sqlite", backend())
+    first = lut.prebuild(traced.network, points_per_group=2)
+    assert first > len(units(traced.network)) // 2
+    assert lut.prebuild(traced.network, points_per_group=2) == 0
+    variant = traced.network.with_widths({g.id: g.min_width for g in traced.network.groups})
+    before = lut.measurements
+    lut.estimate(variant)  # every group at its minimum: on the grid
+    assert lut.measurements == before
+
+
+def _fill(path: str, seed: int) -> int:
+    traced = tiny()
+    lut = LookupTable.open(path, backend())
+    for net in random_variants(traced.network, 3, seed=seed % 2):  # two seeds: processes overlap
+        lut.estimate(net)
+    return lut.measurements
+
+
+def test_four_processes_fill_one_table_without_loss_or_duplicates(tmp_path: Path) -> None:
+    path = str(tmp_path / "shared.sqlite")
+    with mp.get_context("spawn").Pool(4) as pool:
+        counts = pool.starmap(_fill, [(path, seed) for seed in range(4)])
+    traced = tiny()
+    wanted = {u.signature for s in (0, 1) for net in random_variants(traced.network, 3, seed=s) for u in units(net)}
+    lut = LookupTable.open(path, backend())
+    assert set(lut.store.signatures()) == wanted | {"overhead"}
+    assert sum(counts) == len(wanted) + 1  # each signature measured by exactly one process
+
+
+def test_calibration_is_stored_and_fidelity_reports(tmp_path: Path) -> None:
+    traced = tiny()
+    lut = LookupTable.open(tmp_path / "lut.sqlite", backend())
+    raw = lut.layer_sum(traced.network)
+    cal = lut.calibrate(traced, variants=4)
+    assert cal.slope > 0 and len(cal.points) == 4
+    assert lut.estimate(traced.network) == pytest.approx(cal.slope * raw + cal.intercept)
+    report = fidelity(lut, traced, variants=4)
+    a = report.agreement()
+    assert 0 <= a.within5 <= a.within10 <= 1 and a.rmspe >= 0
+    assert "calibrated" in report.table() and "naive" in report.table()
+    png = report.plot(tmp_path / "fidelity.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_foreign_or_corrupted_files_are_refused_and_left_untouched(tmp_path: Path) -> None:
+    text = tmp_path / "notes.sqlite"
+    text.write_text("my precious notes")
+    with pytest.raises(LookupTableError, match="not an SQLite file"):
+        LookupTable.open(text, backend())
+    assert text.read_text() == "my precious notes"
+    good = tmp_path / "lut.sqlite"
+    lut = LookupTable.open(good, backend())
+    lut.estimate(tiny().network)
+    lut.close()
+    data = bytearray(good.read_bytes())
+    data[200:4000] = b"\xff" * 3800  # scribble over the first pages
+    broken = tmp_path / "broken.sqlite"
+    broken.write_bytes(bytes(data))
+    with pytest.raises(LookupTableError, match="left untouched"):
+        LookupTable.open(broken, backend())
+    assert broken.read_bytes() == bytes(data)
+
+
+def test_another_platform_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "lut.sqlite"
+    LookupTable.open(path, backend(threads=1)).close()
+    with pytest.raises(LookupTableError, match=r"threads: 2 != 1.*one lookup table file per platform"):
+        LookupTable.open(path, backend(threads=2))
+
+
+def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(LookupTableError, match="does not exist"):
+        LookupTable.open(tmp_path / "nope" / "lut.sqlite", backend())
