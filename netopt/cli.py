@@ -60,18 +60,78 @@ def describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def lut_command(args: argparse.Namespace) -> int:
+    """Build a lookup table for a zoo model, or report how far its estimates can be trusted."""
+    import torch
+
+    import netopt
+    from netopt.lut import LookupTable, fidelity
+    from netopt.measure import OnnxRuntimeCPU
+
+    model = _model(args.model, args.width, args.classes)
+    traced = netopt.trace(model.eval(), torch.randn(1, 3, args.resolution, args.resolution))  # type: ignore[attr-defined]
+    lut = LookupTable.open(args.lut, OnnxRuntimeCPU(threads=args.threads))
+    if args.action == "build":
+        new = lut.prebuild(traced.network, points_per_group=args.points)
+        print(f"{args.lut}: {new} new entries, {lut.store.count()} in all")
+        return 0
+    cal = lut.calibrate(traced, variants=args.calibration)
+    print(f"calibration: measured = {cal.slope:.3f} x layer_sum + {cal.intercept:.4f} {lut.unit}")
+    report = fidelity(lut, traced, variants=args.variants)
+    print(report.table())
+    if args.plot:
+        print(f"plot written to {report.plot(args.plot, title=f'{args.model}, {lut.backend.fingerprint.describe()}')}")
+    return 0
+
+
+def agent_command(args: argparse.Namespace) -> int:
+    """Serve measurements on this device until interrupted."""
+    from pathlib import Path
+
+    from netopt.measure.agent import serve
+
+    token = Path(args.token_file).read_text().strip() if args.token_file else args.token
+    try:
+        serve(args.host, args.port, token, int(args.max_mb * 2**20), allow_remote=args.allow_remote)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def _model_options(p: argparse.ArgumentParser, model_nargs: str | None) -> None:
+    p.add_argument("model", nargs=model_nargs, default="mobilenet_v1", choices=ZOO)
+    p.add_argument("--width", type=float, default=0.5, help="width multiplier (default 0.5)")
+    p.add_argument("--resolution", type=int, default=128, help="input size in px (default 128)")
+    p.add_argument("--classes", type=int, default=10, help="output classes (default 10)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="netopt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, helptext in (("describe", "trace a zoo model; print its groups and costs"),
                            ("demo", "the main job on bundled defaults")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("model", nargs="?" if name == "demo" else None, default="mobilenet_v1", choices=ZOO)
-        p.add_argument("--width", type=float, default=0.5, help="width multiplier (default 0.5)")
-        p.add_argument("--resolution", type=int, default=128, help="input size in px (default 128)")
-        p.add_argument("--classes", type=int, default=10, help="output classes (default 10)")
+        _model_options(p, "?" if name == "demo" else None)
         p.add_argument("--json", help="write the halved network's IR to this file")
         p.set_defaults(run=describe)
+    p = sub.add_parser("lut", help="build a lookup table, or report its fidelity")
+    p.add_argument("action", choices=("build", "fidelity"))
+    _model_options(p, "?")
+    p.add_argument("--lut", default="lut.sqlite", help="the lookup table file (default lut.sqlite)")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
+    p.add_argument("--points", type=int, default=3, help="build: widths per group on the grid (default 3)")
+    p.add_argument("--variants", type=int, default=20, help="fidelity: random variants (default 20)")
+    p.add_argument("--calibration", type=int, default=6, help="fidelity: networks to calibrate on (default 6)")
+    p.add_argument("--plot", help="fidelity: write the scatter plot (PNG) here")
+    p.set_defaults(run=lut_command)
+    p = sub.add_parser("agent", help="serve ONNX Runtime measurements over HTTP (run it on the target device)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    p.add_argument("--port", type=int, default=8470)
+    p.add_argument("--token", help="the bearer token clients must send (default: generate and print one)")
+    p.add_argument("--token-file", help="read the token from this file instead")
+    p.add_argument("--max-mb", type=float, default=64, help="largest model accepted, in MiB (default 64)")
+    p.add_argument("--allow-remote", action="store_true", help="allow listening on a non-loopback address")
+    p.set_defaults(run=agent_command)
     return parser
 
 

@@ -29,3 +29,24 @@ def test_cli_describe_prints_groups_and_reports_bad_input() -> None:
                          capture_output=True, text=True, timeout=300, check=False)
     assert bad.returncode == 2
     assert bad.stderr.startswith("netopt: error:") and "Traceback" not in bad.stderr
+
+
+def test_cli_agent_serves_on_loopback_until_stopped() -> None:
+    import json
+    import urllib.request
+
+    token = "a-long-enough-test-token"
+    proc = subprocess.Popen([sys.executable, "-m", "netopt.cli", "agent", "--port", "0", "--token", token],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "listening on http://127.0.0.1:" in line
+        url = line.split("listening on ")[1].strip()
+        request = urllib.request.Request(f"{url}/v1/info", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            info = json.load(reply)
+        assert info["platform"]["backend"] == "onnxruntime-cpu"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

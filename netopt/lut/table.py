@@ -28,7 +28,7 @@ from netopt.ir import Network
 from netopt.lut.probe import overhead_module, unit_module
 from netopt.lut.store import Calibration, Store
 from netopt.lut.units import Unit, units
-from netopt.measure.base import Backend, Measurement
+from netopt.measure.base import Backend, Fingerprint, Measurement
 
 if TYPE_CHECKING:
     from netopt.bridge import Traced
@@ -60,6 +60,10 @@ class LookupTable:
 
     def close(self) -> None:
         self.store.close()
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        return self.backend.fingerprint
 
     # --- measuring -------------------------------------------------------------------------
 

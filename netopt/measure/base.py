@@ -16,7 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from netopt.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -31,11 +33,25 @@ __all__ = [
     "MeasureSettings",
     "Measurement",
     "NoisyMeasurementWarning",
+    "settings_from",
     "summarize",
 ]
 
 NOISY_IQR = 0.10
 """IQR/median above which a measurement is flagged noisy (torch.utils.benchmark's threshold)."""
+
+
+def settings_from(cls: type[BaseModel], values: dict[str, Any], what: str) -> Any:
+    """Validate keyword settings, turning pydantic's report into one ConfigError line."""
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "?"
+        raise ConfigError(
+            f"{what}: setting {field}={err.get('input')!r} is invalid: {err['msg']}; "
+            f"valid settings: {sorted(cls.model_fields)}"
+        ) from None
 
 
 class NoisyMeasurementWarning(UserWarning):
@@ -51,6 +67,14 @@ class MeasureSettings(BaseModel):
     runs: int = Field(50, ge=5, description="minimum number of timed runs")
     min_seconds: float = Field(0.2, ge=0.0, description="keep timing until this much time has passed")
     max_runs: int = Field(2000, ge=5, description="stop after this many timed runs whatever the time")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MeasureSettings:
+        if self.max_runs < self.runs:
+            raise ValueError(f"max_runs={self.max_runs} is below runs={self.runs}; raise max_runs or lower runs")
+        if self.min_seconds == float("inf"):
+            raise ValueError("min_seconds must be finite")
+        return self
 
 
 @dataclass(frozen=True)
@@ -149,6 +173,11 @@ class Estimator(Protocol):
     energy or memory model. Constraints read resources through this one method."""
 
     unit: str
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        """What the numbers depend on (platform, cost table): part of every cache key."""
+        ...
 
     def estimate(self, network: Network) -> float:
         """The network's cost in `unit`, at its current widths."""

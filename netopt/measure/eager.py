@@ -9,8 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from netopt.errors import MeasurementError
-from netopt.measure.base import Backend, Fingerprint, Measurement, MeasureSettings
-from netopt.measure.onnxrt import settings_from
+from netopt.measure.base import Backend, Fingerprint, Measurement, MeasureSettings, settings_from
 from netopt.measure.platform import cpu_model
 from netopt.measure.timing import time_calls
 

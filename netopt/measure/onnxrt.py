@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import io
+import threading
 import warnings
-from typing import Any, Literal
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from torch import nn
+from pydantic import BaseModel, ConfigDict, Field
 
-from netopt.errors import ConfigError, MeasurementError
-from netopt.measure.base import Backend, Fingerprint, Measurement, MeasureSettings
+if TYPE_CHECKING:  # torch is needed to export, not to measure: an agent on a device has no torch
+    import torch
+    from torch import nn
+
+from netopt.errors import MeasurementError
+from netopt.measure.base import Backend, Fingerprint, Measurement, MeasureSettings, settings_from
 from netopt.measure.platform import cpu_model
 from netopt.measure.timing import time_calls
 
-__all__ = ["OnnxRuntimeCPU", "OrtSettings", "export_onnx"]
+__all__ = ["OnnxRuntimeCPU", "OrtSettings", "export_onnx", "settings_from"]
 
 OptLevel = Literal["disable", "basic", "extended", "all"]
 
@@ -31,26 +35,18 @@ class OrtSettings(BaseModel):
     exporter: Literal["legacy", "dynamo"] = "legacy"
 
 
-def settings_from(cls: type[BaseModel], values: dict[str, Any], what: str) -> Any:
-    """Validate keyword settings, turning pydantic's report into one ConfigError line."""
-    try:
-        return cls(**values)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "?"
-        raise ConfigError(
-            f"{what}: setting {field}={err.get('input')!r} is invalid: {err['msg']}; "
-            f"valid settings: {sorted(cls.model_fields)}"
-        ) from None
+_EXPORT_LOCK = threading.Lock()  # torch.onnx.export keeps global state: one export at a time
 
 
 def export_onnx(module: nn.Module, example_input: torch.Tensor, exporter: str = "legacy") -> bytes:
     """The module as ONNX bytes (legacy exporter: ~0.3 s; dynamo needs onnxscript, ~4 s)."""
+    import torch
+
     buffer = io.BytesIO()
     was_training = module.training
     module.eval()
     try:
-        with warnings.catch_warnings():
+        with _EXPORT_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, (example_input,), buffer, dynamo=exporter == "dynamo",  # type: ignore[arg-type]
                               input_names=["x"], output_names=["y"])
@@ -80,7 +76,7 @@ class OnnxRuntimeCPU(Backend):
 
         return Fingerprint({
             "backend": "onnxruntime-cpu", "onnxruntime": onnxruntime.__version__,
-            "torch": torch.__version__.split("+")[0], "cpu": cpu_model(), "threads": self.ort.threads,
+            "torch": _torch_version(), "cpu": cpu_model(), "threads": self.ort.threads,
             "optimization": self.ort.optimization, "exporter": self.ort.exporter,
         })
 
@@ -108,8 +104,22 @@ class OnnxRuntimeCPU(Backend):
         session = self.session(model)
         name = session.get_inputs()[0].name
         feed = {name: np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)}
+        try:
+            session.run(None, feed)
+        except Exception as exc:
+            first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+            raise MeasurementError(
+                f"ONNX Runtime could not run {what} on an input of shape {input_shape}: {first}"
+            ) from exc
         return time_calls(lambda: session.run(None, feed), self.settings, self.fingerprint.key, what)
 
     def measure(self, module: nn.Module, example_input: torch.Tensor) -> Measurement:
         model = export_onnx(module, example_input, self.ort.exporter)
         return self.measure_onnx(model, tuple(example_input.shape), type(module).__name__)
+
+
+def _torch_version() -> str:
+    try:
+        return version("torch").split("+")[0]
+    except PackageNotFoundError:
+        return "none"

@@ -1,0 +1,475 @@
+"""Energy: an analytical per-layer model from the IR (`EnergyModel`) and RAPL counters (`RaplEnergy`).
+
+`EnergyModel` follows the methodology of Eyeriss (Chen, Emer, Sze, ISCA 2016) as used by
+Yang, Chen, Sze, "Designing Energy-Efficient Convolutional Neural Networks using
+Energy-Aware Pruning" (CVPR 2017), where NetAdapt's energy numbers come from:
+
+    E_layer = E_compute + E_data
+            = MACs * e_MAC + sum over levels l of accesses_l * e_l
+
+with the levels register file (RF), inter-PE network (NoC), global buffer and DRAM, and the
+costs normalized to one MAC (defaults: MAC 1, RF 1, NoC 2, buffer 6, DRAM 200). The result is
+in units of one MAC's energy, `"E_MAC"`. Access counts per layer, batch 1, at current widths
+(M = MACs, and X one of I ifmap, W weights (+ bias), O ofmap elements):
+
+- CONV / FC (depthwise and grouped included): compute M; RF 4M (each MAC reads ifmap,
+  weight and psum and writes the psum); NoC sum_X max(X, M / rf_reuse) (a datum delivered
+  to a PE serves up to `rf_reuse` MACs from its RF, so a datum with more reuse than that is
+  delivered again); buffer sum_X max(X, M / array_reuse) (one buffer read, multicast over
+  the array, serves up to `array_reuse` MACs); DRAM W (weights are read once an inference).
+- Other ops are vector ops of `ops` MAC-equivalents (activation, unfolded BN: O; max/avg
+  pool: O*kh*kw; adaptive pool and mean: I; add/mul: O*(inputs-1), or O with a scalar;
+  concat: 0): compute ops; RF 3*ops (two operands read, one result written); NoC and
+  buffer: every input element read once and every output element written once.
+- Views (flatten, dropout, identity) cost nothing. With `fold_bn` (default) a BatchNorm whose
+  input is a CONV/FC read by nothing else is folded into its weights, as at inference, and
+  costs nothing; otherwise it is a vector op.
+- DRAM traffic of activations: a tensor bigger than the global buffer is written to DRAM
+  once by its producer and read once by each reader; one that fits stays on chip. The
+  network input is read from DRAM by each reader; network outputs are written once.
+- Opaque blocks: compute and RF as MAC layers (4 per MAC); NoC and buffer: inputs, output
+  and parameters once; DRAM: parameters once plus the activation rule.
+
+Not modeled: the dataflow mapping search of Eyeriss (reuse is capped by two constants instead
+of an optimized row-stationary mapping), tiling refetches from DRAM when a layer's working
+set exceeds the buffer, zero-skipping and compression, fusing activations into the
+producing layer, batch > 1, control and leakage energy. The model is monotone: shrinking
+any channel group never increases any term, so budgets behave like the latency ones.
+
+`RaplEnergy` measures instead: millijoules an inference from Linux powercap RAPL package
+counters, as codecarbon and Zeus read them; where none is readable it says so at construction.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from netopt.errors import MeasurementError
+from netopt.ir import INPUT, Network, Node, OpKind, layer_macs, layer_params
+from netopt.ir.ops import ALIASING, OpaqueAttrs, PoolAttrs, ScalarAttrs
+from netopt.measure.base import Backend, Fingerprint, Measurement, MeasureSettings, settings_from, summarize
+from netopt.measure.onnxrt import OnnxRuntimeCPU, export_onnx
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = [
+    "Accelerator",
+    "Accesses",
+    "EnergyCosts",
+    "EnergyModel",
+    "LayerEnergy",
+    "RaplDomain",
+    "RaplEnergy",
+    "RaplSettings",
+    "counter_delta",
+    "find_rapl_domains",
+    "total_by_level",
+]
+
+ENERGY_MODEL_VERSION = 1
+"""Bump when a formula changes, so lookup tables keyed by the fingerprint are not mixed."""
+
+
+class EnergyCosts(BaseModel):
+    """Energy of one access at each level, normalized to one MAC (Eyeriss / Yang et al. 2017)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    mac: float = Field(1.0, gt=0, description="one multiply-accumulate (the unit)")
+    rf: float = Field(1.0, gt=0, description="one register-file access inside a PE")
+    noc: float = Field(2.0, gt=0, description="one transfer over the inter-PE network")
+    buffer: float = Field(6.0, gt=0, description="one global-buffer access")
+    dram: float = Field(200.0, gt=0, description="one off-chip DRAM access")
+
+
+class Accelerator(BaseModel):
+    """The few facts about the hardware the access counts need (defaults: Eyeriss-like)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    buffer_kib: float = Field(108.0, gt=0, description="global buffer size (Eyeriss: 108 KiB)")
+    bytes_per_element: int = Field(2, ge=1, le=16, description="bytes of one datum (Eyeriss: 16 bit)")
+    rf_reuse: int = Field(16, ge=1, description="MACs one datum serves per delivery into a PE's RF")
+    array_reuse: int = Field(256, ge=1, description="MACs one global-buffer read serves over the PE array")
+    fold_bn: bool = Field(True, description="fold BatchNorm after CONV/FC into its weights (inference)")
+
+    @field_validator("array_reuse")
+    @classmethod
+    def _at_least_rf_reuse(cls, value: int, info: ValidationInfo) -> int:
+        rf_reuse = info.data.get("rf_reuse", 1)
+        if value < rf_reuse:
+            raise ValueError(f"must be >= rf_reuse ({rf_reuse}): the array reuses what each RF reuses")
+        return value
+
+    @property
+    def buffer_bytes(self) -> float:
+        return self.buffer_kib * 1024
+
+
+@dataclass(frozen=True)
+class LayerEnergy:
+    """Energy of one layer by where it is spent, in units of one MAC (E_MAC)."""
+
+    compute: float = 0.0
+    rf: float = 0.0
+    noc: float = 0.0
+    buffer: float = 0.0
+    dram: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.compute + self.rf + self.noc + self.buffer + self.dram
+
+    @property
+    def data(self) -> float:
+        """Data-movement energy (E_data): everything but the computation."""
+        return self.rf + self.noc + self.buffer + self.dram
+
+
+@dataclass(frozen=True)
+class Accesses:
+    """How often a layer uses each level: MACs (or MAC-equivalent ops), then accesses per level."""
+
+    compute: float = 0.0
+    rf: float = 0.0
+    noc: float = 0.0
+    buffer: float = 0.0
+    dram: float = 0.0
+
+    def priced(self, costs: EnergyCosts) -> LayerEnergy:
+        """The energy of these accesses under a cost table."""
+        return LayerEnergy(self.compute * costs.mac, self.rf * costs.rf, self.noc * costs.noc,
+                           self.buffer * costs.buffer, self.dram * costs.dram)
+
+    def plus_dram(self, extra: float) -> Accesses:
+        return Accesses(self.compute, self.rf, self.noc, self.buffer, self.dram + extra)
+
+
+# --- the analytical model ---------------------------------------------------------------------
+
+
+def _elements(net: Network, name: str) -> int:
+    return math.prod(net.shape(name))
+
+
+def _out_ops(net: Network, node: Node) -> int:
+    return _elements(net, node.name)
+
+
+def _in_ops(net: Network, node: Node) -> int:
+    return _elements(net, node.inputs[0])
+
+
+def _window_ops(net: Network, node: Node) -> int:
+    assert isinstance(node.attrs, PoolAttrs)
+    return _elements(net, node.name) * math.prod(node.attrs.kernel_size)
+
+
+def _combine_ops(net: Network, node: Node) -> int:
+    scalar = isinstance(node.attrs, ScalarAttrs) and node.attrs.scalar is not None
+    return _elements(net, node.name) * (1 if scalar else max(1, len(node.inputs) - 1))
+
+
+def _no_ops(net: Network, node: Node) -> int:
+    return 0
+
+
+_VECTOR_OPS: dict[OpKind, Callable[[Network, Node], int]] = {
+    OpKind.BATCHNORM: _out_ops,
+    OpKind.RELU: _out_ops,
+    OpKind.RELU6: _out_ops,
+    OpKind.HARDSWISH: _out_ops,
+    OpKind.HARDSIGMOID: _out_ops,
+    OpKind.SILU: _out_ops,
+    OpKind.SIGMOID: _out_ops,
+    OpKind.GELU: _out_ops,
+    OpKind.MAXPOOL2D: _window_ops,
+    OpKind.AVGPOOL2D: _window_ops,
+    OpKind.ADAPTIVE_AVGPOOL2D: _in_ops,
+    OpKind.ADAPTIVE_MAXPOOL2D: _in_ops,
+    OpKind.MEAN: _in_ops,
+    OpKind.ADD: _combine_ops,
+    OpKind.MUL: _combine_ops,
+    OpKind.CONCAT: _no_ops,
+}
+"""MAC-equivalent operations of each vector op (views, CONV/FC and opaque are costed apart)."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Where each tensor lives: its storage owner, and which owners go through DRAM."""
+
+    owner: Mapping[str, str]
+    in_dram: frozenset[str]
+    written: frozenset[str]
+
+
+def _folds(net: Network, node: Node, readers: Mapping[str, int]) -> bool:
+    """A BatchNorm right after a CONV/FC that nothing else reads folds into its weights."""
+    if node.op is not OpKind.BATCHNORM or node.inputs[0] == INPUT:
+        return False
+    producer = net.node(node.inputs[0]).op
+    return producer in (OpKind.CONV2D, OpKind.LINEAR) and readers[node.inputs[0]] == 1
+
+
+def _owners(net: Network, fold_bn: bool) -> dict[str, str]:
+    """The node whose tensor holds each output: itself, unless it is a view or a folded BN."""
+    readers: dict[str, int] = {}
+    for node in net.nodes:
+        for name in node.inputs:
+            readers[name] = readers.get(name, 0) + 1
+    owner = {INPUT: INPUT}
+    for node in net.nodes:
+        alias = node.op in ALIASING or (fold_bn and _folds(net, node, readers))
+        owner[node.name] = owner[node.inputs[0]] if alias else node.name
+    return owner
+
+
+def _plan(net: Network, acc: Accelerator) -> _Plan:
+    """Tensors over the buffer size spill to DRAM; the input starts there, outputs end there."""
+    owner = _owners(net, acc.fold_bn)
+    spilled = {o for o in set(owner.values())
+               if _elements(net, o) * acc.bytes_per_element > acc.buffer_bytes}
+    written = (spilled | {owner[out] for out in net.outputs}) - {INPUT}
+    return _Plan(owner, frozenset(spilled | {INPUT}), frozenset(written))
+
+
+def _mac_layer(net: Network, node: Node, acc: Accelerator) -> Accesses:
+    """CONV/FC: 4 RF accesses a MAC; NoC and buffer fetches capped by the reuse each level exploits."""
+    m = float(layer_macs(net, node))
+    operands = (_elements(net, node.inputs[0]), layer_params(net, node), _elements(net, node.name))
+    noc = float(sum(max(x, m / acc.rf_reuse) for x in operands))
+    buffer = float(sum(max(x, m / acc.array_reuse) for x in operands))
+    return Accesses(m, 4 * m, noc, buffer, float(operands[1]))
+
+
+def _opaque(net: Network, node: Node) -> Accesses:
+    """An opaque block: its MACs, and its inputs, output and parameters moved once."""
+    assert isinstance(node.attrs, OpaqueAttrs)
+    m = float(node.attrs.macs)
+    moved = float(sum(_elements(net, i) for i in node.inputs) + _elements(net, node.name) + node.attrs.params)
+    return Accesses(m, 4 * m, moved, moved, float(node.attrs.params))
+
+
+def _vector(net: Network, node: Node) -> Accesses:
+    """An elementwise, pooling or concat op: its ops, and every element in and out moved once."""
+    ops = float(_VECTOR_OPS[node.op](net, node))
+    moved = float(sum(_elements(net, i) for i in node.inputs) + _elements(net, node.name))
+    return Accesses(ops, 3 * ops, moved, moved, 0.0)
+
+
+def _activation_dram(net: Network, node: Node, plan: _Plan) -> float:
+    """Reads of DRAM-resident inputs plus the write of a spilled or final output."""
+    reads = sum(_elements(net, i) for i in node.inputs if plan.owner[i] in plan.in_dram)
+    write = _elements(net, node.name) if node.name in plan.written else 0
+    return float(reads + write)
+
+
+def _accesses(net: Network, node: Node, plan: _Plan, acc: Accelerator) -> Accesses:
+    if plan.owner[node.name] != node.name:
+        return Accesses()  # a view or a folded BatchNorm: its producer did the work
+    if node.op in (OpKind.CONV2D, OpKind.LINEAR):
+        core = _mac_layer(net, node, acc)
+    elif node.op is OpKind.OPAQUE:
+        core = _opaque(net, node)
+    else:
+        core = _vector(net, node)
+    return core.plus_dram(_activation_dram(net, node, plan))
+
+
+def _validated(cls: type[BaseModel], value: BaseModel | Mapping[str, Any] | None, what: str) -> Any:
+    """A settings model from an instance, a mapping (checked, one-line ConfigError) or defaults."""
+    if isinstance(value, cls):
+        return value
+    return settings_from(cls, dict(value or {}), what)
+
+
+class EnergyModel:
+    """Analytical inference energy of a network from its IR, in units of one MAC (E_MAC).
+
+        model = EnergyModel(costs={"dram": 100}, accelerator={"buffer_kib": 64})
+        model.estimate(net)          # total, E_MAC
+        model.breakdown(net)         # {node: LayerEnergy(compute, rf, noc, buffer, dram)}
+    """
+
+    unit = "E_MAC"
+
+    def __init__(self, costs: EnergyCosts | Mapping[str, Any] | None = None,
+                 accelerator: Accelerator | Mapping[str, Any] | None = None) -> None:
+        self.costs: EnergyCosts = _validated(EnergyCosts, costs, "EnergyModel costs")
+        self.accelerator: Accelerator = _validated(Accelerator, accelerator, "EnergyModel accelerator")
+
+    def __repr__(self) -> str:
+        return f"EnergyModel(costs={self.costs!r}, accelerator={self.accelerator!r})"
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        """The cost table and hardware facts: equal fingerprints give equal estimates."""
+        return Fingerprint({
+            "estimator": "energy-model", "version": ENERGY_MODEL_VERSION, "unit": self.unit,
+            **{f"cost_{k}": v for k, v in self.costs.model_dump().items()},
+            **self.accelerator.model_dump(),
+        })
+
+    def accesses(self, network: Network) -> dict[str, Accesses]:
+        """Operations and accesses of every node at each level, before pricing."""
+        plan = _plan(network, self.accelerator)
+        return {n.name: _accesses(network, n, plan, self.accelerator) for n in network.nodes}
+
+    def breakdown(self, network: Network) -> dict[str, LayerEnergy]:
+        """Energy of every node by level, in E_MAC (views and folded BNs are all zeros)."""
+        return {name: a.priced(self.costs) for name, a in self.accesses(network).items()}
+
+    def estimate(self, network: Network) -> float:
+        """Total energy of one inference (batch 1) at the network's current widths, in E_MAC."""
+        return sum(e.total for e in self.breakdown(network).values())
+
+
+def total_by_level(breakdown: Mapping[str, LayerEnergy]) -> LayerEnergy:
+    """Sum a breakdown over layers: where the network's energy goes, level by level."""
+    names = [f.name for f in fields(LayerEnergy)]
+    return LayerEnergy(*(sum(getattr(e, k) for e in breakdown.values()) for k in names))
+
+
+# --- RAPL ---------------------------------------------------------------------------------------
+
+_PACKAGE_ZONE = re.compile(r"intel-rapl:\d+")
+_NO_RAPL_HINT = "estimate energy analytically with netopt.measure.energy.EnergyModel instead"
+
+
+class RaplSettings(BaseModel):
+    """How many energy samples to take; each sample is one block of runs between two readings."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    samples: int = Field(5, ge=1, le=1000, description="blocks of timed runs, one energy sample each")
+
+
+def counter_delta(before: int, after: int, max_range: int) -> int:
+    """Microjoules between two readings of a counter that wraps to 0 past `max_range`.
+
+    One wrap at most is detectable: a block must be shorter than the counter's wrap period
+    (minutes to hours at package power).
+    """
+    return after - before if after >= before else max_range - before + after
+
+
+def _read_int(path: Path) -> int:
+    """The integer in a sysfs file; MeasurementError saying why when it cannot be read."""
+    try:
+        return int(path.read_text().strip())
+    except PermissionError:
+        raise MeasurementError(
+            f"RAPL counter {path} exists but is not readable (since Linux 5.10 energy_uj is root-only); "
+            f"run as root or grant read access (chmod a+r {path}), or {_NO_RAPL_HINT}"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise MeasurementError(f"RAPL counter {path} cannot be read ({exc}); {_NO_RAPL_HINT}") from None
+
+
+@dataclass(frozen=True)
+class RaplDomain:
+    """One RAPL package zone: its name ("package-0"), sysfs folder and wrap-around range."""
+
+    name: str
+    path: Path
+    max_range_uj: int
+
+    def read_uj(self) -> int:
+        return _read_int(self.path / "energy_uj")
+
+
+def _zone_name(zone: Path) -> str:
+    """The zone's `name` ("package-0", "psys"), or its folder name where the file is missing."""
+    name_file = zone / "name"
+    return name_file.read_text().strip() if name_file.is_file() else zone.name
+
+
+def _package_zones(base: Path) -> list[Path]:
+    """Top-level zones with a counter; sub-zones (core, dram) and psys would count twice."""
+    if not base.is_dir():
+        return []
+    zones = sorted(p for p in base.glob("intel-rapl:*") if _PACKAGE_ZONE.fullmatch(p.name))
+    return [z for z in zones if (z / "energy_uj").exists() and not _zone_name(z).startswith("psys")]
+
+
+def find_rapl_domains(root: str | os.PathLike[str] = "/sys/class/powercap") -> tuple[RaplDomain, ...]:
+    """The package domains under a powercap root, each checked readable now."""
+    base = Path(root)
+    zones = _package_zones(base)
+    if not zones:
+        raise MeasurementError(
+            f"RaplEnergy: no RAPL package domain under {base} (no intel-rapl:N/energy_uj): this machine "
+            f"exposes no energy counter (virtual machines usually do not); {_NO_RAPL_HINT}"
+        )
+    domains = tuple(RaplDomain(_zone_name(z), z, _read_int(z / "max_energy_range_uj")) for z in zones)
+    for domain in domains:
+        domain.read_uj()  # fail now, not mid-measurement, when the counter is unreadable
+    return domains
+
+
+class RaplEnergy(Backend):
+    """Energy (mJ) of one inference through ONNX Runtime on the CPU, from RAPL package counters.
+
+    After `warmup` runs, each sample reads the counters, runs the model until `runs` and
+    `min_seconds` are met (the latency protocol), reads them again, and divides the energy by
+    the runs. It is the whole package's energy while the model runs, idle power included.
+    """
+
+    unit = "mJ"
+
+    def __init__(self, root: str | os.PathLike[str] = "/sys/class/powercap", threads: int = 1,
+                 settings: MeasureSettings | None = None, samples: int = 5, **ort: Any) -> None:
+        self.domains = find_rapl_domains(root)
+        self.rapl: RaplSettings = settings_from(RaplSettings, {"samples": samples}, "RaplEnergy")
+        self.runtime = OnnxRuntimeCPU(threads=threads, settings=settings, **ort)
+        self.settings = self.runtime.settings
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        return Fingerprint({**self.runtime.fingerprint.fields, "backend": "rapl-onnxruntime-cpu",
+                            "rapl_domains": ",".join(d.name for d in self.domains)})
+
+    def read(self) -> tuple[int, ...]:
+        """Counter readings of every domain, in microjoules."""
+        return tuple(d.read_uj() for d in self.domains)
+
+    def energy_uj(self, before: tuple[int, ...], after: tuple[int, ...]) -> int:
+        """Microjoules spent between two `read()`s, summed over domains, wrap-around handled."""
+        return sum(counter_delta(b, a, d.max_range_uj) for b, a, d in zip(before, after, self.domains, strict=True))
+
+    def measure(self, module: nn.Module, example_input: torch.Tensor) -> Measurement:
+        import numpy as np
+
+        session = self.runtime.session(export_onnx(module, example_input, self.runtime.ort.exporter))
+        x = np.random.default_rng(0).standard_normal(tuple(example_input.shape)).astype(np.float32)
+        feed = {session.get_inputs()[0].name: x}
+        return self.measure_calls(lambda: session.run(None, feed), type(module).__name__)
+
+    def measure_calls(self, run: Callable[[], object], what: str = "measurement") -> Measurement:
+        """Millijoules per call of `run`: warm-ups, then one sample per block of runs."""
+        for _ in range(self.settings.warmup):
+            run()
+        samples = [self._block(run) for _ in range(self.rapl.samples)]
+        return summarize(samples, self.unit, self.fingerprint.key, what)
+
+    def _block(self, run: Callable[[], object]) -> float:
+        """Energy per run (mJ) over one block of runs meeting the protocol's count and time."""
+        before, count, start = self.read(), 0, time.perf_counter()
+        while count < self.settings.max_runs and (
+            count < self.settings.runs or time.perf_counter() - start < self.settings.min_seconds
+        ):
+            run()
+            count += 1
+        return self.energy_uj(before, self.read()) / count / 1000
