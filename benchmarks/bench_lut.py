@@ -38,15 +38,16 @@ def run_model(name: str, args: argparse.Namespace, folder: Path) -> str:
     took = time.perf_counter() - start
     a = report.agreement()
     verdict = "MET" if a.within10 >= 0.95 and a.spearman >= 0.95 else "NOT MET"
-    return (f"### {name}\ncalibration: measured = {cal.slope:.3f} x layer_sum + {cal.intercept:.4f} ms "
-            f"(from {len(cal.points)} networks); {lut.measurements} measurements, {took:.0f} s; plot {png}\n\n"
+    ratios = ", ".join(f"{r:.2f}" for r in cal.knots[1])
+    return (f"### {name}\ncalibration on {len(cal.points)} networks: measured / layer sum = {ratios}\n"
+            f"{lut.measurements} layer measurements, {took:.0f} s; plot {png}\n\n"
             f"{report.table()}\n\ngoal (>= 95% within ±10%, Spearman >= 0.95): {verdict}\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", type=int, default=30, help="random variants per model for the report")
-    parser.add_argument("--calibration", type=int, default=6, help="whole networks measured to calibrate")
+    parser.add_argument("--calibration", type=int, default=8, help="whole networks measured to calibrate")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     args = parser.parse_args()

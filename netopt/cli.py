@@ -76,7 +76,8 @@ def lut_command(args: argparse.Namespace) -> int:
         print(f"{args.lut}: {new} new entries, {lut.store.count()} in all")
         return 0
     cal = lut.calibrate(traced, variants=args.calibration)
-    print(f"calibration: measured = {cal.slope:.3f} x layer_sum + {cal.intercept:.4f} {lut.unit}")
+    ratios = ", ".join(f"{r:.2f}" for r in cal.knots[1])
+    print(f"calibration on {len(cal.points)} networks: measured / layer sum = {ratios} (smallest to largest)")
     report = fidelity(lut, traced, variants=args.variants)
     print(report.table())
     if args.plot:

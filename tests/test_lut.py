@@ -103,8 +103,10 @@ def test_calibration_is_stored_and_fidelity_reports(tmp_path: Path) -> None:
     lut = LookupTable.open(tmp_path / "lut.sqlite", backend())
     raw = lut.layer_sum(traced.network)
     cal = lut.calibrate(traced, variants=4)
-    assert cal.slope > 0 and len(cal.points) == 4
-    assert lut.estimate(traced.network) == pytest.approx(cal.slope * raw + cal.intercept)
+    assert len(cal.points) == 4 and all(r > 0 for r in cal.knots[1])
+    assert list(cal.knots[1]) == sorted(cal.knots[1])  # the ratio never falls as networks grow
+    assert lut.estimate(traced.network) == pytest.approx(cal.apply(raw))
+    assert LookupTable.open(tmp_path / "lut.sqlite", backend()).estimate(traced.network) == lut.estimate(traced.network)
     report = fidelity(lut, traced, variants=4)
     a = report.agreement()
     assert 0 <= a.within5 <= a.within10 <= 1 and a.rmspe >= 0
@@ -142,3 +144,14 @@ def test_another_platform_is_a_clear_error(tmp_path: Path) -> None:
 def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(LookupTableError, match="does not exist"):
         LookupTable.open(tmp_path / "nope" / "lut.sqlite", backend())
+
+
+def test_calibration_is_monotone_and_interpolates_the_ratio() -> None:
+    from netopt.lut import Calibration
+
+    cal = Calibration.fit([(2.0, 1.6), (1.0, 0.7), (3.0, 2.1)])  # ratios 0.7, 0.8, 0.7 -> isotonic 0.7, 0.75, 0.75
+    assert [round(r, 3) for r in cal.knots[1]] == [0.7, 0.75, 0.75]
+    assert cal.apply(0.5) == pytest.approx(0.35)  # flat ratio below the smallest network
+    assert cal.apply(1.5) == pytest.approx(1.5 * 0.725)
+    values = [cal.apply(v / 10) for v in range(1, 50)]
+    assert values == sorted(values)

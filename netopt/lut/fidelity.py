@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.stats import spearmanr
-from tqdm import tqdm
 
 from netopt.lut.table import LookupTable, random_variants
 
@@ -83,9 +82,6 @@ def fidelity(lut: LookupTable, traced: Traced, variants: int = 30, seed: int = 1
     """Estimate and measure `variants` random shrunken networks of `traced` (not those used to calibrate)."""
     nets = random_variants(traced.network, variants, seed=seed + 1000)
     lut.ensure(nets, progress="measuring layers")
-    measured, calibrated, naive = [], [], []
-    for net in tqdm(nets, desc="measuring networks", disable=None, leave=False):
-        measured.append(lut.backend.measure(traced.materialize(net), traced.example_input()).median)
-        calibrated.append(lut.estimate(net))
-        naive.append(lut.naive_sum(net))
-    return FidelityReport(tuple(measured), tuple(calibrated), tuple(naive), lut.unit)
+    measured = tuple(m.median for m in lut.measure_networks(traced, nets))
+    return FidelityReport(measured, tuple(lut.estimate(n) for n in nets), tuple(lut.naive_sum(n) for n in nets),
+                          lut.unit)

@@ -13,11 +13,14 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from scipy.optimize import isotonic_regression
 
 from netopt.errors import LookupTableError
 from netopt.measure.base import Fingerprint, Measurement
@@ -34,19 +37,38 @@ CREATE TABLE IF NOT EXISTS entries (
     signature TEXT PRIMARY KEY, description TEXT NOT NULL, measurement TEXT NOT NULL,
     created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS claims (signature TEXT PRIMARY KEY, owner TEXT NOT NULL, since REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS calibrations (
-    structure TEXT PRIMARY KEY, slope REAL NOT NULL, intercept REAL NOT NULL, points TEXT NOT NULL,
-    created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS calibrations (structure TEXT PRIMARY KEY, points TEXT NOT NULL, created REAL NOT NULL);
 """
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """estimate = slope * layer_sum + intercept, fitted on whole-network measurements."""
+    """measured / layer_sum as a non-decreasing function of layer_sum, from whole networks.
 
-    slope: float
-    intercept: float
-    points: tuple[tuple[float, float], ...]  # (layer sum, measured end to end)
+    The ratio is fitted by isotonic regression over the calibration networks and interpolated
+    linearly between them (flat beyond the ends): bigger variants of a network spill their
+    weights out of cache and run relatively slower than their layers measured alone, so one
+    straight line does not fit (see benchmarks/bench_lut.py).
+    """
+
+    points: tuple[tuple[float, float], ...]  # (layer sum, measured end to end), by layer sum
+
+    @classmethod
+    def fit(cls, points: Sequence[tuple[float, float]]) -> Calibration:
+        ordered = tuple(sorted((float(x), float(y)) for x, y in points if x > 0))
+        if not ordered:
+            raise LookupTableError("calibration needs at least one network with a positive layer sum")
+        return cls(ordered)
+
+    @property
+    def knots(self) -> tuple[np.ndarray, np.ndarray]:
+        x = np.array([p[0] for p in self.points])
+        ratios = isotonic_regression(np.array([p[1] for p in self.points]) / x).x
+        return x, ratios
+
+    def apply(self, layer_sum: float) -> float:
+        x, ratios = self.knots
+        return float(np.interp(layer_sum, x, ratios) * layer_sum)
 
 
 def _owner() -> str:
@@ -171,17 +193,15 @@ class Store:
     # --- calibrations ----------------------------------------------------------------------
 
     def calibration(self, structure: str) -> Calibration | None:
-        row = self.db.execute("SELECT slope, intercept, points FROM calibrations WHERE structure = ?",
-                              (structure,)).fetchone()
+        row = self.db.execute("SELECT points FROM calibrations WHERE structure = ?", (structure,)).fetchone()
         if row is None:
             return None
-        return Calibration(row[0], row[1], tuple(tuple(p) for p in json.loads(row[2])))
+        return Calibration(tuple((float(x), float(y)) for x, y in json.loads(row[0])))
 
     def put_calibration(self, structure: str, calibration: Calibration) -> None:
         with self._write() as db:
-            db.execute("INSERT OR REPLACE INTO calibrations VALUES (?, ?, ?, ?, ?)",
-                       (structure, calibration.slope, calibration.intercept,
-                        json.dumps(calibration.points), time.time()))
+            db.execute("INSERT OR REPLACE INTO calibrations VALUES (?, ?, ?)",
+                       (structure, json.dumps(calibration.points), time.time()))
 
 
 def _refuse_foreign_file(path: Path) -> None:

@@ -6,12 +6,14 @@ Calibration, in two steps (figures in benchmarks/bench_lut.py and the README):
 2. Per-call overhead: every stand-alone measurement pays the runtime's fixed cost of one call
    (session run, input binding), which the whole network pays once. It is measured on the
    cheapest model there is and taken off each unit: layer_sum = overhead + sum(unit - overhead).
-3. A linear correction fitted on a few whole-network measurements of the network family being
-   searched (`calibrate`): estimate = slope * layer_sum + intercept, stored per structure.
+3. A correction fitted on a few whole-network measurements of the network being searched
+   (`calibrate`): the ratio measured / layer_sum as a non-decreasing function of the layer sum
+   (isotonic regression, interpolated), stored per structure. See `Calibration`.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import random
@@ -20,7 +22,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from tqdm import tqdm
 
 from netopt.errors import LookupTableError
@@ -28,7 +29,7 @@ from netopt.ir import Network
 from netopt.lut.probe import overhead_module, unit_module
 from netopt.lut.store import Calibration, Store
 from netopt.lut.units import Unit, units
-from netopt.measure.base import Backend, Fingerprint, Measurement
+from netopt.measure.base import Backend, Fingerprint, Measurement, steady
 
 if TYPE_CHECKING:
     from netopt.bridge import Traced
@@ -144,33 +145,34 @@ class LookupTable:
         """Calibrated cost of `net` in `unit` (Estimator protocol)."""
         raw = self.layer_sum(net)
         cal = self.store.calibration(structure_key(net))
-        return raw if cal is None else cal.slope * raw + cal.intercept
+        return raw if cal is None else cal.apply(raw)
 
-    def calibrate(self, traced: Traced, variants: int = 6, seed: int = 0) -> Calibration:
+    def measure_networks(self, traced: Traced, nets: Sequence[Network], passes: int = 2) -> list[Measurement]:
+        """End-to-end measurements of `nets`, materialized from `traced`.
+
+        Every network is measured in `passes` rounds over the whole list (again at once if a
+        round is noisy), and the round with the lowest median kept: load from other tenants
+        only ever slows a run down, and rounds apart in time rarely both meet it.
+        """
+        modules = [traced.materialize(net) for net in nets]
+        x = traced.example_input()
+        best: list[Measurement | None] = [None] * len(nets)
+        rounds = [(p, i) for p in range(passes) for i in range(len(nets))]
+        for _, i in tqdm(rounds, desc="measuring networks", disable=None, leave=False):
+            m = steady(functools.partial(self.backend.measure, modules[i], x))
+            current = best[i]
+            if current is None or m.median < current.median:
+                best[i] = m
+        return [m for m in best if m is not None]
+
+    def calibrate(self, traced: Traced, variants: int = 8, seed: int = 0) -> Calibration:
         """Fit the linear correction on end-to-end measurements of random variants of `traced`."""
         nets = [traced.network, *random_variants(traced.network, variants - 1, seed)]
         self.ensure(nets, progress="measuring layers for calibration")
-        points = []
-        for net in tqdm(nets, desc="measuring networks for calibration", disable=None, leave=False):
-            measured = self.backend.measure(traced.materialize(net), traced.example_input()).median
-            points.append((self.layer_sum(net), measured))
-        cal = fit_line(points)
+        measured = self.measure_networks(traced, nets)
+        cal = Calibration.fit([(self.layer_sum(net), m.median) for net, m in zip(nets, measured, strict=True)])
         self.store.put_calibration(structure_key(traced.network), cal)
         return cal
-
-
-def fit_line(points: Sequence[tuple[float, float]]) -> Calibration:
-    """Least squares measured = slope * layer_sum + intercept.
-
-    With too few points, too narrow a spread, or a fit that would not increase with the layer
-    sum (noise), it falls back to a ratio through the origin, which is always monotone.
-    """
-    x, y = np.array([p[0] for p in points]), np.array([p[1] for p in points])
-    if len(points) >= 3 and np.ptp(x) >= 0.2 * x.mean():
-        slope, intercept = np.polyfit(x, y, 1)
-        if slope > 0 and slope * x.min() + intercept > 0:
-            return Calibration(float(slope), float(intercept), tuple(points))
-    return Calibration(float((x * y).sum() / (x * x).sum()), 0.0, tuple(points))
 
 
 def random_variants(net: Network, count: int, seed: int = 0) -> list[Network]:

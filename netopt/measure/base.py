@@ -12,7 +12,7 @@ import json
 import statistics
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -34,6 +34,7 @@ __all__ = [
     "Measurement",
     "NoisyMeasurementWarning",
     "settings_from",
+    "steady",
     "summarize",
 ]
 
@@ -126,6 +127,22 @@ def summarize(samples: Sequence[float], unit: str, fingerprint: str = "", what: 
             NoisyMeasurementWarning, stacklevel=3,
         )
     return m
+
+
+def steady(measure: Callable[[], Measurement], tries: int = 3) -> Measurement:
+    """Measure again while the result is noisy (IQR/median > 10%), up to `tries` times in all;
+    return the steadiest. A burst of interference on a shared machine spoils one window of
+    runs, rarely three in a row."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoisyMeasurementWarning)
+        results = [measure()]
+        while results[-1].noisy and len(results) < tries:
+            results.append(measure())
+    best = min(results, key=lambda m: m.iqr_ratio)
+    if best.noisy:
+        warnings.warn(f"still noisy after {tries} tries (IQR/median {best.iqr_ratio:.0%}); the machine is busy",
+                      NoisyMeasurementWarning, stacklevel=2)
+    return best
 
 
 @dataclass(frozen=True)
