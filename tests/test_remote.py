@@ -169,6 +169,12 @@ def test_remote_backend_measures_a_conv_model(agent: Agent) -> None:
     assert fields["threads"] == 1 and fields["exporter"] == "legacy"
 
 
+def test_remote_backend_passes_the_backend_contract(agent: Agent) -> None:
+    from netopt.testing.backends import check_backend
+
+    check_backend(RemoteBackend(agent.url, TOKEN, settings=TINY), runs_at_least=5)
+
+
 def test_fingerprint_is_cached_and_follows_the_settings(agent: Agent) -> None:
     one, two = RemoteBackend(agent.url, TOKEN), RemoteBackend(agent.url, TOKEN, threads=2, optimization="basic")
     assert one.info() is one.info()
