@@ -18,6 +18,7 @@ __all__ = [
     "ConfigError",
     "MeasurementError",
     "LookupTableError",
+    "first_line",
 ]
 
 
@@ -68,3 +69,8 @@ class MeasurementError(NetoptError):
 
 class LookupTableError(NetoptError):
     """A lookup table that cannot be used: unreadable, corrupted, or from another platform."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type if empty), for one-line errors."""
+    return (str(exc).strip() or type(exc).__name__).splitlines()[0][:limit]

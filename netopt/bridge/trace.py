@@ -19,7 +19,7 @@ from torch import fx, nn
 from netopt.bridge import modules as M
 from netopt.bridge.convert import FUNCTIONS, METHODS, MODULES, Converted
 from netopt.bridge.count import counting_macs
-from netopt.errors import IRError, TraceError, UnsupportedOpError
+from netopt.errors import IRError, TraceError, UnsupportedOpError, first_line
 from netopt.ir import INPUT, Network, Node, OpKind
 from netopt.ir.ops import OpaqueAttrs
 
@@ -138,9 +138,8 @@ class _ShapeRecorder(fx.Interpreter):
         try:
             result = self._run_counting(n) if self._is_opaque(n) else super().run_node(n)
         except Exception as exc:
-            first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
             raise TraceError(
-                f"{self.where} failed at node {n.name!r}: {first_line}. "
+                f"{self.where} failed at node {n.name!r}: {first_line(exc)}. "
                 "Pass an input the model accepts (right channels, size and dtype)"
             ) from exc
         if isinstance(result, torch.Tensor):

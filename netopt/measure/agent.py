@@ -44,7 +44,7 @@ from urllib.parse import parse_qs, urlsplit
 import onnx
 
 from netopt import __version__
-from netopt.errors import ConfigError
+from netopt.errors import ConfigError, first_line
 from netopt.measure.base import Fingerprint, MeasureSettings, NoisyMeasurementWarning, settings_from
 from netopt.measure.onnxrt import OnnxRuntimeCPU
 
@@ -108,10 +108,6 @@ class AgentServer(ThreadingHTTPServer):
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
-
-
 def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
@@ -145,7 +141,7 @@ class AgentHandler(BaseHTTPRequestHandler):
             self._send_json(exc.status, {"error": exc.message}, exc.headers)
         except Exception as exc:
             self.log_error("internal error: %s", traceback.format_exc())
-            self._send_json(500, {"error": f"the agent failed: {_first_line(exc)}; this is a bug in the agent "
+            self._send_json(500, {"error": f"the agent failed: {first_line(exc)}; this is a bug in the agent "
                                            "(it keeps serving); see its log"})
         finally:
             self._linger()
@@ -181,7 +177,7 @@ class AgentHandler(BaseHTTPRequestHandler):
             pairs = [(k, v) for k, vs in parse_qs(query, keep_blank_values=True, max_num_fields=32).items()
                      for v in vs]
         except ValueError as exc:
-            raise RequestError(400, f"unreadable query string: {_first_line(exc)}") from None
+            raise RequestError(400, f"unreadable query string: {first_line(exc)}") from None
         pairs += [(k[len(HEADER_PREFIX):].lower().replace("-", "_"), v) for k, v in self.headers.items()
                   if k.lower().startswith(HEADER_PREFIX)]
         params: dict[str, str] = {}
@@ -235,7 +231,7 @@ class AgentHandler(BaseHTTPRequestHandler):
                 m = backend.measure_onnx(body, shape, "remote model")
             except Exception as exc:
                 raise RequestError(422, f"ONNX Runtime could not run the model on shape {list(shape)}: "
-                                        f"{_first_line(exc)}; check the model runs locally with onnxruntime") from None
+                                        f"{first_line(exc)}; check the model runs locally with onnxruntime") from None
         fields = platform_fields(backend)
         m = dataclasses.replace(m, fingerprint=Fingerprint(fields).key)
         self._send_json(200, {**m.to_dict(), "platform": fields, "agent": AGENT_VERSION, "shape": list(shape),
@@ -335,14 +331,14 @@ def parse_onnx(body: bytes) -> onnx.ModelProto:
     try:
         model = onnx.load_model_from_string(body)
     except Exception as exc:
-        raise RequestError(400, f"the body is not an ONNX model ({_first_line(exc)}): {fix}") from None
+        raise RequestError(400, f"the body is not an ONNX model ({first_line(exc)}): {fix}") from None
     if any(_is_external(t) for t in _tensors(model)):
         raise RequestError(400, "the model refers to external data files, which the agent never reads: "
                                 "export the model with its weights inside (one self-contained .onnx)")
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
-        raise RequestError(400, f"the body is not a valid ONNX model ({_first_line(exc)}): {fix}") from None
+        raise RequestError(400, f"the body is not a valid ONNX model ({first_line(exc)}): {fix}") from None
     return model
 
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # torch is needed to export, not to measure: an agent on a de
     import torch
     from torch import nn
 
-from netopt.errors import MeasurementError
+from netopt.errors import MeasurementError, first_line
 from netopt.measure.base import Backend, Fingerprint, Measurement, MeasureSettings, settings_from
 from netopt.measure.platform import cpu_model
 from netopt.measure.timing import time_calls
@@ -51,7 +51,7 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, exporter: str = 
             torch.onnx.export(module, (example_input,), buffer, dynamo=exporter == "dynamo",  # type: ignore[arg-type]
                               input_names=["x"], output_names=["y"])
     except Exception as exc:
-        first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        first = first_line(exc)
         raise MeasurementError(
             f"exporting {type(module).__name__} to ONNX failed: {first}; the model must be exportable "
             "with torch.onnx.export (or measure it with TorchEager)"
@@ -96,7 +96,7 @@ class OnnxRuntimeCPU(Backend):
         try:
             return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+            first = first_line(exc)
             raise MeasurementError(f"ONNX Runtime refused the model: {first}") from exc
 
     def measure_onnx(self, model: bytes, input_shape: tuple[int, ...], what: str = "onnx model") -> Measurement:
@@ -107,7 +107,7 @@ class OnnxRuntimeCPU(Backend):
         try:
             session.run(None, feed)
         except Exception as exc:
-            first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+            first = first_line(exc)
             raise MeasurementError(
                 f"ONNX Runtime could not run {what} on an input of shape {input_shape}: {first}"
             ) from exc
