@@ -18,6 +18,7 @@ __all__ = [
     "ConfigError",
     "MeasurementError",
     "LookupTableError",
+    "InfeasibleError",
     "first_line",
 ]
 
@@ -69,6 +70,10 @@ class MeasurementError(NetoptError):
 
 class LookupTableError(NetoptError):
     """A lookup table that cannot be used: unreadable, corrupted, or from another platform."""
+
+
+class InfeasibleError(NetoptError):
+    """No width assignment can meet the budgets (or the tightened targets of an iteration)."""
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:

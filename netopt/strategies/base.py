@@ -1,0 +1,99 @@
+"""`Problem`, `Strategy`, and what a strategy returns: candidates, a family, a history."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from netopt.constraints import Bound, Constraint
+from netopt.errors import InfeasibleError
+from netopt.ir import Network
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from netopt.bridge import Traced
+    from netopt.objectives.base import Objective
+
+__all__ = ["Problem", "Strategy", "Candidate", "Proposal", "Result", "smallest", "check_feasible"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Maximize the objective subject to every constraint (Eq. 1), starting from `traced`."""
+
+    traced: Traced
+    constraints: Sequence[Constraint]
+    objective: Objective
+
+    def bind(self) -> list[Bound]:
+        return [c.bind(self.traced.network) for c in self.constraints]
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """One proposal of one iteration: which group, what widths, what it costs, how it scored."""
+
+    iteration: int
+    group: str
+    widths: dict[str, int]
+    resources: dict[str, float]
+    score: float
+    steps: int
+    chosen: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"iteration": self.iteration, "group": self.group, "widths": self.widths,
+                "resources": self.resources, "score": self.score, "steps": self.steps, "chosen": self.chosen}
+
+
+@dataclass
+class Candidate:
+    """A network on the way: its IR (in the original network's terms), weights, and figures."""
+
+    iteration: int
+    network: Network
+    module: nn.Module
+    accuracy: float
+    resources: dict[str, float]
+    measured: dict[str, float] = field(default_factory=dict)
+    test_accuracy: float | None = None
+
+
+@dataclass
+class Result:
+    """The final network, the family (one per iteration: the frontier) and every proposal."""
+
+    final: Candidate
+    family: list[Candidate]
+    history: list[Proposal]
+    training_steps: int = 0
+
+
+class Strategy(ABC):
+    """Turns a Problem into a Result. Every strategy returns a network meeting every
+    constraint by its estimator, or raises InfeasibleError."""
+
+    @abstractmethod
+    def run(self, problem: Problem) -> Result:
+        """Search."""
+
+
+def smallest(network: Network) -> Network:
+    """Every prunable group at its minimum width: the cheapest network the IR allows."""
+    return network.with_widths({g.id: g.min_width for g in network.groups})
+
+
+def check_feasible(bounds: Sequence[Bound], network: Network) -> None:
+    """Fail early when even the smallest network breaks a budget, saying what is achievable."""
+    floor = smallest(network)
+    for bound in bounds:
+        least = bound.estimate(floor)
+        if least > bound.budget:
+            raise InfeasibleError(
+                f"{bound.resource} budget {bound.budget:.4g} {bound.unit} cannot be met: the smallest network "
+                f"the channel groups allow is estimated at {least:.4g} {bound.unit} "
+                f"({least / bound.initial:.0%} of the start); relax the budget to at least that"
+            )

@@ -1,0 +1,211 @@
+"""`ProgressiveBarrier`: NetAdapt's Algorithm 1, for several resources at once.
+
+Each iteration i tightens every resource j still over budget by its own schedule
+(Eq. 2: Res_j(Net_{i-1}) - dR_{i,j}); a resource already within budget may not rise above
+it. For every channel group it proposes the largest width meeting every tightened target
+(ChooseNumFilters, counting the change in the layers downstream because the whole network is
+estimated), materializes it with the selector's filters (ChooseWhichFilters), fine-tunes it
+for a few steps and scores it on the holdout split. The selection rule picks one proposal;
+its network becomes Net_i and a member of the family. When every budget is met, the last
+network is fine-tuned for longer and measured end to end.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tqdm import tqdm
+
+from netopt.bridge import trace
+from netopt.constraints import Bound
+from netopt.errors import ConfigError, InfeasibleError
+from netopt.ir import Network
+from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy, check_feasible
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from netopt.bridge import Traced
+    from netopt.objectives.base import Objective
+
+__all__ = ["ProgressiveBarrier", "SelectionRule"]
+
+
+class SelectionRule(StrEnum):
+    """PickHighestAccuracy (the paper), or the smallest accuracy drop per resource saved."""
+
+    ACCURACY = "accuracy"
+    ACCURACY_PER_RESOURCE = "accuracy_per_resource"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One proposal before evaluation: a group, its new width, the network and its costs."""
+
+    group: str
+    network: Network  # in the original network's terms (what estimators and reports read)
+    resources: dict[str, float]
+
+
+def _evaluate(traced: Traced, widths: dict[str, int], objective: Objective, steps: int,
+              seed: int) -> tuple[float, int, nn.Module]:
+    """Materialize, fine-tune for `steps`, score on holdout. Top-level: runs in worker processes."""
+    torch.set_num_threads(1)
+    module = traced.materialize(traced.network.with_widths(widths))
+    evaluation = objective.short_term(module, steps, seed)
+    return evaluation.score, evaluation.steps, module
+
+
+class _Serial(Executor):
+    """Runs each task at once in this process (the default, and the reference for workers)."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+
+class ProgressiveBarrier(Strategy):
+    """NetAdapt for m resources; the result does not depend on the executor's worker count."""
+
+    def __init__(self, *, short_term_steps: int = 100, long_term_steps: int = 1000,
+                 selection: SelectionRule | str = SelectionRule.ACCURACY, executor: Executor | None = None,
+                 seed: int = 0, max_iterations: int = 500, progress: bool | None = None) -> None:
+        if short_term_steps < 0 or long_term_steps < 0 or max_iterations < 1:
+            raise ConfigError("short_term_steps and long_term_steps must be >= 0 and max_iterations >= 1")
+        try:
+            self.selection = SelectionRule(selection)
+        except ValueError:
+            known = [s.value for s in SelectionRule]
+            raise ConfigError(f"selection {selection!r} is unknown; use one of {known}") from None
+        self.short_term_steps, self.long_term_steps = short_term_steps, long_term_steps
+        self.executor = executor or _Serial()
+        self.seed, self.max_iterations, self.progress = seed, max_iterations, progress
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def run(self, problem: Problem) -> Result:
+        bounds = problem.bind()
+        original = problem.traced.network
+        check_feasible(bounds, original)
+        start = self._start(problem, bounds)
+        family, history, steps = [start], [], 0
+        current, traced = start, problem.traced
+        bar = tqdm(desc="adapting", unit="iteration", disable=None if self.progress is None else not self.progress)
+        while not all(b.met(current.resources[b.resource]) for b in bounds):
+            if current.iteration >= self.max_iterations:
+                raise InfeasibleError(f"budgets not met after {self.max_iterations} iterations; raise max_iterations "
+                                      "or the schedules' initial reductions")
+            proposals, picked, module = self._iterate(problem, bounds, current, traced)
+            history += proposals
+            steps += sum(p.steps for p in proposals)
+            network = original.with_widths(picked.widths)
+            current = Candidate(current.iteration + 1, network, module, picked.score, picked.resources)
+            traced = trace(module, problem.traced.example_input(), step=original.step)
+            family.append(current)
+            bar.update()
+            bar.set_postfix({b.resource: f"{current.resources[b.resource]:.4g}/{b.budget:.4g}" for b in bounds})
+        bar.close()
+        final = self._finish(problem, bounds, current)
+        return Result(final, family, history, steps + self.long_term_steps)
+
+    def _start(self, problem: Problem, bounds: Sequence[Bound]) -> Candidate:
+        module = problem.traced.materialize()  # a copy: the user's model is never trained
+        score = problem.objective.short_term(module, 0, self.seed).score
+        resources = {b.resource: b.initial for b in bounds}
+        return Candidate(0, problem.traced.network, module, score, resources)
+
+    def _iterate(self, problem: Problem, bounds: Sequence[Bound], current: Candidate,
+                 traced: Traced) -> tuple[list[Proposal], Proposal, nn.Module]:
+        i = current.iteration
+        targets = {b.resource: b.target(i, current.resources[b.resource]) if not b.met(current.resources[b.resource])
+                   else b.budget for b in bounds}
+        plans = self._plans(problem.traced.network, bounds, current, targets)
+        if not plans:
+            raise InfeasibleError(f"iteration {i}: no channel group can shrink any further; the budgets "
+                                  f"{ {b.resource: b.budget for b in bounds} } are out of reach")
+        futures = [self.executor.submit(_evaluate, traced, {p.group: p.network.widths[p.group]}, problem.objective,
+                                        self.short_term_steps, _seed(self.seed, i, p.group)) for p in plans]
+        outcomes = [f.result() for f in futures]
+        proposals = [Proposal(i, p.group, p.network.widths, p.resources, score, used)
+                     for p, (score, used, _) in zip(plans, outcomes, strict=True)]
+        best = self._pick(proposals, current, bounds)
+        proposals[best] = Proposal(**{**proposals[best].__dict__, "chosen": True})
+        return proposals, proposals[best], outcomes[best][2]
+
+    # --- ChooseNumFilters ---------------------------------------------------------------------
+
+    def _plans(self, original: Network, bounds: Sequence[Bound], current: Candidate,
+               targets: dict[str, float]) -> list[_Plan]:
+        plans = []
+        for group in current.network.groups:
+            plan = _largest_meeting(current.network, group.id, bounds, targets)
+            if plan is not None:
+                plans.append(plan)
+        if not plans:  # no single group reaches the targets: take the biggest step toward them
+            plans = [p for g in current.network.groups if (p := _smallest_step(current.network, g.id, bounds))]
+        return plans
+
+    # --- PickHighestAccuracy ------------------------------------------------------------------
+
+    def _pick(self, proposals: Sequence[Proposal], current: Candidate, bounds: Sequence[Bound]) -> int:
+        if self.selection is SelectionRule.ACCURACY:
+            return max(range(len(proposals)), key=lambda k: (proposals[k].score, -k))
+
+        def drop_per_saving(k: int) -> float:
+            p = proposals[k]
+            saved = sum((current.resources[b.resource] - p.resources[b.resource]) / b.initial for b in bounds)
+            return (current.accuracy - p.score) / max(saved, 1e-12)
+
+        return min(range(len(proposals)), key=lambda k: (drop_per_saving(k), k))
+
+    def _finish(self, problem: Problem, bounds: Sequence[Bound], current: Candidate) -> Candidate:
+        final = Candidate(current.iteration, current.network, current.module, current.accuracy, current.resources)
+        if self.long_term_steps:
+            final.accuracy = problem.objective.long_term(final.module, self.long_term_steps, self.seed).score
+        final.test_accuracy = problem.objective.test(final.module)
+        final.measured = _measure(bounds, final.module, problem.traced.example_input())
+        return final
+
+
+
+def _seed(seed: int, iteration: int, group: str) -> int:
+    """A proposal's own seed: the same whichever worker evaluates it, in whatever order."""
+    return zlib.crc32(f"{seed}:{iteration}:{group}".encode())
+
+
+def _largest_meeting(net: Network, gid: str, bounds: Sequence[Bound], targets: dict[str, float]) -> _Plan | None:
+    group = net.group(gid)
+    for width in sorted((w for w in group.valid_widths() if w < group.width), reverse=True):
+        candidate = net.with_widths({gid: width})
+        resources = {b.resource: b.estimate(candidate) for b in bounds}
+        if all(resources[r] <= targets[r] for r in targets):
+            return _Plan(gid, candidate, resources)
+    return None
+
+
+def _smallest_step(net: Network, gid: str, bounds: Sequence[Bound]) -> _Plan | None:
+    group = net.group(gid)
+    if group.width <= group.min_width:
+        return None
+    candidate = net.with_widths({gid: group.min_width})
+    return _Plan(gid, candidate, {b.resource: b.estimate(candidate) for b in bounds})
+
+
+def _measure(bounds: Sequence[Bound], module: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """End-to-end figures from every constraint whose estimator can measure (a lookup table's backend)."""
+    measured = {}
+    for b in bounds:
+        backend = getattr(b.constraint.estimator, "backend", None)
+        if backend is not None:
+            measured[b.resource] = backend.measure(module, x).median
+    return measured
