@@ -2,57 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
+from standins import fixed_net, problem_for
 
-import netopt
-from netopt.bridge import build
-from netopt.constraints import MACsConstraint, MemoryConstraint, ReductionSchedule
+from netopt.constraints import MACsConstraint
 from netopt.errors import ConfigError, InfeasibleError
 from netopt.ir import Network
-from netopt.measure.memory import MemoryModel
-from netopt.strategies import Problem, ProgressiveBarrier, SelectionRule, smallest
+from netopt.runs import RunError, load
+from netopt.strategies import ProgressiveBarrier, SelectionRule, smallest
 from netopt.testing import strategies as nst
-
-
-@dataclass(frozen=True)
-class Scored:
-    score: float
-    steps: int
-
-
-class ParamsKept:
-    """Stand-in objective: 'accuracy' is the share of parameters kept, plus a seeded jitter.
-    No training; deterministic for a seed, so strategies can be property-tested fast."""
-
-    def __init__(self, full: int) -> None:
-        self.full = full
-
-    def short_term(self, module: nn.Module, steps: int, seed: int) -> Scored:
-        kept = sum(p.numel() for p in module.parameters()) / self.full
-        jitter = torch.rand(1, generator=torch.Generator().manual_seed(seed)).item() * 0.01
-        return Scored(kept + jitter, steps)
-
-    def long_term(self, module: nn.Module, steps: int, seed: int) -> Scored:
-        return self.short_term(module, steps, seed)
-
-    def test(self, module: nn.Module) -> float:
-        return self.short_term(module, 0, 0).score
-
-
-def problem_for(net: Network, macs: str, memory: str) -> Problem:
-    torch.manual_seed(0)
-    traced = netopt.trace(build(net).eval(), torch.randn(1, *net.input_shape))
-    constraints = [MACsConstraint(macs, schedule=ReductionSchedule("10%", decay=0.9)),
-                   MemoryConstraint(memory, MemoryModel(), schedule=ReductionSchedule("5%"))]
-    full = sum(p.numel() for p in traced.module.parameters())
-    return Problem(traced, constraints, ParamsKept(full))  # type: ignore[arg-type]
 
 
 @settings(max_examples=15)
@@ -76,7 +45,7 @@ def test_meets_every_budget_or_says_it_is_infeasible(net: Network, macs_pct: int
 
 
 def test_each_iteration_meets_its_tightened_target_and_follows_eq2() -> None:
-    net = _fixed()
+    net = fixed_net()
     problem = problem_for(net, "60%", "100%")
     result = ProgressiveBarrier(short_term_steps=0, long_term_steps=0, progress=False).run(problem)
     bound = problem.bind()[0]
@@ -86,26 +55,14 @@ def test_each_iteration_meets_its_tightened_target_and_follows_eq2() -> None:
         assert after.resources["macs"] == chosen.resources["macs"] <= target
 
 
-def _fixed() -> Network:
-    from netopt.ir import Builder
-
-    b = Builder((3, 16, 16))
-    x = b.relu(b.bn(b.conv(b.input, 32, 3, stride=2)))
-    y = b.relu(b.bn(b.conv(x, 48, 3)))
-    y = b.bn(b.conv(y, 32, 1))
-    x = b.relu(b.add_(x, y))
-    x = b.relu(b.bn(b.conv(x, 64, 3, stride=2)))
-    return b.build(b.linear(b.flatten(b.adaptive_avgpool(x)), 10))
-
-
 def test_an_unreachable_budget_fails_early_with_the_smallest_estimate() -> None:
-    problem = problem_for(_fixed(), "1%", "100%")
+    problem = problem_for(fixed_net(), "1%", "100%")
     with pytest.raises(InfeasibleError, match=r"macs budget .* cannot be met: the smallest network .* estimated at"):
         ProgressiveBarrier(progress=False).run(problem)
 
 
 def test_selection_rules_and_bad_settings() -> None:
-    problem = problem_for(_fixed(), "70%", "100%")
+    problem = problem_for(fixed_net(), "70%", "100%")
     a = ProgressiveBarrier(short_term_steps=0, long_term_steps=0, progress=False).run(problem)
     b = ProgressiveBarrier(short_term_steps=0, long_term_steps=0, progress=False,
                            selection="accuracy_per_resource").run(problem)
@@ -120,7 +77,7 @@ def test_selection_rules_and_bad_settings() -> None:
 
 
 def test_a_process_pool_gives_the_same_result_as_serial() -> None:
-    problem = problem_for(_fixed(), "60%", "90%")
+    problem = problem_for(fixed_net(), "60%", "90%")
     serial = ProgressiveBarrier(short_term_steps=0, long_term_steps=0, progress=False).run(problem)
     with ProcessPoolExecutor(2) as pool:
         pooled = ProgressiveBarrier(short_term_steps=0, long_term_steps=0, progress=False, executor=pool).run(problem)
@@ -128,3 +85,55 @@ def test_a_process_pool_gives_the_same_result_as_serial() -> None:
     assert [p.to_dict() for p in pooled.history] == [p.to_dict() for p in serial.history]
     x = torch.randn(2, 3, 16, 16)
     assert torch.equal(pooled.final.module(x), serial.final.module(x))
+
+
+RUN_SCRIPT = """
+import sys
+from netopt.strategies import ProgressiveBarrier
+from standins import fixed_net, problem_for
+problem = problem_for(fixed_net(), "45%", "90%", delay=float(sys.argv[2]))
+ProgressiveBarrier(short_term_steps=0, long_term_steps=0, progress=False).run(
+    problem, run_dir=sys.argv[1], resume=sys.argv[3] == "resume")
+"""
+
+
+def _start_run(run_dir: Path, delay: float, mode: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    return subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, str(run_dir), str(delay), mode], env=env)
+
+
+def test_a_run_killed_mid_proposal_resumes_to_the_same_result(tmp_path: Path) -> None:
+    reference = ProgressiveBarrier(short_term_steps=0, long_term_steps=0, progress=False).run(
+        problem_for(fixed_net(), "45%", "90%"), run_dir=tmp_path / "whole")
+    assert len(reference.family) >= 3
+    killed = tmp_path / "killed"
+    proc = _start_run(killed, 0.15, "new")
+    log = killed / "history.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:  # wait for iteration 1 to be under way
+        if log.exists() and any('"iteration": 1' in line for line in log.read_text().splitlines()):
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final").exists()
+    logged_before = len(log.read_text().splitlines())
+    resumed = ProgressiveBarrier(short_term_steps=0, long_term_steps=0, progress=False).run(
+        problem_for(fixed_net(), "45%", "90%"), run_dir=killed, resume=True)
+    assert [c.network for c in resumed.family] == [c.network for c in reference.family]
+    assert [p.to_dict() for p in resumed.history] == [p.to_dict() for p in reference.history]
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(resumed.final.module(x), reference.final.module(x))
+    assert torch.equal(load(killed, "final")(x), load(tmp_path / "whole", "final")(x))
+    redone = len(log.read_text().splitlines()) - logged_before
+    assert redone < len(reference.history)  # finished proposals were not evaluated again
+
+
+def test_resume_refuses_other_settings_and_starting_anew_refuses_a_used_folder(tmp_path: Path) -> None:
+    problem = problem_for(fixed_net(), "60%", "90%")
+    ProgressiveBarrier(short_term_steps=0, long_term_steps=0, progress=False).run(problem, run_dir=tmp_path / "r")
+    with pytest.raises(RunError, match="resume it with the same settings"):
+        ProgressiveBarrier(short_term_steps=0, long_term_steps=0, seed=1, progress=False).run(
+            problem, run_dir=tmp_path / "r", resume=True)
+    with pytest.raises(RunError, match="already holds files"):
+        ProgressiveBarrier(short_term_steps=0, long_term_steps=0, progress=False).run(problem, run_dir=tmp_path / "r")

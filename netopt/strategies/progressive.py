@@ -12,11 +12,13 @@ network is fine-tuned for longer and measured end to end.
 
 from __future__ import annotations
 
+import copy
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,6 +29,7 @@ from netopt.constraints import Bound
 from netopt.errors import ConfigError, InfeasibleError
 from netopt.ir import Network
 from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy, check_feasible
+from netopt.strategies.log import _Log
 
 if TYPE_CHECKING:
     from torch import nn
@@ -93,39 +96,48 @@ class ProgressiveBarrier(Strategy):
 
     # --- the loop ----------------------------------------------------------------------------
 
-    def run(self, problem: Problem) -> Result:
+    def config(self) -> dict[str, Any]:
+        """The settings that decide the result (recorded in a run directory, checked on resume)."""
+        return {"strategy": "ProgressiveBarrier", "short_term_steps": self.short_term_steps,
+                "long_term_steps": self.long_term_steps, "selection": self.selection.value, "seed": self.seed}
+
+    def run(self, problem: Problem, run_dir: str | Path | None = None, resume: bool = False) -> Result:
+        """Adapt; with `run_dir` every step is saved, and `resume=True` continues a stopped run
+        there, redoing only the proposals that had not finished."""
         bounds = problem.bind()
-        original = problem.traced.network
-        check_feasible(bounds, original)
-        start = self._start(problem, bounds)
-        family, history, steps = [start], [], 0
-        current, traced = start, problem.traced
+        check_feasible(bounds, problem.traced.network)
+        log = _Log.open(run_dir, resume, self.config(), problem) if run_dir is not None else None
+        family = log.family(problem) if log and log.members() else [self._start(problem, bounds, log)]
+        history = log.proposals(family) if log else []
+        current = family[-1]
         bar = tqdm(desc="adapting", unit="iteration", disable=None if self.progress is None else not self.progress)
         while not all(b.met(current.resources[b.resource]) for b in bounds):
             if current.iteration >= self.max_iterations:
                 raise InfeasibleError(f"budgets not met after {self.max_iterations} iterations; raise max_iterations "
                                       "or the schedules' initial reductions")
-            proposals, picked, module = self._iterate(problem, bounds, current, traced)
+            proposals, picked, module = self._iterate(problem, bounds, current, log)
             history += proposals
-            steps += sum(p.steps for p in proposals)
-            network = original.with_widths(picked.widths)
-            current = Candidate(current.iteration + 1, network, module, picked.score, picked.resources)
-            traced = trace(module, problem.traced.example_input(), step=original.step)
+            current = Candidate(current.iteration + 1, problem.traced.network.with_widths(picked.widths), module,
+                                picked.score, picked.resources)
+            if log:
+                log.save_member(current, picked.group)
             family.append(current)
             bar.update()
             bar.set_postfix({b.resource: f"{current.resources[b.resource]:.4g}/{b.budget:.4g}" for b in bounds})
         bar.close()
-        final = self._finish(problem, bounds, current)
-        return Result(final, family, history, steps + self.long_term_steps)
+        final = self._finish(problem, bounds, current, log)
+        return Result(final, family, history, sum(p.steps for p in history) + self.long_term_steps)
 
-    def _start(self, problem: Problem, bounds: Sequence[Bound]) -> Candidate:
+    def _start(self, problem: Problem, bounds: Sequence[Bound], log: _Log | None) -> Candidate:
         module = problem.traced.materialize()  # a copy: the user's model is never trained
         score = problem.objective.short_term(module, 0, self.seed).score
-        resources = {b.resource: b.initial for b in bounds}
-        return Candidate(0, problem.traced.network, module, score, resources)
+        start = Candidate(0, problem.traced.network, module, score, {b.resource: b.initial for b in bounds})
+        if log:
+            log.save_member(start, None)
+        return start
 
     def _iterate(self, problem: Problem, bounds: Sequence[Bound], current: Candidate,
-                 traced: Traced) -> tuple[list[Proposal], Proposal, nn.Module]:
+                 log: _Log | None) -> tuple[list[Proposal], Proposal, nn.Module]:
         i = current.iteration
         targets = {b.resource: b.target(i, current.resources[b.resource]) if not b.met(current.resources[b.resource])
                    else b.budget for b in bounds}
@@ -133,9 +145,18 @@ class ProgressiveBarrier(Strategy):
         if not plans:
             raise InfeasibleError(f"iteration {i}: no channel group can shrink any further; the budgets "
                                   f"{ {b.resource: b.budget for b in bounds} } are out of reach")
-        futures = [self.executor.submit(_evaluate, traced, {p.group: p.network.widths[p.group]}, problem.objective,
-                                        self.short_term_steps, _seed(self.seed, i, p.group)) for p in plans]
-        outcomes = [f.result() for f in futures]
+        traced = trace(current.module, problem.traced.example_input(), step=problem.traced.network.step)
+        done = log.finished_proposals(i, traced) if log else {}
+        futures = {p.group: self.executor.submit(_evaluate, traced, {p.group: p.network.widths[p.group]},
+                                                 problem.objective, self.short_term_steps, _seed(self.seed, i, p.group))
+                   for p in plans if p.group not in done}
+        for plan in plans:  # log each as it is ready, so a kill loses only unfinished ones
+            if plan.group not in done:
+                done[plan.group] = futures[plan.group].result()
+                if log:
+                    log.record(Proposal(i, plan.group, plan.network.widths, plan.resources, *done[plan.group][:2]),
+                               done[plan.group][2])
+        outcomes = [done[p.group] for p in plans]
         proposals = [Proposal(i, p.group, p.network.widths, p.resources, score, used)
                      for p, (score, used, _) in zip(plans, outcomes, strict=True)]
         best = self._pick(proposals, current, bounds)
@@ -168,12 +189,17 @@ class ProgressiveBarrier(Strategy):
 
         return min(range(len(proposals)), key=lambda k: (drop_per_saving(k), k))
 
-    def _finish(self, problem: Problem, bounds: Sequence[Bound], current: Candidate) -> Candidate:
-        final = Candidate(current.iteration, current.network, current.module, current.accuracy, current.resources)
+    def _finish(self, problem: Problem, bounds: Sequence[Bound], current: Candidate, log: _Log | None) -> Candidate:
+        if log and log.has_final():
+            return log.final(problem)
+        module = copy.deepcopy(current.module)  # the family keeps Net_i as it was
+        final = Candidate(current.iteration, current.network, module, current.accuracy, current.resources)
         if self.long_term_steps:
             final.accuracy = problem.objective.long_term(final.module, self.long_term_steps, self.seed).score
         final.test_accuracy = problem.objective.test(final.module)
         final.measured = _measure(bounds, final.module, problem.traced.example_input())
+        if log:
+            log.save_final(final, problem.traced.example_input())
         return final
 
 

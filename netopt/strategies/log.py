@@ -1,0 +1,102 @@
+"""What a strategy keeps in its run directory, and how a stopped run picks up from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from netopt.runs import RunDir, RunError
+from netopt.strategies.base import Candidate, Problem, Proposal
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from netopt.bridge import Traced
+
+__all__ = ["_Log"]
+
+
+class _Log:
+    """A ProgressiveBarrier run's record: members, proposals (with weights), the final network."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+
+    @classmethod
+    def open(cls, path: str | Path, resume: bool, config: dict[str, Any], problem: Problem) -> _Log:
+        original = problem.traced.network
+        if not resume:
+            return cls(RunDir.create(path, config, original))
+        run = RunDir.open(path)
+        if run.config() != config:
+            raise RunError(f"{path} was started with {run.config()}, not {config}; resume it with the same settings")
+        if run.original() != original:
+            raise RunError(f"{path} was started from another network; resume it with the model it was started with")
+        return cls(run)
+
+    # --- members -----------------------------------------------------------------------------
+
+    def members(self) -> list[int]:
+        return self.run.members()
+
+    def save_member(self, member: Candidate, group: str | None) -> None:
+        summary = {"iteration": member.iteration, "accuracy": member.accuracy, "resources": member.resources,
+                   "group": group}
+        self.run.save_member(member.iteration, member.network, member.module, summary)
+
+    def family(self, problem: Problem) -> list[Candidate]:
+        out = []
+        for i in self.members():
+            s = self.run.summary(i)
+            out.append(Candidate(i, self.run.network(i), self.run.module(i), s["accuracy"], s["resources"]))
+        return out
+
+    # --- proposals ---------------------------------------------------------------------------
+
+    def record(self, proposal: Proposal, module: nn.Module) -> None:
+        self.run.record_proposal(proposal.to_dict(), module)
+
+    def proposals(self, family: list[Candidate]) -> list[Proposal]:
+        """Logged proposals of completed iterations, the chosen one marked."""
+        chosen = {self.run.summary(c.iteration)["group"]: c.iteration - 1 for c in family if c.iteration > 0}
+        done = {c.iteration for c in family}
+        out = []
+        for r in self.run.history():
+            if r["iteration"] + 1 in done:
+                r = {**r, "chosen": chosen.get(r["group"]) == r["iteration"]}
+                out.append(Proposal(**r))
+        return out
+
+    def finished_proposals(self, iteration: int, traced: Traced) -> dict[str, tuple[float, int, nn.Module]]:
+        """Proposals of `iteration` that finished before a stop, rebuilt with their fine-tuned weights."""
+        found: dict[str, tuple[float, int, nn.Module]] = {}
+        for r in self.run.history():
+            if r["iteration"] != iteration:
+                continue
+            weights = self.run.proposal_weights(iteration, r["group"])
+            if weights is None:
+                continue
+            module = traced.materialize(traced.network.with_widths({r["group"]: r["widths"][r["group"]]}))
+            module.load_state_dict(weights)
+            found[r["group"]] = (r["score"], r["steps"], module)
+        return found
+
+    # --- the final network -------------------------------------------------------------------
+
+    def has_final(self) -> bool:
+        return (self.run.path / "final" / "summary.json").is_file()
+
+    def save_final(self, final: Candidate, example: torch.Tensor) -> None:
+        from netopt.measure.onnxrt import export_onnx
+
+        summary = {"iteration": final.iteration, "accuracy": final.accuracy, "test_accuracy": final.test_accuracy,
+                   "resources": final.resources, "measured": final.measured}
+        self.run.save_final(final.network, final.module, summary, export_onnx(final.module, example))
+
+    def final(self, problem: Problem) -> Candidate:
+        s = self.run.summary("final")
+        final = Candidate(s["iteration"], self.run.network("final"), self.run.module("final"), s["accuracy"],
+                          s["resources"])
+        final.test_accuracy, final.measured = s["test_accuracy"], s["measured"]
+        return final
