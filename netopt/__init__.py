@@ -11,16 +11,63 @@ from typing import TYPE_CHECKING, Any
 from netopt.errors import NetoptError
 
 if TYPE_CHECKING:
+    from netopt import data
     from netopt.bridge import Traced, trace
+    from netopt.constraints import (
+        EnergyConstraint,
+        LatencyConstraint,
+        MACsConstraint,
+        MemoryConstraint,
+        ParamsConstraint,
+        ReductionSchedule,
+    )
     from netopt.lut import LookupTable
+    from netopt.objectives import Accuracy, Trainer
+    from netopt.runs import load
+    from netopt.strategies import Problem, ProgressiveBarrier
 
 __version__ = "0.1.0"
-__all__ = ["LookupTable", "NetoptError", "Traced", "__version__", "trace"]
+__all__ = [
+    "Accuracy",
+    "EnergyConstraint",
+    "LatencyConstraint",
+    "LookupTable",
+    "MACsConstraint",
+    "MemoryConstraint",
+    "NetoptError",
+    "ParamsConstraint",
+    "Problem",
+    "ProgressiveBarrier",
+    "ReductionSchedule",
+    "Traced",
+    "Trainer",
+    "__version__",
+    "data",
+    "load",
+    "trace",
+]
 
-_LAZY = {"trace": "netopt.bridge", "Traced": "netopt.bridge", "LookupTable": "netopt.lut"}
+_LAZY = {
+    "trace": "netopt.bridge",
+    "Traced": "netopt.bridge",
+    "LookupTable": "netopt.lut",
+    "LatencyConstraint": "netopt.constraints",
+    "EnergyConstraint": "netopt.constraints",
+    "MemoryConstraint": "netopt.constraints",
+    "MACsConstraint": "netopt.constraints",
+    "ParamsConstraint": "netopt.constraints",
+    "ReductionSchedule": "netopt.constraints",
+    "Accuracy": "netopt.objectives",
+    "Trainer": "netopt.objectives",
+    "Problem": "netopt.strategies",
+    "ProgressiveBarrier": "netopt.strategies",
+    "load": "netopt.runs",
+}
 
 
 def __getattr__(name: str) -> Any:
+    if name == "data":
+        return import_module("netopt.data")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'netopt' has no attribute {name!r}")

@@ -1,0 +1,7 @@
+"""Objectives: what a strategy maximizes, with NetAdapt's train / holdout / test protocol."""
+
+from netopt.objectives.accuracy import Accuracy
+from netopt.objectives.base import Evaluation, Objective
+from netopt.objectives.train import Trainer, TrainerSettings
+
+__all__ = ["Accuracy", "Evaluation", "Objective", "Trainer", "TrainerSettings"]
