@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,18 @@ def test_cli_agent_serves_on_loopback_until_stopped() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_adapt_mnist_example_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
+    script = ROOT / "examples" / "adapt_mnist.py"
+    run = tmp_path / "run"
+    args = [sys.executable, str(script), "--run", str(run), "--lut", str(tmp_path / "lut.sqlite"),
+            "--pretrain", "30", "--short", "2", "--long", "2", "--latency", "85%", "--energy", "90%"]
+    env = {**os.environ, "NETOPT_CACHE": str(tmp_path / "cache")}
+    first = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False, env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "final: holdout" in first.stdout and (run / "final" / "model.onnx").exists()
+    assert (run / "accuracy_vs_latency.png").exists() and (run / "widths.png").exists()
+    again = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=600, check=False, env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.split("final:")[1].split("\n")[0] == first.stdout.split("final:")[1].split("\n")[0]

@@ -18,6 +18,7 @@ import hashlib
 import itertools
 import random
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +30,7 @@ from netopt.ir import Network
 from netopt.lut.probe import overhead_module, unit_module
 from netopt.lut.store import Calibration, Store
 from netopt.lut.units import Unit, units
-from netopt.measure.base import Backend, Fingerprint, Measurement, steady
+from netopt.measure.base import Backend, Fingerprint, Measurement, NoisyMeasurementWarning, steady
 
 if TYPE_CHECKING:
     from netopt.bridge import Traced
@@ -80,9 +81,11 @@ class LookupTable:
                 todo.setdefault(u.signature, (net, u))
         missing = sorted(set(todo) - set(self.store.get_many(list(todo))))
         bar = tqdm(missing, desc=progress or "measuring layers", unit="layer", disable=None, leave=False)
-        for sig in bar:
-            net, u = todo[sig]
-            self._ensure_one(sig, u.describe(), lambda net=net, u=u: self.backend.measure(*unit_module(net, u)))
+        with warnings.catch_warnings():  # units run for microseconds: their spread is expected; the min is kept
+            warnings.simplefilter("ignore", NoisyMeasurementWarning)
+            for sig in bar:
+                net, u = todo[sig]
+                self._ensure_one(sig, u.describe(), lambda net=net, u=u: self.backend.measure(*unit_module(net, u)))
 
     def _ensure_one(self, sig: str, description: dict[str, object], measure: object) -> Measurement:
         deadline = time.monotonic() + self.wait_timeout
