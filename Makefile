@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/adapt_mnist.py --run runs/demo --lut runs/lut-ort-cpu1.sqlite $$(test -f runs/demo/config.json && echo --resume)
+	$(PY) -m netopt.cli adapt examples/demo.toml $$(test -f runs/demo/config.json && echo --resume)
 
 test: $(STAMP)
 	$(PY) -m ruff check netopt tests benchmarks examples

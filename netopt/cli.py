@@ -85,6 +85,18 @@ def lut_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def adapt_command(args: argparse.Namespace) -> int:
+    """Adapt the network the config describes; resume with --resume."""
+    from netopt.adapt import adapt, summary
+    from netopt.config import AdaptConfig, load_config
+
+    config = load_config(args.config) if args.config else AdaptConfig()
+    result = adapt(config, resume=args.resume)
+    print(summary(result))
+    print(f"\nrun directory: {config.run_dir} (plots, family, final/model.onnx)")
+    return 0
+
+
 def agent_command(args: argparse.Namespace) -> int:
     """Serve measurements on this device until interrupted."""
     from pathlib import Path
@@ -125,6 +137,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", type=int, default=6, help="fidelity: networks to calibrate on (default 6)")
     p.add_argument("--plot", help="fidelity: write the scatter plot (PNG) here")
     p.set_defaults(run=lut_command)
+    p = sub.add_parser("adapt", help="adapt a network to its budgets (NetAdapt), as a TOML config says")
+    p.add_argument("config", nargs="?", help="TOML config (default: the demo's settings)")
+    p.add_argument("--resume", action="store_true", help="continue the run in the config's run_dir")
+    p.set_defaults(run=adapt_command)
     p = sub.add_parser("agent", help="serve ONNX Runtime measurements over HTTP (run it on the target device)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
     p.add_argument("--port", type=int, default=8470)

@@ -61,8 +61,9 @@ def test_adapt_mnist_example_runs_end_to_end_and_resumes(tmp_path: Path) -> None
     env = {**os.environ, "NETOPT_CACHE": str(tmp_path / "cache")}
     first = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
-    assert "final: holdout" in first.stdout and (run / "final" / "model.onnx").exists()
+    assert "final network: holdout" in first.stdout and (run / "final" / "model.onnx").exists()
     assert (run / "accuracy_vs_latency.png").exists() and (run / "widths.png").exists()
     again = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=600, check=False, env=env)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert again.stdout.split("final:")[1].split("\n")[0] == first.stdout.split("final:")[1].split("\n")[0]
+    line = "final network:"
+    assert again.stdout.split(line)[1].split("\n")[0] == first.stdout.split(line)[1].split("\n")[0]

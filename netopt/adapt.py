@@ -1,0 +1,93 @@
+"""The main job, from an `AdaptConfig`: build the problem, adapt, report. The CLI and the
+examples call this; the library pieces stay usable on their own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from netopt.config import AdaptConfig, ConstraintConfig
+from netopt.constraints import (
+    Constraint,
+    EnergyConstraint,
+    LatencyConstraint,
+    MACsConstraint,
+    MemoryConstraint,
+    ParamsConstraint,
+    ReductionSchedule,
+)
+from netopt.strategies import Problem, ProgressiveBarrier, Result
+
+__all__ = ["build_problem", "adapt", "summary"]
+
+
+def _constraint(c: ConstraintConfig, config: AdaptConfig, traced: object) -> Constraint:
+    schedule = ReductionSchedule(c.schedule.initial, c.schedule.decay)
+    if c.resource == "latency":
+        from netopt.lut import LookupTable, structure_key
+        from netopt.measure import OnnxRuntimeCPU
+
+        Path(config.lut.path).parent.mkdir(parents=True, exist_ok=True)
+        lut = LookupTable.open(config.lut.path, OnnxRuntimeCPU(threads=config.lut.threads))
+        if lut.store.calibration(structure_key(traced.network)) is None:  # type: ignore[attr-defined]
+            lut.calibrate(traced)  # type: ignore[arg-type]
+        return LatencyConstraint(c.budget, lut, schedule)
+    if c.resource == "energy":
+        from netopt.measure.energy import EnergyModel
+
+        return EnergyConstraint(c.budget, EnergyModel(), schedule)
+    if c.resource == "memory":
+        from netopt.measure.memory import MemoryModel
+
+        return MemoryConstraint(c.budget, MemoryModel(), schedule)
+    maker = MACsConstraint if c.resource == "macs" else ParamsConstraint
+    return maker(c.budget, schedule=schedule)
+
+
+def build_problem(config: AdaptConfig) -> Problem:
+    """Pretrained zoo model (cached), its data splits, the constraints, the accuracy objective."""
+    import netopt
+    from netopt.objectives import Accuracy, Trainer
+    from netopt.zoo.pretrained import pretrained_mnist
+
+    m, d = config.model, config.data
+    model, data = pretrained_mnist(width=m.width, size=m.size, steps=m.pretrain_steps, seed=d.seed,
+                                   holdout_per_class=d.holdout_per_class, test_fraction=d.test_fraction)
+    traced = netopt.trace(model, data.train_x[:1])
+    constraints = [_constraint(c, config, traced) for c in config.constraints]
+    trainer = Trainer(lr=config.training.lr, batch_size=config.training.batch_size)
+    return Problem(traced, constraints, Accuracy(data, trainer))
+
+
+def adapt(config: AdaptConfig, resume: bool = False) -> Result:
+    """Run (or resume) the adaptation the config describes, and write its plots."""
+    from netopt.report import plot_family, plot_widths
+
+    torch.set_num_threads(1)
+    problem = build_problem(config)
+    strategy = ProgressiveBarrier(short_term_steps=config.training.short_term_steps,
+                                  long_term_steps=config.training.long_term_steps,
+                                  selection=config.strategy.selection, seed=config.strategy.seed,
+                                  max_iterations=config.strategy.max_iterations)
+    result = strategy.run(problem, run_dir=config.run_dir, resume=resume)
+    first = config.constraints[0].resource
+    plot_family(result, first, Path(config.run_dir) / f"accuracy_vs_{first}.png")
+    plot_widths(result, Path(config.run_dir) / "widths.png")
+    return result
+
+
+def summary(result: Result) -> str:
+    """A table per iteration (chosen group, each resource, holdout accuracy) and the final figures."""
+    resources = list(result.family[0].resources)
+    chosen = {p.iteration + 1: p.group for p in result.history if p.chosen}
+    head = "| iteration | chosen group | " + " | ".join(f"{r} (est.)" for r in resources) + " | holdout acc. |"
+    lines = [head, "|" + "---|" * (len(resources) + 3)]
+    for c in result.family:
+        values = " | ".join(f"{c.resources[r]:.4g}" for r in resources)
+        lines.append(f"| {c.iteration} | {chosen.get(c.iteration, '-')} | {values} | {c.accuracy:.3f} |")
+    f = result.final
+    measured = ", ".join(f"{r} measured {v:.4g} (estimated {f.resources[r]:.4g})" for r, v in f.measured.items())
+    lines.append(f"\nfinal network: holdout {f.accuracy:.3f}, test {f.test_accuracy:.3f}; {measured}")
+    lines.append(f"{len(result.history)} proposals, {result.training_steps} training steps")
+    return "\n".join(lines)

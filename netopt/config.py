@@ -1,0 +1,113 @@
+"""`netopt adapt CONFIG`: the configuration file, validated by frozen pydantic models.
+
+    run_dir = "runs/demo"
+
+    [model]
+    width = 0.5
+    size = 32
+
+    [[constraints]]
+    resource = "latency"
+    budget = "50%"
+    schedule = { initial = "4%", decay = 0.96 }
+
+Every table forbids unknown keys, so a typo is an error that names the field.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from netopt.constraints.amount import parse_amount
+from netopt.errors import ConfigError
+
+__all__ = ["AdaptConfig", "load_config"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelConfig(_Frozen):
+    zoo: Literal["mobilenet_v1"] = "mobilenet_v1"
+    width: float = Field(0.5, gt=0, le=4)
+    size: int = Field(32, ge=8, le=512)
+    pretrain_steps: int = Field(1000, ge=0)
+
+
+class DataConfig(_Frozen):
+    dataset: Literal["mnist"] = "mnist"
+    holdout_per_class: int = Field(20, ge=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+
+
+class TrainingConfig(_Frozen):
+    lr: float = Field(0.01, gt=0)
+    batch_size: int = Field(64, ge=2)
+    short_term_steps: int = Field(60, ge=0)
+    long_term_steps: int = Field(300, ge=0)
+
+
+class ScheduleConfig(_Frozen):
+    initial: str | float = "4%"
+    decay: float = Field(0.96, gt=0, le=1)
+
+
+class ConstraintConfig(_Frozen):
+    resource: Literal["latency", "energy", "memory", "macs", "params"]
+    budget: str | float
+    schedule: ScheduleConfig = ScheduleConfig()
+
+    @model_validator(mode="after")
+    def _amounts(self) -> ConstraintConfig:
+        """Refuse a bad budget or schedule now, before any model is trained or measured."""
+        parse_amount(self.budget, None, f"{self.resource} budget")
+        parse_amount(self.schedule.initial, None, f"{self.resource} schedule initial reduction")
+        return self
+
+
+class StrategyConfig(_Frozen):
+    selection: Literal["accuracy", "accuracy_per_resource"] = "accuracy"
+    seed: int = 0
+    max_iterations: int = Field(500, ge=1)
+
+
+class LutConfig(_Frozen):
+    path: str = "runs/lut-ort-cpu1.sqlite"
+    threads: int = Field(1, ge=1)
+
+
+class AdaptConfig(_Frozen):
+    """Everything `netopt adapt` needs; the defaults are the demo's."""
+
+    run_dir: str = "runs/demo"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    training: TrainingConfig = TrainingConfig()
+    constraints: list[ConstraintConfig] = Field(
+        default_factory=lambda: [ConstraintConfig(resource="latency", budget="50%"),
+                                 ConstraintConfig(resource="energy", budget="60%")],
+        min_length=1)
+    strategy: StrategyConfig = StrategyConfig()
+    lut: LutConfig = LutConfig()
+
+
+def load_config(path: str | Path) -> AdaptConfig:
+    """Read and validate a TOML config; any problem is one ConfigError line naming the field."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; give the path of a TOML file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    try:
+        return AdaptConfig(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{path}: {field}: {err['msg']} (got {err.get('input')!r})") from None

@@ -1,0 +1,45 @@
+"""`netopt adapt CONFIG`: typos and bad values are one line and exit code 2, before any work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from netopt.config import AdaptConfig, load_config
+from netopt.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_bundled_demo_config_is_the_default() -> None:
+    assert load_config(ROOT / "examples" / "demo.toml") == AdaptConfig()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[training]\nshort_steps = 5\n', "training.short_steps: Extra inputs are not permitted"),
+    ('[model]\nwidth = -1\n', "model.width: Input should be greater than 0"),
+    ('[[constraints]]\nresource = "latncy"\nbudget = "50%"\n', "constraints.0.resource"),
+    ('[[constraints]]\nresource = "latency"\nbudget = "nan"\n', "latency budget 'nan' must be a positive"),
+    ('constraints = []\n', "constraints: List should have at least 1 item"),
+    ('run_dir = \n', "is not valid TOML"),
+])
+def test_config_errors_name_the_field(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        load_config(path)
+
+
+def test_the_cli_turns_a_typo_into_one_line_and_exit_code_2(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[training]\nshort_steps = 5\n')
+    done = subprocess.run([sys.executable, "-m", "netopt.cli", "adapt", str(path)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "short_steps" in done.stderr and "Traceback" not in done.stderr
+    missing = subprocess.run([sys.executable, "-m", "netopt.cli", "adapt", str(tmp_path / "nope.toml")],
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
