@@ -30,6 +30,7 @@ from netopt.zoo.pretrained import pretrained_mnist
 def build_problem(args: argparse.Namespace) -> tuple[netopt.Problem, netopt.LookupTable]:
     model, data = pretrained_mnist(width=0.5, size=32, steps=args.pretrain)
     traced = netopt.trace(model, data.train_x[:1])
+    args.lut.parent.mkdir(parents=True, exist_ok=True)
     lut = netopt.LookupTable.open(args.lut, OnnxRuntimeCPU(threads=1))
     if lut.store.calibration(netopt.lut.structure_key(traced.network)) is None:
         lut.calibrate(traced)
