@@ -81,11 +81,13 @@ def summary(result: Result) -> str:
     """A table per iteration (chosen group, each resource, holdout accuracy) and the final figures."""
     resources = list(result.family[0].resources)
     chosen = {p.iteration + 1: p.group for p in result.history if p.chosen}
-    head = "| iteration | chosen group | " + " | ".join(f"{r} (est.)" for r in resources) + " | holdout acc. |"
+    head = "| iteration | chosen group -> width | " + " | ".join(f"{r} (est.)" for r in resources) + " | holdout acc. |"
     lines = [head, "|" + "---|" * (len(resources) + 3)]
     for c in result.family:
         values = " | ".join(f"{c.resources[r]:.4g}" for r in resources)
-        lines.append(f"| {c.iteration} | {chosen.get(c.iteration, '-')} | {values} | {c.accuracy:.3f} |")
+        group = chosen.get(c.iteration)
+        change = f"{group} -> {c.network.widths[group]}" if group else "-"
+        lines.append(f"| {c.iteration} | {change} | {values} | {c.accuracy:.3f} |")
     f = result.final
     measured = ", ".join(f"{r} measured {v:.4g} (estimated {f.resources[r]:.4g})" for r, v in f.measured.items())
     lines.append(f"\nfinal network: holdout {f.accuracy:.3f}, test {f.test_accuracy:.3f}; {measured}")

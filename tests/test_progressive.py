@@ -127,6 +127,10 @@ def test_a_run_killed_mid_proposal_resumes_to_the_same_result(tmp_path: Path) ->
     assert torch.equal(load(killed, "final")(x), load(tmp_path / "whole", "final")(x))
     redone = len(log.read_text().splitlines()) - logged_before
     assert redone < len(reference.history)  # finished proposals were not evaluated again
+    finished = ProgressiveBarrier(short_term_steps=0, long_term_steps=0, progress=False).run(
+        problem_for(fixed_net(), "45%", "90%"), run_dir=killed, resume=True)  # a finished run reads back whole
+    assert [p.to_dict() for p in finished.history] == [p.to_dict() for p in reference.history]
+    assert sum(p.chosen for p in finished.history) == len(finished.family) - 1
 
 
 def test_resume_refuses_other_settings_and_starting_anew_refuses_a_used_folder(tmp_path: Path) -> None:

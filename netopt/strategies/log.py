@@ -59,13 +59,11 @@ class _Log:
 
     def proposals(self, family: list[Candidate]) -> list[Proposal]:
         """Logged proposals of completed iterations, the chosen one marked."""
-        chosen = {self.run.summary(c.iteration)["group"]: c.iteration - 1 for c in family if c.iteration > 0}
-        done = {c.iteration for c in family}
+        chosen = {c.iteration - 1: self.run.summary(c.iteration)["group"] for c in family if c.iteration > 0}
         out = []
         for r in self.run.history():
-            if r["iteration"] + 1 in done:
-                r = {**r, "chosen": chosen.get(r["group"]) == r["iteration"]}
-                out.append(Proposal(**r))
+            if r["iteration"] in chosen:
+                out.append(Proposal(**{**r, "chosen": chosen[r["iteration"]] == r["group"]}))
         return out
 
     def finished_proposals(self, iteration: int, traced: Traced) -> dict[str, tuple[float, int, nn.Module]]:
