@@ -71,8 +71,9 @@ def adapt(config: AdaptConfig, resume: bool = False) -> Result:
                                   selection=config.strategy.selection, seed=config.strategy.seed,
                                   max_iterations=config.strategy.max_iterations)
     result = strategy.run(problem, run_dir=config.run_dir, resume=resume)
-    first = config.constraints[0].resource
-    plot_family(result, first, Path(config.run_dir) / f"accuracy_vs_{first}.png")
+    first = problem.constraints[0]
+    plot_family(result, first.resource, Path(config.run_dir) / f"accuracy_vs_{first.resource}.png",
+                f"{first.unit}, estimated")
     plot_widths(result, Path(config.run_dir) / "widths.png")
     return result
 
