@@ -67,3 +67,32 @@ def test_adapt_mnist_example_runs_end_to_end_and_resumes(tmp_path: Path) -> None
     assert again.returncode == 0, again.stderr[-2000:]
     line = "final network:"
     assert again.stdout.split(line)[1].split("\n")[0] == first.stdout.split(line)[1].split("\n")[0]
+
+
+def test_netopt_adapt_runs_the_main_job_at_tiny_size_and_resumes(tmp_path: Path) -> None:
+    config = tmp_path / "tiny.toml"
+    config.write_text(f"""
+run_dir = "{tmp_path / 'run'}"
+[model]
+pretrain_steps = 30
+[training]
+short_term_steps = 2
+long_term_steps = 2
+[[constraints]]
+resource = "latency"
+budget = "85%"
+[[constraints]]
+resource = "memory"
+budget = "90%"
+[lut]
+path = "{tmp_path / 'lut' / 'lut.sqlite'}"
+""")
+    env = {**os.environ, "NETOPT_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "netopt.cli", "adapt", str(config)]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "final network: holdout" in first.stdout and "latency measured" in first.stdout
+    assert (tmp_path / "run" / "final" / "model.onnx").exists() and (tmp_path / "run" / "widths.png").exists()
+    again = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600, check=False, env=env)
+    table = first.stdout.split("\n\nrun directory")[0]
+    assert again.returncode == 0 and again.stdout.split("\n\nrun directory")[0] == table
