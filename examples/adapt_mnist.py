@@ -32,7 +32,7 @@ def build_problem(args: argparse.Namespace) -> tuple[netopt.Problem, netopt.Look
     traced = netopt.trace(model, data.train_x[:1])
     args.lut.parent.mkdir(parents=True, exist_ok=True)
     lut = netopt.LookupTable.open(args.lut, OnnxRuntimeCPU(threads=1))
-    if lut.store.calibration(netopt.lut.structure_key(traced.network)) is None:
+    if lut.calibration(traced.network) is None:
         lut.calibrate(traced)
     constraints = [
         netopt.LatencyConstraint(args.latency, lut, netopt.ReductionSchedule("4%", decay=0.96)),

@@ -25,12 +25,12 @@ __all__ = ["build_problem", "adapt", "summary"]
 def _constraint(c: ConstraintConfig, config: AdaptConfig, traced: object) -> Constraint:
     schedule = ReductionSchedule(c.schedule.initial, c.schedule.decay)
     if c.resource == "latency":
-        from netopt.lut import LookupTable, structure_key
+        from netopt.lut import LookupTable
         from netopt.measure import OnnxRuntimeCPU
 
         Path(config.lut.path).parent.mkdir(parents=True, exist_ok=True)
         lut = LookupTable.open(config.lut.path, OnnxRuntimeCPU(threads=config.lut.threads))
-        if lut.store.calibration(structure_key(traced.network)) is None:  # type: ignore[attr-defined]
+        if lut.calibration(traced.network) is None:  # type: ignore[attr-defined]
             lut.calibrate(traced)  # type: ignore[arg-type]
         return LatencyConstraint(c.budget, lut, schedule)
     if c.resource == "energy":
@@ -93,4 +93,9 @@ def summary(result: Result) -> str:
     measured = ", ".join(f"{r} measured {v:.4g} (estimated {f.resources[r]:.4g})" for r, v in f.measured.items())
     lines.append(f"\nfinal network: holdout {f.accuracy:.3f}, test {f.test_accuracy:.3f}; {measured}")
     lines.append(f"{len(result.history)} proposals, {result.training_steps} training steps")
+    t = result.timings
+    if t:
+        lines.append(f"this session's wall time {t['total']:.0f} s: training and evaluation "
+                     f"{t['training_and_evaluation']:.0f} s, measurement {t['measurement']:.0f} s, "
+                     f"netopt's own work {t['framework']:.1f} s ({result.framework_share:.1%})")
     return "\n".join(lines)

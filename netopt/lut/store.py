@@ -62,8 +62,12 @@ class Calibration:
 
     @property
     def knots(self) -> tuple[np.ndarray, np.ndarray]:
+        cached = self.__dict__.get("_knots")
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
         x = np.array([p[0] for p in self.points])
         ratios = isotonic_regression(np.array([p[1] for p in self.points]) / x).x
+        object.__setattr__(self, "_knots", (x, ratios))  # frozen value, derived once
         return x, ratios
 
     def apply(self, layer_sum: float) -> float:

@@ -54,6 +54,12 @@ class LookupTable:
         self.unit = backend.unit
         self.wait_timeout = wait_timeout
         self.measurements = 0  # how many measurements this instance took (0 on a warm table)
+        self.measure_seconds = 0.0  # wall time spent measuring (the rest of an estimate is bookkeeping)
+        # Entries never change once written, so what was read once is kept: searches estimate
+        # thousands of networks that share almost all of their units.
+        self._mins: dict[str, float] = {}
+        self._signatures: dict[Unit, str] = {}
+        self._calibrations: dict[tuple[object, ...], Calibration | None] = {}
 
     @classmethod
     def open(cls, path: str | Path, backend: Backend) -> LookupTable:
@@ -71,21 +77,38 @@ class LookupTable:
 
     def overhead(self) -> float:
         """The backend's fixed cost of one call, in `unit`."""
-        return self._ensure_one(OVERHEAD, {"overhead": True}, lambda: self.backend.measure(*overhead_module())).min
+        if OVERHEAD not in self._mins:
+            measured = self._ensure_one(OVERHEAD, {"overhead": True}, lambda: self.backend.measure(*overhead_module()))
+            self._mins[OVERHEAD] = measured.min
+        return self._mins[OVERHEAD]
+
+    def signature(self, unit: Unit) -> str:
+        if unit not in self._signatures:
+            self._signatures[unit] = unit.signature
+        return self._signatures[unit]
+
+    def _known(self, signatures: Iterable[str]) -> None:
+        """Read the entries of `signatures` not in memory yet (only their minimum is used)."""
+        unread = [s for s in set(signatures) if s not in self._mins]
+        if unread:
+            self._mins.update({s: m.min for s, m in self.store.get_many(unread).items()})
 
     def ensure(self, nets: Iterable[Network], progress: str | None = None) -> None:
         """Measure every unit of `nets` that the table does not hold yet."""
         todo: dict[str, tuple[Network, Unit]] = {}
         for net in nets:
             for u in units(net):
-                todo.setdefault(u.signature, (net, u))
-        missing = sorted(set(todo) - set(self.store.get_many(list(todo))))
+                todo.setdefault(self.signature(u), (net, u))
+        self._known(todo)
+        missing = sorted(s for s in todo if s not in self._mins)
         bar = tqdm(missing, desc=progress or "measuring layers", unit="layer", disable=None, leave=False)
         with warnings.catch_warnings():  # units run for microseconds: their spread is expected; the min is kept
             warnings.simplefilter("ignore", NoisyMeasurementWarning)
             for sig in bar:
                 net, u = todo[sig]
-                self._ensure_one(sig, u.describe(), lambda net=net, u=u: self.backend.measure(*unit_module(net, u)))
+                measured = self._ensure_one(sig, u.describe(),
+                                            lambda net=net, u=u: self.backend.measure(*unit_module(net, u)))
+                self._mins[sig] = measured.min
 
     def _ensure_one(self, sig: str, description: dict[str, object], measure: object) -> Measurement:
         deadline = time.monotonic() + self.wait_timeout
@@ -94,11 +117,13 @@ class LookupTable:
             if found is not None:
                 return found
             if self.store.claim(sig):
+                started = time.perf_counter()
                 try:
                     result: Measurement = measure()  # type: ignore[operator]
                 except BaseException:
                     self.store.release(sig)
                     raise
+                self.measure_seconds += time.perf_counter() - started
                 self.store.put(sig, description, result)
                 self.measurements += 1
                 return result
@@ -127,12 +152,18 @@ class LookupTable:
 
     # --- estimating ------------------------------------------------------------------------
 
+    def _unit_mins(self, net: Network) -> list[tuple[Unit, float]]:
+        """Each unit of `net` with its stand-alone cost (measuring what is missing)."""
+        found = [(u, self.signature(u)) for u in units(net)]
+        self._known(sig for _, sig in found)
+        if any(sig not in self._mins for _, sig in found):
+            self.ensure([net])
+        return [(u, self._mins[sig]) for u, sig in found]
+
     def unit_costs(self, net: Network) -> list[tuple[Unit, float]]:
         """Each unit of `net` with its cost net of the per-call overhead (measuring what is missing)."""
-        self.ensure([net])
-        found = self.store.get_many([u.signature for u in units(net)])
         overhead = self.overhead()
-        return [(u, max(found[u.signature].min - overhead, 0.0)) for u in units(net)]
+        return [(u, max(cost - overhead, 0.0)) for u, cost in self._unit_mins(net)]
 
     def layer_sum(self, net: Network) -> float:
         """Uncorrected estimate: overhead + the sum of the unit costs."""
@@ -140,14 +171,19 @@ class LookupTable:
 
     def naive_sum(self, net: Network) -> float:
         """The plain sum of stand-alone unit measurements, for comparison (no calibration)."""
-        self.ensure([net])
-        found = self.store.get_many([u.signature for u in units(net)])
-        return sum(found[u.signature].min for u in units(net))
+        return sum(cost for _, cost in self._unit_mins(net))
+
+    def calibration(self, net: Network) -> Calibration | None:
+        """The calibration of `net`'s structure, if one was fitted."""
+        key = (net.nodes, net.input_shape, net.outputs, net.step)
+        if key not in self._calibrations:
+            self._calibrations[key] = self.store.calibration(structure_key(net))
+        return self._calibrations[key]
 
     def estimate(self, net: Network) -> float:
         """Calibrated cost of `net` in `unit` (Estimator protocol)."""
         raw = self.layer_sum(net)
-        cal = self.store.calibration(structure_key(net))
+        cal = self.calibration(net)
         return raw if cal is None else cal.apply(raw)
 
     def measure_networks(self, traced: Traced, nets: Sequence[Network], passes: int = 2) -> list[Measurement]:
@@ -175,6 +211,7 @@ class LookupTable:
         measured = self.measure_networks(traced, nets)
         cal = Calibration.fit([(self.layer_sum(net), m.median) for net, m in zip(nets, measured, strict=True)])
         self.store.put_calibration(structure_key(traced.network), cal)
+        self._calibrations.clear()
         return cal
 
 

@@ -70,6 +70,13 @@ class Result:
     family: list[Candidate]
     history: list[Proposal]
     training_steps: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def framework_share(self) -> float:
+        """Share of wall time outside training, evaluation and measurement (netopt's own work)."""
+        total = self.timings.get("total", 0.0)
+        return self.timings.get("framework", 0.0) / total if total else 0.0
 
 
 class Strategy(ABC):

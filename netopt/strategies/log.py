@@ -66,9 +66,9 @@ class _Log:
                 out.append(Proposal(**{**r, "chosen": chosen[r["iteration"]] == r["group"]}))
         return out
 
-    def finished_proposals(self, iteration: int, traced: Traced) -> dict[str, tuple[float, int, nn.Module]]:
+    def finished_proposals(self, iteration: int, traced: Traced) -> dict[str, tuple[float, int, nn.Module, float]]:
         """Proposals of `iteration` that finished before a stop, rebuilt with their fine-tuned weights."""
-        found: dict[str, tuple[float, int, nn.Module]] = {}
+        found: dict[str, tuple[float, int, nn.Module, float]] = {}
         for r in self.run.history():
             if r["iteration"] != iteration:
                 continue
@@ -77,7 +77,7 @@ class _Log:
                 continue
             module = traced.materialize(traced.network.with_widths({r["group"]: r["widths"][r["group"]]}))
             module.load_state_dict(weights)
-            found[r["group"]] = (r["score"], r["steps"], module)
+            found[r["group"]] = (r["score"], r["steps"], module, 0.0)  # the time was spent before the stop
         return found
 
     # --- the final network -------------------------------------------------------------------

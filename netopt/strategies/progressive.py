@@ -13,6 +13,7 @@ network is fine-tuned for longer and measured end to end.
 from __future__ import annotations
 
 import copy
+import time
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future
@@ -57,12 +58,14 @@ class _Plan:
 
 
 def _evaluate(traced: Traced, widths: dict[str, int], objective: Objective, steps: int,
-              seed: int) -> tuple[float, int, nn.Module]:
-    """Materialize, fine-tune for `steps`, score on holdout. Top-level: runs in worker processes."""
+              seed: int) -> tuple[float, int, nn.Module, float]:
+    """Materialize, fine-tune for `steps`, score on holdout; also the seconds the objective took.
+    Top-level, so that it runs in worker processes."""
     torch.set_num_threads(1)
     module = traced.materialize(traced.network.with_widths(widths))
+    started = time.perf_counter()
     evaluation = objective.short_term(module, steps, seed)
-    return evaluation.score, evaluation.steps, module
+    return evaluation.score, evaluation.steps, module, time.perf_counter() - started
 
 
 class _Serial(Executor):
@@ -107,7 +110,8 @@ class ProgressiveBarrier(Strategy):
         bounds = problem.bind()
         check_feasible(bounds, problem.traced.network)
         log = _Log.open(run_dir, resume, self.config(), problem) if run_dir is not None else None
-        family = log.family(problem) if log and log.members() else [self._start(problem, bounds, log)]
+        clock = _Clock(bounds)
+        family = log.family(problem) if log and log.members() else [self._start(problem, bounds, log, clock)]
         history = log.proposals(family) if log else []
         current = family[-1]
         bar = tqdm(desc="adapting", unit="iteration", disable=None if self.progress is None else not self.progress)
@@ -115,7 +119,7 @@ class ProgressiveBarrier(Strategy):
             if current.iteration >= self.max_iterations:
                 raise InfeasibleError(f"budgets not met after {self.max_iterations} iterations; raise max_iterations "
                                       "or the schedules' initial reductions")
-            proposals, picked, module = self._iterate(problem, bounds, current, log)
+            proposals, picked, module = self._iterate(problem, bounds, current, log, clock)
             history += proposals
             current = Candidate(current.iteration + 1, problem.traced.network.with_widths(picked.widths), module,
                                 picked.score, picked.resources)
@@ -125,19 +129,21 @@ class ProgressiveBarrier(Strategy):
             bar.update()
             bar.set_postfix({b.resource: f"{current.resources[b.resource]:.4g}/{b.budget:.4g}" for b in bounds})
         bar.close()
-        final = self._finish(problem, bounds, current, log)
-        return Result(final, family, history, sum(p.steps for p in history) + self.long_term_steps)
+        final = self._finish(problem, bounds, current, log, clock)
+        return Result(final, family, history, sum(p.steps for p in history) + self.long_term_steps, clock.timings())
 
-    def _start(self, problem: Problem, bounds: Sequence[Bound], log: _Log | None) -> Candidate:
+    def _start(self, problem: Problem, bounds: Sequence[Bound], log: _Log | None, clock: _Clock) -> Candidate:
         module = problem.traced.materialize()  # a copy: the user's model is never trained
+        started = time.perf_counter()
         score = problem.objective.short_term(module, 0, self.seed).score
+        clock.objective += time.perf_counter() - started
         start = Candidate(0, problem.traced.network, module, score, {b.resource: b.initial for b in bounds})
         if log:
             log.save_member(start, None)
         return start
 
     def _iterate(self, problem: Problem, bounds: Sequence[Bound], current: Candidate,
-                 log: _Log | None) -> tuple[list[Proposal], Proposal, nn.Module]:
+                 log: _Log | None, clock: _Clock) -> tuple[list[Proposal], Proposal, nn.Module]:
         i = current.iteration
         targets = {b.resource: b.target(i, current.resources[b.resource]) if not b.met(current.resources[b.resource])
                    else b.budget for b in bounds}
@@ -153,12 +159,13 @@ class ProgressiveBarrier(Strategy):
         for plan in plans:  # log each as it is ready, so a kill loses only unfinished ones
             if plan.group not in done:
                 done[plan.group] = futures[plan.group].result()
+                clock.objective += done[plan.group][3]
                 if log:
                     log.record(Proposal(i, plan.group, plan.network.widths, plan.resources, *done[plan.group][:2]),
                                done[plan.group][2])
         outcomes = [done[p.group] for p in plans]
         proposals = [Proposal(i, p.group, p.network.widths, p.resources, score, used)
-                     for p, (score, used, _) in zip(plans, outcomes, strict=True)]
+                     for p, (score, used, _, _) in zip(plans, outcomes, strict=True)]
         best = self._pick(proposals, current, bounds)
         proposals[best] = Proposal(**{**proposals[best].__dict__, "chosen": True})
         return proposals, proposals[best], outcomes[best][2]
@@ -189,15 +196,20 @@ class ProgressiveBarrier(Strategy):
 
         return min(range(len(proposals)), key=lambda k: (drop_per_saving(k), k))
 
-    def _finish(self, problem: Problem, bounds: Sequence[Bound], current: Candidate, log: _Log | None) -> Candidate:
+    def _finish(self, problem: Problem, bounds: Sequence[Bound], current: Candidate, log: _Log | None,
+                clock: _Clock) -> Candidate:
         if log and log.has_final():
             return log.final(problem)
         module = copy.deepcopy(current.module)  # the family keeps Net_i as it was
         final = Candidate(current.iteration, current.network, module, current.accuracy, current.resources)
+        started = time.perf_counter()
         if self.long_term_steps:
             final.accuracy = problem.objective.long_term(final.module, self.long_term_steps, self.seed).score
         final.test_accuracy = problem.objective.test(final.module)
+        measuring = time.perf_counter()
+        clock.objective += measuring - started
         final.measured = _measure(bounds, final.module, problem.traced.example_input())
+        clock.measured += time.perf_counter() - measuring
         if log:
             log.save_final(final, problem.traced.example_input())
         return final
@@ -235,3 +247,20 @@ def _measure(bounds: Sequence[Bound], module: nn.Module, x: torch.Tensor) -> dic
         if backend is not None:
             measured[b.resource] = backend.measure(module, x).median
     return measured
+
+
+class _Clock:
+    """Wall time by kind: the objective's (training and evaluation), measurement, and all."""
+
+    def __init__(self, bounds: Sequence[Bound]) -> None:
+        self.started = time.perf_counter()
+        self.objective = 0.0
+        self.measured = 0.0
+        self.tables = [e for b in bounds if hasattr(e := b.constraint.estimator, "measure_seconds")]
+        self.table_start = sum(t.measure_seconds for t in self.tables)
+
+    def timings(self) -> dict[str, float]:
+        total = time.perf_counter() - self.started
+        measurement = self.measured + sum(t.measure_seconds for t in self.tables) - self.table_start
+        return {"total": total, "training_and_evaluation": self.objective, "measurement": measurement,
+                "framework": max(total - self.objective - measurement, 0.0)}
