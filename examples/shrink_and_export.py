@@ -20,14 +20,6 @@ from netopt.ir import Network, macs, params
 from netopt.zoo import MobileNetV2
 
 
-def shrink(net: Network, fraction: float) -> Network:
-    """Every group to the largest valid width at or below `fraction` of its full width."""
-    return net.with_widths({
-        g.id: max(w for w in g.valid_widths() if w <= max(g.min_width, fraction * g.full_width))
-        for g in net.groups
-    })
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the model files")
@@ -39,7 +31,7 @@ def main() -> None:
     model = MobileNetV2(width=1.0, num_classes=10).eval()
     x = torch.randn(1, 3, args.resolution, args.resolution)
     traced = netopt.trace(model, x)
-    small = shrink(traced.network, args.fraction)
+    small = traced.network.scaled(args.fraction)
     module = traced.materialize(small).eval()
     print(f"MACs {macs(traced.network):,} -> {macs(small):,}; params {params(traced.network):,} -> {params(small):,}")
 

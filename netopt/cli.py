@@ -43,8 +43,7 @@ def describe(args: argparse.Namespace) -> int:
     print(f"{'group':<24} {'width':>6} {'min':>5} {'step':>5} {'producers':>10} {'consumers':>10}")
     for g in net.groups:
         print(f"{g.id:<24} {g.width:>6} {g.min_width:>5} {g.step:>5} {len(g.producers):>10} {len(g.consumers):>10}")
-    half = net.with_widths({g.id: max(w for w in g.valid_widths() if w <= max(g.full_width // 2, g.min_width))
-                            for g in net.groups})
+    half = net.scaled(0.5)
     module = traced.materialize(half)
     print(f"\n{'network':<16} {'MACs':>14} {'params':>12} {'activations':>14}")
     for label, n in (("full width", net), ("every group /2", half)):

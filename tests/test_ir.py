@@ -165,3 +165,10 @@ def test_json_round_trip_and_format_errors() -> None:
 def test_ir_imports_without_torch() -> None:
     code = "import sys, netopt.ir, netopt.testing.strategies; assert 'torch' not in sys.modules, 'torch loaded'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_scaled_is_the_uniform_multiplier_on_the_grid() -> None:
+    net = residual_net()
+    assert net.scaled(0.5).widths == {"conv2d0": 8, "conv2d1": 8}
+    assert net.scaled(0.1).widths == {"conv2d0": 8, "conv2d1": 8}  # never below the minimum
+    assert net.scaled(1.0) == net

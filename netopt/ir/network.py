@@ -165,6 +165,14 @@ class Network:
         kept = tuple((g, w) for g, w in merged.items() if w != full[g])
         return replace(self, width_overrides=kept, _shared=self._shared, _local={})
 
+    def scaled(self, fraction: float) -> Network:
+        """Every group at the largest valid width not above `fraction` of its full width
+        (and never below its minimum): the uniform width multiplier, on the group grid."""
+        return self.with_widths({
+            g.id: max(w for w in g.valid_widths() if w <= max(g.min_width, fraction * g.full_width))
+            for g in self.groups
+        })
+
     def at_full_width(self) -> Network:
         return replace(self, width_overrides=(), _shared=self._shared, _local={})
 

@@ -147,7 +147,7 @@ class ProgressiveBarrier(Strategy):
         i = current.iteration
         targets = {b.resource: b.target(i, current.resources[b.resource]) if not b.met(current.resources[b.resource])
                    else b.budget for b in bounds}
-        plans = self._plans(problem.traced.network, bounds, current, targets)
+        plans = self._plans(bounds, current, targets)
         if not plans:
             raise InfeasibleError(f"iteration {i}: no channel group can shrink any further; the budgets "
                                   f"{ {b.resource: b.budget for b in bounds} } are out of reach")
@@ -172,8 +172,7 @@ class ProgressiveBarrier(Strategy):
 
     # --- ChooseNumFilters ---------------------------------------------------------------------
 
-    def _plans(self, original: Network, bounds: Sequence[Bound], current: Candidate,
-               targets: dict[str, float]) -> list[_Plan]:
+    def _plans(self, bounds: Sequence[Bound], current: Candidate, targets: dict[str, float]) -> list[_Plan]:
         plans = []
         for group in current.network.groups:
             plan = _largest_meeting(current.network, group.id, bounds, targets)
