@@ -42,7 +42,7 @@ def plot_family(result: Result, resource: str, path: str | Path, unit: str = "")
 def plot_widths(result: Result, path: str | Path) -> Path:
     """Channels of every group in the starting and in the final network."""
     plt = _pyplot()
-    start, final = result.family[0].network, result.final.network
+    start, final = result.start or result.family[0].network, result.final.network
     ids = [g.id for g in start.groups]
     fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * len(ids)), 3.6), dpi=120)
     positions = range(len(ids))

@@ -2,12 +2,18 @@
 
 from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy, check_feasible, smallest
 from netopt.strategies.progressive import ProgressiveBarrier, SelectionRule
+from netopt.strategies.search import RandomSearch, Trials, UniformWidth, WidthSearch, pareto_front
 
 __all__ = [
     "Candidate",
     "Problem",
     "ProgressiveBarrier",
     "Proposal",
+    "RandomSearch",
+    "Trials",
+    "UniformWidth",
+    "WidthSearch",
+    "pareto_front",
     "Result",
     "SelectionRule",
     "Strategy",

@@ -5,7 +5,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from netopt.constraints import Bound, Constraint
 from netopt.errors import InfeasibleError
@@ -40,7 +41,7 @@ class Proposal:
     group: str
     widths: dict[str, int]
     resources: dict[str, float]
-    score: float
+    score: float | None  # None: refused by the estimators, never trained
     steps: int
     chosen: bool = False
 
@@ -71,6 +72,8 @@ class Result:
     history: list[Proposal]
     training_steps: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    strategy: str = ""
+    start: Network | None = None  # the network the search started from
 
     @property
     def framework_share(self) -> float:
@@ -80,12 +83,25 @@ class Result:
 
 
 class Strategy(ABC):
-    """Turns a Problem into a Result. Every strategy returns a network meeting every
-    constraint by its estimator, or raises InfeasibleError."""
+    """Turns a Problem into a Result. The contract (checked for every strategy by
+    `netopt.testing.contract`): the result meets every constraint by its estimator, or
+    InfeasibleError is raised; it uses at most `training_budget(problem)` training steps; the
+    same seed gives the same result; every proposal is in the result's history."""
+
+    name: ClassVar[str] = "Strategy"
 
     @abstractmethod
-    def run(self, problem: Problem) -> Result:
-        """Search."""
+    def run(self, problem: Problem, run_dir: str | Path | None = None, resume: bool = False) -> Result:
+        """Search; with `run_dir` everything is saved as it happens, and `resume=True` continues
+        a stopped run there."""
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """The settings that decide the result (recorded in a run directory, checked on resume)."""
+
+    @abstractmethod
+    def training_budget(self, problem: Problem) -> int:
+        """The most training steps a run on `problem` may use (search and long-term together)."""
 
 
 def smallest(network: Network) -> Network:

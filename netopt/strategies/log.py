@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from netopt.runs import RunDir, RunError
-from netopt.strategies.base import Candidate, Problem, Proposal
+from netopt.strategies.base import Candidate, Problem, Proposal, Result
 
 if TYPE_CHECKING:
     import torch
@@ -54,7 +54,7 @@ class _Log:
 
     # --- proposals ---------------------------------------------------------------------------
 
-    def record(self, proposal: Proposal, module: nn.Module) -> None:
+    def record(self, proposal: Proposal, module: nn.Module | None) -> None:
         self.run.record_proposal(proposal.to_dict(), module)
 
     def proposals(self, family: list[Candidate]) -> list[Proposal]:
@@ -91,6 +91,13 @@ class _Log:
         summary = {"iteration": final.iteration, "accuracy": final.accuracy, "test_accuracy": final.test_accuracy,
                    "resources": final.resources, "measured": final.measured}
         self.run.save_final(final.network, final.module, summary, export_onnx(final.module, example))
+
+    def result(self, problem: Problem, strategy: str) -> Result:
+        """A finished run read back whole: its family, every proposal, the final network."""
+        history = [Proposal(**r) for r in self.run.history()]
+        final = self.final(problem)
+        used = sum(p.steps for p in history) + int(self.run.config().get("long_term_steps", 0))
+        return Result(final, self.family(problem), history, used, strategy=strategy, start=self.run.original())
 
     def final(self, problem: Problem) -> Candidate:
         s = self.run.summary("final")

@@ -12,17 +12,14 @@ network is fine-tuned for longer and measured end to end.
 
 from __future__ import annotations
 
-import copy
 import time
-import zlib
 from collections.abc import Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from tqdm import tqdm
 
 from netopt.bridge import trace
@@ -30,13 +27,12 @@ from netopt.constraints import Bound
 from netopt.errors import ConfigError, InfeasibleError
 from netopt.ir import Network
 from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy, check_feasible
+from netopt.strategies.common import Clock, Serial, evaluate, finish, seed_for
 from netopt.strategies.log import _Log
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from netopt.bridge import Traced
-    from netopt.objectives.base import Objective
 
 __all__ = ["ProgressiveBarrier", "SelectionRule"]
 
@@ -57,31 +53,10 @@ class _Plan:
     resources: dict[str, float]
 
 
-def _evaluate(traced: Traced, widths: dict[str, int], objective: Objective, steps: int,
-              seed: int) -> tuple[float, int, nn.Module, float]:
-    """Materialize, fine-tune for `steps`, score on holdout; also the seconds the objective took.
-    Top-level, so that it runs in worker processes."""
-    torch.set_num_threads(1)
-    module = traced.materialize(traced.network.with_widths(widths))
-    started = time.perf_counter()
-    evaluation = objective.short_term(module, steps, seed)
-    return evaluation.score, evaluation.steps, module, time.perf_counter() - started
-
-
-class _Serial(Executor):
-    """Runs each task at once in this process (the default, and the reference for workers)."""
-
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            future.set_exception(exc)
-        return future
-
-
 class ProgressiveBarrier(Strategy):
     """NetAdapt for m resources; the result does not depend on the executor's worker count."""
+
+    name = "ProgressiveBarrier"
 
     def __init__(self, *, short_term_steps: int = 100, long_term_steps: int = 1000,
                  selection: SelectionRule | str = SelectionRule.ACCURACY, executor: Executor | None = None,
@@ -94,14 +69,17 @@ class ProgressiveBarrier(Strategy):
             known = [s.value for s in SelectionRule]
             raise ConfigError(f"selection {selection!r} is unknown; use one of {known}") from None
         self.short_term_steps, self.long_term_steps = short_term_steps, long_term_steps
-        self.executor = executor or _Serial()
+        self.executor = executor or Serial()
         self.seed, self.max_iterations, self.progress = seed, max_iterations, progress
 
     # --- the loop ----------------------------------------------------------------------------
 
+    def training_budget(self, problem: Problem) -> int:
+        """Every iteration may fine-tune one proposal per group; at most max_iterations of them."""
+        return self.max_iterations * len(problem.traced.network.groups) * self.short_term_steps + self.long_term_steps
+
     def config(self) -> dict[str, Any]:
-        """The settings that decide the result (recorded in a run directory, checked on resume)."""
-        return {"strategy": "ProgressiveBarrier", "short_term_steps": self.short_term_steps,
+        return {"strategy": self.name, "short_term_steps": self.short_term_steps,
                 "long_term_steps": self.long_term_steps, "selection": self.selection.value, "seed": self.seed}
 
     def run(self, problem: Problem, run_dir: str | Path | None = None, resume: bool = False) -> Result:
@@ -110,7 +88,7 @@ class ProgressiveBarrier(Strategy):
         bounds = problem.bind()
         check_feasible(bounds, problem.traced.network)
         log = _Log.open(run_dir, resume, self.config(), problem) if run_dir is not None else None
-        clock = _Clock(bounds)
+        clock = Clock(bounds)
         family = log.family(problem) if log and log.members() else [self._start(problem, bounds, log, clock)]
         history = log.proposals(family) if log else []
         current = family[-1]
@@ -122,17 +100,18 @@ class ProgressiveBarrier(Strategy):
             proposals, picked, module = self._iterate(problem, bounds, current, log, clock)
             history += proposals
             current = Candidate(current.iteration + 1, problem.traced.network.with_widths(picked.widths), module,
-                                picked.score, picked.resources)
+                                _scored(picked), picked.resources)
             if log:
                 log.save_member(current, picked.group)
             family.append(current)
             bar.update()
             bar.set_postfix({b.resource: f"{current.resources[b.resource]:.4g}/{b.budget:.4g}" for b in bounds})
         bar.close()
-        final = self._finish(problem, bounds, current, log, clock)
-        return Result(final, family, history, sum(p.steps for p in history) + self.long_term_steps, clock.timings())
+        final = finish(problem, bounds, current, self.long_term_steps, self.seed, clock, log)
+        return Result(final, family, history, sum(p.steps for p in history) + self.long_term_steps, clock.timings(),
+                      strategy=self.name, start=problem.traced.network)
 
-    def _start(self, problem: Problem, bounds: Sequence[Bound], log: _Log | None, clock: _Clock) -> Candidate:
+    def _start(self, problem: Problem, bounds: Sequence[Bound], log: _Log | None, clock: Clock) -> Candidate:
         module = problem.traced.materialize()  # a copy: the user's model is never trained
         started = time.perf_counter()
         score = problem.objective.short_term(module, 0, self.seed).score
@@ -143,7 +122,7 @@ class ProgressiveBarrier(Strategy):
         return start
 
     def _iterate(self, problem: Problem, bounds: Sequence[Bound], current: Candidate,
-                 log: _Log | None, clock: _Clock) -> tuple[list[Proposal], Proposal, nn.Module]:
+                 log: _Log | None, clock: Clock) -> tuple[list[Proposal], Proposal, nn.Module]:
         i = current.iteration
         targets = {b.resource: b.target(i, current.resources[b.resource]) if not b.met(current.resources[b.resource])
                    else b.budget for b in bounds}
@@ -153,8 +132,9 @@ class ProgressiveBarrier(Strategy):
                                   f"{ {b.resource: b.budget for b in bounds} } are out of reach")
         traced = trace(current.module, problem.traced.example_input(), step=problem.traced.network.step)
         done = log.finished_proposals(i, traced) if log else {}
-        futures = {p.group: self.executor.submit(_evaluate, traced, {p.group: p.network.widths[p.group]},
-                                                 problem.objective, self.short_term_steps, _seed(self.seed, i, p.group))
+        futures = {p.group: self.executor.submit(evaluate, traced, {p.group: p.network.widths[p.group]},
+                                                 problem.objective, self.short_term_steps,
+                                                 seed_for(self.seed, i, p.group))
                    for p in plans if p.group not in done}
         for plan in plans:  # log each as it is ready, so a kill loses only unfinished ones
             if plan.group not in done:
@@ -186,38 +166,20 @@ class ProgressiveBarrier(Strategy):
 
     def _pick(self, proposals: Sequence[Proposal], current: Candidate, bounds: Sequence[Bound]) -> int:
         if self.selection is SelectionRule.ACCURACY:
-            return max(range(len(proposals)), key=lambda k: (proposals[k].score, -k))
+            return max(range(len(proposals)), key=lambda k: (_scored(proposals[k]), -k))
 
         def drop_per_saving(k: int) -> float:
             p = proposals[k]
             saved = sum((current.resources[b.resource] - p.resources[b.resource]) / b.initial for b in bounds)
-            return (current.accuracy - p.score) / max(saved, 1e-12)
+            return (current.accuracy - _scored(p)) / max(saved, 1e-12)
 
         return min(range(len(proposals)), key=lambda k: (drop_per_saving(k), k))
 
-    def _finish(self, problem: Problem, bounds: Sequence[Bound], current: Candidate, log: _Log | None,
-                clock: _Clock) -> Candidate:
-        if log and log.has_final():
-            return log.final(problem)
-        module = copy.deepcopy(current.module)  # the family keeps Net_i as it was
-        final = Candidate(current.iteration, current.network, module, current.accuracy, current.resources)
-        started = time.perf_counter()
-        if self.long_term_steps:
-            final.accuracy = problem.objective.long_term(final.module, self.long_term_steps, self.seed).score
-        final.test_accuracy = problem.objective.test(final.module)
-        measuring = time.perf_counter()
-        clock.objective += measuring - started
-        final.measured = _measure(bounds, final.module, problem.traced.example_input())
-        clock.measured += time.perf_counter() - measuring
-        if log:
-            log.save_final(final, problem.traced.example_input())
-        return final
 
-
-
-def _seed(seed: int, iteration: int, group: str) -> int:
-    """A proposal's own seed: the same whichever worker evaluates it, in whatever order."""
-    return zlib.crc32(f"{seed}:{iteration}:{group}".encode())
+def _scored(proposal: Proposal) -> float:
+    """Every ProgressiveBarrier proposal is fine-tuned and scored; none is refused unscored."""
+    assert proposal.score is not None, proposal
+    return proposal.score
 
 
 def _largest_meeting(net: Network, gid: str, bounds: Sequence[Bound], targets: dict[str, float]) -> _Plan | None:
@@ -251,30 +213,3 @@ def _smallest_step(net: Network, gid: str, bounds: Sequence[Bound]) -> _Plan | N
         return None
     candidate = net.with_widths({gid: group.min_width})
     return _Plan(gid, candidate, {b.resource: b.estimate(candidate) for b in bounds})
-
-
-def _measure(bounds: Sequence[Bound], module: nn.Module, x: torch.Tensor) -> dict[str, float]:
-    """End-to-end figures from every constraint whose estimator can measure (a lookup table's backend)."""
-    measured = {}
-    for b in bounds:
-        backend = getattr(b.constraint.estimator, "backend", None)
-        if backend is not None:
-            measured[b.resource] = backend.measure(module, x).median
-    return measured
-
-
-class _Clock:
-    """Wall time by kind: the objective's (training and evaluation), measurement, and all."""
-
-    def __init__(self, bounds: Sequence[Bound]) -> None:
-        self.started = time.perf_counter()
-        self.objective = 0.0
-        self.measured = 0.0
-        self.tables = [e for b in bounds if hasattr(e := b.constraint.estimator, "measure_seconds")]
-        self.table_start = sum(t.measure_seconds for t in self.tables)
-
-    def timings(self) -> dict[str, float]:
-        total = time.perf_counter() - self.started
-        measurement = self.measured + sum(t.measure_seconds for t in self.tables) - self.table_start
-        return {"total": total, "training_and_evaluation": self.objective, "measurement": measurement,
-                "framework": max(total - self.objective - measurement, 0.0)}
