@@ -3,11 +3,13 @@ examples call this; the library pieces stay usable on their own."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from netopt.config import AdaptConfig, ConstraintConfig
+from netopt.config import AdaptConfig, CompareConfig, ConstraintConfig
 from netopt.constraints import (
     Constraint,
     EnergyConstraint,
@@ -17,9 +19,12 @@ from netopt.constraints import (
     ParamsConstraint,
     ReductionSchedule,
 )
-from netopt.strategies import Problem, ProgressiveBarrier, Result
+from netopt.strategies import Problem, ProgressiveBarrier, RandomSearch, Result, Strategy, UniformWidth
 
-__all__ = ["build_problem", "adapt", "summary"]
+if TYPE_CHECKING:
+    from netopt.compare import Comparison
+
+__all__ = ["build_problem", "adapt", "summary", "compare", "strategy_makers"]
 
 
 def _constraint(c: ConstraintConfig, config: AdaptConfig, traced: object) -> Constraint:
@@ -99,3 +104,47 @@ def summary(result: Result) -> str:
                      f"{t['training_and_evaluation']:.0f} s, measurement {t['measurement']:.0f} s, "
                      f"netopt's own work {t['framework']:.1f} s ({result.framework_share:.1%})")
     return "\n".join(lines)
+
+
+def strategy_makers(config: CompareConfig) -> dict[str, Callable[[int | None], Strategy]]:
+    """The config's strategies, each built from the search budget (training steps) it is given."""
+    t, st = config.training, config.strategy
+    common = {"short_term_steps": t.short_term_steps, "long_term_steps": t.long_term_steps, "seed": st.seed}
+
+    def trials(steps: int | None) -> int:
+        return max(1, steps // t.short_term_steps) if steps and t.short_term_steps else 20
+
+    makers: dict[str, Callable[[int | None], Strategy]] = {
+        "ProgressiveBarrier": lambda _: ProgressiveBarrier(selection=st.selection, max_iterations=st.max_iterations,
+                                                           **common),  # type: ignore[arg-type]
+        "UniformWidth": lambda _: UniformWidth(**common),  # type: ignore[arg-type]
+        "RandomSearch": lambda n: RandomSearch(trials=trials(n), **common),  # type: ignore[arg-type]
+        "OptunaTPE": lambda n: _optuna("tpe", trials(n), common),
+        "OptunaNSGA2": lambda n: _optuna("nsga2", trials(n), common),
+        "GeometricProgram": lambda _: _geometric(common),
+    }
+    return {name: makers[name] for name in config.compare.strategies}
+
+
+def _optuna(sampler: str, trials: int, common: dict[str, int]) -> Strategy:
+    from netopt.strategies.optuna_search import OptunaSearch  # imports optuna: only when asked for
+
+    return OptunaSearch(sampler=sampler, trials=trials, **common)  # type: ignore[arg-type]
+
+
+def _geometric(common: dict[str, int]) -> Strategy:
+    from netopt.strategies.geometric import GeometricProgram  # imports cvxpy: only when asked for
+
+    return GeometricProgram(**common)  # type: ignore[arg-type]
+
+
+def compare(config: CompareConfig, resume: bool = False) -> Comparison:
+    """Run the config's strategies at its budgets on one problem; see netopt.compare."""
+    from netopt.compare import compare as run
+
+    torch.set_num_threads(1)
+    problem = build_problem(config)
+    c = config.compare
+    return run(problem, c.budgets, strategy_makers(config), config.run_dir,
+               long_term_steps=config.training.long_term_steps, search_steps=c.search_steps, resume=resume,
+               progress=lambda line: print(f"-- {line}", flush=True))

@@ -96,6 +96,18 @@ def adapt_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def compare_command(args: argparse.Namespace) -> int:
+    """Compare strategies on one problem, budget by budget."""
+    from netopt.adapt import compare
+    from netopt.config import CompareConfig, load_config
+
+    config = load_config(args.config, CompareConfig) if args.config else CompareConfig()
+    comparison = compare(config, resume=args.resume)  # type: ignore[arg-type]
+    print(comparison.report())
+    print(f"\noutput: {config.run_dir} (comparison.md, comparison.json, frontier.png, one run directory per strategy)")
+    return 0
+
+
 def agent_command(args: argparse.Namespace) -> int:
     """Serve measurements on this device until interrupted."""
     from pathlib import Path
@@ -137,9 +149,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="fidelity: write the scatter plot (PNG) here")
     p.set_defaults(run=lut_command)
     p = sub.add_parser("adapt", help="adapt a network to its budgets (NetAdapt), as a TOML config says")
-    p.add_argument("config", nargs="?", help="TOML config (default: the demo's settings)")
+    p.add_argument("config", nargs="?", help="TOML or YAML config (default: the demo's settings)")
     p.add_argument("--resume", action="store_true", help="continue the run in the config's run_dir")
     p.set_defaults(run=adapt_command)
+    p = sub.add_parser("compare", help="run several strategies on one problem and compare them fairly")
+    p.add_argument("config", nargs="?", help="TOML or YAML config with a [compare] table (default: built-in)")
+    p.add_argument("--resume", action="store_true", help="skip finished strategies, resume unfinished ones")
+    p.set_defaults(run=compare_command)
     p = sub.add_parser("agent", help="serve ONNX Runtime measurements over HTTP (run it on the target device)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
     p.add_argument("--port", type=int, default=8470)

@@ -23,9 +23,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from netopt.constraints.amount import parse_amount
-from netopt.errors import ConfigError
+from netopt.errors import ConfigError, first_line
 
-__all__ = ["AdaptConfig", "load_config"]
+__all__ = ["AdaptConfig", "CompareConfig", "load_config", "STRATEGIES"]
 
 
 class _Frozen(BaseModel):
@@ -97,16 +97,63 @@ class AdaptConfig(_Frozen):
     lut: LutConfig = LutConfig()
 
 
-def load_config(path: str | Path) -> AdaptConfig:
-    """Read and validate a TOML config; any problem is one ConfigError line naming the field."""
+STRATEGIES = ("ProgressiveBarrier", "UniformWidth", "RandomSearch", "OptunaTPE", "OptunaNSGA2", "GeometricProgram")
+
+
+class CompareSection(_Frozen):
+    """Which strategies `netopt compare` runs, at which budgets of the first constraint."""
+
+    strategies: list[Literal[STRATEGIES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(STRATEGIES), min_length=1)
+    budgets: list[str | float] = Field(["70%", "50%", "35%"], min_length=1)
+    search_steps: Literal["match"] | int = "match"
+    """Training steps each searching strategy may spend on short-term fine-tuning: "match" gives
+    every one what ProgressiveBarrier used at the same budget (it runs first)."""
+
+    @model_validator(mode="after")
+    def _budgets(self) -> CompareSection:
+        for b in self.budgets:
+            parse_amount(b, None, "compare budget")
+        if isinstance(self.search_steps, int) and self.search_steps < 1:
+            raise ValueError(f"search_steps {self.search_steps} must be >= 1, or \"match\"")
+        return self
+
+
+class CompareConfig(AdaptConfig):
+    """`netopt compare`: an adapt config plus the strategies and budgets to compare."""
+
+    run_dir: str = "runs/compare"
+    compare: CompareSection = CompareSection()
+
+
+def _read(path: str | Path) -> dict[str, object]:
+    """A TOML or (by suffix .yaml/.yml) YAML file as a dict, or one ConfigError line."""
+    path = Path(path)
     try:
-        data = tomllib.loads(Path(path).read_text())
+        text = path.read_text()
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist; give the path of a TOML file") from None
+        raise ConfigError(f"config file {path} does not exist; give the path of a TOML or YAML file") from None
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {first_line(exc)}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
+        return data
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def load_config(path: str | Path, kind: type[AdaptConfig] = AdaptConfig) -> AdaptConfig:
+    """Read and validate a TOML (or YAML) config; any problem is one ConfigError line naming the field."""
+    data = _read(path)
     try:
-        return AdaptConfig(**data)
+        return kind(**data)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])

@@ -1,55 +1,13 @@
-"""Stand-ins shared by strategy tests (and the subprocesses they kill): a cheap objective."""
+"""Stand-ins shared by strategy tests (and the subprocesses they kill): a cheap objective,
+a joint MACs + memory problem, and one fixed small network with a residual."""
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-
-import torch
-from torch import nn
-
-import netopt
-from netopt.bridge import build
-from netopt.constraints import MACsConstraint, MemoryConstraint, ReductionSchedule
 from netopt.ir import Builder, Network
-from netopt.measure.memory import MemoryModel
-from netopt.strategies import Problem
+from netopt.testing.problems import ParamsKept
+from netopt.testing.problems import joint_problem as problem_for
 
-
-@dataclass(frozen=True)
-class Scored:
-    score: float
-    steps: int
-
-
-class ParamsKept:
-    """Stand-in objective: 'accuracy' is the share of parameters kept, plus a seeded jitter.
-    No training; deterministic for a seed, so strategies can be property-tested fast."""
-
-    def __init__(self, full: int, delay: float = 0.0) -> None:
-        self.full, self.delay = full, delay
-
-    def short_term(self, module: nn.Module, steps: int, seed: int) -> Scored:
-        time.sleep(self.delay)
-        kept = sum(p.numel() for p in module.parameters()) / self.full
-        jitter = torch.rand(1, generator=torch.Generator().manual_seed(seed)).item() * 0.01
-        return Scored(kept + jitter, steps)
-
-    def long_term(self, module: nn.Module, steps: int, seed: int) -> Scored:
-        return self.short_term(module, steps, seed)
-
-    def test(self, module: nn.Module) -> float:
-        return self.short_term(module, 0, 0).score
-
-
-def problem_for(net: Network, macs: str, memory: str, delay: float = 0.0) -> Problem:
-    torch.manual_seed(0)
-    traced = netopt.trace(build(net).eval(), torch.randn(1, *net.input_shape))
-    constraints = [MACsConstraint(macs, schedule=ReductionSchedule("10%", decay=0.9)),
-                   MemoryConstraint(memory, MemoryModel(), schedule=ReductionSchedule("5%"))]
-    full = sum(p.numel() for p in traced.module.parameters())
-    return Problem(traced, constraints, ParamsKept(full, delay))  # type: ignore[arg-type]
-
+__all__ = ["ParamsKept", "problem_for", "fixed_net"]
 
 
 def fixed_net() -> Network:
@@ -60,5 +18,3 @@ def fixed_net() -> Network:
     x = b.relu(b.add_(x, y))
     x = b.relu(b.bn(b.conv(x, 64, 3, stride=2)))
     return b.build(b.linear(b.flatten(b.adaptive_avgpool(x)), 10))
-
-

@@ -1,0 +1,22 @@
+"""Every strategy netopt ships keeps the Strategy contract (netopt.testing.contract)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from netopt.strategies import ProgressiveBarrier, RandomSearch, Strategy, UniformWidth
+from netopt.testing.contract import *  # noqa: F403 - the contract's tests run here
+
+STEPS = {"short_term_steps": 2, "long_term_steps": 3, "progress": False}
+MAKERS: dict[str, Callable[[int], Strategy]] = {
+    "ProgressiveBarrier": lambda seed: ProgressiveBarrier(seed=seed, **STEPS),  # type: ignore[arg-type]
+    "UniformWidth": lambda seed: UniformWidth(seed=seed, **STEPS),  # type: ignore[arg-type]
+    "RandomSearch": lambda seed: RandomSearch(trials=4, seed=seed, **STEPS),  # type: ignore[arg-type]
+}
+
+
+@pytest.fixture(params=sorted(MAKERS))
+def make_strategy(request: pytest.FixtureRequest) -> Callable[[int], Strategy]:
+    return MAKERS[request.param]
