@@ -101,17 +101,30 @@ class Trials:
 
     def score(self, batch: Sequence[dict[str, int]]) -> list[Candidate]:
         """Fine-tune and score feasible assignments (all at once on the executor), in order."""
+        for widths in batch:
+            res = self.resources(widths)
+            if not self.feasible(res):
+                raise InfeasibleError(f"widths {widths} break a budget ({res}); note() them instead of scoring")
+        return [c for c in self.evaluate(batch) if c is not None]
+
+    def evaluate(self, batch: Sequence[dict[str, int]]) -> list[Candidate | None]:
+        """Number the assignments in order; note the ones a budget refuses (None), fine-tune and
+        score the others on the executor. Numbers and seeds depend only on the order, so any
+        batch size and any worker count give the same history."""
         traced, objective = self.problem.traced, self.problem.objective
         numbers = range(len(self.history), len(self.history) + len(batch))
         resources = [self.resources(w) for w in batch]
-        for widths, res in zip(batch, resources, strict=True):
-            if not self.feasible(res):
-                raise InfeasibleError(f"widths {widths} break a budget ({res}); note() them instead of scoring")
+        feasible = [self.feasible(r) for r in resources]
         futures = {n: self.executor.submit(evaluate, traced, widths, objective, self.short_term_steps,
                                            seed_for(self.seed, "trial", n))
-                   for n, widths in zip(numbers, batch, strict=True) if not self._reusable(n, widths)}
-        out = []
-        for n, widths, res in zip(numbers, batch, resources, strict=True):
+                   for n, widths, ok in zip(numbers, batch, feasible, strict=True)
+                   if ok and not self._reusable(n, widths)}
+        out: list[Candidate | None] = []
+        for n, widths, res, ok in zip(numbers, batch, resources, feasible, strict=True):
+            if not ok:
+                self.note(widths, res)
+                out.append(None)
+                continue
             if n in futures:
                 score, used, module, seconds = futures[n].result()
                 self.clock.objective += seconds
@@ -257,24 +270,19 @@ class RandomSearch(WidthSearch):
         self.max_rejections = max_rejections
 
     def search(self, trials: Trials) -> Result:
-        rejected = 0
-        batch: list[dict[str, int]] = []
+        rejected, batch, feasible = 0, [], 0
         for widths in self.samples(trials.network):
-            resources = trials.resources(widths)
-            if not trials.feasible(resources):
-                trials.note(widths, resources)
+            if trials.feasible(trials.resources(widths)):
+                feasible += 1
+            else:
                 rejected += 1
-                if rejected > self.max_rejections:
-                    break
-                continue
             batch.append(widths)
-            if len(batch) == _batch_size(self.executor) or len(trials.scored) + len(batch) == self.trials:
-                trials.score(batch)
-                batch = []
-            if len(trials.scored) == self.trials:
+            full = feasible == _batch_size(self.executor) or len(trials.scored) + feasible == self.trials
+            if full or rejected > self.max_rejections:
+                trials.evaluate(batch)
+                batch, feasible = [], 0
+            if len(trials.scored) == self.trials or rejected > self.max_rejections:
                 break
-        if batch:
-            trials.score(batch)
         return trials.result(self.name, self.long_term_steps)
 
     def samples(self, net: Network) -> Iterator[dict[str, int]]:
