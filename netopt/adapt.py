@@ -24,7 +24,7 @@ from netopt.strategies import Problem, ProgressiveBarrier, RandomSearch, Result,
 if TYPE_CHECKING:
     from netopt.compare import Comparison
 
-__all__ = ["build_problem", "adapt", "summary", "compare", "strategy_makers"]
+__all__ = ["build_problem", "adapt", "measure_family", "summary", "compare", "strategy_makers"]
 
 
 def _constraint(c: ConstraintConfig, config: AdaptConfig, traced: object) -> Constraint:
@@ -76,6 +76,7 @@ def adapt(config: AdaptConfig, resume: bool = False) -> Result:
                                   selection=config.strategy.selection, seed=config.strategy.seed,
                                   max_iterations=config.strategy.max_iterations)
     result = strategy.run(problem, run_dir=config.run_dir, resume=resume)
+    measure_family(problem, result)
     first = problem.constraints[0]
     plot_family(result, first.resource, Path(config.run_dir) / f"accuracy_vs_{first.resource}.png",
                 f"{first.unit}, estimated")
@@ -83,20 +84,35 @@ def adapt(config: AdaptConfig, resume: bool = False) -> Result:
     return result
 
 
+def measure_family(problem: Problem, result: Result) -> None:
+    """Measure every family member end to end, side by side, on each lookup table's backend,
+    so the summary shows each iteration's measured figure beside its estimate."""
+    for c in problem.constraints:
+        table = getattr(c.estimator, "measure_networks", None)
+        if table is None:
+            continue
+        measured = table(problem.traced, [m.network for m in result.family])
+        for member, m in zip(result.family, measured, strict=True):
+            member.measured[c.resource] = m.median
+
+
 def summary(result: Result) -> str:
     """A table per iteration (chosen group, each resource, holdout accuracy) and the final figures."""
     resources = list(result.family[0].resources)
+    measured = [r for r in resources if r in result.family[0].measured]
     chosen = {p.iteration + 1: p.group for p in result.history if p.chosen}
-    head = "| iteration | chosen group -> width | " + " | ".join(f"{r} (est.)" for r in resources) + " | holdout acc. |"
-    lines = [head, "|" + "---|" * (len(resources) + 3)]
+    head = ("| iteration | chosen group -> width | " + " | ".join(f"{r} (est.)" for r in resources) + " | "
+            + "".join(f"{r} (measured) | " for r in measured) + "holdout acc. |")
+    lines = [head, "|" + "---|" * (len(resources) + len(measured) + 3)]
     for c in result.family:
-        values = " | ".join(f"{c.resources[r]:.4g}" for r in resources)
+        values = " | ".join([*(f"{c.resources[r]:.4g}" for r in resources),
+                             *(f"{c.measured[r]:.4g}" for r in measured)])
         group = chosen.get(c.iteration)
-        change = f"{group} -> {c.network.widths[group]}" if group else "-"
+        change = "-" if not group else ", ".join(f"{g} -> {c.network.widths[g]}" for g in group.split("+"))
         lines.append(f"| {c.iteration} | {change} | {values} | {c.accuracy:.3f} |")
     f = result.final
-    measured = ", ".join(f"{r} measured {v:.4g} (estimated {f.resources[r]:.4g})" for r, v in f.measured.items())
-    lines.append(f"\nfinal network: holdout {f.accuracy:.3f}, test {f.test_accuracy:.3f}; {measured}")
+    figures = ", ".join(f"{r} measured {v:.4g} (estimated {f.resources[r]:.4g})" for r, v in f.measured.items())
+    lines.append(f"\nfinal network: holdout {f.accuracy:.3f}, test {f.test_accuracy:.3f}; {figures}")
     lines.append(f"{len(result.history)} proposals, {result.training_steps} training steps")
     t = result.timings
     if t:

@@ -141,3 +141,18 @@ def test_resume_refuses_other_settings_and_starting_anew_refuses_a_used_folder(t
             problem, run_dir=tmp_path / "r", resume=True)
     with pytest.raises(RunError, match="already holds files"):
         ProgressiveBarrier(short_term_steps=0, long_term_steps=0, progress=False).run(problem, run_dir=tmp_path / "r")
+
+
+def test_groups_adapted_as_blocks_shrink_together_and_still_meet_every_budget() -> None:
+    problem = problem_for(fixed_net(), "45%", "90%")
+    single = ProgressiveBarrier(short_term_steps=0, long_term_steps=0, progress=False).run(problem)
+    blocks = ProgressiveBarrier(short_term_steps=0, long_term_steps=0, block_size=2, progress=False).run(problem)
+    assert all(b.met(blocks.final.resources[b.resource]) for b in problem.bind())
+    first = [p for p in blocks.history if p.iteration == 0]
+    assert [p.group for p in first] == ["conv2d0+conv2d1", "conv2d3"]  # consecutive groups, two at a time
+    pair = first[0]
+    start = problem.traced.network.widths
+    assert pair.widths["conv2d0"] < start["conv2d0"] and pair.widths["conv2d1"] < start["conv2d1"]
+    assert len(blocks.history) < len(single.history)  # fewer proposals per iteration
+    with pytest.raises(ConfigError, match="block_size 0 must be an integer >= 1"):
+        ProgressiveBarrier(block_size=0)

@@ -75,7 +75,8 @@ class _Log:
             weights = self.run.proposal_weights(iteration, r["group"])
             if weights is None:
                 continue
-            module = traced.materialize(traced.network.with_widths({r["group"]: r["widths"][r["group"]]}))
+            changed = {g: r["widths"][g] for g in r["group"].split("+")}  # the proposal's block
+            module = traced.materialize(traced.network.with_widths(changed))
             module.load_state_dict(weights)
             found[r["group"]] = (r["score"], r["steps"], module, 0.0)  # the time was spent before the stop
         return found

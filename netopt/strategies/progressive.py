@@ -60,9 +60,13 @@ class ProgressiveBarrier(Strategy):
 
     def __init__(self, *, short_term_steps: int = 100, long_term_steps: int = 1000,
                  selection: SelectionRule | str = SelectionRule.ACCURACY, executor: Executor | None = None,
-                 seed: int = 0, max_iterations: int = 500, progress: bool | None = None) -> None:
+                 seed: int = 0, max_iterations: int = 500, block_size: int = 1, progress: bool | None = None) -> None:
         if short_term_steps < 0 or long_term_steps < 0 or max_iterations < 1:
             raise ConfigError("short_term_steps and long_term_steps must be >= 0 and max_iterations >= 1")
+        if not isinstance(block_size, int) or block_size < 1:
+            raise ConfigError(f"block_size {block_size!r} must be an integer >= 1: how many consecutive channel "
+                              "groups one proposal shrinks together (1: each group singly, as in the paper)")
+        self.block_size = block_size
         try:
             self.selection = SelectionRule(selection)
         except ValueError:
@@ -76,10 +80,11 @@ class ProgressiveBarrier(Strategy):
 
     def training_budget(self, problem: Problem) -> int:
         """Every iteration may fine-tune one proposal per group; at most max_iterations of them."""
-        return self.max_iterations * len(problem.traced.network.groups) * self.short_term_steps + self.long_term_steps
+        proposals = -(-len(problem.traced.network.groups) // self.block_size)  # blocks per iteration
+        return self.max_iterations * proposals * self.short_term_steps + self.long_term_steps
 
     def config(self) -> dict[str, Any]:
-        return {"strategy": self.name, "short_term_steps": self.short_term_steps,
+        return {"strategy": self.name, "short_term_steps": self.short_term_steps, "block_size": self.block_size,
                 "long_term_steps": self.long_term_steps, "selection": self.selection.value, "seed": self.seed}
 
     def run(self, problem: Problem, run_dir: str | Path | None = None, resume: bool = False) -> Result:
@@ -132,7 +137,7 @@ class ProgressiveBarrier(Strategy):
                                   f"{ {b.resource: b.budget for b in bounds} } are out of reach")
         traced = trace(current.module, problem.traced.example_input(), step=problem.traced.network.step)
         done = log.finished_proposals(i, traced) if log else {}
-        futures = {p.group: self.executor.submit(evaluate, traced, {p.group: p.network.widths[p.group]},
+        futures = {p.group: self.executor.submit(evaluate, traced, _changed(p.group, p.network.widths),
                                                  problem.objective, self.short_term_steps,
                                                  seed_for(self.seed, i, p.group))
                    for p in plans if p.group not in done}
@@ -153,13 +158,11 @@ class ProgressiveBarrier(Strategy):
     # --- ChooseNumFilters ---------------------------------------------------------------------
 
     def _plans(self, bounds: Sequence[Bound], current: Candidate, targets: dict[str, float]) -> list[_Plan]:
-        plans = []
-        for group in current.network.groups:
-            plan = _largest_meeting(current.network, group.id, bounds, targets)
-            if plan is not None:
-                plans.append(plan)
-        if not plans:  # no single group reaches the targets: take the biggest step toward them
-            plans = [p for g in current.network.groups if (p := _smallest_step(current.network, g.id, bounds))]
+        ids = [g.id for g in current.network.groups]
+        blocks = [tuple(ids[k:k + self.block_size]) for k in range(0, len(ids), self.block_size)]
+        plans = [p for block in blocks if (p := _largest_meeting(current.network, block, bounds, targets))]
+        if not plans:  # no single block reaches the targets: take the biggest step toward them
+            plans = [p for block in blocks if (p := _smallest_step(current.network, block, bounds))]
         return plans
 
     # --- PickHighestAccuracy ------------------------------------------------------------------
@@ -176,40 +179,53 @@ class ProgressiveBarrier(Strategy):
         return min(range(len(proposals)), key=lambda k: (drop_per_saving(k), k))
 
 
+def _changed(block: str, widths: dict[str, int]) -> dict[str, int]:
+    """The widths a proposal for `block` ("g" or "g1+g2") sets: its own groups' only."""
+    return {g: widths[g] for g in block.split("+")}
+
+
 def _scored(proposal: Proposal) -> float:
     """Every ProgressiveBarrier proposal is fine-tuned and scored; none is refused unscored."""
     assert proposal.score is not None, proposal
     return proposal.score
 
 
-def _largest_meeting(net: Network, gid: str, bounds: Sequence[Bound], targets: dict[str, float]) -> _Plan | None:
-    """ChooseNumFilters: the largest width of `gid` below its current one meeting every target.
+def _steps_down(net: Network, block: tuple[str, ...]) -> list[dict[str, int]]:
+    """The block's groups shrunk together, one grid step more each time (each stops at its minimum)."""
+    below = {g: [w for w in net.group(g).valid_widths() if w < net.group(g).width][::-1] for g in block}
+    depth = max((len(ws) for ws in below.values()), default=0)
+    return [{g: ws[min(k, len(ws) - 1)] for g, ws in below.items() if ws} for k in range(depth)]
 
-    Resources shrink with width, so the widths that meet the targets are the smallest ones:
-    a bisection finds the largest of them with log2(n) whole-network estimates instead of n.
+
+def _largest_meeting(net: Network, block: tuple[str, ...], bounds: Sequence[Bound],
+                     targets: dict[str, float]) -> _Plan | None:
+    """ChooseNumFilters: the largest widths of the block's groups below their current ones
+    meeting every target (for one group: its largest width that does).
+
+    Resources shrink with width, so the assignments that meet the targets are the deepest ones:
+    a bisection finds the shallowest of them with log2(n) whole-network estimates instead of n.
     """
-    group = net.group(gid)
-    widths = [w for w in group.valid_widths() if w < group.width]
+    steps = _steps_down(net, block)
     plans: dict[int, _Plan] = {}
 
     def meets(k: int) -> bool:
         if k not in plans:
-            candidate = net.with_widths({gid: widths[k]})
-            plans[k] = _Plan(gid, candidate, {b.resource: b.estimate(candidate) for b in bounds})
+            candidate = net.with_widths(steps[k])
+            plans[k] = _Plan("+".join(block), candidate, {b.resource: b.estimate(candidate) for b in bounds})
         return all(plans[k].resources[r] <= targets[r] for r in targets)
 
-    if not widths or not meets(0):
+    if not steps or not meets(len(steps) - 1):
         return None
-    lo, hi = 0, len(widths) - 1  # invariant: widths[lo] meets the targets
+    lo, hi = 0, len(steps) - 1  # invariant: steps[hi] meets the targets
     while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if meets(mid) else (lo, mid - 1)
-    return plans[lo]
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if meets(mid) else (mid + 1, hi)
+    return plans[hi]
 
 
-def _smallest_step(net: Network, gid: str, bounds: Sequence[Bound]) -> _Plan | None:
-    group = net.group(gid)
-    if group.width <= group.min_width:
+def _smallest_step(net: Network, block: tuple[str, ...], bounds: Sequence[Bound]) -> _Plan | None:
+    steps = _steps_down(net, block)
+    if not steps:
         return None
-    candidate = net.with_widths({gid: group.min_width})
-    return _Plan(gid, candidate, {b.resource: b.estimate(candidate) for b in bounds})
+    candidate = net.with_widths(steps[-1])
+    return _Plan("+".join(block), candidate, {b.resource: b.estimate(candidate) for b in bounds})
