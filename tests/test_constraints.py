@@ -75,3 +75,16 @@ def test_indirect_constraints_read_the_ir_exactly(pair: tuple[Network, Network])
     assert m.estimate(smaller) == macs(smaller) and p.estimate(smaller) == params(smaller)
     assert m.violation(smaller) <= 0 and p.violation(smaller) <= 0
     assert math.isclose(m.violation(net), 0.0, abs_tol=1e-12)
+
+
+def test_constraint_is_abstract_until_a_subclass_names_its_resource() -> None:
+    from netopt.constraints import Constraint
+    from netopt.constraints.resources import MACs
+
+    with pytest.raises(TypeError, match="subclass Constraint with a `resource` name"):
+        Constraint("50%", MACs())
+
+    class Ops(Constraint):
+        resource = "ops"
+
+    assert Ops("50%", MACs()).resource == "ops"

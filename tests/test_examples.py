@@ -96,3 +96,11 @@ path = "{tmp_path / 'lut' / 'lut.sqlite'}"
     again = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600, check=False, env=env)
     assert again.returncode == 0
     assert again.stdout.split("training steps")[0] == first.stdout.split("training steps")[0]  # table and final
+
+
+def test_the_custom_constraint_example_property_tests_pass() -> None:
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(ROOT / "examples" / "test_custom_constraint.py")], capture_output=True, text=True,
+                          timeout=600, check=False, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "3 passed" in done.stdout

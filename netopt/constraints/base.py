@@ -8,7 +8,9 @@ and returns a `Bound` constraint with absolute numbers, which every strategy rea
 from __future__ import annotations
 
 import math
+from abc import ABC
 from dataclasses import dataclass
+from typing import ClassVar
 
 from netopt.constraints.amount import Amount, check_unit, parse_amount
 from netopt.errors import ConfigError
@@ -36,13 +38,20 @@ class ReductionSchedule:
         return self.initial.resolve(start) * self.decay**iteration
 
 
-class Constraint:
-    """Keep `resource` of the network within `budget`, as estimated by `estimator`."""
+class Constraint(ABC):
+    """Keep `resource` of the network within `budget`, as estimated by `estimator`.
 
-    resource: str = "resource"
+    Abstract: a subclass names its resource (`resource = "latency"`) and may fix its estimator;
+    see LatencyConstraint, EnergyConstraint, MemoryConstraint, MACsConstraint, ParamsConstraint.
+    """
+
+    resource: ClassVar[str]
 
     def __init__(self, budget: float | str | Amount, estimator: Estimator,
                  schedule: ReductionSchedule | None = None) -> None:
+        if not isinstance(getattr(self, "resource", None), str):
+            raise TypeError(f"{type(self).__name__} is abstract: subclass Constraint with a `resource` name, "
+                            "e.g. class SRAMConstraint(Constraint): resource = 'sram'")
         if not isinstance(estimator, Estimator):
             raise ConfigError(
                 f"{type(self).__name__}: estimator {estimator!r} has no estimate(network); pass a "

@@ -10,6 +10,10 @@ Public, for users who property-test their own constraints and estimators:
         net, smaller = pair
         assert my_cost(smaller) <= my_cost(net)
 
+`budgets()` draws budgets as users write them ("37%", or an absolute number), and
+`constraints()` draws netopt's torch-free constraints (MACs, parameters, memory, energy)
+with random budgets and schedules, for joint-budget properties.
+
 `networks()` draws small CNNs built from the blocks real networks use: conv-BN-activation,
 depthwise-separable, residual (plain and inverted), squeeze-and-excitation, concat branches
 (Fire-style), grouped convs, pooling; with a pooled or flattened linear head. Every network
@@ -18,11 +22,16 @@ it returns passes `lint()`. This module needs only hypothesis, not torch.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from hypothesis import strategies as st
 
 from netopt.ir import Builder, Network, OpKind
 
-__all__ = ["ACTIVATIONS", "BLOCKS", "networks", "widths", "networks_with_widths"]
+if TYPE_CHECKING:
+    from netopt.constraints import Constraint
+
+__all__ = ["ACTIVATIONS", "BLOCKS", "networks", "widths", "networks_with_widths", "budgets", "constraints"]
 
 ACTIVATIONS = (OpKind.RELU, OpKind.RELU6, OpKind.HARDSWISH, OpKind.HARDSIGMOID,
                OpKind.SILU, OpKind.SIGMOID, OpKind.GELU)
@@ -119,3 +128,38 @@ def networks_with_widths(draw: Draw, max_blocks: int = 4) -> tuple[Network, Netw
     """A random network at full width and a random valid shrinking of it."""
     net = draw(networks(max_blocks=max_blocks))
     return net, net.with_widths(draw(widths(net)))
+
+
+def budgets(low: float = 0.05, high: float = 1.0,
+            absolute: tuple[float, float] | None = None) -> st.SearchStrategy[str | float]:
+    """Budgets relative to the start ("5%".."100%"), or absolute numbers in `absolute` when given."""
+    relative = st.integers(round(low * 100), round(high * 100)).map(lambda p: f"{p}%")
+    if absolute is None:
+        return relative
+    return st.one_of(relative, st.floats(*absolute, allow_nan=False, allow_infinity=False, exclude_min=True))
+
+
+@st.composite
+def constraints(draw: Draw, kinds: tuple[str, ...] = ("macs", "params", "memory", "energy"),
+                low: float = 0.05, high: float = 1.0) -> Constraint:
+    """One of netopt's torch-free constraints with a random relative budget and schedule."""
+    from netopt.constraints import (
+        EnergyConstraint,
+        MACsConstraint,
+        MemoryConstraint,
+        ParamsConstraint,
+        ReductionSchedule,
+    )
+    from netopt.measure.energy import EnergyModel
+    from netopt.measure.memory import MemoryModel
+
+    kind = draw(st.sampled_from(kinds))
+    budget = draw(budgets(low, high))
+    schedule = ReductionSchedule(f"{draw(st.integers(1, 20))}%", decay=draw(st.sampled_from((0.9, 0.96, 1.0))))
+    if kind == "macs":
+        return MACsConstraint(budget, schedule=schedule)
+    if kind == "params":
+        return ParamsConstraint(budget, schedule=schedule)
+    if kind == "memory":
+        return MemoryConstraint(budget, MemoryModel(), schedule)
+    return EnergyConstraint(budget, EnergyModel(), schedule)
