@@ -6,7 +6,14 @@ from collections.abc import Callable
 
 import pytest
 
-from netopt.strategies import ProgressiveBarrier, RandomSearch, Strategy, UniformWidth
+from netopt.strategies import (
+    GeometricProgram,
+    OptunaSearch,
+    ProgressiveBarrier,
+    RandomSearch,
+    Strategy,
+    UniformWidth,
+)
 from netopt.testing.contract import *  # noqa: F403 - the contract's tests run here
 
 STEPS = {"short_term_steps": 2, "long_term_steps": 3, "progress": False}
@@ -14,6 +21,9 @@ MAKERS: dict[str, Callable[[int], Strategy]] = {
     "ProgressiveBarrier": lambda seed: ProgressiveBarrier(seed=seed, **STEPS),  # type: ignore[arg-type]
     "UniformWidth": lambda seed: UniformWidth(seed=seed, **STEPS),  # type: ignore[arg-type]
     "RandomSearch": lambda seed: RandomSearch(trials=4, seed=seed, **STEPS),  # type: ignore[arg-type]
+    "OptunaTPE": lambda seed: OptunaSearch(sampler="tpe", trials=4, seed=seed, **STEPS),  # type: ignore[arg-type]
+    "OptunaNSGA2": lambda seed: OptunaSearch(sampler="nsga2", trials=4, seed=seed, **STEPS),  # type: ignore[arg-type]
+    "GeometricProgram": lambda seed: GeometricProgram(seed=seed, **STEPS),  # type: ignore[arg-type]
 }
 
 

@@ -1,10 +1,30 @@
 """Search strategies on the IR and budgets: NetAdapt's ProgressiveBarrier first."""
 
+from typing import TYPE_CHECKING, Any
+
 from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy, check_feasible, smallest
 from netopt.strategies.progressive import ProgressiveBarrier, SelectionRule
 from netopt.strategies.search import RandomSearch, Trials, UniformWidth, WidthSearch, pareto_front
 
+if TYPE_CHECKING:
+    from netopt.strategies.geometric import GeometricProgram
+    from netopt.strategies.optuna_search import OptunaSearch
+
+_LAZY = {"OptunaSearch": "netopt.strategies.optuna_search", "GeometricProgram": "netopt.strategies.geometric"}
+
+
+def __getattr__(name: str) -> Any:
+    """OptunaSearch and GeometricProgram import optuna and cvxpy: only when asked for."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'netopt.strategies' has no attribute {name!r}")
+
+
 __all__ = [
+    "GeometricProgram",
+    "OptunaSearch",
     "Candidate",
     "Problem",
     "ProgressiveBarrier",
