@@ -269,6 +269,9 @@ class RandomSearch(WidthSearch):
                          seed=seed, executor=executor, progress=progress)
         self.max_rejections = max_rejections
 
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "max_rejections": self.max_rejections}
+
     def search(self, trials: Trials) -> Result:
         rejected, batch, feasible = 0, [], 0
         for widths in self.samples(trials.network):
