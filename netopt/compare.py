@@ -125,8 +125,8 @@ class Comparison:
     def table(self, budget: str) -> str:
         others = [k for k in self.rows[0].estimated if k != self.resource] if self.rows else []
         head = (f"| strategy | test acc. | {self.resource} measured ({self.unit}) | speed-up | "
-                f"{self.resource} est. | " + " | ".join(f"{k} est." for k in others) +
-                " | memory (KiB) | MMACs | search (s) | search steps | training steps |")
+                f"{self.resource} est. | " + "".join(f"{k} est. | " for k in others) +
+                "memory (KiB) | MMACs | search (s) | search steps | training steps |")
         lines = [f"{self.resource} budget {budget}", "", head, "|---" * (head.count("|") - 1) + "|"]
         for r in (r for r in self.rows if r.budget == budget):
             if r.error:
