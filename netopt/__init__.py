@@ -24,23 +24,34 @@ if TYPE_CHECKING:
     from netopt.lut import LookupTable
     from netopt.objectives import Accuracy, Trainer
     from netopt.runs import load
-    from netopt.strategies import Problem, ProgressiveBarrier
+    from netopt.strategies import (
+        GeometricProgram,
+        OptunaSearch,
+        Problem,
+        ProgressiveBarrier,
+        RandomSearch,
+        UniformWidth,
+    )
 
 __version__ = "0.1.0"
 __all__ = [
     "Accuracy",
     "EnergyConstraint",
+    "GeometricProgram",
     "LatencyConstraint",
     "LookupTable",
     "MACsConstraint",
     "MemoryConstraint",
     "NetoptError",
+    "OptunaSearch",
     "ParamsConstraint",
     "Problem",
     "ProgressiveBarrier",
+    "RandomSearch",
     "ReductionSchedule",
     "Traced",
     "Trainer",
+    "UniformWidth",
     "__version__",
     "data",
     "load",
@@ -61,6 +72,10 @@ _LAZY = {
     "Trainer": "netopt.objectives",
     "Problem": "netopt.strategies",
     "ProgressiveBarrier": "netopt.strategies",
+    "UniformWidth": "netopt.strategies",
+    "RandomSearch": "netopt.strategies",
+    "OptunaSearch": "netopt.strategies",
+    "GeometricProgram": "netopt.strategies",
     "load": "netopt.runs",
 }
 
