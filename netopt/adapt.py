@@ -74,7 +74,7 @@ def adapt(config: AdaptConfig, resume: bool = False) -> Result:
     strategy = ProgressiveBarrier(short_term_steps=config.training.short_term_steps,
                                   long_term_steps=config.training.long_term_steps,
                                   selection=config.strategy.selection, seed=config.strategy.seed,
-                                  max_iterations=config.strategy.max_iterations)
+                                  max_iterations=config.strategy.max_iterations, block_size=config.strategy.block_size)
     result = strategy.run(problem, run_dir=config.run_dir, resume=resume)
     measure_family(problem, result)
     first = problem.constraints[0]
@@ -128,11 +128,17 @@ def strategy_makers(config: CompareConfig) -> dict[str, Callable[[int | None], S
     common = {"short_term_steps": t.short_term_steps, "long_term_steps": t.long_term_steps, "seed": st.seed}
 
     def trials(steps: int | None) -> int:
-        return max(1, steps // t.short_term_steps) if steps and t.short_term_steps else 20
+        """Networks a searching strategy may fine-tune for `steps` short-term training steps: the
+        nearest whole number, at least one (a search must score something); with no steps to
+        match (ProgressiveBarrier not run, or failed) or no short-term training, 20."""
+        if steps is None or t.short_term_steps == 0:
+            return 20
+        return max(1, round(steps / t.short_term_steps))
 
     makers: dict[str, Callable[[int | None], Strategy]] = {
-        "ProgressiveBarrier": lambda _: ProgressiveBarrier(selection=st.selection, max_iterations=st.max_iterations,
-                                                           **common),  # type: ignore[arg-type]
+        "ProgressiveBarrier": lambda _: ProgressiveBarrier(  # its steps follow its schedules, not a budget
+            selection=st.selection, max_iterations=st.max_iterations, block_size=st.block_size,
+            **common),  # type: ignore[arg-type]
         "UniformWidth": lambda _: UniformWidth(**common),  # type: ignore[arg-type]
         "RandomSearch": lambda n: RandomSearch(trials=trials(n), **common),  # type: ignore[arg-type]
         "OptunaTPE": lambda n: _optuna("tpe", trials(n), common),

@@ -62,7 +62,8 @@ class Row:
     @classmethod
     def of(cls, budget: str, result: Result, seconds: float, long_term_steps: int) -> Row:
         f = result.final
-        return cls(budget, result.strategy, "", float(f.test_accuracy or float("nan")), f.accuracy,
+        test = float("nan") if f.test_accuracy is None else f.test_accuracy
+        return cls(budget, result.strategy, "", test, f.accuracy,
                    dict(f.resources), {}, macs(f.network), params(f.network), MemoryModel().estimate(f.network),
                    seconds, result.training_steps - long_term_steps, result.training_steps, dict(f.network.widths))
 

@@ -75,6 +75,8 @@ class StrategyConfig(_Frozen):
     selection: Literal["accuracy", "accuracy_per_resource"] = "accuracy"
     seed: int = 0
     max_iterations: int = Field(500, ge=1)
+    block_size: int = Field(1, ge=1)
+    """Consecutive channel groups one proposal shrinks together (1: each singly, as in the paper)."""
 
 
 class LutConfig(_Frozen):

@@ -80,8 +80,9 @@ def test_indirect_constraints_read_the_ir_exactly(pair: tuple[Network, Network])
 def test_constraint_is_abstract_until_a_subclass_names_its_resource() -> None:
     from netopt.constraints import Constraint
     from netopt.constraints.resources import MACs
+    from netopt.errors import ConfigError
 
-    with pytest.raises(TypeError, match="subclass Constraint with a `resource` name"):
+    with pytest.raises(ConfigError, match="subclass Constraint with a `resource` name"):
         Constraint("50%", MACs())
 
     class Ops(Constraint):

@@ -182,3 +182,17 @@ def test_groups_whose_full_width_is_off_the_step_grid_are_searched_by_index() ->
     result = search(trials=4).run(problem)
     assert meets_every_bound(result, problem)
     assert all(net.with_widths(p.widths).widths == p.widths for p in result.history)
+
+
+def test_the_worker_count_does_not_change_the_search() -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    problem = problem_for(fixed_net(), "45%", "90%")
+    settings = {"sampler": "tpe", "trials": 6, "short_term_steps": 2, "long_term_steps": 2, "seed": 0,
+                "progress": False}
+    serial = OptunaSearch(**settings).run(problem)  # type: ignore[arg-type]
+    with ProcessPoolExecutor(2) as pool:
+        pooled = OptunaSearch(executor=pool, **settings).run(problem)  # type: ignore[arg-type]
+    assert [p.to_dict() for p in pooled.history] == [p.to_dict() for p in serial.history]
+    with pytest.raises(ConfigError, match="batch_size=0 must be an integer >= 1"):
+        OptunaSearch(batch_size=0)

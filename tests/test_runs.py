@@ -68,3 +68,17 @@ def test_run_dir_errors_say_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(RunError, match="not a completed network"):
         load(tmp_path / "empty", 3)
     assert os.listdir(tmp_path / "empty")
+
+
+def test_a_line_cut_by_a_kill_is_dropped_before_the_next_record(tmp_path: Path) -> None:
+    from netopt.runs.files import append_line, read_lines
+
+    log = tmp_path / "log.jsonl"
+    append_line(log, {"n": 1})
+    with log.open("a") as f:
+        f.write('{"n": 2, "cut')  # the writer died here
+    append_line(log, {"n": 3})
+    assert list(read_lines(log)) == [{"n": 1}, {"n": 3}]
+    log.write_text('{"n": 0, "cut')  # a first line cut short
+    append_line(log, {"n": 4})
+    assert list(read_lines(log)) == [{"n": 4}]

@@ -106,3 +106,33 @@ def test_pareto_front_keeps_only_undominated_candidates() -> None:
 
     pts = [c(0, 0.9, 10, 10), c(1, 0.8, 5, 10), c(2, 0.7, 6, 10), c(3, 0.9, 10, 12), c(4, 0.6, 4, 4)]
     assert [x.iteration for x in pareto_front(pts)] == [0, 1, 4]
+
+
+def test_a_resume_that_would_propose_otherwise_is_refused(tmp_path: Path) -> None:
+    from netopt.runs import RunError
+    from netopt.strategies.log import _Log
+    from netopt.strategies.search import Trials
+
+    problem = problem_for(fixed_net(), "40%", "90%")
+    strategy = RandomSearch(trials=3, seed=5, **STEPS)
+    strategy.run(problem, run_dir=tmp_path)
+    shutil.rmtree(tmp_path / "final")
+    log = _Log.open(tmp_path, True, strategy.config(), problem)
+    trials = Trials(problem, problem.bind(), short_term_steps=3, seed=5, log=log, progress=False)
+    other = problem.traced.network.scaled(0.25).widths  # not what the stopped run proposed first
+    with pytest.raises(RunError, match="proposal 0 differs from the one logged"):
+        trials.evaluate([other])
+
+
+def test_bad_settings_name_the_value() -> None:
+    with pytest.raises(ConfigError, match=r"tolerance=0 must lie in \(0, 1\)"):
+        UniformWidth(tolerance=0)
+
+
+def test_the_chosen_proposal_is_marked_in_the_history(tmp_path: Path) -> None:
+    problem = problem_for(fixed_net(), "40%", "90%")
+    result = RandomSearch(trials=4, seed=1, **STEPS).run(problem, run_dir=tmp_path)
+    chosen = [p for p in result.history if p.chosen]
+    assert len(chosen) == 1 and result.final.network == problem.traced.network.with_widths(chosen[0].widths)
+    again = RandomSearch(trials=4, seed=1, **STEPS).run(problem, run_dir=tmp_path, resume=True)  # read back
+    assert [p.to_dict() for p in again.history] == [p.to_dict() for p in result.history]

@@ -50,7 +50,7 @@ class Constraint(ABC):
     def __init__(self, budget: float | str | Amount, estimator: Estimator,
                  schedule: ReductionSchedule | None = None) -> None:
         if not isinstance(getattr(self, "resource", None), str):
-            raise TypeError(f"{type(self).__name__} is abstract: subclass Constraint with a `resource` name, "
+            raise ConfigError(f"{type(self).__name__} is abstract: subclass Constraint with a `resource` name, "
                             "e.g. class SRAMConstraint(Constraint): resource = 'sram'")
         if not isinstance(estimator, Estimator):
             raise ConfigError(

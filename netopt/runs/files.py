@@ -52,10 +52,15 @@ def save_tensors(path: Path, state: dict[str, torch.Tensor]) -> None:
 
 
 def append_line(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line and flush it to disk before returning."""
+    """Append one JSON line and flush it to disk before returning. A line a kill cut short is
+    cut off first, so that the log stays one complete record per line."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+    with path.open("a+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size and (f.seek(size - 1), f.read(1))[1] != b"\n":  # rare: only after a kill mid-write
+            f.seek(0)
+            f.truncate(f.read().rfind(b"\n") + 1)
+        f.write((json.dumps(record, sort_keys=True) + "\n").encode())
         f.flush()
         os.fsync(f.fileno())
 

@@ -32,11 +32,15 @@ def evaluate(traced: Traced, widths: dict[str, int], objective: Objective, steps
              seed: int) -> tuple[float, int, nn.Module, float]:
     """Materialize, fine-tune for `steps`, score on holdout; also the seconds the objective took.
     Top-level, so that it runs in worker processes."""
-    torch.set_num_threads(1)
-    module = traced.materialize(traced.network.with_widths(widths))
-    started = time.perf_counter()
-    evaluation = objective.short_term(module, steps, seed)
-    return evaluation.score, evaluation.steps, module, time.perf_counter() - started
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one worker, one core: workers side by side do not oversubscribe
+    try:
+        module = traced.materialize(traced.network.with_widths(widths))
+        started = time.perf_counter()
+        evaluation = objective.short_term(module, steps, seed)
+        return evaluation.score, evaluation.steps, module, time.perf_counter() - started
+    finally:
+        torch.set_num_threads(threads)  # the caller's own setting, when run in its process
 
 
 class Serial(Executor):

@@ -95,8 +95,8 @@ class _Log:
 
     def result(self, problem: Problem, strategy: str) -> Result:
         """A finished run read back whole: its family, every proposal, the final network."""
-        history = [Proposal(**r) for r in self.run.history()]
         final = self.final(problem)
+        history = [Proposal(**{**r, "chosen": r["iteration"] == final.iteration}) for r in self.run.history()]
         used = sum(p.steps for p in history) + int(self.run.config().get("long_term_steps", 0))
         return Result(final, self.family(problem), history, used, strategy=strategy, start=self.run.original())
 

@@ -43,7 +43,7 @@ from netopt.errors import ConfigError, IRError
 from netopt.ir import Network
 from netopt.strategies.base import Problem, Result, check_feasible
 from netopt.strategies.log import _Log
-from netopt.strategies.search import Trials, WidthSearch, _batch_size
+from netopt.strategies.search import Trials, WidthSearch
 
 __all__ = ["OptunaSearch", "SAMPLERS"]
 
@@ -94,14 +94,20 @@ class OptunaSearch(WidthSearch):
     def __init__(self, *, sampler: str = "tpe", trials: int = 20, short_term_steps: int = 100,
                  long_term_steps: int = 1000, seed: int = 0, storage: str | None = None,
                  study_name: str | None = None, warm_start: Sequence[Widths] = (),
-                 executor: Executor | None = None, progress: bool | None = None, max_rejections: int = 1000) -> None:
+                 executor: Executor | None = None, progress: bool | None = None, max_rejections: int = 1000,
+                 batch_size: int = 1) -> None:
         if sampler not in SAMPLERS:
             allowed = ", ".join(map(repr, SAMPLERS))
             raise ConfigError(f"{self.name}: sampler {sampler!r} is unknown; use one of {allowed}")
         super().__init__(trials=trials, short_term_steps=short_term_steps, long_term_steps=long_term_steps,
                          seed=seed, executor=executor, progress=progress)
-        if not isinstance(max_rejections, int) or max_rejections < 0:
-            raise ConfigError(f"{self.name}: max_rejections={max_rejections!r} must be an integer >= 0")
+        if not isinstance(max_rejections, int) or max_rejections < 1:
+            raise ConfigError(f"{self.name}: max_rejections={max_rejections!r} must be an integer >= 1 (how many "
+                              "untrained assignments to allow before giving up)")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"{self.name}: batch_size={batch_size!r} must be an integer >= 1 (trials asked before "
+                              "any is told; set it to the executor's worker count to use them all)")
+        self.batch_size = batch_size
         self.sampler, self.storage, self.study_name = sampler, storage, study_name
         self.warm_start = [dict(w) for w in warm_start]
         self.max_rejections = max_rejections
@@ -116,6 +122,7 @@ class OptunaSearch(WidthSearch):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "sampler": self.sampler, "max_rejections": self.max_rejections,
+                "batch_size": self.batch_size,
                 "warm_start": self.warm_start}
 
     def run(self, problem: Problem, run_dir: str | Path | None = None, resume: bool = False) -> Result:
@@ -149,7 +156,7 @@ class OptunaSearch(WidthSearch):
         """Ask, estimate, tell: infeasible and repeated assignments at once, feasible ones once scored."""
         told: dict[tuple[tuple[str, int], ...], Told] = {}
         pending: list[tuple[optuna.Trial, Widths]] = []
-        untrained, batch = 0, _batch_size(self.executor)
+        untrained, batch = 0, self.batch_size  # not the executor's: the sampler sees what was told
         while len(trials.scored) + len(pending) < self.trials and untrained < self.max_rejections:
             trial = study.ask()
             widths = space.suggest(trial)

@@ -62,7 +62,9 @@ class ProgressiveBarrier(Strategy):
                  selection: SelectionRule | str = SelectionRule.ACCURACY, executor: Executor | None = None,
                  seed: int = 0, max_iterations: int = 500, block_size: int = 1, progress: bool | None = None) -> None:
         if short_term_steps < 0 or long_term_steps < 0 or max_iterations < 1:
-            raise ConfigError("short_term_steps and long_term_steps must be >= 0 and max_iterations >= 1")
+            raise ConfigError(f"ProgressiveBarrier: short_term_steps={short_term_steps}, long_term_steps="
+                              f"{long_term_steps}, max_iterations={max_iterations}: the steps must be >= 0 and "
+                              "max_iterations >= 1")
         if not isinstance(block_size, int) or block_size < 1:
             raise ConfigError(f"block_size {block_size!r} must be an integer >= 1: how many consecutive channel "
                               "groups one proposal shrinks together (1: each group singly, as in the paper)")
@@ -133,8 +135,9 @@ class ProgressiveBarrier(Strategy):
                    else b.budget for b in bounds}
         plans = self._plans(bounds, current, targets)
         if not plans:
-            raise InfeasibleError(f"iteration {i}: no channel group can shrink any further; the budgets "
-                                  f"{ {b.resource: b.budget for b in bounds} } are out of reach")
+            raise InfeasibleError(f"iteration {i}: no channel group can shrink any further, yet the budgets "
+                                  f"{ {b.resource: b.budget for b in bounds} } are not all met; relax them "
+                                  f"(now at { {b.resource: current.resources[b.resource] for b in bounds} })")
         traced = trace(current.module, problem.traced.example_input(), step=problem.traced.network.step)
         done = log.finished_proposals(i, traced) if log else {}
         futures = {p.group: self.executor.submit(evaluate, traced, _changed(p.group, p.network.widths),

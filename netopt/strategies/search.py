@@ -13,8 +13,10 @@ here; `OptunaSearch` and `GeometricProgram` build on the same `Trials`.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +26,7 @@ from tqdm import tqdm
 from netopt.constraints import Bound
 from netopt.errors import ConfigError, InfeasibleError
 from netopt.ir import Network
+from netopt.runs import RunError
 from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy, check_feasible
 from netopt.strategies.common import Clock, Serial, evaluate, finish, seed_for
 from netopt.strategies.log import _Log
@@ -62,7 +65,7 @@ class Trials:
         self.history: list[Proposal] = []
         self.scored: list[Candidate] = []
         self._logged_widths: dict[int, dict[str, int]] = {}
-        self._recorded: set[int] = set()
+        self._recorded: dict[int, tuple[dict[str, int], bool]] = {}  # number -> (widths, scored) on disk
         self._done = self._logged() if log else {}
         self._bar = tqdm(desc=label, total=total, unit="trial", disable=None if progress is None else not progress)
 
@@ -93,11 +96,21 @@ class Trials:
     def note(self, widths: dict[str, int], resources: dict[str, float]) -> Proposal:
         """Record an assignment that is only estimated (refused by the estimators, or a probe):
         no training, no score."""
-        proposal = Proposal(len(self.history), ALL, dict(widths), resources, None, 0)
+        proposal = Proposal(len(self.history), ALL, self.network.with_widths(widths).widths, resources, None, 0)
+        self._check_replay(proposal.iteration, proposal.widths, scored=False)
         self.history.append(proposal)
         if self.log and proposal.iteration not in self._recorded:
             self.log.record(proposal, None)
         return proposal
+
+    def _check_replay(self, n: int, widths: dict[str, int], scored: bool) -> None:
+        """A resumed search must propose what the stopped one did; anything else is refused."""
+        if n in self._recorded and self._recorded[n] != (widths, scored):
+            logged, was_scored = self._recorded[n]
+            raise RunError(
+                f"proposal {n} differs from the one logged in {self.log.run.path if self.log else '?'} "
+                f"({widths}{' scored' if scored else ''} vs {logged}{' scored' if was_scored else ''}): the settings "
+                "or the estimators changed since the run stopped; resume with the same ones, or start a new run")
 
     def score(self, batch: Sequence[dict[str, int]]) -> list[Candidate]:
         """Fine-tune and score feasible assignments (all at once on the executor), in order."""
@@ -115,6 +128,8 @@ class Trials:
         numbers = range(len(self.history), len(self.history) + len(batch))
         resources = [self.resources(w) for w in batch]
         feasible = [self.feasible(r) for r in resources]
+        for n, widths, ok in zip(numbers, batch, feasible, strict=True):
+            self._check_replay(n, self.network.with_widths(widths).widths, scored=ok)
         futures = {n: self.executor.submit(evaluate, traced, widths, objective, self.short_term_steps,
                                            seed_for(self.seed, "trial", n))
                    for n, widths, ok in zip(numbers, batch, feasible, strict=True)
@@ -145,7 +160,7 @@ class Trials:
         assert self.log is not None
         found: dict[int, tuple[float, int, nn.Module]] = {}
         for r in self.log.run.history():
-            self._recorded.add(r["iteration"])
+            self._recorded[r["iteration"]] = (r["widths"], r["score"] is not None)
             weights = self.log.run.proposal_weights(r["iteration"], r["group"]) if r["score"] is not None else None
             if weights is None:
                 continue
@@ -166,13 +181,15 @@ class Trials:
         return it with the front (default: the Pareto front of everything scored)."""
         self._bar.close()
         if not self.scored:
-            raise InfeasibleError(f"{strategy} scored no network within every budget "
-                                  f"({len(self.history)} proposals, all rejected by the estimators)")
+            raise InfeasibleError(f"{strategy} scored no network within every budget ({len(self.history)} "
+                                  "proposals, all refused by the estimators); relax the budgets, raise "
+                                  "max_rejections, or use UniformWidth or GeometricProgram, which aim at the budget")
         family = list(front) if front is not None else pareto_front(self.scored)
         if best is None:
             best = max(self.scored, key=lambda c: (c.accuracy, -sum(r / b.budget for r, b in
                                                                    zip(c.resources.values(), self.bounds,
                                                                        strict=True)), -c.iteration))
+        self.history[best.iteration] = replace(self.history[best.iteration], chosen=True)
         if self.log:
             for member in family:
                 self.log.save_member(member, ALL)
@@ -217,9 +234,9 @@ class WidthSearch(Strategy):
                         executor=self.executor, log=log, total=self.trials, progress=self.progress, label=self.name)
         return self.search(trials)
 
+    @abstractmethod
     def search(self, trials: Trials) -> Result:
         """Propose, score up to `self.trials` networks, and return `trials.result(...)`."""
-        raise NotImplementedError
 
 
 class UniformWidth(WidthSearch):
@@ -232,7 +249,13 @@ class UniformWidth(WidthSearch):
                  tolerance: float = 1e-3, progress: bool | None = None) -> None:
         super().__init__(trials=1, short_term_steps=short_term_steps, long_term_steps=long_term_steps, seed=seed,
                          progress=progress)
+        if not 0 < tolerance < 1:
+            raise ConfigError(f"{self.name}: tolerance={tolerance!r} must lie in (0, 1): the bisection stops when the "
+                              "multiplier is known to within it (default 1e-3)")
         self.tolerance = tolerance
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "tolerance": self.tolerance}
 
     def search(self, trials: Trials) -> Result:
         net = trials.network
