@@ -62,6 +62,7 @@ from netopt.config import STRATEGIES, CompareConfig, CompareSection, ConstraintC
 from netopt.constraints import Bound
 from netopt.ir import Network, macs, params
 from netopt.lut import LookupTable
+from netopt.measure.energy import EnergyModel
 from netopt.measure.memory import MemoryModel
 from netopt.runs.files import write_atomic, write_json
 from netopt.strategies import Problem, Result, Strategy
@@ -218,7 +219,10 @@ def torch_pruning_row(problem: Problem, config: CompareConfig, budget: str, fold
     path, wanted = folder / "result.json", {**settings(config), "budget": budget, "rounds": TP_ROUNDS}
     cached = read_cache(path, wanted) if resume else None
     if cached is not None:
-        return Row(**cached["row"]), cached["extra"]
+        row = Row(**cached["row"])
+        if row.energy != row.energy and not row.error:  # cached before energy was kept
+            row.energy = EnergyModel().estimate(problem.traced.network.with_widths(row.widths))
+        return row, cached["extra"]
     say(f"{budget}: {TP_NAME} (bisecting pruning_ratio on the lookup table)")
     at_budget = with_budget(problem, budget)
     bounds = at_budget.bind()
@@ -242,8 +246,10 @@ def fine_tune_pruned(problem: Problem, config: CompareConfig, budget: str, bound
     test = problem.objective.test(found.model)
     net = found.network
     torch_params = sum(p.numel() for p in found.model.parameters())
-    row = Row(budget, TP_NAME, "", test, holdout, {b.resource: b.estimate(net) for b in bounds}, {}, macs(net),
-              params(net), MemoryModel().estimate(net), seconds, 0, steps, dict(net.widths))
+    row = Row(budget, TP_NAME, test_accuracy=test, holdout_accuracy=holdout,
+              estimated={b.resource: b.estimate(net) for b in bounds}, macs=macs(net), params=params(net),
+              memory=MemoryModel().estimate(net), energy=EnergyModel().estimate(net), search_seconds=seconds,
+              search_steps=0, training_steps=steps, widths=dict(net.widths))
     return row, {"pruning_ratio": found.ratio, "notes": found.notes, "torch_params": torch_params}
 
 

@@ -30,6 +30,7 @@ from typing import Any
 from netopt.constraints.amount import parse_amount
 from netopt.errors import InfeasibleError, first_line
 from netopt.ir import Network, macs, params
+from netopt.measure.energy import EnergyModel
 from netopt.measure.memory import MemoryModel
 from netopt.runs.files import write_atomic, write_json
 from netopt.strategies import Problem, Result, Strategy
@@ -54,6 +55,7 @@ class Row:
     macs: int = 0
     params: int = 0
     memory: float = 0.0
+    energy: float = float("nan")  # EnergyModel's estimate (E_MAC), whether or not energy is constrained
     search_seconds: float = 0.0
     search_steps: int = 0
     training_steps: int = 0
@@ -65,7 +67,8 @@ class Row:
         test = float("nan") if f.test_accuracy is None else f.test_accuracy
         return cls(budget, result.strategy, "", test, f.accuracy,
                    dict(f.resources), {}, macs(f.network), params(f.network), MemoryModel().estimate(f.network),
-                   seconds, result.training_steps - long_term_steps, result.training_steps, dict(f.network.widths))
+                   EnergyModel().estimate(f.network), seconds, result.training_steps - long_term_steps,
+                   result.training_steps, dict(f.network.widths))
 
 
 def with_budget(problem: Problem, budget: str | float) -> Problem:
@@ -127,7 +130,7 @@ class Comparison:
         others = [k for k in self.rows[0].estimated if k != self.resource] if self.rows else []
         head = (f"| strategy | test acc. | {self.resource} measured ({self.unit}) | speed-up | "
                 f"{self.resource} est. | " + "".join(f"{k} est. | " for k in others) +
-                "memory (KiB) | MMACs | search (s) | search steps | training steps |")
+                "energy model (E_MAC) | memory (KiB) | MMACs | search (s) | search steps | training steps |")
         lines = [f"{self.resource} budget {budget}", "", head, "|---" * (head.count("|") - 1) + "|"]
         for r in (r for r in self.rows if r.budget == budget):
             if r.error:
@@ -138,7 +141,8 @@ class Comparison:
             speedup = f"{1 / self.relative(r):.2f}x"
             rest = " | ".join(f"{r.estimated[k]:.4g}" for k in others)
             lines.append(f"| {r.strategy} | {r.test_accuracy:.4f} | {shown} | {speedup} | "
-                         f"{r.estimated[self.resource]:.4g} | {rest}{' | ' if rest else ''}{r.memory / 1024:.1f} | "
+                         f"{r.estimated[self.resource]:.4g} | {rest}{' | ' if rest else ''}{r.energy:.4g} | "
+                         f"{r.memory / 1024:.1f} | "
                          f"{r.macs / 1e6:.2f} | {r.search_seconds:.1f} | {r.search_steps} | {r.training_steps} |")
         return "\n".join(lines)
 
@@ -197,6 +201,8 @@ def compare(problem: Problem, budgets: Sequence[str | float], strategies: Mappin
         for name in order:
             folder = out / label / name
             row = _load_row(folder) if resume else None
+            if row is not None and row.energy != row.energy and not row.error:  # a row saved before energy was kept
+                row.energy = EnergyModel().estimate(problem.traced.network.with_widths(row.widths))
             if row is None:
                 say(f"{label}: {name}")
                 row = _run_one(name, strategies[name](steps), at_budget, str(budget), folder, resume, long_term_steps)
