@@ -484,7 +484,8 @@ def report(args: argparse.Namespace, full: Comparison, tp_extra: dict[str, dict[
         "Each NetAdapt final against the fastest multiplier network at least as accurate:", "",
         speedups[0], "",
         f"Goal (speed-up >= {GOAL_SPEEDUP}x at every budget): "
-        + (verdict(len(met) == len(speedups[1]) and min(met) >= GOAL_SPEEDUP) if speedups[1]
+        + (verdict(len(met) == len(speedups[1]) and min(met) >= GOAL_SPEEDUP) if met
+           else "no multiplier network is as accurate as any NetAdapt final (read the table below)" if speedups[1]
            else f"NOT JUDGED (no {PB} final)"),
         "", "Each multiplier network against the fastest NetAdapt final at least as accurate (the paper's "
         "reading: at equal or better accuracy, how much faster):", "", per_multiplier[0], "",
