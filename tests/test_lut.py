@@ -103,7 +103,7 @@ def test_calibration_is_stored_and_fidelity_reports(tmp_path: Path) -> None:
     lut = LookupTable.open(tmp_path / "lut.sqlite", backend())
     raw = lut.layer_sum(traced.network)
     cal = lut.calibrate(traced, variants=4)
-    assert len(cal.points) == 4 and all(r > 0 for r in cal.knots[1])
+    assert len(cal.points) == 5 and all(r > 0 for r in cal.knots[1])  # the start, the smallest, 3 variants
     assert list(cal.knots[1]) == sorted(cal.knots[1])  # the ratio never falls as networks grow
     assert lut.estimate(traced.network) == pytest.approx(cal.apply(raw))
     assert LookupTable.open(tmp_path / "lut.sqlite", backend()).estimate(traced.network) == lut.estimate(traced.network)

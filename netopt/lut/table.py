@@ -207,9 +207,9 @@ class LookupTable:
     def calibrate(self, traced: Traced, variants: int = 8, seed: int = 0) -> Calibration:
         """Fit the correction on end-to-end measurements of `traced`, its smallest network (every
         group at its minimum: the ratio curve is flat beyond its end points, and searches under
-        tight budgets go that low) and random variants in between."""
+        tight budgets go that low) and `variants - 1` random variants in between."""
         floor = traced.network.with_widths({g.id: g.min_width for g in traced.network.groups})
-        nets = [traced.network, floor, *random_variants(traced.network, max(variants - 2, 0), seed)]
+        nets = [traced.network, floor, *random_variants(traced.network, variants - 1, seed)]
         self.ensure(nets, progress="measuring layers for calibration")
         measured = self.measure_networks(traced, nets)
         cal = Calibration.fit([(self.layer_sum(net), m.median) for net, m in zip(nets, measured, strict=True)])
