@@ -30,3 +30,13 @@ MAKERS: dict[str, Callable[[int], Strategy]] = {
 @pytest.fixture(params=sorted(MAKERS))
 def make_strategy(request: pytest.FixtureRequest) -> Callable[[int], Strategy]:
     return MAKERS[request.param]
+
+
+def test_every_strategy_netopt_ships_is_held_to_the_contract() -> None:
+    import netopt.strategies as shipped
+
+    concrete = {name for name in shipped.__all__
+                if isinstance(cls := getattr(shipped, name), type) and issubclass(cls, Strategy)
+                and not getattr(cls, "__abstractmethods__", None)}
+    held = {type(make(0)).__name__ for make in MAKERS.values()}
+    assert concrete == held, f"strategies outside the contract suite: {concrete - held}"
