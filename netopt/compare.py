@@ -20,6 +20,7 @@ is done and resumes what is not.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -231,8 +232,6 @@ def _run_one(name: str, strategy: Strategy, problem: Problem, label: str, folder
 
 
 def _load_row(folder: Path) -> Row | None:
-    import json
-
     path = folder / "row.json"
     return Row(**json.loads(path.read_text())) if path.is_file() else None
 
