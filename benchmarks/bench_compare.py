@@ -55,6 +55,7 @@ from typing import Any
 
 import torch
 import torch_pruning as tp
+from tables import table
 from torch import nn
 
 from netopt.adapt import build_problem, strategy_makers
@@ -312,16 +313,6 @@ def with_baseline(problem: Problem, comparison: Comparison, extra: dict[str, Row
 
 
 # --- tables ------------------------------------------------------------------------------------
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
-
-    def line(row: Sequence[str]) -> str:
-        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
-
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), rule, *map(line, rows)])
 
 
 def torch_pruning_notes(extras: dict[str, dict[str, Any]], rows: dict[str, Row]) -> str:

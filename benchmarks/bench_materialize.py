@@ -33,6 +33,7 @@ from importlib.metadata import version
 
 import torch
 import torch_pruning as tp
+from tables import table
 from torch import Tensor, nn
 
 import netopt
@@ -223,16 +224,6 @@ def full_width_error(base: nn.Module, x: Tensor) -> float:
 
 
 # --- report ------------------------------------------------------------------------------------
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
-
-    def line(row: Sequence[str]) -> str:
-        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
-
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), rule, *map(line, rows)])
 
 
 def timing_rows(tool: str, timings: Timings) -> list[list[str]]:
