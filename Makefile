@@ -7,9 +7,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench clean
 
+# The real model libraries the coverage suite traces, without their dependencies: torchvision's
+# would replace the CPU torch with a CUDA build (see netopt/testing/peers.py).
+PEERS := timm==1.0.31 torchvision==0.28.0 safetensors
+
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	$(PIP) install --quiet --no-deps $(PEERS)
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -23,6 +28,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PIP) install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(PY) benchmarks/bench_materialize.py
+	$(PY) benchmarks/bench_coverage.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import onnxruntime as ort
@@ -12,6 +13,7 @@ from torch import nn
 import netopt
 from netopt.bridge import BNGamma, L1Magnitude, L2Magnitude, kept_channels
 from netopt.errors import MaterializeError, NetoptError, TraceError, UnsupportedOpError
+from netopt.ir import OpKind
 from netopt.testing.torch_checks import randomize_batchnorm
 from netopt.zoo import MobileNetV1, MobileNetV2, resnet_small
 
@@ -88,8 +90,7 @@ class Shuffle(nn.Module):
         self.conv = nn.Conv2d(8, 8, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        return self.conv(x).view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return torch.roll(self.conv(x), 1, dims=1)  # an op the IR does not model
 
 
 class WithShuffle(nn.Module):
@@ -104,7 +105,7 @@ class WithShuffle(nn.Module):
 
 
 def test_unsupported_op_names_the_node_and_the_way_out() -> None:
-    with pytest.raises(UnsupportedOpError, match=r"node 'view'.*opaque"):
+    with pytest.raises(UnsupportedOpError, match=r"node 'roll'.*opaque=\['block'\]"):
         netopt.trace(WithShuffle(), torch.randn(1, 3, 8, 8))
 
 
@@ -137,19 +138,38 @@ class Shared(nn.Module):
 
 
 class RawParam(nn.Module):
-    def __init__(self) -> None:
+    """A parameter read in forward: one per channel is a layer scale; one per position is not."""
+
+    def __init__(self, shape: tuple[int, ...] = (1, 16, 4, 4)) -> None:
         super().__init__()
-        self.scale = nn.Parameter(torch.ones(1, 8, 1, 1))
+        self.a, self.b = nn.Conv2d(8, 16, 1), nn.Conv2d(16, 8, 1)
+        self.scale = nn.Parameter(torch.rand(shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale
+        return self.b(self.a(x) * self.scale)
 
 
 def test_shared_weights_and_raw_parameters_are_refused_clearly() -> None:
     with pytest.raises(UnsupportedOpError, match="called 2 times"):
         netopt.trace(Shared(), torch.randn(1, 8, 4, 4))
-    with pytest.raises(UnsupportedOpError, match="reads the tensor 'scale' directly"):
+    with pytest.raises(UnsupportedOpError, match=r"reads the tensor 'scale' directly.*opaque=\[''\]"):
         netopt.trace(RawParam(), torch.randn(1, 8, 4, 4))
+
+
+def test_a_parameter_per_channel_is_a_layer_scale_that_shrinks() -> None:
+    model = RawParam((1, 16, 1, 1)).eval()
+    traced = netopt.trace(model, torch.randn(1, 8, 4, 4))
+    assert [n.op for n in traced.network.nodes].count(OpKind.SCALE) == 1
+    (group,) = traced.network.groups
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():  # channels 8.. contribute nothing, so cutting them changes nothing
+        zeroed.a.weight[8:] = 0
+        zeroed.a.bias[8:] = 0
+    traced = netopt.trace(zeroed, torch.randn(1, 8, 4, 4))
+    small = traced.materialize(traced.network.with_widths({group.id: 8}))
+    x = torch.randn(2, 8, 4, 4)
+    torch.testing.assert_close(small(x), zeroed(x), atol=1e-5, rtol=0)
+    assert sum(p.numel() for p in small.parameters()) == netopt.ir.params(traced.network.with_widths({group.id: 8}))
 
 
 def test_materialize_refuses_a_network_from_another_model(v2: netopt.Traced) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import functools
 import random
-import re
 from pathlib import Path
 
 import numpy as np
@@ -325,20 +324,37 @@ def test_grouped_conv_groups_keep_whole_blocks(name: str) -> None:
 # --- the unsupported op and the opaque path ---------------------------------------------------
 
 
-def test_channel_shuffle_is_refused_naming_the_node() -> None:
+def test_channel_shuffle_is_traced_with_the_groups_around_it_kept_whole() -> None:
     model, x = make_shufflenet()
+    traced = netopt.trace(model, x)
+    net = traced.network
+    assert [n.op for n in net.nodes].count(OpKind.CHANNEL_SHUFFLE) == 2
+    assert float((run(traced.materialize(net), x) - run(model, x)).abs().max()) <= 1e-5
+    for shuffle in (n for n in net.nodes if n.op is OpKind.CHANNEL_SHUFFLE):  # interleaved: kept whole
+        assert not {s.group for s in net.layout(shuffle.inputs[0])} & prunable(net)
+    smaller = net.with_widths({g.id: g.min_width for g in net.groups})
+    smaller.lint()
+    module = traced.materialize(smaller)
+    assert n_params(module) == params(smaller) < params(net)
+    assert float((run(module, x) - run(zero_removed_inputs(traced, smaller), x)).abs().max()) <= 1e-5
+
+
+class Rolled(nn.Module):
+    """An op the IR does not model (a roll across channels) inside a block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.block = nn.Sequential(nn.Conv2d(8, 8, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.roll(self.block(self.conv(x)), 1, dims=1).mean((2, 3))
+
+
+def test_an_unmodelled_op_is_refused_naming_the_node_and_the_fix() -> None:
     with pytest.raises(UnsupportedOpError) as info:
-        netopt.trace(model, x)
-    assert "node 'view'" in str(info.value) and "opaque" in str(info.value)
-    with pytest.raises(UnsupportedOpError) as info:  # the second unit is still not modelled
-        netopt.trace(model, x, opaque=["stage.0"])
-    assert re.search(r"node '(chunk|getitem)'", str(info.value))
-
-
-def test_tuple_returning_op_is_refused_under_its_own_name() -> None:
-    model, x = make_shufflenet()
-    with pytest.raises(UnsupportedOpError, match="node 'chunk'"):
-        netopt.trace(model, x, opaque=["stage.0"])
+        netopt.trace(Rolled().eval(), torch.randn(1, 3, 8, 8))
+    assert "node 'roll'" in str(info.value) and "opaque" in str(info.value)
 
 
 OPAQUE = {"names": ["stage.0", "stage.1"], "parent": ["stage"], "class": [ShuffleUnit]}

@@ -82,6 +82,17 @@ FACTORIES: dict[OpKind, LayerFactory] = {
     OpKind.FLATTEN: _plain(M.Flatten),
     OpKind.DROPOUT: lambda net, node: nn.Dropout(node.attrs.p),
     OpKind.IDENTITY: _plain(nn.Identity),
+    OpKind.LAYERNORM: lambda net, node: M.ChannelNorm(net.shape(node.name)[0], node.attrs.eps, node.attrs.affine),
+    OpKind.SCALE: lambda net, node: M.ChannelScale(net.shape(node.name)[0]),
+    OpKind.DROPPATH: lambda net, node: M.DropPath(node.attrs.p, node.attrs.mode, node.attrs.scale_by_keep),
+    OpKind.PAD: lambda net, node: M.Pad(node.attrs.pad, node.attrs.value),
+    OpKind.UPSAMPLE: lambda net, node: nn.Upsample(
+        size=node.attrs.size, scale_factor=node.attrs.scale_factor, mode=node.attrs.mode,
+        align_corners=node.attrs.align_corners),
+    OpKind.SLICE: lambda net, node: M.Slice(*net.slice_bounds(node.name)),
+    OpKind.LEAKY_RELU: lambda net, node: nn.LeakyReLU(node.attrs.negative_slope),
+    OpKind.CHANNEL_SHUFFLE: lambda net, node: M.ChannelShuffle(node.attrs.groups),
+    OpKind.ECA: lambda net, node: M.Eca(node.attrs.kernel_size),
 }
 
 

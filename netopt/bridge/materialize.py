@@ -90,11 +90,10 @@ def materialize(traced: Traced, network: Network, selector: FilterSelector | Non
         return cache[layout]
 
     layers: dict[str, nn.Module] = {}
-    modules = dict(traced.module.named_modules())
     with torch.no_grad():
         for node in network.nodes:
             if node.name in traced.binding and node.op is not OpKind.OPAQUE:
-                layers[node.name] = _sliced(modules[traced.binding[node.name]], network, node, indices)
+                layers[node.name] = _sliced(_source(traced, node), network, node, indices)
     # copies: fine-tuning one materialized network must not touch the traced model or another
     module = build(network, layers, opaque={k: copy.deepcopy(v) for k, v in traced.opaque.items()})
     return module.train(traced.module.training)
@@ -105,19 +104,45 @@ def _module(traced: Traced, name: str) -> Any:
     return traced.module.get_submodule(traced.binding[name])
 
 
+def _source(traced: Traced, node: Node) -> Any:
+    """What holds the node's weights: its module, or (SCALE) a module with the one parameter."""
+    path = traced.binding[node.name]
+    parent, _, attr = path.rpartition(".")
+    held = getattr(traced.module.get_submodule(parent), attr)
+    return _Holder(held) if isinstance(held, torch.Tensor) else held
+
+
+class _Holder:
+    """A per-channel parameter of any shape, seen as a (C,) `weight`."""
+
+    def __init__(self, p: nn.Parameter) -> None:
+        self.weight = p
+
+
+_PER_CHANNEL = {
+    OpKind.BATCHNORM: ("weight", "bias", "running_mean", "running_var"),
+    OpKind.LAYERNORM: ("weight", "bias"),
+    OpKind.SCALE: ("weight",),
+}
+
+
 def _sliced(src: Any, net: Network, node: Node, indices: Callable[[Layout], Tensor]) -> nn.Module:
     """A layer of the new widths holding copies of the kept slices of `src` (no wasted init)."""
     layer: Any = make_shell(net, node)  # every tensor is replaced below
     out_idx = indices(net.layout(node.name))
-    names: tuple[str, ...] = ("weight", "bias")
-    if node.op is OpKind.BATCHNORM:
-        names = ("weight", "bias", "running_mean", "running_var")
-        tensors = {n: getattr(src, n).index_select(0, out_idx) for n in names if getattr(src, n, None) is not None}
+    names = _PER_CHANNEL.get(node.op)
+    if node.op is OpKind.ECA:  # one filter across the channels: the same whatever the width
+        layer.conv.weight = nn.Parameter(src.conv.weight.detach().clone(), src.conv.weight.requires_grad)
+        return layer  # type: ignore[no-any-return]
+    if names is not None:
+        tensors = {n: getattr(src, n).reshape(-1).index_select(0, out_idx)
+                   for n in names if getattr(src, n, None) is not None}
         if getattr(src, "num_batches_tracked", None) is not None:
             tensors["num_batches_tracked"] = src.num_batches_tracked.clone()
     else:
         in_idx = indices(net.layout(node.inputs[0]))
-        tensors = {"weight": _slice_weight(src.weight, out_idx, in_idx, getattr(src, "groups", 1))}
+        weight = _slice_weight(src.weight, out_idx, in_idx, getattr(src, "groups", 1))
+        tensors = {"weight": weight if weight.dim() == 4 or node.op is not OpKind.CONV2D else weight[:, :, None, None]}
         if getattr(src, "bias", None) is not None:
             tensors["bias"] = src.bias.index_select(0, out_idx)
     for name, value in tensors.items():

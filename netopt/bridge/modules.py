@@ -7,9 +7,11 @@ so tracing a built network gives back the same IR, names included.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Add", "Mul", "Concat", "Flatten", "Mean", "OPS_MODULES"]
+__all__ = ["Add", "Mul", "Concat", "Flatten", "Mean", "ChannelNorm", "ChannelScale", "DropPath", "Pad", "Slice",
+           "ChannelShuffle", "Eca", "OPS_MODULES"]
 
 
 class Add(nn.Module):
@@ -65,4 +67,99 @@ class Mean(nn.Module):
         return x.mean((2, 3), keepdim=self.keepdim)
 
 
-OPS_MODULES: tuple[type[nn.Module], ...] = (Add, Mul, Concat, Flatten, Mean)
+def _per_channel(x: Tensor, v: Tensor) -> Tensor:
+    """`v` (C,) shaped to broadcast over the channels (dim 1) of `x`."""
+    return v.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+class ChannelNorm(nn.Module):
+    """LayerNorm across the channels of every position of an NCHW map (or of a vector)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6, affine: bool = True) -> None:
+        super().__init__()
+        self.channels, self.eps = channels, eps
+        self.weight = nn.Parameter(torch.ones(channels)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(channels)) if affine else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 2:
+            return F.layer_norm(x, (self.channels,), self.weight, self.bias, self.eps)
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (self.channels,), self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 1, 2)
+
+
+class ChannelScale(nn.Module):
+    """A learned factor per channel (layer scale)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * _per_channel(x, self.weight)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops whole samples ("row") or the batch ("batch") in training."""
+
+    def __init__(self, p: float = 0.0, mode: str = "row", scale_by_keep: bool = True) -> None:
+        super().__init__()
+        self.p, self.mode, self.scale_by_keep = p, mode, scale_by_keep
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1) if self.mode == "row" else (1,) * x.dim()
+        mask = x.new_empty(shape).bernoulli_(keep)
+        return x * (mask / keep if self.scale_by_keep and keep > 0 else mask)
+
+
+class Pad(nn.Module):
+    """Constant padding (left, right, top, bottom) of the spatial dims."""
+
+    def __init__(self, pad: tuple[int, int, int, int], value: float = 0.0) -> None:
+        super().__init__()
+        self.pad, self.value = tuple(pad), value
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.pad(x, self.pad, value=self.value)
+
+
+class ChannelShuffle(nn.Module):
+    """ShuffleNet's channel shuffle across `groups`."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class Eca(nn.Module):
+    """Efficient channel attention (ECA-Net): a k-tap conv across the pooled channels gates them."""
+
+    def __init__(self, kernel_size: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(x.mean((2, 3)).unsqueeze(1))
+        return x * torch.sigmoid(y).view(x.shape[0], -1, 1, 1)
+
+
+class Slice(nn.Module):
+    """Channels [start, stop) of the input."""
+
+    def __init__(self, start: int, stop: int) -> None:
+        super().__init__()
+        self.start, self.stop = start, stop
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[:, self.start:self.stop]
+
+
+OPS_MODULES: tuple[type[nn.Module], ...] = (Add, Mul, Concat, Flatten, Mean, ChannelNorm, ChannelScale, DropPath,
+                                            Pad, Slice, ChannelShuffle, Eca)

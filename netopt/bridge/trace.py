@@ -1,13 +1,22 @@
 """torch -> IR: `trace(model, example_input)` returns a `Traced`.
 
-The model is traced symbolically with torch.fx, run once on the example input to record
-every tensor's shape, and converted node by node with the tables in convert.py. The IR's own
-shape inference is then checked against the recorded shapes, so a network the IR describes
-wrongly is refused at trace time rather than mis-pruned later.
+The model is traced with torch.fx, in eval mode, by a tracer whose proxies carry the value
+each op produced on the example input. So Python that reads shapes (`x.shape[-2:]`,
+`x.size(1)`: timm's 'same' padding, `view(b, -1, h, w)`, `interpolate(size=y.shape[-2:])`)
+sees real ints and is specialized to the example's size, the way the IR is anyway (its
+shapes are those of one input size). Why not `torch.export`: it flattens the model into aten
+ops, losing the module boundaries that bind IR nodes to parameters by their qualified names,
+the leaf modules that name an op by what it is (a BatchNorm, a DropPath), and `opaque=[...]`.
+Control flow on tensor *values* still cannot be traced and is refused with the node's name.
+
+The fx graph is then converted node by node with the tables in convert.py, and the IR's own
+shape inference is checked against the recorded shapes, so a network the IR describes wrongly
+is refused at trace time rather than mis-pruned later.
 """
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,9 +26,22 @@ import torch
 from torch import fx, nn
 
 from netopt.bridge import modules as M
-from netopt.bridge.convert import FUNCTIONS, METHODS, MODULES, Converted
+from netopt.bridge.convert import (
+    CHANNELS_LAST,
+    METHODS,
+    PIECES,
+    SHAPE,
+    SHAPES,
+    SHUFFLE,
+    Converted,
+    function_converter,
+    leaf_converter,
+    param_path,
+    pieces,
+    shuffle_stage,
+)
 from netopt.bridge.count import counting_macs
-from netopt.errors import IRError, TraceError, UnsupportedOpError, first_line
+from netopt.errors import IRError, NetoptError, TraceError, UnsupportedOpError, first_line
 from netopt.ir import INPUT, Network, Node, OpKind
 from netopt.ir.ops import OpaqueAttrs
 
@@ -56,15 +78,122 @@ class Traced:
         return torch.randn(self.example_shape)
 
 
+VALUE = "netopt_value"
+"""Attribute of a proxy: what its op produced on the example input."""
+
+
+def _value(a: Any) -> Any:
+    return getattr(a, VALUE) if isinstance(a, fx.Proxy) else a
+
+
+class _ConcreteProxy(fx.Proxy):
+    """A proxy that answers shape questions with the example input's real shapes."""
+
+    @property
+    def shape(self) -> Any:
+        return _value(self).shape
+
+    def size(self, dim: int | None = None) -> Any:
+        value = _value(self)
+        return value.size() if dim is None else value.size(dim)
+
+    def dim(self) -> int:
+        return int(_value(self).dim())
+
+    @property
+    def ndim(self) -> int:
+        return self.dim()
+
+    def __len__(self) -> int:
+        return len(_value(self))
+
+    def __iter__(self) -> Any:
+        value = _value(self)
+        if isinstance(value, tuple | list):  # chunk/split results: one getitem per piece
+            return iter([operator.getitem(self, i) for i in range(len(value))])
+        return super().__iter__()
+
+
 class _Tracer(fx.Tracer):
-    def __init__(self, opaque: tuple[Opaque, ...]) -> None:
+    """fx tracing with every op also run on the example input (see the module docstring)."""
+
+    def __init__(self, opaque: tuple[Opaque, ...], example: torch.Tensor) -> None:
         super().__init__()
         self.opaque = opaque
+        self.example = example
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, M.OPS_MODULES) or _is_opaque(m, module_qualified_name, self.opaque):
+        if isinstance(m, M.OPS_MODULES) or leaf_converter(m) is not None:
+            return True
+        if _is_opaque(m, module_qualified_name, self.opaque):
             return True
         return super().is_leaf_module(m, module_qualified_name)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _ConcreteProxy(node, self)
+
+    def create_proxy(self, kind: str, target: Any, args: Any, kwargs: Any, name: str | None = None,
+                     type_expr: Any | None = None, proxy_factory_fn: Any = None) -> Any:
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        value = self._run(proxy.node, kind, target, args, kwargs)
+        object.__setattr__(proxy, VALUE, value)
+        if isinstance(value, torch.Tensor):
+            proxy.node.meta[SHAPE] = tuple(value.shape)
+        elif isinstance(value, tuple | list) and any(isinstance(v, torch.Tensor) for v in value):
+            proxy.node.meta[MULTI] = True
+            proxy.node.meta[SHAPES] = tuple(tuple(v.shape) if isinstance(v, torch.Tensor) else () for v in value)
+        return proxy
+
+    def _run(self, node: fx.Node, kind: str, target: Any, args: Any, kwargs: Any) -> Any:
+        args, kwargs = fx.node.map_aggregate(args, _value), fx.node.map_aggregate(kwargs, _value)
+        with _untraced():
+            return self._run_untraced(node, kind, target, args, kwargs)
+
+    def _run_untraced(self, node: fx.Node, kind: str, target: Any, args: Any, kwargs: Any) -> Any:
+        try:
+            if kind == "placeholder":
+                return self.example
+            if kind == "get_attr":
+                return _get_attr(self.root, str(target))
+            if kind == "call_function":
+                return target(*args, **kwargs)
+            if kind == "call_method":
+                return getattr(args[0], target)(*args[1:], **kwargs)
+            if kind == "call_module":
+                return self._run_module(node, str(target), args, kwargs)
+        except Exception as exc:
+            what = getattr(target, "__name__", str(target))
+            raise TraceError(
+                f"running the model on the example input of shape {tuple(self.example.shape)} failed "
+                f"at node {node.name!r} ({what}): {first_line(exc)}. Pass an input the model accepts "
+                "(right channels, size and dtype)"
+            ) from exc
+        return None
+
+    def _run_module(self, node: fx.Node, target: str, args: Any, kwargs: Any) -> Any:
+        module = self.root.get_submodule(target)
+        if not _is_opaque(module, target, self.opaque):
+            return module(*args, **kwargs)
+        with counting_macs(module, self.example.shape[0]) as total:
+            result = module(*args, **kwargs)
+        node.meta[MACS] = total()
+        return result
+
+
+def _untraced() -> Any:
+    """While fx traces, `nn.Module.__call__` and wrapped functions are patched to record
+    nodes; running an op for its value must call the originals. fx has this as a private
+    helper only (torch is pinned, and a test traces through it on every run)."""
+    from torch.fx._symbolic_trace import _maybe_revert_all_patches
+
+    return _maybe_revert_all_patches()
+
+
+def _get_attr(root: nn.Module, path: str) -> Any:
+    value: Any = root
+    for atom in path.split("."):
+        value = getattr(value, atom)
+    return value
 
 
 def _is_opaque(m: nn.Module, qualname: str, opaque: tuple[Opaque, ...]) -> bool:
@@ -81,9 +210,8 @@ def trace(
     """
     shape = _check_input(example_input)
     leaves = tuple(opaque)
-    gm = _symbolic_trace(model, leaves)
-    _propagate_shapes(model, gm, example_input, leaves)
-    converter = _Converter(gm, leaves)
+    gm = _symbolic_trace(model, example_input, leaves)
+    converter = _Converter(gm, model, leaves)
     for node in gm.graph.nodes:
         converter.visit(node)
     network = converter.network(shape[1:], step)
@@ -105,76 +233,37 @@ def _check_input(x: Any) -> tuple[int, ...]:
     return tuple(x.shape)
 
 
-def _symbolic_trace(model: nn.Module, opaque: tuple[Opaque, ...]) -> fx.GraphModule:
-    tracer = _Tracer(opaque)
+def _symbolic_trace(model: nn.Module, x: torch.Tensor, opaque: tuple[Opaque, ...]) -> fx.GraphModule:
+    tracer = _Tracer(opaque, x)
+    was_training = model.training
+    model.eval()  # what is traced is inference: dropout, drop-path and BN are leaves, not branches
     try:
-        graph = tracer.trace(model)
+        with torch.no_grad():
+            graph = tracer.trace(model)
+    except NetoptError:
+        raise
     except Exception as exc:
         raise TraceError(
-            f"torch.fx could not trace {type(model).__name__}: {exc}. Control flow that depends "
-            "on tensor values cannot be traced; pass the submodule that does it in opaque=[...]"
+            f"torch.fx could not trace {type(model).__name__}: {first_line(exc)}. Control flow that "
+            "depends on tensor values cannot be traced; pass the submodule that does it in opaque=[...]"
         ) from exc
+    finally:
+        model.train(was_training)
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
-SHAPE = "netopt_shape"
-"""fx node meta key: the shape of the tensor the node produced on the example input."""
 MULTI = "netopt_multi"
 """fx node meta key: the node returned several tensors (chunk, split, ...)."""
 MACS = "netopt_macs"
 """fx node meta key: CONV/FC MACs per sample measured inside an opaque block."""
 
 
-class _ShapeRecorder(fx.Interpreter):
-    """Runs the traced graph once, recording each tensor's shape; names the node that fails."""
-
-    def __init__(self, gm: fx.GraphModule, model_name: str, x: torch.Tensor, opaque: tuple[Opaque, ...]) -> None:
-        super().__init__(gm)
-        self.where = f"running {model_name} on the example input of shape {tuple(x.shape)}"
-        self.batch = x.shape[0]
-        self.opaque = opaque
-
-    def run_node(self, n: fx.Node) -> Any:
-        try:
-            result = self._run_counting(n) if self._is_opaque(n) else super().run_node(n)
-        except Exception as exc:
-            raise TraceError(
-                f"{self.where} failed at node {n.name!r}: {first_line(exc)}. "
-                "Pass an input the model accepts (right channels, size and dtype)"
-            ) from exc
-        if isinstance(result, torch.Tensor):
-            n.meta[SHAPE] = tuple(result.shape)
-        elif isinstance(result, tuple | list) and any(isinstance(r, torch.Tensor) for r in result):
-            n.meta[MULTI] = True
-        return result
-
-    def _is_opaque(self, n: fx.Node) -> bool:
-        if n.op != "call_module":
-            return False
-        return _is_opaque(self.module.get_submodule(str(n.target)), str(n.target), self.opaque)
-
-    def _run_counting(self, n: fx.Node) -> Any:
-        with counting_macs(self.module.get_submodule(str(n.target)), self.batch) as total:
-            result = super().run_node(n)
-        n.meta[MACS] = total()
-        return result
-
-
-def _propagate_shapes(model: nn.Module, gm: fx.GraphModule, x: torch.Tensor, opaque: tuple[Opaque, ...]) -> None:
-    was_training = model.training
-    gm.eval()
-    try:
-        with torch.no_grad():
-            _ShapeRecorder(gm, type(model).__name__, x, opaque).run(x)
-    finally:
-        gm.train(was_training)
-
-
 class _Converter:
     """Walks the fx graph, producing IR nodes and the binding to the module's parameters."""
 
-    def __init__(self, gm: fx.GraphModule, opaque: tuple[Opaque, ...]) -> None:
+    def __init__(self, gm: fx.GraphModule, root: nn.Module, opaque: tuple[Opaque, ...]) -> None:
         self.gm = gm
+        self.root = root
         self.opaque = opaque
         self.names: dict[fx.Node, str] = {}
         self.nodes: list[Node] = []
@@ -189,11 +278,12 @@ class _Converter:
             self._placeholder(node)
         elif node.op == "output":
             self._output(node)
-        elif node.op == "get_attr":
-            raise UnsupportedOpError(
-                f"node {node.name!r} reads the tensor {node.target!r} directly, which the IR "
-                "cannot shrink; move that computation into a submodule and pass it in opaque=[...]"
-            )
+        elif node.op == "get_attr" or param_path(node) is not None:
+            return  # a parameter: the op that reads it decides (batch_norm, conv2d, layer scale, ...)
+        elif (stage := shuffle_stage(node)) is not None:
+            node.meta[SHUFFLE] = stage  # the view and transpose of a channel shuffle: converted at its end
+        elif MULTI in node.meta and (bounds := pieces(node)) is not None:
+            node.meta[PIECES] = bounds  # split/chunk: each getitem of it becomes a slice
         elif SHAPE in node.meta or MULTI in node.meta:
             self._tensor_op(node)
         # other nodes compute Python values (x.size(0), ...) that only feed reshapes
@@ -220,27 +310,82 @@ class _Converter:
 
     def _tensor_op(self, node: fx.Node) -> None:
         kind, attrs, inputs = self._convert(node)
+        params = [p for i in inputs if (p := param_path(i)) is not None]
+        if params:
+            raise UnsupportedOpError(
+                f"node {node.name!r} ({_what(node)}) reads the tensor {params[0]!r} directly, which the IR "
+                f"cannot shrink; pass opaque=[{_enclosing(node)!r}] to keep the module that does it whole"
+            )
         missing = [i for i in inputs if not isinstance(i, fx.Node) or i not in self.names]
         if missing:
             raise UnsupportedOpError(
                 f"node {node.name!r} ({kind.value}) reads {missing}, which are not traced "
-                "tensors of this model; mark the enclosing submodule opaque"
+                f"tensors of this model; pass opaque=[{_enclosing(node)!r}] to keep it whole"
             )
+        self._follow_layout(node, kind, inputs)
         name = self._name(node)
         self.names[node] = name
         self.nodes.append(Node(name, kind, tuple(self.names[i] for i in inputs), attrs))
+        if node.op != "call_module" and kind in BOUND:
+            self.binding[name] = self._bound(node, kind)
+
+    def _bound(self, node: fx.Node, kind: OpKind) -> str:
+        """The module holding a functional op's weights (SCALE: the parameter), checked."""
+        paths = [p for a in (*node.args, *node.kwargs.values()) if (p := param_path(a)) is not None]
+        if kind is OpKind.SCALE:
+            return paths[0]
+        owner_path = paths[0].rpartition(".")[0]
+        owner = self.root.get_submodule(owner_path)
+        need = BOUND[kind]
+        if need is not None and not isinstance(owner, need):
+            raise UnsupportedOpError(
+                f"node {node.name!r} ({kind.value}) reads the weights of {owner_path!r}, a {type(owner).__name__}; "
+                f"netopt slices such weights only from a {' or '.join(t.__name__ for t in need)}: "
+                f"pass opaque=[{owner_path!r}]"
+            )
+        groups = _arg_groups(node)
+        if kind is OpKind.CONV2D and isinstance(owner, nn.Conv2d) and groups != owner.groups:
+            raise UnsupportedOpError(
+                f"node {node.name!r} calls conv2d with groups={groups} on {owner_path!r} of groups={owner.groups}; "
+                f"pass opaque=[{owner_path!r}]"
+            )
+        return owner_path
+
+    def _follow_layout(self, node: fx.Node, kind: OpKind, inputs: tuple[fx.Node, ...]) -> None:
+        """Propagate channels-last through the ops that mean the same in NCHW; refuse the rest."""
+        if CHANNELS_LAST in node.meta:
+            return  # a permute decided
+        last = [bool(i.meta.get(CHANNELS_LAST)) for i in inputs]
+        if not any(last):
+            return
+        if not all(last) or kind not in CHANNELS_LAST_OK:
+            raise UnsupportedOpError(
+                f"node {node.name!r} ({_what(node)}) works on a channels-last tensor (after permute(0, 2, 3, 1)); "
+                f"netopt models only {sorted(k.value for k in CHANNELS_LAST_OK)} there: pass "
+                f"opaque=[{_enclosing(node)!r}] to keep the block whole"
+            )
+        node.meta[CHANNELS_LAST] = True
 
     def _convert(self, node: fx.Node) -> Converted:
+        try:
+            return self._convert_once(node)
+        except UnsupportedOpError as exc:
+            if "opaque=[" in str(exc):
+                raise
+            where = _enclosing(node)
+            raise UnsupportedOpError(
+                f"{exc}: pass opaque=[{where!r}] to keep the module that does it whole at full width"
+            ) from exc
+
+    def _convert_once(self, node: fx.Node) -> Converted:
         if node.op == "call_module":
             return self._module(node)
-        table: Mapping[Any, Any] = FUNCTIONS if node.op == "call_function" else METHODS
-        converter = table.get(node.target)
+        converter = function_converter(node.target) if node.op == "call_function" else METHODS.get(str(node.target))
         if converter is None:
             what = getattr(node.target, "__name__", str(node.target))
             raise UnsupportedOpError(
-                f"node {node.name!r} calls {what!r}, an operation the IR does not model; "
-                "mark the submodule that calls it as opaque (trace(..., opaque=['path.to.block']))"
-                " to keep it at full width"
+                f"node {node.name!r} calls {what!r}, an operation the IR does not model; pass "
+                f"opaque=[{_enclosing(node)!r}] to keep the module that calls it whole at full width"
             )
         return converter(node)  # type: ignore[no-any-return]
 
@@ -249,7 +394,7 @@ class _Converter:
         module = self.gm.get_submodule(target)
         if _is_opaque(module, target, self.opaque):
             return self._opaque(node, target, module)
-        converter = MODULES.get(type(module))
+        converter = leaf_converter(module)
         if converter is None:
             raise UnsupportedOpError(
                 f"node {node.name!r} calls {target!r}, a {type(module).__name__}, which the IR "
@@ -261,7 +406,7 @@ class _Converter:
                 "shared weights cannot be pruned per call; mark it opaque or unshare it"
             )
         kind, attrs, inputs = converter(node, module)
-        if any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers()):
+        if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
             self.binding[self._name(node)] = target
         return kind, attrs, inputs
 
@@ -282,7 +427,20 @@ class _Converter:
             return str(node.target)
         return node.name if node.name != INPUT else f"{INPUT}_"
 
+    def _live_nodes(self) -> list[Node]:
+        """The nodes some output depends on: fx keeps results nothing reads (an unused piece of
+        a split, a projection a model computes and drops); the network does not."""
+        used = set(self.outputs)
+        for node in reversed(self.nodes):
+            if node.name in used:
+                used.update(node.inputs)
+        for name in [n for n in self.binding if n not in used]:
+            del self.binding[name]
+        self.opaque_modules = {k: v for k, v in self.opaque_modules.items() if k in used}
+        return [n for n in self.nodes if n.name in used]
+
     def network(self, input_shape: tuple[int, ...], step: int) -> Network:
+        self.nodes = self._live_nodes()
         names = Counter(n.name for n in self.nodes)
         clash = [n for n, c in names.items() if c > 1]
         if clash:
@@ -293,6 +451,41 @@ class _Converter:
             raise TraceError(f"the traced model is not a valid network: {exc}") from exc
 
 
+BOUND: dict[OpKind, tuple[type[nn.Module], ...] | None] = {
+    OpKind.BATCHNORM: (nn.modules.batchnorm._BatchNorm,),
+    OpKind.CONV2D: (nn.Conv2d, nn.Linear),  # a Linear over channels-last maps is a 1x1 conv
+    OpKind.LINEAR: (nn.Linear,),
+    OpKind.LAYERNORM: (nn.LayerNorm,),
+    OpKind.SCALE: None,
+}
+"""Functional ops that read parameters, bound to the module that holds them (SCALE: the
+parameter itself), and the module type their weights are sliced from."""
+
+
+def _arg_groups(node: fx.Node) -> int:
+    return int(node.args[6]) if len(node.args) > 6 else int(node.kwargs.get("groups", 1))  # type: ignore[arg-type]
+
+CHANNELS_LAST_OK = frozenset({
+    OpKind.CONV2D, OpKind.LAYERNORM, OpKind.SCALE, OpKind.ADD, OpKind.MUL, OpKind.DROPOUT, OpKind.DROPPATH,
+    OpKind.IDENTITY, OpKind.RELU, OpKind.RELU6, OpKind.GELU, OpKind.SILU, OpKind.HARDSWISH, OpKind.SIGMOID,
+    OpKind.HARDSIGMOID,
+})
+"""Ops whose meaning on an (N, H, W, C) tensor is the same op on its NCHW view (CONV2D: a Linear)."""
+
+
+def _what(node: fx.Node) -> str:
+    return str(node.target) if node.op != "call_function" else getattr(node.target, "__name__", str(node.target))
+
+
+def _enclosing(node: fx.Node) -> str:
+    """The qualified name of the innermost module whose forward made `node` ('' at the top)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    paths = [v[0] for v in stack.values() if v and v[0]]
+    if node.op == "call_module":
+        return str(node.target)
+    return paths[-1] if paths else ""
+
+
 def _check_shapes(network: Network, gm: fx.GraphModule, names: Mapping[fx.Node, str]) -> None:
     """The IR's inferred shapes must equal the shapes torch produced on the example input."""
     try:
@@ -300,9 +493,11 @@ def _check_shapes(network: Network, gm: fx.GraphModule, names: Mapping[fx.Node, 
     except IRError as exc:
         raise TraceError(f"the traced model breaks an IR rule: {exc}") from exc
     for fx_node, name in names.items():
-        if name == INPUT:
+        if name == INPUT or name not in inferred:
             continue
         actual = tuple(fx_node.meta[SHAPE][1:])
+        if fx_node.meta.get(CHANNELS_LAST):
+            actual = (actual[-1], *actual[:-1])
         if inferred[name] != actual:
             raise TraceError(
                 f"node {name!r}: the IR infers shape {inferred[name]} but torch produced {actual}; "

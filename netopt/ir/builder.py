@@ -19,11 +19,18 @@ from netopt.ir.ops import (
     BatchNormAttrs,
     Conv2dAttrs,
     DropoutAttrs,
+    DropPathAttrs,
+    EcaAttrs,
+    LayerNormAttrs,
     LinearAttrs,
     MeanAttrs,
     OpKind,
+    PadAttrs,
     PoolAttrs,
     ScalarAttrs,
+    ShuffleAttrs,
+    SliceAttrs,
+    UpsampleAttrs,
 )
 
 __all__ = ["Builder"]
@@ -100,6 +107,32 @@ class Builder:
 
     def dropout(self, x: str, p: float = 0.2) -> str:
         return self.add(OpKind.DROPOUT, [x], DropoutAttrs(p=p))
+
+    def layernorm(self, x: str, eps: float = 1e-6) -> str:
+        return self.add(OpKind.LAYERNORM, [x], LayerNormAttrs(eps=eps))
+
+    def scale(self, x: str) -> str:
+        return self.add(OpKind.SCALE, [x])
+
+    def droppath(self, x: str, p: float = 0.1) -> str:
+        return self.add(OpKind.DROPPATH, [x], DropPathAttrs(p=p))
+
+    def pad(self, x: str, pad: tuple[int, int, int, int]) -> str:
+        return self.add(OpKind.PAD, [x], PadAttrs(pad=pad))
+
+    def upsample(self, x: str, scale: float = 2.0, mode: str = "nearest") -> str:
+        corners = None if mode == "nearest" else False
+        attrs = UpsampleAttrs(mode=mode, scale_factor=(scale, scale), align_corners=corners)
+        return self.add(OpKind.UPSAMPLE, [x], attrs)
+
+    def slice(self, x: str, start: int, stop: int) -> str:
+        return self.add(OpKind.SLICE, [x], SliceAttrs(start=start, stop=stop))
+
+    def shuffle(self, x: str, groups: int) -> str:
+        return self.add(OpKind.CHANNEL_SHUFFLE, [x], ShuffleAttrs(groups=groups))
+
+    def eca(self, x: str, kernel_size: int = 3) -> str:
+        return self.add(OpKind.ECA, [x], EcaAttrs(kernel_size=kernel_size))
 
     def build(self, *outputs: str) -> Network:
         return Network(tuple(self.nodes), self.input_shape, outputs, step=self.step)

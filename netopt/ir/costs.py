@@ -12,7 +12,16 @@ import math
 
 from netopt.ir.groups import INPUT
 from netopt.ir.network import Network, Node
-from netopt.ir.ops import ALIASING, BatchNormAttrs, Conv2dAttrs, LinearAttrs, OpaqueAttrs
+from netopt.ir.ops import (
+    ALIASING,
+    BatchNormAttrs,
+    Conv2dAttrs,
+    EcaAttrs,
+    LayerNormAttrs,
+    LinearAttrs,
+    OpaqueAttrs,
+    OpKind,
+)
 
 __all__ = ["macs", "params", "activation_bytes", "layer_macs", "layer_params"]
 
@@ -42,8 +51,12 @@ def layer_params(net: Network, node: Node) -> int:
     if isinstance(attrs, LinearAttrs):
         c_out = net.shape(node.name)[0]
         return c_out * net.shape(node.inputs[0])[0] + (c_out if attrs.bias else 0)
-    if isinstance(attrs, BatchNormAttrs):
+    if isinstance(attrs, BatchNormAttrs | LayerNormAttrs):
         return 2 * net.shape(node.name)[0] if attrs.affine else 0
+    if node.op is OpKind.SCALE:
+        return net.shape(node.name)[0]
+    if isinstance(attrs, EcaAttrs):
+        return attrs.kernel_size
     if isinstance(attrs, OpaqueAttrs):
         return attrs.params
     return 0

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from netopt.errors import IRError
-from netopt.ir.ops import RULES, Conv2dAttrs, LinearAttrs, OpaqueAttrs, Spatial
+from netopt.ir.ops import RULES, Conv2dAttrs, LinearAttrs, OpaqueAttrs, SliceAttrs, Spatial
 
 if TYPE_CHECKING:
     from netopt.ir.network import Node
@@ -221,6 +221,35 @@ class _Walker:
     def _flatten(self, node: Node, ins: list[Layout]) -> Layout:
         hw = math.prod(self.spatial[node.inputs[0]])
         return tuple(Segment(s.group, s.inner * hw) for s in ins[0])
+
+    def _slice(self, node: Node, ins: list[Layout]) -> Layout:
+        """Whole segments inside the range shrink with their parents; a cut segment is fixed,
+        and the piece of it that the slice keeps becomes a fixed group of its own."""
+        attrs = node.attrs
+        assert isinstance(attrs, SliceAttrs)
+        total = self.full_channels(ins[0])
+        if not 0 <= attrs.start < attrs.stop <= total:
+            raise IRError(
+                f"slice node {node.name!r} takes channels [{attrs.start}, {attrs.stop}) of a tensor with "
+                f"{total}; start and stop must satisfy 0 <= start < stop <= {total}"
+            )
+        out: list[Segment] = []
+        offset = 0
+        for seg in ins[0]:
+            size = self.full[seg.group] * seg.inner
+            lo, hi = max(attrs.start, offset), min(attrs.stop, offset + size)
+            if lo == offset and hi == offset + size:
+                out.append(seg)
+            elif lo < hi:
+                self.fixed.add(seg.group)
+                out.extend(self._new_group(f"{node.name}@{lo}", hi - lo, fixed=True))
+            offset += size
+        return tuple(out)
+
+    def _shuffle(self, node: Node, ins: list[Layout]) -> Layout:
+        """Interleaved channels form no layout of whole groups: everything stays at full width."""
+        self.fix(ins)
+        return self._new_group(node.name, self.full_channels(ins[0]), fixed=True)
 
     def _opaque(self, node: Node, ins: list[Layout]) -> Layout:
         assert isinstance(node.attrs, OpaqueAttrs)

@@ -202,6 +202,25 @@ class Network:
             return self.shape(node.inputs[0])[0]
         return node.attrs.groups
 
+    def slice_bounds(self, name: str) -> tuple[int, int]:
+        """Channels [start, stop) that slice node `name` takes from its input at the current
+        widths (whole segments shrink; a cut segment is fixed at full width)."""
+        attrs = self.node(name).attrs
+        a, widths = self.analysis, dict(self.width_overrides)
+        start: int | None = None
+        stop = offset = current = 0
+        for seg in self.layout(self.node(name).inputs[0]):
+            full = a.info[seg.group].full_width * seg.inner
+            now = widths.get(seg.group, a.info[seg.group].full_width) * seg.inner
+            lo, hi = max(attrs.start, offset), min(attrs.stop, offset + full)
+            if lo < hi:
+                whole = lo == offset and hi == offset + full
+                start = (current if whole else current + lo - offset) if start is None else start
+                stop = current + now if whole else current + hi - offset
+            offset += full
+            current += now
+        return (start or 0), stop
+
     # --- checks ---------------------------------------------------------------------------
 
     def _syntax_problems(self) -> list[str]:

@@ -31,6 +31,14 @@ __all__ = [
     "GeluAttrs",
     "OpaqueAttrs",
     "NoAttrs",
+    "LayerNormAttrs",
+    "DropPathAttrs",
+    "PadAttrs",
+    "UpsampleAttrs",
+    "SliceAttrs",
+    "LeakyReluAttrs",
+    "ShuffleAttrs",
+    "EcaAttrs",
     "Spatial",
     "attrs_from_dict",
 ]
@@ -64,6 +72,15 @@ class OpKind(StrEnum):
     DROPOUT = "dropout"
     IDENTITY = "identity"
     OPAQUE = "opaque"
+    LAYERNORM = "layernorm"
+    SCALE = "scale"
+    DROPPATH = "droppath"
+    PAD = "pad"
+    UPSAMPLE = "upsample"
+    SLICE = "slice"
+    LEAKY_RELU = "leaky_relu"
+    CHANNEL_SHUFFLE = "channel_shuffle"
+    ECA = "eca"
 
 
 class Role(Enum):
@@ -75,6 +92,8 @@ class Role(Enum):
     CONCAT = "concat"  # channels of the inputs side by side
     FLATTEN = "flatten"  # (C, H, W) -> (C*H*W,): channel c owns H*W consecutive features
     OPAQUE = "opaque"  # unknown inside: inputs and output keep their full width
+    SLICE = "slice"  # a contiguous range of the input's channels
+    SHUFFLE = "shuffle"  # channels interleaved across groups: inputs and output keep their full width
 
 
 # --- attributes -----------------------------------------------------------------------------
@@ -160,6 +179,71 @@ class OpaqueAttrs:
     out_shape: tuple[int, ...]
     params: int = 0
     macs: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerNormAttrs:
+    """LayerNorm over the channels of each position (timm's LayerNorm2d, ConvNeXt's
+    channels-last LayerNorm): statistics across channels, a weight and bias per channel."""
+
+    eps: float = 1e-6
+    affine: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShuffleAttrs:
+    """ShuffleNet's channel shuffle: (N, g*c, H, W) -> view (N, g, c, H, W) -> transpose -> back."""
+
+    groups: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class EcaAttrs:
+    """Efficient channel attention: x * sigmoid(conv1d_k(mean_hw(x))) with one k-tap filter that
+    slides across the channels, so its `kernel_size` weights do not depend on the width."""
+
+    kernel_size: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class LeakyReluAttrs:
+    negative_slope: float = 0.01
+
+
+@dataclass(frozen=True, kw_only=True)
+class DropPathAttrs:
+    """Stochastic depth: in training each sample ("row") or the whole batch ("batch") is
+    dropped with probability `p`; the identity in eval."""
+
+    p: float = 0.0
+    mode: str = "row"
+    scale_by_keep: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class PadAttrs:
+    """Constant padding of the spatial dims: (left, right, top, bottom), as `F.pad` takes it."""
+
+    pad: tuple[int, int, int, int]
+    value: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpsampleAttrs:
+    """Resizing by `scale_factor` or to `size` (one of them), as `F.interpolate` does it."""
+
+    mode: str = "nearest"
+    size: tuple[int, int] | None = None
+    scale_factor: tuple[float, float] | None = None
+    align_corners: bool | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SliceAttrs:
+    """Channels [start, stop) of the input at full width (`x[:, start:stop]`, a piece of split)."""
+
+    start: int
+    stop: int
 
 
 def attrs_from_dict(cls: type[Any], data: dict[str, Any]) -> Any:
@@ -273,6 +357,21 @@ def _concat_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatia
     return spatial[0]
 
 
+def _pad_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
+    h, w = _need_map(name, spatial)
+    left, right, top, bottom = attrs.pad
+    return (h + top + bottom, w + left + right)
+
+
+def _upsample_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
+    hw = _need_map(name, spatial)
+    if attrs.size is not None:
+        return tuple(attrs.size)
+    if attrs.scale_factor is None:
+        raise IRError(f"upsample node {name!r} has neither size nor scale_factor; give one of them")
+    return tuple(math.floor(hw[i] * attrs.scale_factor[i]) for i in range(2))
+
+
 def _opaque_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
     return tuple(attrs.out_shape[1:])
 
@@ -315,7 +414,16 @@ RULES: dict[OpKind, OpRule] = {
     OpKind.DROPOUT: OpRule(DropoutAttrs, Role.FOLLOW, _same_spatial),
     OpKind.IDENTITY: OpRule(NoAttrs, Role.FOLLOW, _same_spatial),
     OpKind.OPAQUE: OpRule(OpaqueAttrs, Role.OPAQUE, _opaque_spatial, arity=None),
+    OpKind.LAYERNORM: OpRule(LayerNormAttrs, Role.FOLLOW, _same_spatial),
+    OpKind.SCALE: OpRule(NoAttrs, Role.FOLLOW, _same_spatial),
+    OpKind.DROPPATH: OpRule(DropPathAttrs, Role.FOLLOW, _same_spatial),
+    OpKind.PAD: OpRule(PadAttrs, Role.FOLLOW, _pad_spatial),
+    OpKind.UPSAMPLE: OpRule(UpsampleAttrs, Role.FOLLOW, _upsample_spatial),
+    OpKind.SLICE: OpRule(SliceAttrs, Role.SLICE, _same_spatial),
+    OpKind.LEAKY_RELU: OpRule(LeakyReluAttrs, Role.FOLLOW, _same_spatial),
+    OpKind.CHANNEL_SHUFFLE: OpRule(ShuffleAttrs, Role.SHUFFLE, _same_spatial),
+    OpKind.ECA: OpRule(EcaAttrs, Role.FOLLOW, _same_spatial),
 }
 
-ALIASING: frozenset[OpKind] = frozenset({OpKind.IDENTITY, OpKind.DROPOUT, OpKind.FLATTEN})
+ALIASING: frozenset[OpKind] = frozenset({OpKind.IDENTITY, OpKind.DROPOUT, OpKind.FLATTEN, OpKind.DROPPATH})
 """Ops whose output is a view of their input at inference: no new activation memory."""

@@ -20,11 +20,12 @@ __all__ = ["Unit", "units", "FUSABLE"]
 FUSABLE = frozenset({
     OpKind.BATCHNORM, OpKind.RELU, OpKind.RELU6, OpKind.HARDSIGMOID, OpKind.SIGMOID,
     OpKind.HARDSWISH, OpKind.SILU, OpKind.GELU, OpKind.DROPOUT, OpKind.IDENTITY,
+    OpKind.LEAKY_RELU, OpKind.DROPPATH,
 })
 """Ops absorbed into the unit of the op before them when that op is their only producer and
 they its only reader."""
 
-FREE = frozenset({OpKind.FLATTEN, OpKind.IDENTITY, OpKind.DROPOUT})
+FREE = frozenset({OpKind.FLATTEN, OpKind.IDENTITY, OpKind.DROPOUT, OpKind.DROPPATH})
 """Views at inference: no kernel runs."""
 
 

@@ -55,7 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from netopt.errors import MeasurementError
 from netopt.ir import INPUT, Network, Node, OpKind, layer_macs, layer_params
-from netopt.ir.ops import ALIASING, OpaqueAttrs, PoolAttrs, ScalarAttrs
+from netopt.ir.ops import ALIASING, OpaqueAttrs, PoolAttrs, ScalarAttrs, UpsampleAttrs
 from netopt.measure.base import Backend, Fingerprint, Measurement, MeasureSettings, settings_from, summarize
 from netopt.measure.onnxrt import OnnxRuntimeCPU, export_onnx
 
@@ -202,8 +202,24 @@ _VECTOR_OPS: dict[OpKind, Callable[[Network, Node], int]] = {
     OpKind.ADD: _combine_ops,
     OpKind.MUL: _combine_ops,
     OpKind.CONCAT: _no_ops,
+    OpKind.LEAKY_RELU: _out_ops,
+    OpKind.LAYERNORM: lambda net, node: 4 * _out_ops(net, node),  # mean, variance, normalize, affine
+    OpKind.SCALE: _out_ops,
+    OpKind.PAD: _no_ops,  # a copy: its cost is the data moved
+    OpKind.UPSAMPLE: lambda net, node: _out_ops(net, node) * (
+        4 if isinstance(node.attrs, UpsampleAttrs) and node.attrs.mode == "bilinear" else 0),
+    OpKind.SLICE: _no_ops,
+    OpKind.CHANNEL_SHUFFLE: _no_ops,  # a permutation: its cost is the data moved
+    OpKind.ECA: lambda net, node: 2 * _out_ops(net, node) + net.shape(node.name)[0] * (node.attrs.kernel_size + 1),
 }
 """MAC-equivalent operations of each vector op (views, CONV/FC and opaque are costed apart)."""
+
+_COSTED_APART = frozenset({OpKind.CONV2D, OpKind.LINEAR, OpKind.OPAQUE}) | ALIASING
+
+
+def uncosted_ops() -> list[OpKind]:
+    """Op kinds the model would silently price at zero: must be empty (checked at construction)."""
+    return [k for k in OpKind if k not in _VECTOR_OPS and k not in _COSTED_APART]
 
 
 @dataclass(frozen=True)
@@ -307,6 +323,12 @@ class EnergyModel:
 
     def __init__(self, costs: EnergyCosts | Mapping[str, Any] | None = None,
                  accelerator: Accelerator | Mapping[str, Any] | None = None) -> None:
+        missing = uncosted_ops()
+        if missing:
+            raise MeasurementError(
+                f"EnergyModel has no cost for op kinds {[k.value for k in missing]}; add them to _VECTOR_OPS "
+                "in netopt/measure/energy.py (an op priced at zero would bias every estimate)"
+            )
         self.costs: EnergyCosts = _validated(EnergyCosts, costs, "EnergyModel costs")
         self.accelerator: Accelerator = _validated(Accelerator, accelerator, "EnergyModel accelerator")
 

@@ -31,12 +31,18 @@ from netopt.ir import Builder, Network, OpKind
 if TYPE_CHECKING:
     from netopt.constraints import Constraint
 
-__all__ = ["ACTIVATIONS", "BLOCKS", "networks", "widths", "networks_with_widths", "budgets", "constraints"]
+__all__ = ["ACTIVATIONS", "BLOCKS", "CHANNEL_MIXING", "networks", "widths", "networks_with_widths", "budgets",
+           "constraints"]
 
 ACTIVATIONS = (OpKind.RELU, OpKind.RELU6, OpKind.HARDSWISH, OpKind.HARDSIGMOID,
-               OpKind.SILU, OpKind.SIGMOID, OpKind.GELU)
+               OpKind.SILU, OpKind.SIGMOID, OpKind.GELU, OpKind.LEAKY_RELU)
 
-BLOCKS = ("conv", "dwsep", "residual", "inverted", "se", "concat", "grouped", "pool")
+BLOCKS = ("conv", "dwsep", "residual", "inverted", "se", "concat", "grouped", "pool",
+          "convnext", "split", "resize", "shuffle", "eca")
+
+CHANNEL_MIXING = ("convnext", "eca")
+"""Blocks whose ops mix channels without weights (LayerNorm statistics, ECA's filter across
+channels): cutting a channel that contributes nothing still changes them."""
 
 _channels = st.sampled_from((8, 12, 16, 24, 32))
 Draw = st.DrawFn
@@ -89,9 +95,46 @@ def _block(draw: Draw, b: Builder, x: str, kind: str) -> str:
     if kind == "grouped":
         g = draw(st.sampled_from([g for g in (2, 4) if c % g == 0] or [1]))
         return _conv_bn_act(draw, b, x, g * draw(st.sampled_from((4, 8))), 3, groups=g)
+    if kind in _NEWER:
+        return _NEWER[kind](draw, b, x, c)
     if min(_hw(b, x)) >= 2:  # pool
         return b.maxpool(x, 2) if draw(st.booleans()) else b.avgpool(x, 2)
     return x
+
+
+def _convnext(draw: Draw, b: Builder, x: str, c: int) -> str:
+    """ConvNeXt: depthwise 7x7, channel LayerNorm, an MLP of 1x1 convs, layer scale, drop-path."""
+    y = b.layernorm(b.conv(x, c, 7, groups=c, bias=True))
+    y = b.conv(b.act(b.conv(y, 4 * c, 1, bias=True), OpKind.GELU), c, 1, bias=True)
+    return b.add_(x, b.droppath(b.scale(y)))
+
+
+def _split(draw: Draw, b: Builder, x: str, c: int) -> str:
+    """Two channel ranges of one tensor, each convolved, concatenated (GhostNet, CSP, Res2Net)."""
+    cut = draw(st.integers(1, c - 1))
+    left = _conv_bn_act(draw, b, b.slice(x, 0, cut), draw(_channels), 1)
+    right = _conv_bn_act(draw, b, b.slice(x, cut, c), draw(_channels), 3)
+    return b.concat(left, right)
+
+
+def _resize(draw: Draw, b: Builder, x: str, c: int) -> str:
+    """Upsample, then a padded stride-2 conv back to the size (a decoder step, TF 'same')."""
+    y = b.upsample(x, 2.0, draw(st.sampled_from(("nearest", "bilinear"))))
+    return _conv_bn_act(draw, b, b.pad(y, (0, 1, 0, 1)), draw(_channels), 3, stride=2)
+
+
+def _shuffle(draw: Draw, b: Builder, x: str, c: int) -> str:
+    """ShuffleNet: two branches concatenated and interleaved."""
+    w = draw(st.sampled_from((8, 16)))
+    both = b.concat(_conv_bn_act(draw, b, x, w, 1), _conv_bn_act(draw, b, x, w, 3))
+    return b.shuffle(both, 2)
+
+
+def _eca(draw: Draw, b: Builder, x: str, c: int) -> str:
+    return b.eca(_conv_bn_act(draw, b, x, draw(_channels), 3), draw(st.sampled_from((3, 5))))
+
+
+_NEWER = {"convnext": _convnext, "split": _split, "resize": _resize, "shuffle": _shuffle, "eca": _eca}
 
 
 @st.composite
