@@ -115,7 +115,7 @@ def _source(traced: Traced, node: Node) -> Any:
 class _Holder:
     """A per-channel parameter of any shape, seen as a (C,) `weight`."""
 
-    def __init__(self, p: nn.Parameter) -> None:
+    def __init__(self, p: Tensor) -> None:
         self.weight = p
 
 

@@ -17,6 +17,7 @@ is refused at trace time rather than mis-pruned later.
 from __future__ import annotations
 
 import operator
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -43,12 +44,13 @@ from netopt.bridge.convert import (
 from netopt.bridge.count import counting_macs
 from netopt.errors import IRError, NetoptError, TraceError, UnsupportedOpError, first_line
 from netopt.ir import INPUT, Network, Node, OpKind
+from netopt.ir import params as netopt_params
 from netopt.ir.ops import OpaqueAttrs
 
 if TYPE_CHECKING:
     from netopt.bridge.select import FilterSelector
 
-__all__ = ["Traced", "trace"]
+__all__ = ["OpaqueWarning", "Traced", "trace"]
 
 Opaque = str | type[nn.Module]
 
@@ -216,7 +218,26 @@ def trace(
         converter.visit(node)
     network = converter.network(shape[1:], step)
     _check_shapes(network, gm, converter.names)
+    _warn_opaque_share(network)
     return Traced(network, model, converter.binding, shape, converter.opaque_modules)
+
+
+class OpaqueWarning(UserWarning):
+    """Part of the model is kept whole: its parameters can never shrink."""
+
+
+def _warn_opaque_share(network: Network) -> None:
+    opaque = [n for n in network.nodes if n.op is OpKind.OPAQUE]
+    if not opaque:
+        return
+    held = sum(n.attrs.params for n in opaque)
+    total = max(1, netopt_params(network))
+    warnings.warn(
+        f"{len(opaque)} opaque block(s) ({', '.join(n.name for n in opaque[:5])}{', ...' if len(opaque) > 5 else ''}) "
+        f"hold {held:,} of the model's {total:,} parameters ({held / total:.0%}): they and the channels "
+        "around them stay at full width",
+        OpaqueWarning, stacklevel=3,
+    )
 
 
 def _check_input(x: Any) -> tuple[int, ...]:

@@ -1,0 +1,79 @@
+"""Every op kind is known to every layer that must handle it: a new op lacking one is a failure here."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import netopt
+from netopt.bridge import build
+from netopt.bridge.build import FACTORIES
+from netopt.bridge.convert import MODULES
+from netopt.bridge.modules import OPS_MODULES
+from netopt.bridge.trace import OpaqueWarning
+from netopt.errors import MeasurementError
+from netopt.ir import RULES, Network, OpKind
+from netopt.ir.ops import ALIASING
+from netopt.lut.units import FREE, units
+from netopt.measure import energy
+from netopt.testing import strategies as nst
+from netopt.testing.peers import DENSE
+
+
+def test_every_op_kind_has_a_rule_a_builder_and_an_energy_cost() -> None:
+    assert set(RULES) == set(OpKind)
+    assert set(FACTORIES) == set(OpKind) - {OpKind.OPAQUE}
+    assert energy.uncosted_ops() == []
+    assert ALIASING <= FREE  # a view at inference costs no kernel in the lookup table either
+
+
+def test_every_built_module_is_converted_back() -> None:
+    """What `build` makes for an op, `trace` reads as that op (netopt's own modules included)."""
+    assert all(m in MODULES for m in OPS_MODULES)
+
+
+def test_an_op_the_energy_model_does_not_cost_is_an_error_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(energy._VECTOR_OPS, OpKind.LAYERNORM)
+    with pytest.raises(MeasurementError, match="no cost for op kinds \\['layernorm'\\]"):
+        energy.EnergyModel()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_the_hypothesis_networks_use_the_new_ops(data: st.DataObject) -> None:
+    seen: set[OpKind] = set()
+    for kind in nst.BLOCKS:
+        net = data.draw(nst.networks(max_blocks=1, blocks=(kind,)))
+        seen |= {n.op for n in net.nodes}
+    assert OpKind.LAYERNORM in seen and OpKind.SLICE in seen and OpKind.CHANNEL_SHUFFLE in seen
+
+
+@settings(max_examples=25, deadline=None)
+@given(nst.networks_with_widths())
+def test_every_unit_of_a_random_network_can_be_built_and_costed(pair: tuple[Network, Network]) -> None:
+    _, smaller = pair
+    assert all(u.head.op not in FREE for u in units(smaller))
+    assert energy.EnergyModel().estimate(smaller) > 0
+    with torch.no_grad():
+        build(smaller).eval()(torch.randn(1, *smaller.input_shape))
+
+
+def test_a_partly_opaque_model_is_accepted_with_the_share_it_cannot_shrink() -> None:
+    from netopt.zoo import MobileNetV2
+
+    model = MobileNetV2(width=0.5, num_classes=10).eval()
+    share = r"hold [\d,]+ of the model's [\d,]+ parameters \(\d+%\)"
+    with pytest.warns(OpaqueWarning, match=share):
+        netopt.trace(model, torch.randn(1, 3, 32, 32), opaque=["features.3"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OpaqueWarning)
+        netopt.trace(model, torch.randn(1, 3, 32, 32))
+
+
+def test_dense_prediction_is_in_the_coverage_list() -> None:
+    assert {"U-Net (timm encoder)", "DeepLabV3"} <= {a.family for a in DENSE}
+    assert any("FPN" in a.family for a in DENSE)
