@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 import netopt
 from netopt.errors import first_line
-from netopt.ir import Network, params
+from netopt.ir import params
 from netopt.testing import peers
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -47,11 +47,6 @@ class Outcome:
     seconds: tuple[float, ...] = ()
 
 
-def halved(net: Network) -> Network:
-    return net.with_widths({g.id: max(w for w in g.valid_widths() if w <= max(g.min_width, g.full_width // 2))
-                            for g in net.groups})
-
-
 def run_netopt(model: nn.Module, x: Tensor, repeats: int) -> Outcome:
     trace_s, mat_s = [], []
     try:
@@ -59,7 +54,7 @@ def run_netopt(model: nn.Module, x: Tensor, repeats: int) -> Outcome:
             t0 = time.perf_counter()
             traced = netopt.trace(model, x)
             t1 = time.perf_counter()
-            small = halved(traced.network)
+            small = peers.halved(traced.network)
             module = traced.materialize(small)
             t2 = time.perf_counter()
             trace_s.append(t1 - t0)

@@ -17,7 +17,7 @@ import torch
 import netopt
 from netopt.bridge.count import counting_macs
 from netopt.errors import UnsupportedOpError
-from netopt.ir import Network, macs, params
+from netopt.ir import macs, params
 from netopt.testing import peers
 
 REFUSED = {
@@ -25,11 +25,6 @@ REFUSED = {
     "timm:skresnet18": "selective kernels stack branch outputs on a new dim and softmax across it",
     "timm:nf_resnet26": "weight standardization computes each conv's weight in forward (batch_norm of the weight)",
 }
-
-
-def halved(net: Network) -> Network:
-    return net.with_widths({g.id: max(w for w in g.valid_widths() if w <= max(g.min_width, g.full_width // 2))
-                            for g in net.groups})
 
 
 @functools.cache
@@ -56,7 +51,7 @@ def test_traced_equal_at_full_width_and_sizes_exact_at_half(arch: peers.Arch) ->
     assert net.groups, "nothing can shrink"
     with torch.no_grad():
         assert float((traced.materialize(net).eval()(x) - model(x)).abs().max()) <= 1e-4
-    small = halved(net)
+    small = peers.halved(net)
     small.lint()
     module = traced.materialize(small).eval()
     with torch.no_grad(), counting_macs(module) as total:

@@ -20,7 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Arch", "CLASSIFICATION", "DENSE", "ARCHITECTURES", "import_torchvision", "import_timm", "build"]
+from netopt.ir import Network
+
+__all__ = ["Arch", "CLASSIFICATION", "DENSE", "ARCHITECTURES", "import_torchvision", "import_timm", "build", "halved"]
 
 _SCHEMAS = {
     "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
@@ -235,3 +237,8 @@ def build(arch: Arch) -> nn.Module:
         extra = {"aux_logits": False, "init_weights": True} if arch.name == "googlenet" else {}
         model = import_torchvision().models.get_model(arch.name, weights=None, **extra)
     return model.eval()
+
+
+def halved(net: Network) -> Network:
+    """Every group at the largest valid width not above half its full width (the coverage check)."""
+    return net.scaled(0.5)
