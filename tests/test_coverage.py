@@ -9,8 +9,6 @@ node, the op and the opaque=[...] path that would keep it.
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 
@@ -27,7 +25,6 @@ REFUSED = {
 }
 
 
-@functools.cache
 def built(arch: peers.Arch) -> tuple[torch.nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     return peers.build(arch), torch.randn(1, 3, arch.size, arch.size)
