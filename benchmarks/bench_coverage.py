@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import signal
 import statistics
 import sys
 import time
@@ -76,10 +77,25 @@ def last_layer(model: nn.Module) -> nn.Module:
     return [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)][-1]
 
 
+class TimedOut(Exception):
+    pass
+
+
+def _alarm(signum: int, frame: object) -> None:
+    raise TimedOut(f"gave no result within {LIMIT_S} s")
+
+
+LIMIT_S = 60
+"""Torch-Pruning's dependency graph search does not finish on some models (regnetx_002): the
+table says so instead of waiting for ever."""
+
+
 def run_tp(model: nn.Module, x: Tensor, repeats: int) -> Outcome:
     import torch_pruning as tp
 
     seconds, before = [], sum(p.numel() for p in model.parameters())
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(LIMIT_S)
     try:
         for _ in range(repeats):
             pruned = copy.deepcopy(model)
@@ -95,6 +111,8 @@ def run_tp(model: nn.Module, x: Tensor, repeats: int) -> Outcome:
                 return Outcome(False, "the pruned model's output shape changed")
     except Exception as exc:
         return Outcome(False, f"{type(exc).__name__}: {first_line(exc, 160)}")
+    finally:
+        signal.alarm(0)
     after = sum(p.numel() for p in pruned.parameters())
     return Outcome(True, "", 1 - after / before, seconds=(statistics.median(seconds),))
 
