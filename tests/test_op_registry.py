@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,11 +16,12 @@ from netopt.bridge.build import FACTORIES
 from netopt.bridge.convert import MODULES
 from netopt.bridge.modules import OPS_MODULES
 from netopt.bridge.trace import OpaqueWarning
-from netopt.errors import MeasurementError
+from netopt.errors import LookupTableError, MeasurementError
 from netopt.ir import RULES, Network, OpKind
 from netopt.ir.ops import ALIASING
 from netopt.lut.units import FREE, units
 from netopt.measure import energy
+from netopt.measure.onnxrt import export_onnx
 from netopt.testing import strategies as nst
 from netopt.testing.peers import DENSE
 
@@ -77,3 +79,21 @@ def test_a_partly_opaque_model_is_accepted_with_the_share_it_cannot_shrink() -> 
 def test_dense_prediction_is_in_the_coverage_list() -> None:
     assert {"U-Net (timm encoder)", "DeepLabV3"} <= {a.family for a in DENSE}
     assert any("FPN" in a.family for a in DENSE)
+
+
+def test_the_lookup_table_refuses_to_open_when_an_op_cannot_be_measured(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delitem(FACTORIES, OpKind.PAD)
+    with pytest.raises(LookupTableError, match=r"cannot measure op kinds \['pad'\]"):
+        netopt.LookupTable.open(tmp_path / "lut.sqlite", netopt.measure.OnnxRuntimeCPU())
+
+
+@settings(max_examples=10, deadline=None)
+@given(nst.networks(max_blocks=3, blocks=("convnext", "split", "resize", "shuffle", "eca", "decoder")))
+def test_networks_of_the_new_ops_run_in_onnx_runtime_as_in_torch(net: Network) -> None:
+    model = build(net).eval()
+    x = torch.randn(1, *net.input_shape)
+    session = netopt.measure.OnnxRuntimeCPU(threads=1).session(export_onnx(model, x))
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        assert float(abs(torch.from_numpy(out) - model(x)).max()) <= 1e-4

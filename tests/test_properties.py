@@ -95,7 +95,10 @@ def silence(model: nn.Module, net: Network, kept: dict[str, Tensor]) -> None:
             dropped = sorted(set(range(group.full_width)) - set(keep.tolist()))
             for name in group.producers:
                 layer = model.get_submodule(name)
-                layer.weight[dropped] = 0
+                if isinstance(layer, nn.ConvTranspose2d):  # (in, out, kh, kw): output channels on dim 1
+                    layer.weight[:, dropped] = 0
+                else:
+                    layer.weight[dropped] = 0
                 if layer.bias is not None:
                     layer.bias[dropped] = 0
         readers = {c for gid in kept for c in net.group(gid).consumers}
@@ -107,6 +110,9 @@ def _zero_inputs(layer: nn.Module, net: Network, source: str, kept: dict[str, Te
     layout = net.layout(source)
     alive = set(expand(net, layout, kept).tolist())
     dead = [i for i in range(int(expand(net, layout, {}).numel())) if i not in alive]
+    if isinstance(layer, nn.ConvTranspose2d):  # rows are its input channels (the strategies use groups=1)
+        layer.weight[dead] = 0
+        return
     groups = getattr(layer, "groups", 1)
     per_in, per_out = layer.weight.shape[1], layer.weight.shape[0] // groups
     for i in dead:

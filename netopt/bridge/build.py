@@ -35,7 +35,18 @@ def _linear(net: Network, node: Node, device: Device = None) -> nn.Module:
     return nn.Linear(net.shape(node.inputs[0])[0], net.shape(node.name)[0], bias=node.attrs.bias, device=device)
 
 
-SHELLS: dict[OpKind, Callable[[Network, Node, Device], nn.Module]] = {OpKind.CONV2D: _conv, OpKind.LINEAR: _linear}
+def _conv_transpose(net: Network, node: Node, device: Device = None) -> nn.Module:
+    a = node.attrs
+    return nn.ConvTranspose2d(
+        net.shape(node.inputs[0])[0], net.shape(node.name)[0], a.kernel_size, stride=a.stride, padding=a.padding,
+        output_padding=a.output_padding, groups=net.conv_groups(node.name), bias=a.bias, dilation=a.dilation,
+        device=device,
+    )
+
+
+SHELLS: dict[OpKind, Callable[[Network, Node, Device], nn.Module]] = {
+    OpKind.CONV2D: _conv, OpKind.CONV_TRANSPOSE2D: _conv_transpose, OpKind.LINEAR: _linear,
+}
 """Layers whose random initialization is costly: `make_shell` builds them without storage."""
 
 
@@ -62,6 +73,7 @@ def _plain(factory: Callable[[], nn.Module]) -> LayerFactory:
 
 FACTORIES: dict[OpKind, LayerFactory] = {
     OpKind.CONV2D: _conv,
+    OpKind.CONV_TRANSPOSE2D: _conv_transpose,
     OpKind.LINEAR: _linear,
     OpKind.BATCHNORM: _batchnorm,
     OpKind.RELU: _plain(nn.ReLU),

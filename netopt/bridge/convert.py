@@ -32,6 +32,7 @@ from netopt.ir.ops import (
     AdaptivePoolAttrs,
     BatchNormAttrs,
     Conv2dAttrs,
+    ConvTranspose2dAttrs,
     DropoutAttrs,
     DropPathAttrs,
     EcaAttrs,
@@ -105,6 +106,18 @@ def _conv(node: fx.Node, m: nn.Conv2d) -> Converted:
         bias=m.bias is not None, padding_mode=m.padding_mode,
     )
     return OpKind.CONV2D, attrs, _first(node)
+
+
+def _conv_transpose(node: fx.Node, m: nn.ConvTranspose2d) -> Converted:
+    if len(node.args) > 1 or node.kwargs or m.padding_mode != "zeros" or _channels_last(_first(node)[0]):
+        raise _refuse(node, "ConvTranspose2d called with output_size, or with non-zero padding_mode",
+                      "give output_padding to the module instead")
+    attrs = ConvTranspose2dAttrs(
+        out_channels=m.out_channels, kernel_size=_pair(m.kernel_size), stride=_pair(m.stride),
+        padding=_pair(m.padding), output_padding=_pair(m.output_padding), dilation=_pair(m.dilation),
+        groups=m.groups, bias=m.bias is not None,
+    )
+    return OpKind.CONV_TRANSPOSE2D, attrs, _first(node)
 
 
 def _linear(node: fx.Node, m: nn.Linear) -> Converted:
@@ -242,6 +255,7 @@ def _own(kind: OpKind, attrs: Callable[[Any], Any]) -> Callable[[fx.Node, Any], 
 
 MODULES: dict[type, Callable[[fx.Node, Any], Converted]] = {
     nn.LayerNorm: _layer_norm,
+    nn.ConvTranspose2d: _conv_transpose,
     nn.LeakyReLU: lambda node, m: (OpKind.LEAKY_RELU, LeakyReluAttrs(negative_slope=m.negative_slope), _first(node)),
     nn.Upsample: _upsample,
     nn.UpsamplingNearest2d: _upsample,

@@ -25,10 +25,14 @@ def counting_macs(module: nn.Module, batch: int = 1) -> Iterator[Callable[[], in
         if isinstance(m, nn.Conv2d):
             kh, kw = m.kernel_size
             count += out.numel() // batch * (m.in_channels // m.groups) * kh * kw
+        elif isinstance(m, nn.ConvTranspose2d):  # every input pixel scatters a kernel per output channel
+            kh, kw = m.kernel_size
+            count += inputs[0].numel() // batch * (m.out_channels // m.groups) * kh * kw
         elif isinstance(m, nn.Linear):
             count += out.numel() // batch * m.in_features
 
-    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    layers = nn.Conv2d | nn.ConvTranspose2d | nn.Linear
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, layers)]
     try:
         yield lambda: count
     finally:

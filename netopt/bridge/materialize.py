@@ -40,10 +40,21 @@ def expand(net: Network, layout: Layout, kept: Mapping[str, Tensor]) -> Tensor:
 def group_weights(traced: Traced, gid: str, batchnorms: Mapping[str, list[str]] | None = None) -> GroupWeights:
     """The filters that make group `gid`'s channels and the BN gammas applied to them."""
     info = traced.network.analysis.info[gid]
-    filters = tuple(_module(traced, p).weight for p in info.producers)
+    filters = tuple(_filters(_module(traced, p)) for p in info.producers)
     bns = (batchnorms if batchnorms is not None else _batchnorms(traced.network)).get(gid, ())
     gammas = tuple(w for bn in bns if (w := _module(traced, bn).weight) is not None)
     return GroupWeights(filters, gammas)
+
+
+def _filters(layer: Any) -> Tensor:
+    """The layer's weight with one row per output channel (a transposed conv stores it per input)."""
+    w = layer.weight
+    if not isinstance(layer, nn.ConvTranspose2d):
+        return w  # type: ignore[no-any-return]
+    g = layer.groups
+    c_in, out_per = w.shape[:2]
+    blocks = w.reshape(g, c_in // g, out_per, *w.shape[2:]).transpose(1, 2)
+    return blocks.reshape(g * out_per, c_in // g, *w.shape[2:])
 
 
 def _batchnorms(net: Network) -> dict[str, list[str]]:
@@ -141,7 +152,10 @@ def _sliced(src: Any, net: Network, node: Node, indices: Callable[[Layout], Tens
             tensors["num_batches_tracked"] = src.num_batches_tracked.clone()
     else:
         in_idx = indices(net.layout(node.inputs[0]))
-        weight = _slice_weight(src.weight, out_idx, in_idx, getattr(src, "groups", 1))
+        if node.op is OpKind.CONV_TRANSPOSE2D:  # (in, out/groups, kh, kw): the rows are input channels
+            weight = _slice_transposed(src.weight, out_idx, in_idx, src.groups)
+        else:
+            weight = _slice_weight(src.weight, out_idx, in_idx, getattr(src, "groups", 1))
         tensors = {"weight": weight if weight.dim() == 4 or node.op is not OpKind.CONV2D else weight[:, :, None, None]}
         if getattr(src, "bias", None) is not None:
             tensors["bias"] = src.bias.index_select(0, out_idx)
@@ -165,3 +179,17 @@ def _slice_weight(w: Tensor, out_idx: Tensor, in_idx: Tensor, groups: int) -> Te
         block = o // out_per
         kept_rows.append(row.index_select(0, in_idx[(in_idx // in_per) == block] - block * in_per))
     return torch.stack(kept_rows)
+
+
+def _slice_transposed(w: Tensor, out_idx: Tensor, in_idx: Tensor, groups: int) -> Tensor:
+    """The kept slices of a ConvTranspose2d weight, stored (in, out/groups, kh, kw): rows are input
+    channels, and each block's columns are its output channels."""
+    rows = w.index_select(0, in_idx)
+    if groups == 1:
+        return rows.index_select(1, out_idx)
+    in_per, out_per = w.shape[0] // groups, w.shape[1]
+    kept = []
+    for row, i in zip(rows, in_idx.tolist(), strict=True):
+        block = i // in_per
+        kept.append(row.index_select(0, out_idx[(out_idx // out_per) == block] - block * out_per))
+    return torch.stack(kept)

@@ -18,6 +18,7 @@ from netopt.ir.ops import (
     AdaptivePoolAttrs,
     BatchNormAttrs,
     Conv2dAttrs,
+    ConvTranspose2dAttrs,
     DropoutAttrs,
     DropPathAttrs,
     EcaAttrs,
@@ -66,6 +67,13 @@ class Builder:
         attrs = Conv2dAttrs(out_channels=out, kernel_size=k, stride=_pair(stride), padding=pad,
                             groups=groups, bias=bias)
         return self.add(OpKind.CONV2D, [x], attrs)
+
+    def conv_transpose(self, x: str, out: int, kernel: int = 2, *, stride: int = 2, padding: int = 0,
+                       output_padding: int = 0, groups: int = 1, bias: bool = False) -> str:
+        attrs = ConvTranspose2dAttrs(out_channels=out, kernel_size=_pair(kernel), stride=_pair(stride),
+                                     padding=_pair(padding), output_padding=_pair(output_padding), groups=groups,
+                                     bias=bias)
+        return self.add(OpKind.CONV_TRANSPOSE2D, [x], attrs)
 
     def linear(self, x: str, out: int, *, bias: bool = True) -> str:
         return self.add(OpKind.LINEAR, [x], LinearAttrs(out_features=out, bias=bias))

@@ -16,6 +16,7 @@ from netopt.ir.ops import (
     ALIASING,
     BatchNormAttrs,
     Conv2dAttrs,
+    ConvTranspose2dAttrs,
     EcaAttrs,
     LayerNormAttrs,
     LinearAttrs,
@@ -33,6 +34,10 @@ def layer_macs(net: Network, node: Node) -> int:
         c_in = net.shape(node.inputs[0])[0]
         kh, kw = node.attrs.kernel_size
         return c_out * h * w * (c_in // net.conv_groups(node.name)) * kh * kw
+    if isinstance(node.attrs, ConvTranspose2dAttrs):  # every input pixel scatters a kernel per output channel
+        c_in, h, w = net.shape(node.inputs[0])
+        kh, kw = node.attrs.kernel_size
+        return c_in * h * w * (net.shape(node.name)[0] // net.conv_groups(node.name)) * kh * kw
     if isinstance(node.attrs, LinearAttrs):
         return net.shape(node.inputs[0])[0] * net.shape(node.name)[0]
     if isinstance(node.attrs, OpaqueAttrs):
@@ -43,7 +48,7 @@ def layer_macs(net: Network, node: Node) -> int:
 def layer_params(net: Network, node: Node) -> int:
     """Trainable parameters of one node at the network's current widths."""
     attrs = node.attrs
-    if isinstance(attrs, Conv2dAttrs):
+    if isinstance(attrs, Conv2dAttrs | ConvTranspose2dAttrs):
         c_out = net.shape(node.name)[0]
         c_in = net.shape(node.inputs[0])[0]
         kh, kw = attrs.kernel_size

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from netopt.errors import IRError
-from netopt.ir.ops import RULES, Conv2dAttrs, LinearAttrs, OpaqueAttrs, SliceAttrs, Spatial
+from netopt.ir.ops import RULES, Conv2dAttrs, ConvTranspose2dAttrs, LinearAttrs, OpaqueAttrs, SliceAttrs, Spatial
 
 if TYPE_CHECKING:
     from netopt.ir.network import Node
@@ -159,7 +159,7 @@ class _Walker:
         if isinstance(attrs, LinearAttrs):
             self._consume(node.name, ins[0])
             return self._new_group(node.name, attrs.out_features)
-        assert isinstance(attrs, Conv2dAttrs)
+        assert isinstance(attrs, Conv2dAttrs | ConvTranspose2dAttrs)
         c_in = self.full_channels(ins[0])
         g = attrs.groups
         if c_in % g or attrs.out_channels % g:

@@ -15,7 +15,7 @@ from typing import Any
 
 from netopt.errors import FormatError, IRError, LintError, WidthError
 from netopt.ir.groups import INPUT, Analysis, ChannelGroup, Layout, analyze
-from netopt.ir.ops import RULES, Conv2dAttrs, OpKind, ScalarAttrs, attrs_from_dict
+from netopt.ir.ops import CONVOLUTIONS, RULES, Conv2dAttrs, ConvTranspose2dAttrs, OpKind, ScalarAttrs, attrs_from_dict
 
 __all__ = ["Node", "Network", "FORMAT", "FORMAT_VERSION"]
 
@@ -196,7 +196,7 @@ class Network:
     def conv_groups(self, name: str) -> int:
         """The `groups` a conv node has at the current widths (depthwise follows its input)."""
         node = self.node(name)
-        assert isinstance(node.attrs, Conv2dAttrs)
+        assert isinstance(node.attrs, Conv2dAttrs | ConvTranspose2dAttrs)
         c_in_full = self.analysis.channels(self.layout(node.inputs[0]), {})
         if node.attrs.groups == c_in_full and node.attrs.groups > 1:
             return self.shape(node.inputs[0])[0]
@@ -273,7 +273,7 @@ class Network:
             shape = self.shape(node.name)
             if any(d <= 0 for d in shape):
                 problems.append(f"node {node.name!r} has output shape {shape}; every size must be > 0")
-            if node.op is OpKind.CONV2D:
+            if node.op in CONVOLUTIONS:
                 g, c_in = self.conv_groups(node.name), self.shape(node.inputs[0])[0]
                 if c_in % g or shape[0] % g:
                     problems.append(

@@ -21,6 +21,9 @@ __all__ = [
     "OpRule",
     "RULES",
     "Conv2dAttrs",
+    "ConvTranspose2dAttrs",
+    "CONVOLUTIONS",
+    "MAC_OPS",
     "LinearAttrs",
     "BatchNormAttrs",
     "PoolAttrs",
@@ -51,6 +54,7 @@ class OpKind(StrEnum):
     """Every operation the IR can describe. Anything else is traced as OPAQUE or refused."""
 
     CONV2D = "conv2d"
+    CONV_TRANSPOSE2D = "conv_transpose2d"
     LINEAR = "linear"
     BATCHNORM = "batchnorm"
     RELU = "relu"
@@ -116,6 +120,20 @@ class Conv2dAttrs:
     groups: int = 1
     bias: bool = False
     padding_mode: str = "zeros"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConvTranspose2dAttrs:
+    """nn.ConvTranspose2d at full width (upsampling decoders); `groups` as for Conv2d."""
+
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    output_padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    bias: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -293,6 +311,15 @@ def _conv_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
     )
 
 
+def _conv_transpose_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
+    hw = _need_map(name, spatial)
+    return tuple(
+        (hw[i] - 1) * attrs.stride[i] - 2 * attrs.padding[i] + attrs.dilation[i] * (attrs.kernel_size[i] - 1)
+        + attrs.output_padding[i] + 1
+        for i in range(2)
+    )
+
+
 def _pool_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
     hw = _need_map(name, spatial)
     return tuple(
@@ -393,6 +420,7 @@ _ACT = OpRule(NoAttrs, Role.FOLLOW, _same_spatial)
 
 RULES: dict[OpKind, OpRule] = {
     OpKind.CONV2D: OpRule(Conv2dAttrs, Role.PRODUCE, _conv_spatial),
+    OpKind.CONV_TRANSPOSE2D: OpRule(ConvTranspose2dAttrs, Role.PRODUCE, _conv_transpose_spatial),
     OpKind.LINEAR: OpRule(LinearAttrs, Role.PRODUCE, _linear_spatial),
     OpKind.BATCHNORM: OpRule(BatchNormAttrs, Role.FOLLOW, _same_spatial),
     OpKind.RELU: _ACT,
@@ -424,6 +452,12 @@ RULES: dict[OpKind, OpRule] = {
     OpKind.CHANNEL_SHUFFLE: OpRule(ShuffleAttrs, Role.SHUFFLE, _same_spatial),
     OpKind.ECA: OpRule(EcaAttrs, Role.FOLLOW, _same_spatial),
 }
+
+CONVOLUTIONS: frozenset[OpKind] = frozenset({OpKind.CONV2D, OpKind.CONV_TRANSPOSE2D})
+"""Ops with `groups`: grouped, depthwise or dense."""
+
+MAC_OPS: frozenset[OpKind] = CONVOLUTIONS | {OpKind.LINEAR}
+"""The CONV and FC layers whose multiply-accumulates the paper counts."""
 
 ALIASING: frozenset[OpKind] = frozenset({OpKind.IDENTITY, OpKind.DROPOUT, OpKind.FLATTEN, OpKind.DROPPATH})
 """Ops whose output is a view of their input at inference: no new activation memory."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from netopt.bridge.build import make_layer
-from netopt.ir import Network
-from netopt.lut.units import Unit
+from netopt.bridge.build import FACTORIES, make_layer
+from netopt.ir import Network, OpKind
+from netopt.lut.units import FREE, Unit
 
 __all__ = ["unit_module", "overhead_module"]
 
@@ -28,6 +28,11 @@ class UnitModule(nn.Module):
         for layer in self.layers[1:]:
             y = layer(y)
         return y
+
+
+def unmeasurable_ops() -> list[OpKind]:
+    """Op kinds a unit could contain that no layer factory builds (must be empty)."""
+    return [k for k in OpKind if k not in FACTORIES and k not in FREE and k is not OpKind.OPAQUE]
 
 
 def unit_module(net: Network, unit: Unit) -> tuple[nn.Module, Tensor]:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from netopt.errors import LookupTableError
 from netopt.ir import Network
-from netopt.lut.probe import overhead_module, unit_module
+from netopt.lut.probe import overhead_module, unit_module, unmeasurable_ops
 from netopt.lut.store import Calibration, Store
 from netopt.lut.units import Unit, units
 from netopt.measure.base import Backend, Fingerprint, Measurement, NoisyMeasurementWarning, steady
@@ -49,6 +49,12 @@ class LookupTable:
     """Costs of network units on one backend, filled lazily or prebuilt, kept in SQLite."""
 
     def __init__(self, store: Store, backend: Backend, wait_timeout: float = 600.0) -> None:
+        missing = unmeasurable_ops()
+        if missing:
+            raise LookupTableError(
+                f"the lookup table cannot measure op kinds {[k.value for k in missing]}: each needs a builder in "
+                "netopt/bridge/build.py FACTORIES (or a place in lut/units.FREE if it costs nothing)"
+            )
         self.store = store
         self.backend = backend
         self.unit = backend.unit

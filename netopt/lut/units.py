@@ -14,6 +14,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from netopt.ir import INPUT, Network, Node, OpKind
+from netopt.ir.ops import CONVOLUTIONS
 
 __all__ = ["Unit", "units", "FUSABLE"]
 
@@ -91,7 +92,7 @@ def units(net: Network) -> list[Unit]:
                 break
             chain.append(nxt)
             absorbed.add(nxt.name)
-        groups = net.conv_groups(node.name) if node.op is OpKind.CONV2D else 1
+        groups = net.conv_groups(node.name) if node.op in CONVOLUTIONS else 1
         shapes = tuple(net.shape(i) for i in node.inputs)
         out.append(Unit(tuple(chain), shapes, net.shape(chain[-1].name), groups))
     return out

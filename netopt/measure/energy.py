@@ -55,7 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from netopt.errors import MeasurementError
 from netopt.ir import INPUT, Network, Node, OpKind, layer_macs, layer_params
-from netopt.ir.ops import ALIASING, OpaqueAttrs, PoolAttrs, ScalarAttrs, UpsampleAttrs
+from netopt.ir.ops import ALIASING, MAC_OPS, OpaqueAttrs, PoolAttrs, ScalarAttrs, UpsampleAttrs
 from netopt.measure.base import Backend, Fingerprint, Measurement, MeasureSettings, settings_from, summarize
 from netopt.measure.onnxrt import OnnxRuntimeCPU, export_onnx
 
@@ -214,7 +214,7 @@ _VECTOR_OPS: dict[OpKind, Callable[[Network, Node], int]] = {
 }
 """MAC-equivalent operations of each vector op (views, CONV/FC and opaque are costed apart)."""
 
-_COSTED_APART = frozenset({OpKind.CONV2D, OpKind.LINEAR, OpKind.OPAQUE}) | ALIASING
+_COSTED_APART = MAC_OPS | {OpKind.OPAQUE} | ALIASING
 
 
 def uncosted_ops() -> list[OpKind]:
@@ -236,7 +236,7 @@ def _folds(net: Network, node: Node, readers: Mapping[str, int]) -> bool:
     if node.op is not OpKind.BATCHNORM or node.inputs[0] == INPUT:
         return False
     producer = net.node(node.inputs[0]).op
-    return producer in (OpKind.CONV2D, OpKind.LINEAR) and readers[node.inputs[0]] == 1
+    return producer in MAC_OPS and readers[node.inputs[0]] == 1
 
 
 def _owners(net: Network, fold_bn: bool) -> dict[str, str]:
@@ -295,7 +295,7 @@ def _activation_dram(net: Network, node: Node, plan: _Plan) -> float:
 def _accesses(net: Network, node: Node, plan: _Plan, acc: Accelerator) -> Accesses:
     if plan.owner[node.name] != node.name:
         return Accesses()  # a view or a folded BatchNorm: its producer did the work
-    if node.op in (OpKind.CONV2D, OpKind.LINEAR):
+    if node.op in MAC_OPS:
         core = _mac_layer(net, node, acc)
     elif node.op is OpKind.OPAQUE:
         core = _opaque(net, node)

@@ -162,25 +162,31 @@ def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class UNet(nn.Module):
-    """A U-Net decoder on a timm encoder: upsample, concatenate the skip, two convs, per level."""
+    """A U-Net decoder on a timm encoder: upsample (bilinear, or a learned 2x2 transposed conv as
+    in the original U-Net), concatenate the skip, two convs, per level."""
 
-    def __init__(self, encoder: str = "resnet18", classes: int = 2) -> None:
+    def __init__(self, encoder: str = "resnet18", classes: int = 2, transposed: bool = False) -> None:
         super().__init__()
         self.encoder = import_timm().create_model(encoder, features_only=True, pretrained=False)
         chans = self.encoder.feature_info.channels()
-        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        ups: list[nn.Module] = []
         blocks, c = [], chans[-1]
         for skip in reversed(chans[:-1]):
-            blocks.append(nn.Sequential(_conv_bn_relu(c + skip, skip), _conv_bn_relu(skip, skip)))
+            up = nn.ConvTranspose2d(c, c // 2, 2, stride=2) if transposed else \
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+            ups.append(up)
+            c_up = c // 2 if transposed else c
+            blocks.append(nn.Sequential(_conv_bn_relu(c_up + skip, skip), _conv_bn_relu(skip, skip)))
             c = skip
+        self.ups = nn.ModuleList(ups)
         self.decoder = nn.ModuleList(blocks)
         self.head = nn.Conv2d(c, classes, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         feats = self.encoder(x)
         y = feats[-1]
-        for block, skip in zip(self.decoder, reversed(feats[:-1]), strict=True):
-            y = block(torch.cat([self.up(y), skip], dim=1))
+        for up, block, skip in zip(self.ups, self.decoder, reversed(feats[:-1]), strict=True):
+            y = block(torch.cat([up(y), skip], dim=1))
         return self.head(y)  # type: ignore[no-any-return]
 
 
@@ -211,6 +217,7 @@ def _segmentation(name: str) -> Callable[[], nn.Module]:
 
 DENSE: tuple[Arch, ...] = (
     Arch("netopt", "unet_resnet18", "U-Net (timm encoder)", 256),
+    Arch("netopt", "unet_convtranspose_resnet18", "U-Net (transposed convs, timm encoder)", 256),
     Arch("netopt", "fpn_mobilenetv3", "FPN (torchvision FPN on a timm encoder)", 256),
     _tv("deeplabv3_mobilenet_v3_large", "DeepLabV3", 256),
     _tv("lraspp_mobilenet_v3_large", "LR-ASPP", 256),
@@ -221,6 +228,7 @@ ARCHITECTURES: tuple[Arch, ...] = CLASSIFICATION + DENSE
 
 _DENSE_BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "unet_resnet18": UNet,
+    "unet_convtranspose_resnet18": lambda: UNet(transposed=True),
     "fpn_mobilenetv3": FPN,
     "deeplabv3_mobilenet_v3_large": _segmentation("deeplabv3_mobilenet_v3_large"),
     "lraspp_mobilenet_v3_large": _segmentation("lraspp_mobilenet_v3_large"),

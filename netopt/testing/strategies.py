@@ -38,7 +38,7 @@ ACTIVATIONS = (OpKind.RELU, OpKind.RELU6, OpKind.HARDSWISH, OpKind.HARDSIGMOID,
                OpKind.SILU, OpKind.SIGMOID, OpKind.GELU, OpKind.LEAKY_RELU)
 
 BLOCKS = ("conv", "dwsep", "residual", "inverted", "se", "concat", "grouped", "pool",
-          "convnext", "split", "resize", "shuffle", "eca")
+          "convnext", "split", "resize", "shuffle", "eca", "decoder")
 
 CHANNEL_MIXING = ("convnext", "eca")
 """Blocks whose ops mix channels without weights (LayerNorm statistics, ECA's filter across
@@ -130,11 +130,19 @@ def _shuffle(draw: Draw, b: Builder, x: str, c: int) -> str:
     return b.shuffle(both, 2)
 
 
+def _decoder(draw: Draw, b: Builder, x: str, c: int) -> str:
+    """A U-Net decoder step: a transposed conv doubles the size, a stride-2 conv halves it again."""
+    k = draw(st.sampled_from((2, 3)))
+    y = b.conv_transpose(x, draw(_channels), k, stride=2, padding=k - 2, output_padding=k - 2, bias=True)
+    return _conv_bn_act(draw, b, _act(draw, b, b.bn(y)), draw(_channels), 3, stride=2)
+
+
 def _eca(draw: Draw, b: Builder, x: str, c: int) -> str:
     return b.eca(_conv_bn_act(draw, b, x, draw(_channels), 3), draw(st.sampled_from((3, 5))))
 
 
-_NEWER = {"convnext": _convnext, "split": _split, "resize": _resize, "shuffle": _shuffle, "eca": _eca}
+_NEWER = {"convnext": _convnext, "split": _split, "resize": _resize, "shuffle": _shuffle, "eca": _eca,
+          "decoder": _decoder}
 
 
 @st.composite
