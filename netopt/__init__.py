@@ -80,9 +80,16 @@ _LAZY = {
 }
 
 
+SUBPACKAGES = frozenset({
+    "ir", "bridge", "measure", "lut", "constraints", "objectives", "strategies", "runs", "report", "testing", "zoo",
+    "data", "compare", "errors",
+})
+"""Reachable as attributes after a bare `import netopt` (`netopt.measure.OnnxRuntimeCPU`), loaded on first use."""
+
+
 def __getattr__(name: str) -> Any:
-    if name == "data":
-        return import_module("netopt.data")
+    if name in SUBPACKAGES:
+        return import_module(f"netopt.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'netopt' has no attribute {name!r}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, fx, nn
@@ -19,8 +19,18 @@ from netopt.bridge.select import FilterSelector, GroupWeights, L2Magnitude, top_
 from netopt.errors import MaterializeError
 from netopt.ir import Layout, Network, Node, OpKind
 
-if TYPE_CHECKING:
-    from netopt.bridge.trace import Traced
+
+class TracedLike(Protocol):
+    """What materializing reads of a traced model (`netopt.bridge.Traced` is one)."""
+
+    @property
+    def network(self) -> Network: ...
+    @property
+    def module(self) -> nn.Module: ...
+    @property
+    def binding(self) -> Mapping[str, str]: ...
+    @property
+    def opaque(self) -> Mapping[str, nn.Module]: ...
 
 __all__ = ["materialize", "kept_channels", "expand"]
 
@@ -37,7 +47,7 @@ def expand(net: Network, layout: Layout, kept: Mapping[str, Tensor]) -> Tensor:
     return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)
 
 
-def group_weights(traced: Traced, gid: str, batchnorms: Mapping[str, list[str]] | None = None) -> GroupWeights:
+def group_weights(traced: TracedLike, gid: str, batchnorms: Mapping[str, list[str]] | None = None) -> GroupWeights:
     """The filters that make group `gid`'s channels and the BN gammas applied to them."""
     info = traced.network.analysis.info[gid]
     filters = tuple(_filters(_module(traced, p)) for p in info.producers)
@@ -67,7 +77,7 @@ def _batchnorms(net: Network) -> dict[str, list[str]]:
     return by_group
 
 
-def kept_channels(traced: Traced, network: Network, selector: FilterSelector | None = None) -> dict[str, Tensor]:
+def kept_channels(traced: TracedLike, network: Network, selector: FilterSelector | None = None) -> dict[str, Tensor]:
     """For each group narrower than full width, the original indices of its kept channels."""
     selector = selector or L2Magnitude()
     kept = {}
@@ -85,7 +95,7 @@ def kept_channels(traced: Traced, network: Network, selector: FilterSelector | N
     return kept
 
 
-def materialize(traced: Traced, network: Network, selector: FilterSelector | None = None) -> fx.GraphModule:
+def materialize(traced: TracedLike, network: Network, selector: FilterSelector | None = None) -> fx.GraphModule:
     """Build `network` as torch layers holding the kept slices of the traced weights."""
     if network.nodes != traced.network.nodes or network.input_shape != traced.network.input_shape:
         raise MaterializeError(
@@ -110,12 +120,12 @@ def materialize(traced: Traced, network: Network, selector: FilterSelector | Non
     return module.train(traced.module.training)
 
 
-def _module(traced: Traced, name: str) -> Any:
+def _module(traced: TracedLike, name: str) -> Any:
     """The traced submodule bound to IR node `name` (a layer with weight/bias attributes)."""
     return traced.module.get_submodule(traced.binding[name])
 
 
-def _source(traced: Traced, node: Node) -> Any:
+def _source(traced: TracedLike, node: Node) -> Any:
     """What holds the node's weights: its module, or (SCALE) a module with the one parameter."""
     path = traced.binding[node.name]
     parent, _, attr = path.rpartition(".")

@@ -20,8 +20,7 @@ import operator
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -42,42 +41,15 @@ from netopt.bridge.convert import (
     shuffle_stage,
 )
 from netopt.bridge.count import counting_macs
+from netopt.bridge.traced import Traced
 from netopt.errors import IRError, NetoptError, TraceError, UnsupportedOpError, first_line
 from netopt.ir import INPUT, Network, Node, OpKind
 from netopt.ir import params as netopt_params
 from netopt.ir.ops import OpaqueAttrs
 
-if TYPE_CHECKING:
-    from netopt.bridge.select import FilterSelector
-
-__all__ = ["OpaqueWarning", "Traced", "trace"]
+__all__ = ["OpaqueWarning", "Traced", "trace"]  # Traced is defined in traced.py
 
 Opaque = str | type[nn.Module]
-
-
-@dataclass(frozen=True)
-class Traced:
-    """A torch model and its IR: `network` at full width, bound to `module`'s weights.
-
-    `binding` maps IR node names to the qualified names of the submodules that hold their
-    parameters. Materializing reads the module's weights as they are at that moment.
-    """
-
-    network: Network
-    module: nn.Module
-    binding: Mapping[str, str]
-    example_shape: tuple[int, ...]
-    opaque: Mapping[str, nn.Module] = field(default_factory=dict)
-
-    def materialize(self, network: Network | None = None, selector: FilterSelector | None = None) -> fx.GraphModule:
-        """A physically smaller torch module for `network`, keeping the selected filters."""
-        from netopt.bridge.materialize import materialize
-
-        return materialize(self, network if network is not None else self.network, selector)
-
-    def example_input(self) -> torch.Tensor:
-        """A random tensor of the example input's shape (for export and measurement)."""
-        return torch.randn(self.example_shape)
 
 
 VALUE = "netopt_value"

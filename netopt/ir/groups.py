@@ -18,7 +18,7 @@ from netopt.errors import IRError
 from netopt.ir.ops import RULES, Conv2dAttrs, ConvTranspose2dAttrs, LinearAttrs, OpaqueAttrs, SliceAttrs, Spatial
 
 if TYPE_CHECKING:
-    from netopt.ir.network import Node
+    from netopt.ir.node import Node
 
 __all__ = ["Segment", "Layout", "ChannelGroup", "Analysis", "analyze", "INPUT"]
 

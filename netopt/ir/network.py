@@ -15,6 +15,7 @@ from typing import Any
 
 from netopt.errors import FormatError, IRError, LintError, WidthError
 from netopt.ir.groups import INPUT, Analysis, ChannelGroup, Layout, analyze
+from netopt.ir.node import Node
 from netopt.ir.ops import CONVOLUTIONS, RULES, Conv2dAttrs, ConvTranspose2dAttrs, OpKind, ScalarAttrs, attrs_from_dict
 
 __all__ = ["Node", "Network", "FORMAT", "FORMAT_VERSION"]
@@ -23,22 +24,6 @@ FORMAT = "netopt.ir.network"
 FORMAT_VERSION = 1
 
 Shape = tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Node:
-    """One operation: its unique name, kind, the names of its tensor inputs, its attributes."""
-
-    name: str
-    op: OpKind
-    inputs: tuple[str, ...]
-    attrs: Any = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "op", OpKind(self.op))
-        object.__setattr__(self, "inputs", tuple(self.inputs))
-        if self.attrs is None:
-            object.__setattr__(self, "attrs", RULES[self.op].attrs())
 
 
 class _Shared:

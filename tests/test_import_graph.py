@@ -1,0 +1,38 @@
+"""netopt's own import graph has no cycles, and every public subpackage loads with `import netopt`.
+
+Every import between netopt's modules counts, including those under `TYPE_CHECKING` and those
+inside functions: a cycle hidden in a function is still two modules that cannot be read (or
+split) one without the other. A package and its own submodules are not a cycle (a package's
+`__init__` re-exports what its submodules define). The same listing is a command anyone can
+run: `python -m netopt.testing.imports` prints every module's imports of netopt.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from netopt.testing.imports import cycles, import_graph
+
+
+def test_the_module_graph_has_no_cycle() -> None:
+    graph = import_graph()
+    assert "netopt.ir.network" in graph and "netopt.bridge.trace" in graph
+    assert cycles(graph) == []
+
+
+def test_a_cycle_is_found_when_there_is_one() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+
+
+PUBLIC = ["measure.OnnxRuntimeCPU", "measure.EnergyModel", "ir.Network", "bridge.build", "lut.LookupTable",
+          "constraints.LatencyConstraint", "objectives.Accuracy", "strategies.ProgressiveBarrier",
+          "testing.strategies.networks", "testing.peers.ARCHITECTURES", "data.Splits", "zoo.MobileNetV2", "runs.RunDir"]
+
+
+def test_every_public_subpackage_is_reachable_after_a_bare_import() -> None:
+    """In a fresh interpreter, so that nothing another test imported hides a missing load."""
+    code = "import netopt\n" + "".join(f"netopt.{name}\n" for name in PUBLIC)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr.strip().splitlines()[-1:]
