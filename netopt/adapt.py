@@ -19,6 +19,7 @@ from netopt.constraints import (
     ParamsConstraint,
     ReductionSchedule,
 )
+from netopt.measure.base import MeasuringEstimator
 from netopt.strategies import Problem, ProgressiveBarrier, RandomSearch, Result, Strategy, UniformWidth
 
 if TYPE_CHECKING:
@@ -88,10 +89,9 @@ def measure_family(problem: Problem, result: Result) -> None:
     """Measure every family member end to end, side by side, on each lookup table's backend,
     so the summary shows each iteration's measured figure beside its estimate."""
     for c in problem.constraints:
-        table = getattr(c.estimator, "measure_networks", None)
-        if table is None:
+        if not isinstance(c.estimator, MeasuringEstimator):
             continue
-        measured = table(problem.traced, [m.network for m in result.family])
+        measured = c.estimator.measure_networks(problem.traced, [m.network for m in result.family])
         for member, m in zip(result.family, measured, strict=True):
             member.measured[c.resource] = m.median
 

@@ -31,6 +31,7 @@ from typing import Any
 from netopt.constraints.amount import parse_amount
 from netopt.errors import InfeasibleError, first_line
 from netopt.ir import Network, macs, params
+from netopt.measure.base import MeasuringEstimator
 from netopt.measure.energy import EnergyModel
 from netopt.measure.memory import MemoryModel
 from netopt.runs.files import write_atomic, write_json
@@ -238,13 +239,13 @@ def _load_row(folder: Path) -> Row | None:
 
 def _measure_side_by_side(problem: Problem, rows: list[Row]) -> None:
     """Measure the finals of one budget (and the start, for speed-ups) in interleaved rounds."""
-    table = getattr(problem.constraints[0].estimator, "measure_networks", None)
+    table = problem.constraints[0].estimator
     done = [r for r in rows if not r.error]
-    if table is None or not done:
+    if not isinstance(table, MeasuringEstimator) or not done:
         return
     start = problem.traced.network
     nets = [start, *(start.with_widths(r.widths) for r in done)]
-    measured = table(problem.traced, nets)
+    measured = table.measure_networks(problem.traced, nets)
     resource = problem.constraints[0].resource
     for row, m in zip(done, measured[1:], strict=True):
         row.measured[resource] = m.median

@@ -57,6 +57,11 @@ def test_zero_compute_budget_is_refused() -> None:
         RandomSearch(trials=0)
 
 
+def test_a_bad_batch_size_is_refused_naming_it() -> None:
+    with pytest.raises(ConfigError, match=r"batch_size=0 must be an integer >= 1"):
+        RandomSearch(batch_size=0)
+
+
 def test_random_search_gives_up_clearly_when_nothing_random_fits() -> None:
     floor = MACsConstraint("100%").estimate(smallest(fixed_net()))
     problem = problem_for(fixed_net(), f"{100 * floor / MACsConstraint('100%').estimate(fixed_net()) + 0.01}%",
@@ -69,7 +74,7 @@ def test_a_process_pool_gives_the_serial_result() -> None:
     problem = problem_for(fixed_net(), "40%", "90%")
     serial = RandomSearch(trials=4, seed=2, **STEPS).run(problem)
     with ProcessPoolExecutor(2) as pool:
-        pooled = RandomSearch(trials=4, seed=2, executor=pool, **STEPS).run(problem)
+        pooled = RandomSearch(trials=4, seed=2, executor=pool, batch_size=2, **STEPS).run(problem)
     assert [p.to_dict() for p in pooled.history] == [p.to_dict() for p in serial.history]
     assert pooled.final.network == serial.final.network
 

@@ -33,6 +33,9 @@ from netopt.lut.units import Unit, units
 from netopt.measure.base import Backend, Fingerprint, Measurement, NoisyMeasurementWarning, steady
 
 if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
     from netopt.bridge import Traced
 
 __all__ = ["LookupTable", "structure_key", "random_variants"]
@@ -191,6 +194,10 @@ class LookupTable:
         raw = self.layer_sum(net)
         cal = self.calibration(net)
         return raw if cal is None else cal.apply(raw)
+
+    def measure_module(self, module: nn.Module, example_input: torch.Tensor) -> Measurement:
+        """One end-to-end measurement of `module` on this table's backend (MeasuringEstimator)."""
+        return self.backend.measure(module, example_input)
 
     def measure_networks(self, traced: Traced, nets: Sequence[Network], passes: int = 2) -> list[Measurement]:
         """End-to-end measurements of `nets`, materialized from `traced`.

@@ -9,7 +9,15 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from netopt.measure.base import Backend, Estimator, Fingerprint, Measurement, MeasureSettings, NoisyMeasurementWarning
+from netopt.measure.base import (
+    Backend,
+    Estimator,
+    Fingerprint,
+    Measurement,
+    MeasureSettings,
+    MeasuringEstimator,
+    NoisyMeasurementWarning,
+)
 
 if TYPE_CHECKING:
     from netopt.measure.eager import TorchEager
@@ -22,6 +30,7 @@ __all__ = [
     "Backend",
     "EnergyModel",
     "Estimator",
+    "MeasuringEstimator",
     "Fingerprint",
     "MeasureSettings",
     "Measurement",

@@ -24,11 +24,13 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from netopt.bridge import Traced
     from netopt.ir import Network
 
 __all__ = [
     "Backend",
     "Estimator",
+    "MeasuringEstimator",
     "Fingerprint",
     "MeasureSettings",
     "Measurement",
@@ -198,4 +200,21 @@ class Estimator(Protocol):
 
     def estimate(self, network: Network) -> float:
         """The network's cost in `unit`, at its current widths."""
+        ...
+
+
+@runtime_checkable
+class MeasuringEstimator(Estimator, Protocol):
+    """An estimator that can also measure whole networks end to end (a lookup table, on its
+    backend): budgets and results are then checked by measurement, not only by estimate."""
+
+    measure_seconds: float
+    """Wall time this estimator has spent measuring (the rest of a search is other work)."""
+
+    def measure_module(self, module: nn.Module, example_input: torch.Tensor) -> Measurement:
+        """One end-to-end measurement of `module`."""
+        ...
+
+    def measure_networks(self, traced: Traced, nets: Sequence[Network], passes: int = 2) -> list[Measurement]:
+        """End-to-end measurements of `nets` materialized from `traced`, side by side."""
         ...

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from netopt.constraints import Bound
+from netopt.measure.base import MeasuringEstimator
 from netopt.strategies.base import Candidate, Problem
 
 if TYPE_CHECKING:
@@ -62,12 +63,8 @@ def seed_for(seed: int, *parts: object) -> int:
 
 def measure(bounds: Sequence[Bound], module: nn.Module, x: torch.Tensor) -> dict[str, float]:
     """End-to-end figures from every constraint whose estimator can measure (a lookup table's backend)."""
-    measured = {}
-    for b in bounds:
-        backend = getattr(b.constraint.estimator, "backend", None)
-        if backend is not None:
-            measured[b.resource] = backend.measure(module, x).median
-    return measured
+    return {b.resource: b.constraint.estimator.measure_module(module, x).median
+            for b in bounds if isinstance(b.constraint.estimator, MeasuringEstimator)}
 
 
 class Clock:
@@ -77,7 +74,7 @@ class Clock:
         self.started = time.perf_counter()
         self.objective = 0.0
         self.measured = 0.0
-        self.tables = [e for b in bounds if hasattr(e := b.constraint.estimator, "measure_seconds")]
+        self.tables = [e for b in bounds if isinstance(e := b.constraint.estimator, MeasuringEstimator)]
         self.table_start = sum(t.measure_seconds for t in self.tables)
 
     def timings(self) -> dict[str, float]:

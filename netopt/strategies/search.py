@@ -287,10 +287,14 @@ class RandomSearch(WidthSearch):
 
     def __init__(self, *, trials: int = 20, short_term_steps: int = 100, long_term_steps: int = 1000, seed: int = 0,
                  executor: Executor | None = None, progress: bool | None = None,
-                 max_rejections: int = 1000) -> None:
+                 max_rejections: int = 1000, batch_size: int = 1) -> None:
         super().__init__(trials=trials, short_term_steps=short_term_steps, long_term_steps=long_term_steps,
                          seed=seed, executor=executor, progress=progress)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"{self.name}: batch_size={batch_size!r} must be an integer >= 1 (feasible assignments "
+                              "handed to the executor at once: its worker count, to use them all)")
         self.max_rejections = max_rejections
+        self.batch_size = batch_size  # does not change the result: samples do not depend on scores
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "max_rejections": self.max_rejections}
@@ -303,7 +307,7 @@ class RandomSearch(WidthSearch):
             else:
                 rejected += 1
             batch.append(widths)
-            full = feasible == _batch_size(self.executor) or len(trials.scored) + feasible == self.trials
+            full = feasible == self.batch_size or len(trials.scored) + feasible == self.trials
             if full or rejected > self.max_rejections:
                 trials.evaluate(batch)
                 batch, feasible = [], 0
@@ -317,8 +321,4 @@ class RandomSearch(WidthSearch):
             yield {g.id: int(rng.choice(g.valid_widths())) for g in net.groups}
 
 
-def _batch_size(executor: Executor | None) -> int:
-    """How many proposals to hand an executor at once: its worker count, or 1 when serial."""
-    workers = getattr(executor, "_max_workers", None)
-    return max(1, int(workers)) if workers else 1
 
