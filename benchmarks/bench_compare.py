@@ -58,9 +58,9 @@ import torch_pruning as tp
 from tables import table
 from torch import nn
 
-from netopt.adapt import build_problem, strategy_makers
+from netopt.app.config import STRATEGIES, CompareConfig, CompareSection, ConstraintConfig, LutConfig, TrainingConfig
+from netopt.app.factory import build_problem, strategy_makers
 from netopt.compare import Comparison, Row, compare, with_budget
-from netopt.config import STRATEGIES, CompareConfig, CompareSection, ConstraintConfig, LutConfig, TrainingConfig
 from netopt.constraints import Bound
 from netopt.ir import Network, macs, params
 from netopt.lut import LookupTable
@@ -120,7 +120,7 @@ class Timed(Strategy):
 
 
 def makers(config: CompareConfig) -> dict[str, Callable[[int | None], Strategy]]:
-    """`netopt.adapt.strategy_makers`, with ProgressiveBarrier's timings kept."""
+    """`netopt.app.factory.strategy_makers`, with ProgressiveBarrier's timings kept."""
     out = strategy_makers(config)
     if PB in out:
         make = out[PB]

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import netopt
-from netopt.adapt import summary
+from netopt.app.reports import summary
 from netopt.measure import EnergyModel, OnnxRuntimeCPU
 from netopt.report import plot_family, plot_widths
 from netopt.zoo.pretrained import pretrained_mnist

@@ -86,11 +86,12 @@ def lut_command(args: argparse.Namespace) -> int:
 
 def adapt_command(args: argparse.Namespace) -> int:
     """Adapt the network the config describes; resume with --resume."""
-    from netopt.adapt import adapt, summary
-    from netopt.config import AdaptConfig, load_config
+    from netopt.app.config import AdaptConfig, load_config
+    from netopt.app.jobs import adapt_job
+    from netopt.app.reports import summary
 
     config = load_config(args.config) if args.config else AdaptConfig()
-    result = adapt(config, resume=args.resume)
+    result = adapt_job(config, resume=args.resume)
     print(summary(result))
     print(f"\nrun directory: {config.run_dir} (plots, family, final/model.onnx)")
     return 0
@@ -98,11 +99,11 @@ def adapt_command(args: argparse.Namespace) -> int:
 
 def compare_command(args: argparse.Namespace) -> int:
     """Compare strategies on one problem, budget by budget."""
-    from netopt.adapt import compare
-    from netopt.config import CompareConfig, load_config
+    from netopt.app.config import CompareConfig, load_config
+    from netopt.app.jobs import compare_job
 
     config = load_config(args.config, CompareConfig) if args.config else CompareConfig()
-    comparison = compare(config, resume=args.resume)  # type: ignore[arg-type]
+    comparison = compare_job(config, resume=args.resume)  # type: ignore[arg-type]
     print(comparison.report())
     print(f"\noutput: {config.run_dir} (comparison.md, comparison.json, frontier.png, one run directory per strategy)")
     return 0

@@ -13,8 +13,8 @@ import pytest
 from optuna._hypervolume import compute_hypervolume
 from standins import fixed_net, problem_for
 
+from netopt.app.config import CompareConfig, load_config
 from netopt.compare import Comparison, compare, hypervolume, with_budget
-from netopt.config import CompareConfig, load_config
 from netopt.errors import ConfigError
 from netopt.strategies import ProgressiveBarrier, RandomSearch, UniformWidth
 

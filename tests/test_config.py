@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from netopt.config import AdaptConfig, load_config
+from netopt.app.config import AdaptConfig, load_config
 from netopt.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -36,3 +36,21 @@ def test_every_public_subpackage_is_reachable_after_a_bare_import() -> None:
     code = "import netopt\n" + "".join(f"netopt.{name}\n" for name in PUBLIC)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr.strip().splitlines()[-1:]
+
+
+def test_the_library_never_imports_the_application() -> None:
+    graph = import_graph()
+    app = {m for m in graph if m == "netopt.app" or m.startswith("netopt.app.")}
+    callers = {m for m, deps in graph.items() if deps & app and m not in app and m != "netopt.cli"}
+    assert app and callers == set()
+
+
+def test_a_job_gives_the_callers_thread_setting_back() -> None:
+    import torch
+
+    from netopt.app.jobs import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

@@ -1,0 +1,62 @@
+"""The jobs `netopt adapt` and `netopt compare` run: build from a config, run, write plots.
+
+Both run with one torch thread (latency is measured on one, and training beside measurement
+must not compete with it) and give the caller's thread setting back when they end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from netopt.app.config import AdaptConfig, CompareConfig
+from netopt.app.factory import build_problem, progressive_barrier, strategy_makers
+from netopt.app.reports import measure_family
+
+if TYPE_CHECKING:
+    from netopt.compare import Comparison
+    from netopt.strategies import Result
+
+__all__ = ["adapt_job", "compare_job", "torch_threads"]
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to `n` while the block runs, then restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def adapt_job(config: AdaptConfig, resume: bool = False) -> Result:
+    """Run (or resume) the adaptation the config describes, and write its plots."""
+    from netopt.report import plot_family, plot_widths
+
+    with torch_threads(1):
+        problem = build_problem(config)
+        result = progressive_barrier(config).run(problem, run_dir=config.run_dir, resume=resume)
+        measure_family(problem, result)
+    first = problem.constraints[0]
+    plot_family(result, first.resource, Path(config.run_dir) / f"accuracy_vs_{first.resource}.png",
+                f"{first.unit}, estimated")
+    plot_widths(result, Path(config.run_dir) / "widths.png")
+    return result
+
+
+def compare_job(config: CompareConfig, resume: bool = False) -> Comparison:
+    """Run the config's strategies at its budgets on one problem (`netopt.compare.compare`)."""
+    from netopt.compare import compare
+
+    with torch_threads(1):
+        problem = build_problem(config)
+        c = config.compare
+        return compare(problem, c.budgets, strategy_makers(config), config.run_dir,
+                       long_term_steps=config.training.long_term_steps, search_steps=c.search_steps, resume=resume,
+                       progress=lambda line: print(f"-- {line}", flush=True))
