@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import re
 import statistics
@@ -55,7 +56,6 @@ from typing import Any
 
 import torch
 import torch_pruning as tp
-from tables import table
 from torch import nn
 
 from netopt.app.config import STRATEGIES, CompareConfig, CompareSection, ConstraintConfig, LutConfig, TrainingConfig
@@ -66,8 +66,11 @@ from netopt.ir import Network, macs, params
 from netopt.lut import LookupTable
 from netopt.measure.energy import EnergyModel
 from netopt.measure.memory import MemoryModel
+from netopt.report.tables import markdown_table
 from netopt.runs.files import write_atomic, write_json
 from netopt.strategies import Problem, Result, Strategy
+
+table = functools.partial(markdown_table, pad=True)  # columns aligned for reading as text
 
 TP_NAME = "TorchPruning-global-L2"
 PB = "ProgressiveBarrier"

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import signal
 import statistics
 import sys
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -33,10 +33,10 @@ from torch import Tensor, nn
 import netopt
 from netopt.errors import first_line
 from netopt.ir import params
+from netopt.report.tables import markdown_table
 from netopt.testing import peers
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tables import table
+table = functools.partial(markdown_table, pad=True)  # columns aligned for reading as text
 
 
 @dataclass

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import gc
 import statistics
 import sys
@@ -33,12 +34,14 @@ from importlib.metadata import version
 
 import torch
 import torch_pruning as tp
-from tables import table
 from torch import Tensor, nn
 
 import netopt
 from netopt.ir import Network, macs, params
+from netopt.report.tables import markdown_table
 from netopt.zoo import MobileNetV2
+
+table = functools.partial(markdown_table, pad=True)  # columns aligned for reading as text
 
 GOAL_RATIO = 0.5
 NETOPT_PHASES = ("trace", "materialize", "trace+materialize")

@@ -34,6 +34,7 @@ from netopt.ir import Network, macs, params
 from netopt.measure.base import MeasuringEstimator
 from netopt.measure.energy import EnergyModel
 from netopt.measure.memory import MemoryModel
+from netopt.report.tables import markdown_table
 from netopt.runs.files import write_atomic, write_json
 from netopt.strategies import Problem, Result, Strategy
 
@@ -130,23 +131,20 @@ class Comparison:
 
     def table(self, budget: str) -> str:
         others = [k for k in self.rows[0].estimated if k != self.resource] if self.rows else []
-        head = (f"| strategy | test acc. | {self.resource} measured ({self.unit}) | speed-up | "
-                f"{self.resource} est. | " + "".join(f"{k} est. | " for k in others) +
-                "energy model (E_MAC) | memory (KiB) | MMACs | search (s) | search steps | training steps |")
-        lines = [f"{self.resource} budget {budget}", "", head, "|---" * (head.count("|") - 1) + "|"]
+        header = ["strategy", "test acc.", f"{self.resource} measured ({self.unit})", "speed-up",
+                  f"{self.resource} est.", *(f"{k} est." for k in others), "energy model (E_MAC)", "memory (KiB)",
+                  "MMACs", "search (s)", "search steps", "training steps"]
+        rows: list[list[object]] = []
         for r in (r for r in self.rows if r.budget == budget):
             if r.error:
-                lines.append(f"| {r.strategy} | failed: {r.error} |")
+                rows.append([r.strategy, f"failed: {r.error}"])
                 continue
             measured = r.measured.get(self.resource)
-            shown = f"{measured:.4g}" if measured is not None else "-"
-            speedup = f"{1 / self.relative(r):.2f}x"
-            rest = " | ".join(f"{r.estimated[k]:.4g}" for k in others)
-            lines.append(f"| {r.strategy} | {r.test_accuracy:.4f} | {shown} | {speedup} | "
-                         f"{r.estimated[self.resource]:.4g} | {rest}{' | ' if rest else ''}{r.energy:.4g} | "
-                         f"{r.memory / 1024:.1f} | "
-                         f"{r.macs / 1e6:.2f} | {r.search_seconds:.1f} | {r.search_steps} | {r.training_steps} |")
-        return "\n".join(lines)
+            rows.append([r.strategy, f"{r.test_accuracy:.4f}", f"{measured:.4g}" if measured is not None else "-",
+                         f"{1 / self.relative(r):.2f}x", f"{r.estimated[self.resource]:.4g}",
+                         *(f"{r.estimated[k]:.4g}" for k in others), f"{r.energy:.4g}", f"{r.memory / 1024:.1f}",
+                         f"{r.macs / 1e6:.2f}", f"{r.search_seconds:.1f}", r.search_steps, r.training_steps])
+        return f"{self.resource} budget {budget}\n\n" + markdown_table(header, rows)
 
     def report(self) -> str:
         start = self.start.get(f"measured_{self.resource}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from netopt.measure.base import MeasuringEstimator
+from netopt.report.tables import markdown_table
 from netopt.strategies import Problem, Result
 
 __all__ = ["measure_family", "summary"]
@@ -24,15 +25,15 @@ def summary(result: Result) -> str:
     resources = list(result.family[0].resources)
     measured = [r for r in resources if r in result.family[0].measured]
     chosen = {p.iteration + 1: p.group for p in result.history if p.chosen}
-    head = ("| iteration | chosen group -> width | " + " | ".join(f"{r} (est.)" for r in resources) + " | "
-            + "".join(f"{r} (measured) | " for r in measured) + "holdout acc. |")
-    lines = [head, "|" + "---|" * (len(resources) + len(measured) + 3)]
+    header = ["iteration", "chosen group -> width", *(f"{r} (est.)" for r in resources),
+              *(f"{r} (measured)" for r in measured), "holdout acc."]
+    rows = []
     for c in result.family:
-        values = " | ".join([*(f"{c.resources[r]:.4g}" for r in resources),
-                             *(f"{c.measured[r]:.4g}" for r in measured)])
         group = chosen.get(c.iteration)
         change = "-" if not group else ", ".join(f"{g} -> {c.network.widths[g]}" for g in group.split("+"))
-        lines.append(f"| {c.iteration} | {change} | {values} | {c.accuracy:.3f} |")
+        rows.append([c.iteration, change, *(f"{c.resources[r]:.4g}" for r in resources),
+                     *(f"{c.measured[r]:.4g}" for r in measured), f"{c.accuracy:.3f}"])
+    lines = [markdown_table(header, rows)]
     f = result.final
     figures = ", ".join(f"{r} measured {v:.4g} (estimated {f.resources[r]:.4g})" for r, v in f.measured.items())
     lines.append(f"\nfinal network: holdout {f.accuracy:.3f}, test {f.test_accuracy:.3f}; {figures}")

@@ -10,6 +10,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from netopt.lut.table import LookupTable, random_variants
+from netopt.report.tables import markdown_table
 
 if TYPE_CHECKING:
     from netopt.bridge import Traced
@@ -47,12 +48,10 @@ class FidelityReport:
         return Agreement.of(np.array(getattr(self, which)), np.array(self.measured))
 
     def table(self) -> str:
-        lines = [f"| estimate ({len(self.measured)} variants) | within ±5% | within ±10% | RMSPE | Spearman |",
-                 "|---|---|---|---|---|"]
-        for which in ("naive", "calibrated"):
-            a = self.agreement(which)
-            lines.append(f"| {which} | {a.within5:.0%} | {a.within10:.0%} | {a.rmspe:.1%} | {a.spearman:.3f} |")
-        return "\n".join(lines)
+        rows = [[which, f"{a.within5:.0%}", f"{a.within10:.0%}", f"{a.rmspe:.1%}", f"{a.spearman:.3f}"]
+                for which in ("naive", "calibrated") if (a := self.agreement(which))]
+        return markdown_table([f"estimate ({len(self.measured)} variants)", "within ±5%", "within ±10%", "RMSPE",
+                               "Spearman"], rows)
 
     def plot(self, path: str | Path, title: str = "lookup table fidelity") -> Path:
         """Scatter of estimated against measured cost, with the y = x and ±10% lines."""
