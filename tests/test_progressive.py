@@ -156,3 +156,22 @@ def test_groups_adapted_as_blocks_shrink_together_and_still_meet_every_budget() 
     assert len(blocks.history) < len(single.history)  # fewer proposals per iteration
     with pytest.raises(ConfigError, match="block_size 0 must be an integer >= 1"):
         ProgressiveBarrier(block_size=0)
+
+
+def test_blocks_keep_going_when_one_of_their_groups_is_already_at_its_minimum(tmp_path: Path) -> None:
+    """A block whose first group reached its minimum still shrinks its others; the re-traced
+    network no longer has that group at all (it cannot shrink), so it must not be set."""
+    import netopt
+    from netopt.testing.problems import joint_problem
+    from netopt.zoo import MobileNetV1
+
+    net = netopt.trace(MobileNetV1(0.5, num_classes=10).eval(), torch.randn(1, 3, 32, 32)).network
+    problem = joint_problem(net, "45%", "90%")
+    strategy = ProgressiveBarrier(short_term_steps=1, long_term_steps=1, block_size=2, seed=1,
+                                  selection="accuracy_per_resource")
+    result = strategy.run(problem, run_dir=tmp_path / "run")
+    floor = {g.id: g.min_width for g in net.groups}
+    assert any(result.family[i].network.widths[g] == floor[g] for i in range(len(result.family) - 1) for g in floor)
+    assert all(b.met(b.estimate(result.final.network)) for b in problem.bind())
+    again = strategy.run(problem, run_dir=tmp_path / "run", resume=True)
+    assert [p.to_dict() for p in again.history] == [p.to_dict() for p in result.history]

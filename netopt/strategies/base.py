@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from netopt.bridge import Traced
     from netopt.objectives.base import Objective
 
-__all__ = ["Problem", "Strategy", "Candidate", "Proposal", "Result", "smallest", "check_feasible"]
+__all__ = ["Problem", "Strategy", "Candidate", "Proposal", "Result", "smallest", "check_feasible", "changed"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,14 @@ class Strategy(ABC):
     @abstractmethod
     def training_budget(self, problem: Problem) -> int:
         """The most training steps a run on `problem` may use (search and long-term together)."""
+
+
+def changed(block: str, widths: dict[str, int], current: Network) -> dict[str, int]:
+    """The widths a proposal for `block` ("g" or "g1+g2") sets in `current` (the network of the
+    iteration's start, re-traced): its own groups' only, less those already at their minimum
+    there (they cannot shrink, so they are not groups of `current` at all)."""
+    prunable = current.widths
+    return {g: widths[g] for g in block.split("+") if g in prunable}
 
 
 def smallest(network: Network) -> Network:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from netopt.runs import RunDir, RunError
-from netopt.strategies.base import Candidate, Problem, Proposal, Result
+from netopt.strategies.base import Candidate, Problem, Proposal, Result, changed
 
 if TYPE_CHECKING:
     import torch
@@ -75,8 +75,7 @@ class _Log:
             weights = self.run.proposal_weights(iteration, r["group"])
             if weights is None:
                 continue
-            changed = {g: r["widths"][g] for g in r["group"].split("+")}  # the proposal's block
-            module = traced.materialize(traced.network.with_widths(changed))
+            module = traced.materialize(traced.network.with_widths(changed(r["group"], r["widths"], traced.network)))
             module.load_state_dict(weights)
             found[r["group"]] = (r["score"], r["steps"], module, 0.0)  # the time was spent before the stop
         return found

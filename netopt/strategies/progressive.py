@@ -26,7 +26,7 @@ from netopt.bridge import trace
 from netopt.constraints import Bound
 from netopt.errors import ConfigError, InfeasibleError
 from netopt.ir import Network
-from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy, check_feasible
+from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy, changed, check_feasible
 from netopt.strategies.common import Clock, Serial, evaluate, finish, seed_for
 from netopt.strategies.log import _Log
 
@@ -140,7 +140,7 @@ class ProgressiveBarrier(Strategy):
                                   f"(now at { {b.resource: current.resources[b.resource] for b in bounds} })")
         traced = trace(current.module, problem.traced.example_input(), step=problem.traced.network.step)
         done = log.finished_proposals(i, traced) if log else {}
-        futures = {p.group: self.executor.submit(evaluate, traced, _changed(p.group, p.network.widths),
+        futures = {p.group: self.executor.submit(evaluate, traced, changed(p.group, p.network.widths, traced.network),
                                                  problem.objective, self.short_term_steps,
                                                  seed_for(self.seed, i, p.group))
                    for p in plans if p.group not in done}
@@ -180,11 +180,6 @@ class ProgressiveBarrier(Strategy):
             return (current.accuracy - _scored(p)) / max(saved, 1e-12)
 
         return min(range(len(proposals)), key=lambda k: (drop_per_saving(k), k))
-
-
-def _changed(block: str, widths: dict[str, int]) -> dict[str, int]:
-    """The widths a proposal for `block` ("g" or "g1+g2") sets: its own groups' only."""
-    return {g: widths[g] for g in block.split("+")}
 
 
 def _scored(proposal: Proposal) -> float:
