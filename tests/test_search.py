@@ -115,17 +115,16 @@ def test_pareto_front_keeps_only_undominated_candidates() -> None:
 
 def test_a_resume_that_would_propose_otherwise_is_refused(tmp_path: Path) -> None:
     from netopt.runs import RunError
-    from netopt.strategies.log import _Log
-    from netopt.strategies.search import Trials
+    from netopt.strategies import Engine, Trials
 
     problem = problem_for(fixed_net(), "40%", "90%")
     strategy = RandomSearch(trials=3, seed=5, **STEPS)
     strategy.run(problem, run_dir=tmp_path)
     shutil.rmtree(tmp_path / "final")
-    log = _Log.open(tmp_path, True, strategy.config(), problem)
-    trials = Trials(problem, problem.bind(), short_term_steps=3, seed=5, log=log, progress=False)
+    engine = Engine(problem, strategy.config(), short_term_steps=3, seed=5, run_dir=tmp_path, resume=True)
+    trials = Trials(engine, progress=False)
     other = problem.traced.network.scaled(0.25).widths  # not what the stopped run proposed first
-    with pytest.raises(RunError, match="proposal 0 differs from the one logged"):
+    with pytest.raises(RunError, match=r"proposal 0 \(\*\) differs from the one logged"):
         trials.evaluate([other])
 
 

@@ -2,9 +2,12 @@
 
 from typing import TYPE_CHECKING, Any
 
+from netopt.strategies._engine import Ask, Engine, Told
 from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy, check_feasible, smallest
 from netopt.strategies.progressive import ProgressiveBarrier, SelectionRule
-from netopt.strategies.search import RandomSearch, Trials, UniformWidth, WidthSearch, pareto_front
+from netopt.strategies.random_search import RandomSearch
+from netopt.strategies.search import Trials, WidthSearch, pareto_front
+from netopt.strategies.uniform import UniformWidth
 
 if TYPE_CHECKING:
     from netopt.strategies.geometric import GeometricProgram
@@ -23,6 +26,9 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Ask",
+    "Engine",
+    "Told",
     "GeometricProgram",
     "OptunaSearch",
     "Candidate",

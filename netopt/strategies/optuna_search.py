@@ -41,8 +41,7 @@ import optuna
 
 from netopt.errors import ConfigError, IRError
 from netopt.ir import Network
-from netopt.strategies.base import Problem, Result, check_feasible
-from netopt.strategies.log import _Log
+from netopt.strategies.base import Problem, Result
 from netopt.strategies.search import Trials, WidthSearch
 
 __all__ = ["OptunaSearch", "SAMPLERS"]
@@ -126,17 +125,14 @@ class OptunaSearch(WidthSearch):
                 "warm_start": self.warm_start}
 
     def run(self, problem: Problem, run_dir: str | Path | None = None, resume: bool = False) -> Result:
-        bounds = problem.bind()
-        check_feasible(bounds, problem.traced.network)
         storage = _open(self.storage) if self.storage else None  # a bad URL fails before the run folder is made
-        log = _Log.open(run_dir, resume, self.config(), problem) if run_dir is not None else None
-        if log and log.has_final():
-            return log.result(problem, self.name)
+        engine = self.open_engine(problem, run_dir, resume)
+        done = engine.finished(self.name)
+        if done is not None:
+            return done
         if storage is None and run_dir is not None:
             storage = _open(f"sqlite:///{Path(run_dir).resolve() / 'optuna.db'}")
-        trials = Trials(problem, bounds, short_term_steps=self.short_term_steps, seed=self.seed,
-                        executor=self.executor, log=log, total=self.trials, progress=self.progress, label=self.name)
-        return self._search(trials, storage, resume)
+        return self._search(self.trials_on(engine), storage, resume)
 
     def search(self, trials: Trials) -> Result:
         return self._search(trials, _open(self.storage) if self.storage else None, resume=False)

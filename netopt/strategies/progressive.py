@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,9 +26,8 @@ from netopt.bridge import trace
 from netopt.constraints import Bound
 from netopt.errors import ConfigError, InfeasibleError
 from netopt.ir import Network
-from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy, changed, check_feasible
-from netopt.strategies.common import Clock, Serial, evaluate, finish, seed_for
-from netopt.strategies.log import _Log
+from netopt.strategies._engine import Ask, Engine, Serial, seed_for
+from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy, changed
 
 if TYPE_CHECKING:
     from torch import nn
@@ -92,45 +91,39 @@ class ProgressiveBarrier(Strategy):
     def run(self, problem: Problem, run_dir: str | Path | None = None, resume: bool = False) -> Result:
         """Adapt; with `run_dir` every step is saved, and `resume=True` continues a stopped run
         there, redoing only the proposals that had not finished."""
-        bounds = problem.bind()
-        check_feasible(bounds, problem.traced.network)
-        log = _Log.open(run_dir, resume, self.config(), problem) if run_dir is not None else None
-        clock = Clock(bounds)
-        family = log.family(problem) if log and log.members() else [self._start(problem, bounds, log, clock)]
-        history = log.proposals(family) if log else []
+        engine = Engine(problem, self.config(), short_term_steps=self.short_term_steps, seed=self.seed,
+                        run_dir=run_dir, resume=resume, executor=self.executor)
+        family = engine.log.family(problem) if engine.log and engine.log.members() else [self._start(engine)]
+        history = engine.log.proposals(family) if engine.log else []
         current = family[-1]
         bar = tqdm(desc="adapting", unit="iteration", disable=None if self.progress is None else not self.progress)
-        while not all(b.met(current.resources[b.resource]) for b in bounds):
+        while not all(b.met(current.resources[b.resource]) for b in engine.bounds):
             if current.iteration >= self.max_iterations:
                 raise InfeasibleError(f"budgets not met after {self.max_iterations} iterations; raise max_iterations "
                                       "or the schedules' initial reductions")
-            proposals, picked, module = self._iterate(problem, bounds, current, log, clock)
+            proposals, picked, module = self._iterate(engine, current)
             history += proposals
             current = Candidate(current.iteration + 1, problem.traced.network.with_widths(picked.widths), module,
                                 _scored(picked), picked.resources)
-            if log:
-                log.save_member(current, picked.group)
+            engine.save_member(current, picked.group)
             family.append(current)
             bar.update()
-            bar.set_postfix({b.resource: f"{current.resources[b.resource]:.4g}/{b.budget:.4g}" for b in bounds})
+            bar.set_postfix({b.resource: f"{current.resources[b.resource]:.4g}/{b.budget:.4g}" for b in engine.bounds})
         bar.close()
-        final = finish(problem, bounds, current, self.long_term_steps, self.seed, clock, log)
-        return Result(final, family, history, sum(p.steps for p in history) + self.long_term_steps, clock.timings(),
-                      strategy=self.name, start=problem.traced.network)
+        final = engine.finish(current, self.long_term_steps)
+        return engine.result(self.name, final, family, history, sum(p.steps for p in history) + self.long_term_steps)
 
-    def _start(self, problem: Problem, bounds: Sequence[Bound], log: _Log | None, clock: Clock) -> Candidate:
-        module = problem.traced.materialize()  # a copy: the user's model is never trained
+    def _start(self, engine: Engine) -> Candidate:
+        module = engine.problem.traced.materialize()  # a copy: the user's model is never trained
         started = time.perf_counter()
-        score = problem.objective.short_term(module, 0, self.seed).score
-        clock.objective += time.perf_counter() - started
-        start = Candidate(0, problem.traced.network, module, score, {b.resource: b.initial for b in bounds})
-        if log:
-            log.save_member(start, None)
+        score = engine.problem.objective.short_term(module, 0, self.seed).score
+        engine.clock.objective += time.perf_counter() - started
+        start = Candidate(0, engine.network, module, score, {b.resource: b.initial for b in engine.bounds})
+        engine.save_member(start, None)
         return start
 
-    def _iterate(self, problem: Problem, bounds: Sequence[Bound], current: Candidate,
-                 log: _Log | None, clock: Clock) -> tuple[list[Proposal], Proposal, nn.Module]:
-        i = current.iteration
+    def _iterate(self, engine: Engine, current: Candidate) -> tuple[list[Proposal], Proposal, nn.Module]:
+        i, bounds = current.iteration, engine.bounds
         targets = {b.resource: b.target(i, current.resources[b.resource]) if not b.met(current.resources[b.resource])
                    else b.budget for b in bounds}
         plans = self._plans(bounds, current, targets)
@@ -138,25 +131,14 @@ class ProgressiveBarrier(Strategy):
             raise InfeasibleError(f"iteration {i}: no channel group can shrink any further, yet the budgets "
                                   f"{ {b.resource: b.budget for b in bounds} } are not all met; relax them "
                                   f"(now at { {b.resource: current.resources[b.resource] for b in bounds} })")
-        traced = trace(current.module, problem.traced.example_input(), step=problem.traced.network.step)
-        done = log.finished_proposals(i, traced) if log else {}
-        futures = {p.group: self.executor.submit(evaluate, traced, changed(p.group, p.network.widths, traced.network),
-                                                 problem.objective, self.short_term_steps,
-                                                 seed_for(self.seed, i, p.group))
-                   for p in plans if p.group not in done}
-        for plan in plans:  # log each as it is ready, so a kill loses only unfinished ones
-            if plan.group not in done:
-                done[plan.group] = futures[plan.group].result()
-                clock.objective += done[plan.group][3]
-                if log:
-                    log.record(Proposal(i, plan.group, plan.network.widths, plan.resources, *done[plan.group][:2]),
-                               done[plan.group][2])
-        outcomes = [done[p.group] for p in plans]
-        proposals = [Proposal(i, p.group, p.network.widths, p.resources, score, used)
-                     for p, (score, used, _, _) in zip(plans, outcomes, strict=True)]
+        traced = trace(current.module, engine.problem.traced.example_input(), step=engine.network.step)
+        told = engine.score([Ask(i, p.group, p.network.widths, p.resources, traced,
+                                    changed(p.group, p.network.widths, traced.network), seed_for(self.seed, i, p.group))
+                                for p in plans])
+        proposals = [t.proposal for t in told]
         best = self._pick(proposals, current, bounds)
-        proposals[best] = Proposal(**{**proposals[best].__dict__, "chosen": True})
-        return proposals, proposals[best], outcomes[best][2]
+        proposals[best] = replace(proposals[best], chosen=True)
+        return proposals, proposals[best], told[best].module
 
     # --- ChooseNumFilters ---------------------------------------------------------------------
 

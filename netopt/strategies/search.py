@@ -7,34 +7,30 @@ the end returns the Pareto front of what it scored and the best network, long-te
 With a run directory, every scored trial is saved as it finishes and a resumed search reuses
 it: strategies here propose the same assignments for the same seed, so nothing is redone.
 
-`UniformWidth` (the paper's width multiplier, found by bisection) and `RandomSearch` live
-here; `OptunaSearch` and `GeometricProgram` build on the same `Trials`.
+`UniformWidth` (uniform.py), `RandomSearch` (random_search.py), `OptunaSearch` and
+`GeometricProgram` are built on it; the first two show how short a strategy is.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from tqdm import tqdm
 
-from netopt.constraints import Bound
 from netopt.errors import ConfigError, InfeasibleError
 from netopt.ir import Network
-from netopt.runs import RunError
-from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy, check_feasible
-from netopt.strategies.common import Clock, Serial, evaluate, finish, seed_for
-from netopt.strategies.log import _Log
+from netopt.strategies._engine import Ask, Engine, seed_for
+from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy
 
 if TYPE_CHECKING:
-    from torch import nn
+    pass
 
-__all__ = ["Trials", "WidthSearch", "UniformWidth", "RandomSearch", "pareto_front"]
+__all__ = ["Trials", "WidthSearch", "pareto_front", "ALL"]
 
 ALL = "*"  # the `group` of a proposal that sets every group's width
 
@@ -52,21 +48,14 @@ def pareto_front(candidates: Sequence[Candidate]) -> list[Candidate]:
 
 
 class Trials:
-    """One width-assignment search's evaluations, in order; see the module docstring."""
+    """One width-assignment search's trials on an `Engine`, numbered in order; see the module docstring."""
 
-    def __init__(self, problem: Problem, bounds: Sequence[Bound], *, short_term_steps: int, seed: int,
-                 executor: Executor | None = None, log: _Log | None = None, total: int | None = None,
-                 progress: bool | None = None, label: str = "trials") -> None:
-        self.problem, self.bounds = problem, list(bounds)
-        self.short_term_steps, self.seed = short_term_steps, seed
-        self.executor = executor or Serial()
-        self.log = log
-        self.clock = Clock(bounds)
+    def __init__(self, engine: Engine, *, total: int | None = None, progress: bool | None = None,
+                 label: str = "trials") -> None:
+        self.engine = engine
+        self.problem, self.bounds = engine.problem, engine.bounds
         self.history: list[Proposal] = []
         self.scored: list[Candidate] = []
-        self._logged_widths: dict[int, dict[str, int]] = {}
-        self._recorded: dict[int, tuple[dict[str, int], bool]] = {}  # number -> (widths, scored) on disk
-        self._done = self._logged() if log else {}
         self._bar = tqdm(desc=label, total=total, unit="trial", disable=None if progress is None else not progress)
 
     # --- estimates ---------------------------------------------------------------------------
@@ -76,15 +65,14 @@ class Trials:
         return self.problem.traced.network
 
     def resources(self, widths: dict[str, int]) -> dict[str, float]:
-        net = self.network.with_widths(widths)
-        return {b.resource: b.estimate(net) for b in self.bounds}
+        return self.engine.resources(self.network.with_widths(widths))
 
     def violations(self, resources: dict[str, float]) -> dict[str, float]:
         """estimate / budget - 1 per resource: <= 0 within budget (Optuna's constraint convention)."""
         return {b.resource: resources[b.resource] / b.budget - 1.0 for b in self.bounds}
 
     def feasible(self, resources: dict[str, float]) -> bool:
-        return all(b.met(resources[b.resource]) for b in self.bounds)
+        return self.engine.feasible(resources)
 
     @property
     def steps(self) -> int:
@@ -97,20 +85,9 @@ class Trials:
         """Record an assignment that is only estimated (refused by the estimators, or a probe):
         no training, no score."""
         proposal = Proposal(len(self.history), ALL, self.network.with_widths(widths).widths, resources, None, 0)
-        self._check_replay(proposal.iteration, proposal.widths, scored=False)
+        self.engine.note(proposal)
         self.history.append(proposal)
-        if self.log and proposal.iteration not in self._recorded:
-            self.log.record(proposal, None)
         return proposal
-
-    def _check_replay(self, n: int, widths: dict[str, int], scored: bool) -> None:
-        """A resumed search must propose what the stopped one did; anything else is refused."""
-        if n in self._recorded and self._recorded[n] != (widths, scored):
-            logged, was_scored = self._recorded[n]
-            raise RunError(
-                f"proposal {n} differs from the one logged in {self.log.run.path if self.log else '?'} "
-                f"({widths}{' scored' if scored else ''} vs {logged}{' scored' if was_scored else ''}): the settings "
-                "or the estimators changed since the run stopped; resume with the same ones, or start a new run")
 
     def score(self, batch: Sequence[dict[str, int]]) -> list[Candidate]:
         """Fine-tune and score feasible assignments (all at once on the executor), in order."""
@@ -124,54 +101,29 @@ class Trials:
         """Number the assignments in order; note the ones a budget refuses (None), fine-tune and
         score the others on the executor. Numbers and seeds depend only on the order, so any
         batch size and any worker count give the same history."""
-        traced, objective = self.problem.traced, self.problem.objective
-        numbers = range(len(self.history), len(self.history) + len(batch))
-        resources = [self.resources(w) for w in batch]
-        feasible = [self.feasible(r) for r in resources]
-        for n, widths, ok in zip(numbers, batch, feasible, strict=True):
-            self._check_replay(n, self.network.with_widths(widths).widths, scored=ok)
-        futures = {n: self.executor.submit(evaluate, traced, widths, objective, self.short_term_steps,
-                                           seed_for(self.seed, "trial", n))
-                   for n, widths, ok in zip(numbers, batch, feasible, strict=True)
-                   if ok and not self._reusable(n, widths)}
+        traced, start = self.problem.traced, len(self.history)
+        items: list[Ask | Proposal] = []
+        for n, widths in enumerate(batch, start):
+            full, res = self.network.with_widths(widths).widths, self.resources(widths)
+            items.append(Ask(n, ALL, full, res, traced, widths, seed_for(self.seed, "trial", n)) if self.feasible(res)
+                         else Proposal(n, ALL, full, res, None, 0))
         out: list[Candidate | None] = []
-        for n, widths, res, ok in zip(numbers, batch, resources, feasible, strict=True):
-            if not ok:
-                self.note(widths, res)
+        for item in self.engine.evaluate(items):
+            if isinstance(item, Proposal):  # refused by a budget: recorded, never trained
+                self.history.append(item)
                 out.append(None)
                 continue
-            if n in futures:
-                score, used, module, seconds = futures[n].result()
-                self.clock.objective += seconds
-            else:
-                score, used, module = self._done[n]
-            proposal = Proposal(n, ALL, self.network.with_widths(widths).widths, res, score, used)
-            self.history.append(proposal)
-            if self.log and n not in self._recorded:
-                self.log.record(proposal, module)
-            candidate = Candidate(n, self.network.with_widths(widths), module, score, res)
+            self.history.append(item.proposal)
+            candidate = Candidate(item.proposal.iteration, self.network.with_widths(item.proposal.widths), item.module,
+                                  _score(item.proposal), item.proposal.resources)
             self.scored.append(candidate)
             out.append(candidate)
             self._bar.update()
         return out
 
-    def _logged(self) -> dict[int, tuple[float, int, nn.Module]]:
-        """Scored trials of a stopped run, with their fine-tuned weights, by trial number."""
-        assert self.log is not None
-        found: dict[int, tuple[float, int, nn.Module]] = {}
-        for r in self.log.run.history():
-            self._recorded[r["iteration"]] = (r["widths"], r["score"] is not None)
-            weights = self.log.run.proposal_weights(r["iteration"], r["group"]) if r["score"] is not None else None
-            if weights is None:
-                continue
-            module = self.problem.traced.materialize(self.network.with_widths(r["widths"]))
-            module.load_state_dict(weights)
-            found[r["iteration"]] = (r["score"], r["steps"], module)
-            self._logged_widths[r["iteration"]] = r["widths"]
-        return found
-
-    def _reusable(self, n: int, widths: dict[str, int]) -> bool:
-        return n in self._done and self._logged_widths[n] == self.network.with_widths(widths).widths
+    @property
+    def seed(self) -> int:
+        return self.engine.seed
 
     # --- the end -------------------------------------------------------------------------------
 
@@ -190,12 +142,15 @@ class Trials:
                                                                    zip(c.resources.values(), self.bounds,
                                                                        strict=True)), -c.iteration))
         self.history[best.iteration] = replace(self.history[best.iteration], chosen=True)
-        if self.log:
-            for member in family:
-                self.log.save_member(member, ALL)
-        final = finish(self.problem, self.bounds, best, long_term_steps, self.seed, self.clock, self.log)
-        return Result(final, family, self.history, self.steps + long_term_steps, self.clock.timings(),
-                      strategy=strategy, start=self.network)
+        for member in family:
+            self.engine.save_member(member, ALL)
+        final = self.engine.finish(best, long_term_steps)
+        return self.engine.result(strategy, final, family, self.history, self.steps + long_term_steps)
+
+
+def _score(proposal: Proposal) -> float:
+    assert proposal.score is not None, proposal
+    return proposal.score
 
 
 class WidthSearch(Strategy):
@@ -225,100 +180,17 @@ class WidthSearch(Strategy):
                 "long_term_steps": self.long_term_steps, "seed": self.seed}
 
     def run(self, problem: Problem, run_dir: str | Path | None = None, resume: bool = False) -> Result:
-        bounds = problem.bind()
-        check_feasible(bounds, problem.traced.network)
-        log = _Log.open(run_dir, resume, self.config(), problem) if run_dir is not None else None
-        if log and log.has_final():
-            return log.result(problem, self.name)
-        trials = Trials(problem, bounds, short_term_steps=self.short_term_steps, seed=self.seed,
-                        executor=self.executor, log=log, total=self.trials, progress=self.progress, label=self.name)
-        return self.search(trials)
+        engine = self.open_engine(problem, run_dir, resume)
+        done = engine.finished(self.name)
+        return done if done is not None else self.search(self.trials_on(engine))
+
+    def open_engine(self, problem: Problem, run_dir: str | Path | None, resume: bool) -> Engine:
+        return Engine(problem, self.config(), short_term_steps=self.short_term_steps, seed=self.seed,
+                      run_dir=run_dir, resume=resume, executor=self.executor)
+
+    def trials_on(self, engine: Engine) -> Trials:
+        return Trials(engine, total=self.trials, progress=self.progress, label=self.name)
 
     @abstractmethod
     def search(self, trials: Trials) -> Result:
         """Propose, score up to `self.trials` networks, and return `trials.result(...)`."""
-
-
-class UniformWidth(WidthSearch):
-    """The paper's width multiplier: one fraction for every group, the largest meeting every
-    budget, found by bisection on the estimators; then that network is fine-tuned."""
-
-    name = "UniformWidth"
-
-    def __init__(self, *, short_term_steps: int = 100, long_term_steps: int = 1000, seed: int = 0,
-                 tolerance: float = 1e-3, progress: bool | None = None) -> None:
-        super().__init__(trials=1, short_term_steps=short_term_steps, long_term_steps=long_term_steps, seed=seed,
-                         progress=progress)
-        if not 0 < tolerance < 1:
-            raise ConfigError(f"{self.name}: tolerance={tolerance!r} must lie in (0, 1): the bisection stops when the "
-                              "multiplier is known to within it (default 1e-3)")
-        self.tolerance = tolerance
-
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "tolerance": self.tolerance}
-
-    def search(self, trials: Trials) -> Result:
-        net = trials.network
-        fraction = self.multiplier(trials)
-        widths = net.scaled(fraction).widths
-        trials.score([widths])
-        return trials.result(self.name, self.long_term_steps)
-
-    def multiplier(self, trials: Trials) -> float:
-        """The largest fraction (to `tolerance`) whose scaled network meets every budget."""
-        net = trials.network
-        if trials.feasible(trials.resources(net.widths)):
-            return 1.0
-        lo, hi = 0.0, 1.0  # scaled(0) is the smallest network, feasible by check_feasible
-        while hi - lo > self.tolerance:
-            mid = (lo + hi) / 2
-            widths = net.scaled(mid).widths
-            resources = trials.resources(widths)
-            trials.note(widths, resources)
-            lo, hi = (mid, hi) if trials.feasible(resources) else (lo, mid)
-        return lo
-
-
-class RandomSearch(WidthSearch):
-    """Random per-group widths on each group's step grid; assignments the estimators reject
-    cost no training. Scores `trials` feasible networks and keeps the best."""
-
-    name = "RandomSearch"
-
-    def __init__(self, *, trials: int = 20, short_term_steps: int = 100, long_term_steps: int = 1000, seed: int = 0,
-                 executor: Executor | None = None, progress: bool | None = None,
-                 max_rejections: int = 1000, batch_size: int = 1) -> None:
-        super().__init__(trials=trials, short_term_steps=short_term_steps, long_term_steps=long_term_steps,
-                         seed=seed, executor=executor, progress=progress)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"{self.name}: batch_size={batch_size!r} must be an integer >= 1 (feasible assignments "
-                              "handed to the executor at once: its worker count, to use them all)")
-        self.max_rejections = max_rejections
-        self.batch_size = batch_size  # does not change the result: samples do not depend on scores
-
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "max_rejections": self.max_rejections}
-
-    def search(self, trials: Trials) -> Result:
-        rejected, batch, feasible = 0, [], 0
-        for widths in self.samples(trials.network):
-            if trials.feasible(trials.resources(widths)):
-                feasible += 1
-            else:
-                rejected += 1
-            batch.append(widths)
-            full = feasible == self.batch_size or len(trials.scored) + feasible == self.trials
-            if full or rejected > self.max_rejections:
-                trials.evaluate(batch)
-                batch, feasible = [], 0
-            if len(trials.scored) == self.trials or rejected > self.max_rejections:
-                break
-        return trials.result(self.name, self.long_term_steps)
-
-    def samples(self, net: Network) -> Iterator[dict[str, int]]:
-        rng = np.random.default_rng(self.seed)
-        while True:
-            yield {g.id: int(rng.choice(g.valid_widths())) for g in net.groups}
-
-
-

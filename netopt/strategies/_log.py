@@ -1,4 +1,5 @@
-"""What a strategy keeps in its run directory, and how a stopped run picks up from it."""
+"""What a strategy keeps in its run directory, and how a stopped run picks up from it (internal:
+the engine's)."""
 
 from __future__ import annotations
 
@@ -6,25 +7,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from netopt.runs import RunDir, RunError
-from netopt.strategies.base import Candidate, Problem, Proposal, Result, changed
+from netopt.strategies.base import Candidate, Problem, Proposal, Result
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from netopt.bridge import Traced
 
-__all__ = ["_Log"]
+__all__ = ["RunLog"]
 
 
-class _Log:
+class RunLog:
     """A ProgressiveBarrier run's record: members, proposals (with weights), the final network."""
 
     def __init__(self, run: RunDir) -> None:
         self.run = run
 
     @classmethod
-    def open(cls, path: str | Path, resume: bool, config: dict[str, Any], problem: Problem) -> _Log:
+    def open(cls, path: str | Path, resume: bool, config: dict[str, Any], problem: Problem) -> RunLog:
         original = problem.traced.network
         if not resume:
             return cls(RunDir.create(path, config, original))
@@ -66,19 +66,13 @@ class _Log:
                 out.append(Proposal(**{**r, "chosen": chosen[r["iteration"]] == r["group"]}))
         return out
 
-    def finished_proposals(self, iteration: int, traced: Traced) -> dict[str, tuple[float, int, nn.Module, float]]:
-        """Proposals of `iteration` that finished before a stop, rebuilt with their fine-tuned weights."""
-        found: dict[str, tuple[float, int, nn.Module, float]] = {}
-        for r in self.run.history():
-            if r["iteration"] != iteration:
-                continue
-            weights = self.run.proposal_weights(iteration, r["group"])
-            if weights is None:
-                continue
-            module = traced.materialize(traced.network.with_widths(changed(r["group"], r["widths"], traced.network)))
-            module.load_state_dict(weights)
-            found[r["group"]] = (r["score"], r["steps"], module, 0.0)  # the time was spent before the stop
-        return found
+    def logged(self) -> dict[tuple[int, str], dict[str, Any]]:
+        """Every proposal on disk by (iteration, group): what a resumed run replays."""
+        return {(r["iteration"], r["group"]): r for r in self.run.history()}
+
+    def weights(self, iteration: int, group: str) -> dict[str, torch.Tensor] | None:
+        """The fine-tuned weights of a scored proposal, if they were saved before a stop."""
+        return self.run.proposal_weights(iteration, group)
 
     # --- the final network -------------------------------------------------------------------
 

@@ -1,0 +1,241 @@
+"""The engine every strategy runs on: what strategies do alike, written once.
+
+A strategy only decides which width assignments to try next and what to make of their scores
+(the shape of Optuna's ask/tell). The `Engine` does the rest: binds the problem's constraints
+and checks that the smallest network can meet them; opens the run directory (or continues a
+stopped run there); fine-tunes and scores a batch of proposals on the executor, each with its
+own seed, reading back those a stopped run had finished and refusing a resumed run that
+proposes otherwise; records every proposal as it is ready, so a kill loses only unfinished
+ones; keeps the clock; and finishes the winner (long-term fine-tuning, test score, end-to-end
+measurement) into a `Result`.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import zlib
+from collections.abc import Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from netopt.constraints import Bound
+from netopt.measure.base import MeasuringEstimator
+from netopt.runs import RunError
+from netopt.strategies._log import RunLog
+from netopt.strategies.base import Candidate, Problem, Proposal, Result, check_feasible
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from netopt.bridge import Traced
+    from netopt.ir import Network
+
+__all__ = ["Engine", "Ask", "Told", "Serial", "Clock", "evaluate", "seed_for", "measure"]
+
+
+def evaluate(traced: Traced, widths: dict[str, int], objective: Any, steps: int,
+             seed: int) -> tuple[float, int, nn.Module, float]:
+    """Materialize, fine-tune for `steps`, score on holdout; also the seconds the objective took.
+    Top-level, so that it runs in worker processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one worker, one core: workers side by side do not oversubscribe
+    try:
+        module = traced.materialize(traced.network.with_widths(widths))
+        started = time.perf_counter()
+        evaluation = objective.short_term(module, steps, seed)
+        return evaluation.score, evaluation.steps, module, time.perf_counter() - started
+    finally:
+        torch.set_num_threads(threads)  # the caller's own setting, when run in its process
+
+
+class Serial(Executor):
+    """Runs each task at once in this process (the default, and the reference for workers)."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+
+def seed_for(seed: int, *parts: object) -> int:
+    """A proposal's own seed: the same whichever worker evaluates it, in whatever order."""
+    return zlib.crc32(":".join(map(str, (seed, *parts))).encode())
+
+
+def measure(bounds: Sequence[Bound], module: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """End-to-end figures from every constraint whose estimator can measure (a lookup table's backend)."""
+    return {b.resource: b.constraint.estimator.measure_module(module, x).median
+            for b in bounds if isinstance(b.constraint.estimator, MeasuringEstimator)}
+
+
+class Clock:
+    """Wall time by kind: the objective's (training and evaluation), measurement, and all."""
+
+    def __init__(self, bounds: Sequence[Bound]) -> None:
+        self.started = time.perf_counter()
+        self.objective = 0.0
+        self.measured = 0.0
+        self.tables = [e for b in bounds if isinstance(e := b.constraint.estimator, MeasuringEstimator)]
+        self.table_start = sum(t.measure_seconds for t in self.tables)
+
+    def timings(self) -> dict[str, float]:
+        total = time.perf_counter() - self.started
+        measurement = self.measured + sum(t.measure_seconds for t in self.tables) - self.table_start
+        return {"total": total, "training_and_evaluation": self.objective, "measurement": measurement,
+                "framework": max(total - self.objective - measurement, 0.0)}
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One proposal to fine-tune and score.
+
+    `widths` are every group's widths in the original network's terms (what is recorded and
+    estimated); `changed` the widths it sets on `source`, the network it is materialized from
+    (the start, or NetAdapt's Net_{i-1} with its fine-tuned weights)."""
+
+    iteration: int
+    group: str
+    widths: dict[str, int]
+    resources: dict[str, float]
+    source: Traced
+    changed: dict[str, int]
+    seed: int
+
+
+@dataclass(frozen=True)
+class Told:
+    """A scored proposal: its score on the holdout split, the steps it took, its weights."""
+
+    proposal: Proposal
+    module: nn.Module
+
+
+class Engine:
+    """One run of one strategy on one problem (see the module docstring)."""
+
+    def __init__(self, problem: Problem, config: dict[str, Any], *, short_term_steps: int, seed: int,
+                 run_dir: str | Path | None = None, resume: bool = False, executor: Executor | None = None) -> None:
+        self.problem = problem
+        self.bounds = problem.bind()
+        check_feasible(self.bounds, problem.traced.network)
+        self.log = RunLog.open(run_dir, resume, config, problem) if run_dir is not None else None
+        self.short_term_steps, self.seed = short_term_steps, seed
+        self.executor = executor or Serial()
+        self.clock = Clock(self.bounds)
+        self._logged = self.log.logged() if self.log else {}
+
+    @property
+    def network(self) -> Network:
+        return self.problem.traced.network
+
+    # --- estimates -----------------------------------------------------------------------------
+
+    def resources(self, network: Network) -> dict[str, float]:
+        return {b.resource: b.estimate(network) for b in self.bounds}
+
+    def feasible(self, resources: dict[str, float]) -> bool:
+        return all(b.met(resources[b.resource]) for b in self.bounds)
+
+    # --- proposals -----------------------------------------------------------------------------
+
+    def note(self, proposal: Proposal) -> None:
+        """Record a proposal that is only estimated (refused by a budget, or a probe)."""
+        self._check_replay(proposal.iteration, proposal.group, proposal.widths, scored=False)
+        if self.log and (proposal.iteration, proposal.group) not in self._logged:
+            self.log.record(proposal, None)
+
+    def evaluate(self, asks: Sequence[Ask | Proposal]) -> list[Told | Proposal]:
+        """Fine-tune and score every ask on the executor (those a stopped run finished are read
+        back instead), and record each, in order, as it is ready; a `Proposal` among them is a
+        note (estimated only), recorded in its place."""
+        for a in asks:
+            if isinstance(a, Ask):
+                self._check_replay(a.iteration, a.group, a.widths, scored=True)
+            else:
+                self._check_replay(a.iteration, a.group, a.widths, scored=False)
+        reused = {k: found for k, a in enumerate(asks) if isinstance(a, Ask) and (found := self._reused(a)) is not None}
+        futures = {k: self.executor.submit(evaluate, a.source, a.changed, self.problem.objective,
+                                           self.short_term_steps, a.seed)
+                   for k, a in enumerate(asks) if isinstance(a, Ask) and k not in reused}
+        told: list[Told | Proposal] = []
+        for k, a in enumerate(asks):
+            if not isinstance(a, Ask):
+                self.note(a)
+                told.append(a)
+                continue
+            if k in reused:
+                score, steps, module = reused[k]
+            else:
+                score, steps, module, seconds = futures[k].result()
+                self.clock.objective += seconds
+            proposal = Proposal(a.iteration, a.group, a.widths, a.resources, score, steps)
+            if self.log and (a.iteration, a.group) not in self._logged:
+                self.log.record(proposal, module)
+            told.append(Told(proposal, module))
+        return told
+
+    def score(self, asks: Sequence[Ask]) -> list[Told]:
+        """`evaluate` for a batch of asks only."""
+        return [t for t in self.evaluate(asks) if isinstance(t, Told)]
+
+    def _reused(self, a: Ask) -> tuple[float, int, nn.Module] | None:
+        record = self._logged.get((a.iteration, a.group))
+        weights = self.log.weights(a.iteration, a.group) if self.log and record and record["score"] is not None \
+            else None
+        if record is None or weights is None:
+            return None
+        module = a.source.materialize(a.source.network.with_widths(a.changed))
+        module.load_state_dict(weights)
+        return record["score"], record["steps"], module
+
+    def _check_replay(self, iteration: int, group: str, widths: dict[str, int], scored: bool) -> None:
+        """A resumed run must propose what the stopped one did; anything else is refused."""
+        record = self._logged.get((iteration, group))
+        if record is not None and (record["widths"], record["score"] is not None) != (widths, scored):
+            was = " scored" if record["score"] is not None else ""
+            raise RunError(
+                f"proposal {iteration} ({group}) differs from the one logged in "
+                f"{self.log.run.path if self.log else '?'} ({widths}{' scored' if scored else ''} vs "
+                f"{record['widths']}{was}): the settings or the estimators changed since the run stopped; "
+                "resume with the same ones, or start a new run")
+
+    # --- the end -------------------------------------------------------------------------------
+
+    def finished(self, strategy: str) -> Result | None:
+        """A run that had finished before: its result, read back whole."""
+        return self.log.result(self.problem, strategy) if self.log and self.log.has_final() else None
+
+    def save_member(self, member: Candidate, group: str | None) -> None:
+        if self.log:
+            self.log.save_member(member, group)
+
+    def finish(self, chosen: Candidate, long_term_steps: int) -> Candidate:
+        """Long-term fine-tune a copy of the chosen network, score it on test, measure it end to end."""
+        if self.log and self.log.has_final():
+            return self.log.final(self.problem)
+        module = copy.deepcopy(chosen.module)  # the family keeps the chosen network as it was
+        final = Candidate(chosen.iteration, chosen.network, module, chosen.accuracy, chosen.resources)
+        started = time.perf_counter()
+        if long_term_steps:
+            final.accuracy = self.problem.objective.long_term(final.module, long_term_steps, self.seed).score
+        final.test_accuracy = self.problem.objective.test(final.module)
+        measuring = time.perf_counter()
+        self.clock.objective += measuring - started
+        final.measured = measure(self.bounds, final.module, self.problem.traced.example_input())
+        self.clock.measured += time.perf_counter() - measuring
+        if self.log:
+            self.log.save_final(final, self.problem.traced.example_input())
+        return final
+
+    def result(self, strategy: str, final: Candidate, family: list[Candidate], history: list[Proposal],
+               training_steps: int) -> Result:
+        return Result(final, family, history, training_steps, self.clock.timings(), strategy=strategy,
+                      start=self.network)
