@@ -10,6 +10,13 @@
 
 Every file is written atomically; the log is append-only and a line cut by a kill is ignored,
 so a run stopped at any point can be read, and resumed, from what is on disk.
+
+Format. Every JSON document (config, summaries) and every history line carries
+`"format_version"`; the IR documents (original.json, network.json) carry the IR's own format
+and version; weights and ONNX files belong to the summary beside them. Version 1 (netopt 0.1,
+before the field existed) is migrated in place when the run is opened, each file atomically and
+config.json last, so a migration stopped half way is simply done again. A run of a newer
+version is refused.
 """
 
 from __future__ import annotations
@@ -27,7 +34,26 @@ from netopt.errors import NetoptError
 from netopt.ir import Network
 from netopt.runs.files import append_line, read_lines, save_tensors, write_atomic, write_json
 
-__all__ = ["RunDir", "RunError", "load"]
+__all__ = ["RunDir", "RunError", "load", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 2
+"""Version of the run directory's own files (see the module docstring)."""
+VERSION_KEY = "format_version"
+
+
+def _stamped(doc: dict[str, Any]) -> dict[str, Any]:
+    return {**doc, VERSION_KEY: FORMAT_VERSION}
+
+
+def _unstamped(doc: dict[str, Any], where: Path) -> dict[str, Any]:
+    doc = dict(doc)
+    version = doc.pop(VERSION_KEY, 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise RunError(
+            f"{where} has run format version {version!r}, but this netopt reads up to {FORMAT_VERSION}; "
+            "upgrade netopt to resume or read it"
+        )
+    return doc
 
 
 class RunError(NetoptError):
@@ -48,18 +74,34 @@ class RunDir:
         if run.path.exists() and any(run.path.iterdir()):
             raise RunError(f"{run.path} already holds files; resume that run, or choose an empty folder")
         write_json(run.path / "original.json", original.to_dict())
-        write_json(run.path / "config.json", config)  # written last: its presence marks a run
+        write_json(run.path / "config.json", _stamped(config))  # written last: its presence marks a run
         return run
 
     @classmethod
-    def open(cls, path: str | Path) -> RunDir:
+    def open(cls, path: str | Path, migrate: bool = True) -> RunDir:
+        """An existing run; one of an older format is migrated first unless `migrate` is False
+        (reading needs no migration: only a run that will be written to does)."""
         run = cls(path)
         if not (run.path / "config.json").is_file():
             raise RunError(f"{run.path} is not a netopt run (no config.json); give the folder a run was started in")
+        raw = json.loads((run.path / "config.json").read_text())
+        _unstamped(raw, run.path / "config.json")  # a newer format is refused before anything is read
+        if migrate and raw.get(VERSION_KEY, 1) < FORMAT_VERSION:
+            run._migrate_from_v1()
         return run
 
+    def _migrate_from_v1(self) -> None:
+        """Version 1 had no version field: stamp every document and history line, config last."""
+        history = [_stamped(r) for r in read_lines(self.path / "history.jsonl")]
+        if history:
+            lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in history)
+            write_atomic(self.path / "history.jsonl", lines.encode())
+        for summary in sorted(self.path.glob("*/*/summary.json")) + sorted(self.path.glob("final/summary.json")):
+            write_json(summary, _stamped(json.loads(summary.read_text())))
+        write_json(self.path / "config.json", _stamped(json.loads((self.path / "config.json").read_text())))
+
     def config(self) -> dict[str, Any]:
-        return dict(json.loads((self.path / "config.json").read_text()))
+        return _unstamped(json.loads((self.path / "config.json").read_text()), self.path / "config.json")
 
     def original(self) -> Network:
         return Network.from_json((self.path / "original.json").read_text())
@@ -70,10 +112,11 @@ class RunDir:
         """Log one evaluated proposal; its fine-tuned weights first, so a logged one can be reused."""
         if module is not None:
             save_tensors(self._proposal_weights(record["iteration"], record["group"]), module.state_dict())
-        append_line(self.path / "history.jsonl", record)
+        append_line(self.path / "history.jsonl", _stamped(record))
 
     def history(self) -> list[dict[str, Any]]:
-        return list(read_lines(self.path / "history.jsonl"))
+        log = self.path / "history.jsonl"
+        return [_unstamped(r, log) for r in read_lines(log)]
 
     def proposal_weights(self, iteration: int, group: str) -> dict[str, torch.Tensor] | None:
         path = self._proposal_weights(iteration, group)
@@ -89,7 +132,7 @@ class RunDir:
         folder = self.path / "family" / f"{iteration:04d}"
         save_tensors(folder / "weights.pt", module.state_dict())
         write_json(folder / "network.json", network.to_dict())
-        write_json(folder / "summary.json", summary)  # last: a member with a summary is complete
+        write_json(folder / "summary.json", _stamped(summary))  # last: a member with a summary is complete
 
     def members(self) -> list[int]:
         folder = self.path / "family"
@@ -98,7 +141,8 @@ class RunDir:
         return sorted(int(p.name) for p in folder.iterdir() if (p / "summary.json").is_file())
 
     def summary(self, which: int | str) -> dict[str, Any]:
-        return dict(json.loads((self._folder(which) / "summary.json").read_text()))
+        path = self._folder(which) / "summary.json"
+        return _unstamped(json.loads(path.read_text()), path)
 
     def network(self, which: int | str) -> Network:
         return Network.from_json((self._folder(which) / "network.json").read_text())
@@ -115,7 +159,7 @@ class RunDir:
         save_tensors(folder / "weights.pt", module.state_dict())
         write_json(folder / "network.json", network.to_dict())
         write_atomic(folder / "model.onnx", onnx)
-        write_json(folder / "summary.json", summary)
+        write_json(folder / "summary.json", _stamped(summary))
 
     def _folder(self, which: int | str) -> Path:
         if which == "final":
@@ -134,4 +178,4 @@ class RunDir:
 
 def load(run_dir: str | Path, which: int | str = "final") -> nn.Module:
     """The network `which` ("final", "last", or an iteration number) of a run, ready to use."""
-    return RunDir.open(run_dir).module(which)
+    return RunDir.open(run_dir, migrate=False).module(which)
