@@ -43,3 +43,29 @@ def test_the_cli_turns_a_typo_into_one_line_and_exit_code_2(tmp_path: Path) -> N
     missing = subprocess.run([sys.executable, "-m", "netopt.cli", "adapt", str(tmp_path / "nope.toml")],
                              capture_output=True, text=True, timeout=120, check=False)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_the_strategy_table_is_one_strategy_by_name_with_its_own_settings(tmp_path: Path) -> None:
+    from netopt.app.factory import make_strategy
+
+    path = tmp_path / "c.toml"
+    path.write_text('[strategy]\nname = "RandomSearch"\ntrials = 4\nseed = 7\n[training]\nshort_term_steps = 5\n')
+    strategy = make_strategy(load_config(path))
+    assert (strategy.name, strategy.trials, strategy.seed, strategy.short_term_steps) == ("RandomSearch", 4, 7, 5)
+    path.write_text("[strategy]\nblock_size = 2\n")  # no name: ProgressiveBarrier, as before names existed
+    assert make_strategy(load_config(path)).config()["block_size"] == 2
+    for text, rule in [('[strategy]\nname = "RandomSearch"\nselection = "accuracy"\n', "selection: Extra inputs"),
+                       ('[strategy]\nname = "OptunaSearch"\nsampler = "cmaes"\n', "sampler 'cmaes' is unknown"),
+                       ("[strategy]\nshort_term_steps = 5\n", r"set the fine-tuning steps in \[training\]")]:
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=rule):
+            load_config(path)
+
+
+def test_the_config_defaults_are_the_strategies_own() -> None:
+    from netopt.strategies import ProgressiveBarrier
+
+    config, strategy = AdaptConfig(), ProgressiveBarrier()
+    assert (config.training.short_term_steps, config.training.long_term_steps) == (
+        strategy.short_term_steps, strategy.long_term_steps)
+    assert config.strategy.block_size == strategy.block_size and config.strategy.seed == strategy.seed

@@ -18,12 +18,20 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from netopt.constraints.amount import parse_amount
 from netopt.errors import ConfigError, first_line
+from netopt.strategies.base import StrategySettings
+from netopt.strategies.settings import (
+    GeometricSettings,
+    OptunaSettings,
+    ProgressiveBarrierSettings,
+    RandomSearchSettings,
+    UniformWidthSettings,
+)
 
 __all__ = ["AdaptConfig", "CompareConfig", "load_config", "STRATEGIES"]
 
@@ -47,10 +55,13 @@ class DataConfig(_Frozen):
 
 
 class TrainingConfig(_Frozen):
+    """The objective's trainer, and the fine-tuning budget every strategy is given (its defaults
+    are the strategies' own)."""
+
     lr: float = Field(0.01, gt=0)
     batch_size: int = Field(64, ge=2)
-    short_term_steps: int = Field(60, ge=0)
-    long_term_steps: int = Field(300, ge=0)
+    short_term_steps: int = Field(StrategySettings.model_fields["short_term_steps"].default, ge=0)
+    long_term_steps: int = Field(StrategySettings.model_fields["long_term_steps"].default, ge=0)
 
 
 class ScheduleConfig(_Frozen):
@@ -71,12 +82,25 @@ class ConstraintConfig(_Frozen):
         return self
 
 
-class StrategyConfig(_Frozen):
-    selection: Literal["accuracy", "accuracy_per_resource"] = "accuracy"
-    seed: int = 0
-    max_iterations: int = Field(500, ge=1)
-    block_size: int = Field(1, ge=1)
-    """Consecutive channel groups one proposal shrinks together (1: each singly, as in the paper)."""
+SETTINGS: dict[str, type[StrategySettings]] = {
+    "ProgressiveBarrier": ProgressiveBarrierSettings,
+    "UniformWidth": UniformWidthSettings,
+    "RandomSearch": RandomSearchSettings,
+    "OptunaSearch": OptunaSettings,
+    "GeometricProgram": GeometricSettings,
+}
+"""The strategies `netopt adapt` can run, by the `name` of the `[strategy]` table."""
+
+_SECTIONS = tuple(create_model(f"{name}Section", __base__=model, name=(Literal[name], name))  # type: ignore[call-overload,arg-type]
+                  for name, model in SETTINGS.items())
+
+if TYPE_CHECKING:
+    class StrategyConfig(StrategySettings):
+        name: str
+else:
+    StrategyConfig = Annotated[Union[_SECTIONS], Field(discriminator="name")]  # noqa: UP007
+"""`[strategy]`: `name` (default "ProgressiveBarrier") and that strategy's settings, checked by its
+own model; the training steps are set in `[training]`."""
 
 
 class LutConfig(_Frozen):
@@ -95,8 +119,24 @@ class AdaptConfig(_Frozen):
         default_factory=lambda: [ConstraintConfig(resource="latency", budget="50%"),
                                  ConstraintConfig(resource="energy", budget="60%")],
         min_length=1)
-    strategy: StrategyConfig = StrategyConfig()
+    strategy: StrategyConfig = _SECTIONS[0]()  # type: ignore[assignment]  # ProgressiveBarrier's defaults
     lut: LutConfig = LutConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_strategy(cls, data: Any) -> Any:
+        """A `[strategy]` table without a name is ProgressiveBarrier's (as before names existed)."""
+        if isinstance(data, dict) and isinstance(data.get("strategy"), dict) and "name" not in data["strategy"]:
+            return {**data, "strategy": {"name": "ProgressiveBarrier", **data["strategy"]}}
+        return data
+
+    @model_validator(mode="after")
+    def _steps_in_training(self) -> AdaptConfig:
+        both = {"short_term_steps", "long_term_steps"} & self.strategy.model_fields_set
+        if both:
+            raise ValueError(f"strategy.{sorted(both)[0]}: set the fine-tuning steps in [training], the budget every "
+                             "strategy is given")
+        return self
 
 
 STRATEGIES = ("ProgressiveBarrier", "UniformWidth", "RandomSearch", "OptunaTPE", "OptunaNSGA2", "GeometricProgram")
@@ -159,4 +199,7 @@ def load_config(path: str | Path, kind: type[AdaptConfig] = AdaptConfig) -> Adap
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: {field}: {err['msg']} (got {err.get('input')!r})") from None
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if not field:  # a rule across tables: its message names the field itself
+            raise ConfigError(f"{path}: {message}") from None
+        raise ConfigError(f"{path}: {field}: {message} (got {err.get('input')!r})") from None

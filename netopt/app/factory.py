@@ -17,8 +17,9 @@ from netopt.constraints import (
     ReductionSchedule,
 )
 from netopt.strategies import Problem, ProgressiveBarrier, RandomSearch, Strategy, UniformWidth
+from netopt.strategies.settings import ProgressiveBarrierSettings
 
-__all__ = ["build_problem", "strategy_makers", "progressive_barrier"]
+__all__ = ["build_problem", "strategy_makers", "make_strategy", "strategy_class"]
 
 
 def _constraint(c: ConstraintConfig, config: AdaptConfig, traced: object) -> Constraint:
@@ -59,18 +60,27 @@ def build_problem(config: AdaptConfig) -> Problem:
     return Problem(traced, constraints, Accuracy(data, trainer))
 
 
-def progressive_barrier(config: AdaptConfig) -> ProgressiveBarrier:
-    """The main job's strategy, with the config's training and strategy settings."""
-    return ProgressiveBarrier(short_term_steps=config.training.short_term_steps,
-                              long_term_steps=config.training.long_term_steps,
-                              selection=config.strategy.selection, seed=config.strategy.seed,
-                              max_iterations=config.strategy.max_iterations, block_size=config.strategy.block_size)
+def make_strategy(config: AdaptConfig) -> Strategy:
+    """The strategy the `[strategy]` table names, with its settings and the `[training]` steps."""
+    section = config.strategy
+    settings = section.model_dump(exclude={"name", "short_term_steps", "long_term_steps"})
+    return strategy_class(section.name)(short_term_steps=config.training.short_term_steps,
+                                        long_term_steps=config.training.long_term_steps, **settings)
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    """A strategy class by name; OptunaSearch and GeometricProgram import optuna and cvxpy: only when asked for."""
+    import netopt.strategies
+
+    return getattr(netopt.strategies, name)  # type: ignore[no-any-return]
 
 
 def strategy_makers(config: CompareConfig) -> dict[str, Callable[[int | None], Strategy]]:
     """The config's strategies, each built from the search budget (training steps) it is given."""
-    t, st = config.training, config.strategy
-    common = {"short_term_steps": t.short_term_steps, "long_term_steps": t.long_term_steps, "seed": st.seed}
+    t = config.training
+    common = {"short_term_steps": t.short_term_steps, "long_term_steps": t.long_term_steps,
+              "seed": config.strategy.seed}
+    st = config.strategy if isinstance(config.strategy, ProgressiveBarrierSettings) else ProgressiveBarrierSettings()
 
     def trials(steps: int | None) -> int:
         """Networks a searching strategy may fine-tune for `steps` short-term training steps: the

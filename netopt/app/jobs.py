@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from netopt.app.config import AdaptConfig, CompareConfig
-from netopt.app.factory import build_problem, progressive_barrier, strategy_makers
+from netopt.app.factory import build_problem, make_strategy, strategy_makers
 from netopt.app.reports import measure_family
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def adapt_job(config: AdaptConfig, resume: bool = False) -> Result:
 
     with torch_threads(1):
         problem = build_problem(config)
-        result = progressive_barrier(config).run(problem, run_dir=config.run_dir, resume=resume)
+        result = make_strategy(config).run(problem, run_dir=config.run_dir, resume=resume)
         measure_family(problem, result)
     first = problem.constraints[0]
     plot_family(result, first.resource, Path(config.run_dir) / f"accuracy_vs_{first.resource}.png",

@@ -3,10 +3,28 @@
 from typing import TYPE_CHECKING, Any
 
 from netopt.strategies._engine import Ask, Engine, Told
-from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy, check_feasible, smallest
-from netopt.strategies.progressive import ProgressiveBarrier, SelectionRule
+from netopt.strategies.base import (
+    Candidate,
+    Problem,
+    Proposal,
+    Result,
+    Strategy,
+    StrategySettings,
+    check_feasible,
+    smallest,
+)
+from netopt.strategies.progressive import ProgressiveBarrier
 from netopt.strategies.random_search import RandomSearch
 from netopt.strategies.search import Trials, WidthSearch, pareto_front
+from netopt.strategies.settings import (
+    GeometricSettings,
+    OptunaSettings,
+    ProgressiveBarrierSettings,
+    RandomSearchSettings,
+    SelectionRule,
+    UniformWidthSettings,
+    WidthSearchSettings,
+)
 from netopt.strategies.uniform import UniformWidth
 
 if TYPE_CHECKING:
@@ -26,6 +44,13 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "StrategySettings",
+    "ProgressiveBarrierSettings",
+    "WidthSearchSettings",
+    "UniformWidthSettings",
+    "RandomSearchSettings",
+    "OptunaSettings",
+    "GeometricSettings",
     "Ask",
     "Engine",
     "Told",

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pydantic import BaseModel, ConfigDict, StrictInt, ValidationError, field_validator
+
 from netopt.constraints import Bound, Constraint
-from netopt.errors import InfeasibleError
+from netopt.errors import ConfigError, InfeasibleError
 from netopt.ir import Network
 
 if TYPE_CHECKING:
@@ -18,7 +20,8 @@ if TYPE_CHECKING:
     from netopt.bridge import Traced
     from netopt.objectives.base import Objective
 
-__all__ = ["Problem", "Strategy", "Candidate", "Proposal", "Result", "smallest", "check_feasible", "changed"]
+__all__ = ["Problem", "Strategy", "StrategySettings", "Candidate", "Proposal", "Result", "smallest", "check_feasible",
+           "changed", "validated"]
 
 
 @dataclass(frozen=True)
@@ -82,22 +85,71 @@ class Result:
         return self.timings.get("framework", 0.0) / total if total else 0.0
 
 
+class StrategySettings(BaseModel):
+    """A strategy's settings: frozen, keyword-only, unknown names refused; the one source of its
+    defaults. `config()` (what a run directory records and a resume checks) is derived from
+    them, less the `RUNTIME` ones, which change how a run is carried out but not its result."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    RUNTIME: ClassVar[frozenset[str]] = frozenset()
+
+    short_term_steps: StrictInt = 60
+    """Fine-tuning steps of each proposal (NetAdapt's short-term fine-tuning)."""
+    long_term_steps: StrictInt = 300
+    """Fine-tuning steps of the final network."""
+    seed: StrictInt = 0
+
+    @field_validator("short_term_steps", "long_term_steps")
+    @classmethod
+    def _steps(cls, value: int, info: Any) -> int:
+        if value < 0:
+            raise ValueError(f"{info.field_name}={value!r} must be >= 0 (training steps)")
+        return value
+
+
+def validated(kind: type[StrategySettings], values: Mapping[str, Any], strategy: str) -> Any:
+    """`kind(**values)`, or one ConfigError line that names the strategy, the setting and the rule."""
+    try:
+        return kind(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field_name = ".".join(str(p) for p in err["loc"]) or "?"
+        if err["type"] == "value_error":  # our own rules say value, rule and fix themselves
+            raise ConfigError(f"{strategy}: {err['ctx']['error']!s}") from None
+        raise ConfigError(f"{strategy}: setting {field_name}={err.get('input')!r} is invalid: {err['msg']}; "
+                          f"valid settings: {sorted(kind.model_fields)}") from None
+
+
 class Strategy(ABC):
     """Turns a Problem into a Result. The contract (checked for every strategy by
     `netopt.testing.contract`): the result meets every constraint by its estimator, or
     InfeasibleError is raised; it uses at most `training_budget(problem)` training steps; the
-    same seed gives the same result; every proposal is in the result's history."""
+    same seed gives the same result; every proposal is in the result's history.
+
+    Its settings are a `StrategySettings` model (`Strategy.Settings`), validated at construction and
+    readable as attributes (`strategy.seed`); `config()` is derived from them."""
 
     name: ClassVar[str] = "Strategy"
+    Settings: ClassVar[type[StrategySettings]] = StrategySettings
+    settings: StrategySettings
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = validated(type(self).Settings, settings, self.name)
+
+    def __getattr__(self, name: str) -> Any:
+        settings = self.__dict__.get("settings")
+        if settings is not None and name in type(settings).model_fields:
+            return getattr(settings, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @abstractmethod
     def run(self, problem: Problem, run_dir: str | Path | None = None, resume: bool = False) -> Result:
         """Search; with `run_dir` everything is saved as it happens, and `resume=True` continues
         a stopped run there."""
 
-    @abstractmethod
     def config(self) -> dict[str, Any]:
         """The settings that decide the result (recorded in a run directory, checked on resume)."""
+        return {"strategy": self.name, **self.settings.model_dump(mode="json", exclude=set(self.settings.RUNTIME))}
 
     @abstractmethod
     def training_budget(self, problem: Problem) -> int:

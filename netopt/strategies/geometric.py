@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,10 +38,11 @@ import numpy as np
 from scipy.optimize import nnls
 
 from netopt.constraints import Bound
-from netopt.errors import ConfigError, InfeasibleError
+from netopt.errors import InfeasibleError
 from netopt.ir import Network
 from netopt.strategies.base import Problem, Result
 from netopt.strategies.search import Trials, WidthSearch
+from netopt.strategies.settings import GeometricSettings
 
 if TYPE_CHECKING:
     import cvxpy as cp
@@ -48,7 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["GeometricProgram", "GeometricReport", "Posynomial", "Fit", "fit_posynomial", "layer_pairs",
            "importance_weights", "importance", "round_to_grid"]
 
-IMPORTANCE = ("magnitude", "uniform")
 SCALES = (0.25, 0.5, 0.75)  # uniform width multipliers added to the fit's samples
 CALIBRATIONS = 3  # geometric programs at most: the first, then with budgets rescaled by the fit's error
 CALIBRATED = 0.01  # a fit within 1% of the estimate at the solution needs no rescaling
@@ -126,23 +127,12 @@ class GeometricProgram(WidthSearch):
     """
 
     name = "GeometricProgram"
+    Settings = GeometricSettings
+    settings: GeometricSettings
 
-    def __init__(self, *, short_term_steps: int = 100, long_term_steps: int = 1000, seed: int = 0,
-                 samples: int = 24, importance: str = "magnitude", solver: str | None = None,
-                 progress: bool | None = None) -> None:
-        super().__init__(trials=1, short_term_steps=short_term_steps, long_term_steps=long_term_steps, seed=seed,
-                         progress=progress)
-        if importance not in IMPORTANCE:
-            raise ConfigError(f"{self.name}: importance={importance!r} is unknown; use one of {list(IMPORTANCE)}")
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
-            raise ConfigError(f"{self.name}: samples={samples!r} must be an integer >= 0 (random fit samples)")
-        if solver is not None:
-            _check_solver(solver, self.name)
-        self.samples, self.importance, self.solver = samples, importance, solver
+    def __init__(self, *, executor: Executor | None = None, progress: bool | None = None, **settings: Any) -> None:
+        super().__init__(executor=executor, progress=progress, **settings)
         self.last_fit: GeometricReport | None = None
-
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "samples": self.samples, "importance": self.importance, "solver": self.solver}
 
     def search(self, trials: Trials) -> Result:
         started = time.perf_counter()
@@ -414,11 +404,3 @@ def _shrink_all(trials: Trials, widths: dict[str, int]) -> tuple[dict[str, int],
     found = trials.resources(smaller)
     trials.note(smaller, found)
     return smaller, found
-
-
-def _check_solver(solver: str, name: str) -> None:
-    import cvxpy as cp
-
-    installed = cp.installed_solvers()
-    if solver.upper() not in installed:
-        raise ConfigError(f"{name}: solver={solver!r} is not installed for cvxpy; installed: {installed}")

@@ -31,8 +31,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -43,10 +42,10 @@ from netopt.errors import ConfigError, IRError
 from netopt.ir import Network
 from netopt.strategies.base import Problem, Result
 from netopt.strategies.search import Trials, WidthSearch
+from netopt.strategies.settings import SAMPLERS, OptunaSettings
 
 __all__ = ["OptunaSearch", "SAMPLERS"]
 
-SAMPLERS = ("tpe", "nsga2")
 Widths = dict[str, int]
 Told = float | list[float]
 
@@ -89,27 +88,8 @@ class OptunaSearch(WidthSearch):
     """
 
     name = "OptunaSearch"
-
-    def __init__(self, *, sampler: str = "tpe", trials: int = 20, short_term_steps: int = 100,
-                 long_term_steps: int = 1000, seed: int = 0, storage: str | None = None,
-                 study_name: str | None = None, warm_start: Sequence[Widths] = (),
-                 executor: Executor | None = None, progress: bool | None = None, max_rejections: int = 1000,
-                 batch_size: int = 1) -> None:
-        if sampler not in SAMPLERS:
-            allowed = ", ".join(map(repr, SAMPLERS))
-            raise ConfigError(f"{self.name}: sampler {sampler!r} is unknown; use one of {allowed}")
-        super().__init__(trials=trials, short_term_steps=short_term_steps, long_term_steps=long_term_steps,
-                         seed=seed, executor=executor, progress=progress)
-        if not isinstance(max_rejections, int) or max_rejections < 1:
-            raise ConfigError(f"{self.name}: max_rejections={max_rejections!r} must be an integer >= 1 (how many "
-                              "untrained assignments to allow before giving up)")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"{self.name}: batch_size={batch_size!r} must be an integer >= 1 (trials asked before "
-                              "any is told; set it to the executor's worker count to use them all)")
-        self.batch_size = batch_size
-        self.sampler, self.storage, self.study_name = sampler, storage, study_name
-        self.warm_start = [dict(w) for w in warm_start]
-        self.max_rejections = max_rejections
+    Settings = OptunaSettings
+    settings: OptunaSettings
 
     @classmethod
     def from_result(cls, result: Result, **settings: Any) -> OptunaSearch:
@@ -118,11 +98,6 @@ class OptunaSearch(WidthSearch):
         found = [result.final.network.widths, *(c.network.widths for c in reversed(result.family))]
         unique = list({tuple(sorted(w.items())): w for w in found}.values())
         return cls(warm_start=[*unique, *settings.pop("warm_start", ())], **settings)
-
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "sampler": self.sampler, "max_rejections": self.max_rejections,
-                "batch_size": self.batch_size,
-                "warm_start": self.warm_start}
 
     def run(self, problem: Problem, run_dir: str | Path | None = None, resume: bool = False) -> Result:
         storage = _open(self.storage) if self.storage else None  # a bad URL fails before the run folder is made

@@ -16,7 +16,6 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,23 +23,17 @@ from tqdm import tqdm
 
 from netopt.bridge import trace
 from netopt.constraints import Bound
-from netopt.errors import ConfigError, InfeasibleError
+from netopt.errors import InfeasibleError
 from netopt.ir import Network
 from netopt.strategies._engine import Ask, Engine, Serial, seed_for
 from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy, changed
+from netopt.strategies.settings import ProgressiveBarrierSettings, SelectionRule
 
 if TYPE_CHECKING:
     from torch import nn
 
 
-__all__ = ["ProgressiveBarrier", "SelectionRule"]
-
-
-class SelectionRule(StrEnum):
-    """PickHighestAccuracy (the paper), or the smallest accuracy drop per resource saved."""
-
-    ACCURACY = "accuracy"
-    ACCURACY_PER_RESOURCE = "accuracy_per_resource"
+__all__ = ["ProgressiveBarrier", "ProgressiveBarrierSettings", "SelectionRule"]
 
 
 @dataclass(frozen=True)
@@ -53,29 +46,19 @@ class _Plan:
 
 
 class ProgressiveBarrier(Strategy):
-    """NetAdapt for m resources; the result does not depend on the executor's worker count."""
+    """NetAdapt for m resources; the result does not depend on the executor's worker count.
+
+    Settings (`ProgressiveBarrierSettings`): short_term_steps, long_term_steps, seed, selection,
+    block_size, max_iterations."""
 
     name = "ProgressiveBarrier"
+    Settings = ProgressiveBarrierSettings
+    settings: ProgressiveBarrierSettings
 
-    def __init__(self, *, short_term_steps: int = 100, long_term_steps: int = 1000,
-                 selection: SelectionRule | str = SelectionRule.ACCURACY, executor: Executor | None = None,
-                 seed: int = 0, max_iterations: int = 500, block_size: int = 1, progress: bool | None = None) -> None:
-        if short_term_steps < 0 or long_term_steps < 0 or max_iterations < 1:
-            raise ConfigError(f"ProgressiveBarrier: short_term_steps={short_term_steps}, long_term_steps="
-                              f"{long_term_steps}, max_iterations={max_iterations}: the steps must be >= 0 and "
-                              "max_iterations >= 1")
-        if not isinstance(block_size, int) or block_size < 1:
-            raise ConfigError(f"block_size {block_size!r} must be an integer >= 1: how many consecutive channel "
-                              "groups one proposal shrinks together (1: each group singly, as in the paper)")
-        self.block_size = block_size
-        try:
-            self.selection = SelectionRule(selection)
-        except ValueError:
-            known = [s.value for s in SelectionRule]
-            raise ConfigError(f"selection {selection!r} is unknown; use one of {known}") from None
-        self.short_term_steps, self.long_term_steps = short_term_steps, long_term_steps
+    def __init__(self, *, executor: Executor | None = None, progress: bool | None = None, **settings: Any) -> None:
+        super().__init__(**settings)
         self.executor = executor or Serial()
-        self.seed, self.max_iterations, self.progress = seed, max_iterations, progress
+        self.progress = progress
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -83,10 +66,6 @@ class ProgressiveBarrier(Strategy):
         """Every iteration may fine-tune one proposal per group; at most max_iterations of them."""
         proposals = -(-len(problem.traced.network.groups) // self.block_size)  # blocks per iteration
         return self.max_iterations * proposals * self.short_term_steps + self.long_term_steps
-
-    def config(self) -> dict[str, Any]:
-        return {"strategy": self.name, "short_term_steps": self.short_term_steps, "block_size": self.block_size,
-                "long_term_steps": self.long_term_steps, "selection": self.selection.value, "seed": self.seed}
 
     def run(self, problem: Problem, run_dir: str | Path | None = None, resume: bool = False) -> Result:
         """Adapt; with `run_dir` every step is saved, and `resume=True` continues a stopped run

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent.futures import Executor
-from typing import Any
 
 import numpy as np
 
-from netopt.errors import ConfigError
 from netopt.ir import Network
 from netopt.strategies.base import Result
 from netopt.strategies.search import Trials, WidthSearch
+from netopt.strategies.settings import RandomSearchSettings
 
 __all__ = ["RandomSearch"]
 
@@ -21,20 +19,8 @@ class RandomSearch(WidthSearch):
     cost no training. Scores `trials` feasible networks and keeps the best."""
 
     name = "RandomSearch"
-
-    def __init__(self, *, trials: int = 20, short_term_steps: int = 100, long_term_steps: int = 1000, seed: int = 0,
-                 executor: Executor | None = None, progress: bool | None = None,
-                 max_rejections: int = 1000, batch_size: int = 1) -> None:
-        super().__init__(trials=trials, short_term_steps=short_term_steps, long_term_steps=long_term_steps,
-                         seed=seed, executor=executor, progress=progress)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"{self.name}: batch_size={batch_size!r} must be an integer >= 1 (feasible assignments "
-                              "handed to the executor at once: its worker count, to use them all)")
-        self.max_rejections = max_rejections
-        self.batch_size = batch_size  # does not change the result: samples do not depend on scores
-
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "max_rejections": self.max_rejections}
+    Settings = RandomSearchSettings
+    settings: RandomSearchSettings
 
     def search(self, trials: Trials) -> Result:
         rejected, batch, feasible = 0, [], 0

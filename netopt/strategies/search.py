@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from netopt.errors import ConfigError, InfeasibleError
+from netopt.errors import InfeasibleError
 from netopt.ir import Network
 from netopt.strategies._engine import Ask, Engine, seed_for
 from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy
+from netopt.strategies.settings import WidthSearchSettings
 
 if TYPE_CHECKING:
     pass
@@ -161,23 +162,15 @@ class WidthSearch(Strategy):
     """
 
     name = "WidthSearch"
+    Settings = WidthSearchSettings
+    settings: WidthSearchSettings
 
-    def __init__(self, *, trials: int = 20, short_term_steps: int = 100, long_term_steps: int = 1000, seed: int = 0,
-                 executor: Executor | None = None, progress: bool | None = None) -> None:
-        if not isinstance(trials, int) or trials < 1:
-            raise ConfigError(f"{self.name}: trials={trials!r} is not a compute budget; it must be an integer >= 1 "
-                              "(the number of networks fine-tuned and scored)")
-        if short_term_steps < 0 or long_term_steps < 0:
-            raise ConfigError(f"{self.name}: short_term_steps and long_term_steps must be >= 0")
-        self.trials, self.short_term_steps, self.long_term_steps = trials, short_term_steps, long_term_steps
-        self.seed, self.executor, self.progress = seed, executor, progress
+    def __init__(self, *, executor: Executor | None = None, progress: bool | None = None, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.executor, self.progress = executor, progress
 
     def training_budget(self, problem: Problem) -> int:
         return self.trials * self.short_term_steps + self.long_term_steps
-
-    def config(self) -> dict[str, Any]:
-        return {"strategy": self.name, "trials": self.trials, "short_term_steps": self.short_term_steps,
-                "long_term_steps": self.long_term_steps, "seed": self.seed}
 
     def run(self, problem: Problem, run_dir: str | Path | None = None, resume: bool = False) -> Result:
         engine = self.open_engine(problem, run_dir, resume)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from netopt.errors import ConfigError
 from netopt.strategies.base import Result
 from netopt.strategies.search import Trials, WidthSearch
+from netopt.strategies.settings import UniformWidthSettings
 
 __all__ = ["UniformWidth"]
 
@@ -16,18 +14,8 @@ class UniformWidth(WidthSearch):
     budget, found by bisection on the estimators; then that network is fine-tuned."""
 
     name = "UniformWidth"
-
-    def __init__(self, *, short_term_steps: int = 100, long_term_steps: int = 1000, seed: int = 0,
-                 tolerance: float = 1e-3, progress: bool | None = None) -> None:
-        super().__init__(trials=1, short_term_steps=short_term_steps, long_term_steps=long_term_steps, seed=seed,
-                         progress=progress)
-        if not 0 < tolerance < 1:
-            raise ConfigError(f"{self.name}: tolerance={tolerance!r} must lie in (0, 1): the bisection stops when the "
-                              "multiplier is known to within it (default 1e-3)")
-        self.tolerance = tolerance
-
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "tolerance": self.tolerance}
+    Settings = UniformWidthSettings
+    settings: UniformWidthSettings
 
     def search(self, trials: Trials) -> Result:
         net = trials.network

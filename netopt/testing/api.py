@@ -30,6 +30,10 @@ def _signature(obj: object) -> str:
         return "(...)"
 
 
+def _annotation(annotation: object) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
 def _describe(module: str, name: str, obj: object) -> Iterator[str]:
     where = f"{module}.{name}"
     if inspect.isclass(obj):
@@ -37,6 +41,11 @@ def _describe(module: str, name: str, obj: object) -> Iterator[str]:
             yield f"{where}: enum {sorted(m.name for m in obj)}"
             return
         yield f"{where}{_signature(obj)}"
+        settings = getattr(obj, "Settings", None)  # a strategy: its settings are its signature
+        if inspect.isclass(settings) and hasattr(settings, "model_fields"):
+            for field, info in settings.model_fields.items():
+                default = info.get_default(call_default_factory=True)
+                yield f"{where} setting {field}: {_annotation(info.annotation)} = {default!r}"
         for attr, member in sorted(vars(obj).items()):
             if attr.startswith("_"):
                 continue

@@ -1,0 +1,180 @@
+"""Every strategy's settings, as data: frozen pydantic models, the one source of their defaults.
+
+A strategy validates its keyword settings with its model at construction (one ConfigError line
+naming the strategy, the setting and the rule) and derives `config()` from it; the config
+file's `[strategy]` table is one of these models, chosen by its `name`. This module imports
+neither optuna nor cvxpy, so a config file is validated without them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, StrictInt, field_validator
+
+from netopt.strategies.base import StrategySettings
+
+__all__ = ["SelectionRule", "ProgressiveBarrierSettings", "WidthSearchSettings", "UniformWidthSettings",
+           "RandomSearchSettings", "OptunaSettings", "GeometricSettings", "SAMPLERS", "IMPORTANCE", "positive"]
+
+SAMPLERS = ("tpe", "nsga2")
+IMPORTANCE = ("magnitude", "uniform")
+
+
+def positive(name: str, value: int, meaning: str) -> int:
+    """A setting that must be an integer >= 1 (`meaning` says what it counts)."""
+    if value < 1:
+        raise ValueError(f"{name}={value!r} must be an integer >= 1 ({meaning})")
+    return value
+
+
+class SelectionRule(StrEnum):
+    """PickHighestAccuracy (the paper), or the smallest accuracy drop per resource saved."""
+
+    ACCURACY = "accuracy"
+    ACCURACY_PER_RESOURCE = "accuracy_per_resource"
+
+
+class ProgressiveBarrierSettings(StrategySettings):
+    """ProgressiveBarrier's settings (see the class); `max_iterations` bounds a run, not its result."""
+
+    RUNTIME: ClassVar[frozenset[str]] = frozenset({"max_iterations"})
+
+    selection: SelectionRule = SelectionRule.ACCURACY
+    block_size: StrictInt = 1
+    """Consecutive channel groups one proposal shrinks together (1: each singly, as in the paper)."""
+    max_iterations: StrictInt = 500
+
+    @field_validator("selection", mode="before")
+    @classmethod
+    def _selection(cls, value: Any) -> SelectionRule:
+        try:
+            return SelectionRule(value)
+        except ValueError:
+            raise ValueError(f"selection {value!r} is unknown; use one of {[s.value for s in SelectionRule]}") from None
+
+    @field_validator("block_size")
+    @classmethod
+    def _block(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"block_size {value!r} must be an integer >= 1: how many consecutive channel groups "
+                             "one proposal shrinks together (1: each group singly, as in the paper)")
+        return value
+
+    @field_validator("max_iterations")
+    @classmethod
+    def _iterations(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"max_iterations={value!r} must be >= 1")
+        return value
+
+
+class WidthSearchSettings(StrategySettings):
+    trials: StrictInt = 20
+    """The compute budget: how many networks are fine-tuned and scored."""
+
+    @field_validator("trials")
+    @classmethod
+    def _trials(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"trials={value!r} is not a compute budget; it must be an integer >= 1 (the number of "
+                             "networks fine-tuned and scored)")
+        return value
+
+
+class UniformWidthSettings(WidthSearchSettings):
+    trials: Literal[1] = 1  # one network is fine-tuned: the multiplier's
+    tolerance: float = 1e-3
+    """The bisection stops when the multiplier is known to within it."""
+
+    @field_validator("tolerance")
+    @classmethod
+    def _tolerance(cls, value: float) -> float:
+        if not 0 < value < 1:
+            raise ValueError(f"tolerance={value:g} must lie in (0, 1): the bisection stops when the multiplier is "
+                             "known to within it (default 1e-3)")
+        return value
+
+
+class RandomSearchSettings(WidthSearchSettings):
+    RUNTIME: ClassVar[frozenset[str]] = frozenset({"batch_size"})  # samples do not depend on scores
+
+    max_rejections: StrictInt = 1000
+    batch_size: StrictInt = 1
+
+    @field_validator("max_rejections")
+    @classmethod
+    def _rejections(cls, value: int) -> int:
+        return positive("max_rejections", value, "how many untrained assignments to allow before giving up")
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch(cls, value: int) -> int:
+        return positive("batch_size", value, "feasible assignments handed to the executor at once: its worker "
+                        "count, to use them all")
+
+
+class OptunaSettings(WidthSearchSettings):
+    """Where the study is kept (`storage`, `study_name`) does not decide the result: a resume
+    replays the search from the run directory (see the module docstring)."""
+
+    RUNTIME: ClassVar[frozenset[str]] = frozenset({"storage", "study_name"})
+
+    sampler: str = "tpe"
+    storage: str | None = None
+    study_name: str | None = None
+    warm_start: list[dict[str, int]] = Field(default_factory=list)
+    max_rejections: StrictInt = 1000
+    batch_size: StrictInt = 1
+    """Trials asked before any is told; the executor's worker count, to use them all."""
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, value: str) -> str:
+        if value not in SAMPLERS:
+            raise ValueError(f"sampler {value!r} is unknown; use one of {', '.join(map(repr, SAMPLERS))}")
+        return value
+
+    @field_validator("max_rejections")
+    @classmethod
+    def _rejections(cls, value: int) -> int:
+        return positive("max_rejections", value, "how many untrained assignments to allow before giving up")
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch(cls, value: int) -> int:
+        return positive("batch_size", value, "trials asked before any is told; set it to the executor's worker "
+                        "count to use them all")
+
+
+class GeometricSettings(WidthSearchSettings):
+    trials: Literal[1] = 1  # one network is fine-tuned: the program's
+    samples: StrictInt = 24
+    importance: str = "magnitude"
+    solver: str | None = None
+
+    @field_validator("importance")
+    @classmethod
+    def _importance(cls, value: str) -> str:
+        if value not in IMPORTANCE:
+            raise ValueError(f"importance={value!r} is unknown; use one of {list(IMPORTANCE)}")
+        return value
+
+    @field_validator("samples")
+    @classmethod
+    def _samples(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"samples={value!r} must be an integer >= 0 (random fit samples)")
+        return value
+
+    @field_validator("solver")
+    @classmethod
+    def _solver(cls, value: str | None) -> str | None:
+        if value is not None:
+            import cvxpy as cp
+
+            installed = cp.installed_solvers()
+            if value.upper() not in installed:
+                raise ValueError(f"solver={value!r} is not installed for cvxpy; installed: {installed}")
+        return value
