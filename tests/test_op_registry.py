@@ -18,7 +18,7 @@ from netopt.bridge.modules import OPS_MODULES
 from netopt.bridge.trace import OpaqueWarning
 from netopt.errors import LookupTableError, MeasurementError
 from netopt.ir import RULES, Network, OpKind
-from netopt.ir.ops import ALIASING
+from netopt.ir.ops import ALIASING, Energy
 from netopt.lut.units import FREE, units
 from netopt.measure import energy
 from netopt.measure.onnxrt import export_onnx
@@ -39,9 +39,29 @@ def test_every_built_module_is_converted_back() -> None:
 
 
 def test_an_op_the_energy_model_does_not_cost_is_an_error_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(energy._VECTOR_OPS, OpKind.LAYERNORM)
+    monkeypatch.delitem(energy._PRICED, Energy.NORM)
     with pytest.raises(MeasurementError, match="no cost for op kinds \\['layernorm'\\]"):
         energy.EnergyModel()
+
+
+@pytest.mark.parametrize("kind", [k for k in OpKind if RULES[k].example is not None], ids=lambda k: k.value)
+def test_every_op_kind_is_generated_by_its_example_block_and_read_back_by_trace(kind: OpKind) -> None:
+    """The one declaration (ir.ops.RULES) names the Hypothesis block that makes the op; what
+    that block builds, trace reads back as the same op (the converter of build's module)."""
+    rule = RULES[kind]
+    assert rule.example in nst.BLOCKS or rule.example == "conv"
+    found: list[Network] = []
+
+    @settings(max_examples=80, deadline=None, database=None)
+    @given(nst.networks(max_blocks=2, blocks=(rule.example,)))
+    def collect(net: Network) -> None:
+        if any(n.op is kind for n in net.nodes):
+            found.append(net)
+
+    collect()
+    assert found, f"block {rule.example!r} never generated a {kind.value} node"
+    net = found[0]
+    assert netopt.trace(build(net).eval(), torch.randn(1, *net.input_shape)).network == net
 
 
 @settings(max_examples=60, deadline=None)

@@ -19,6 +19,8 @@ __all__ = [
     "OpKind",
     "Role",
     "OpRule",
+    "Energy",
+    "Fusion",
     "RULES",
     "Conv2dAttrs",
     "ConvTranspose2dAttrs",
@@ -406,58 +408,96 @@ def _opaque_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatia
 SpatialRule = Callable[[str, Any, Sequence[Spatial]], Spatial]
 
 
+class Energy(Enum):
+    """How the analytical energy model counts an op's work (measure/energy.py prices each kind)."""
+
+    MAC = "mac"  # CONV/FC: multiply-accumulates and the data they move
+    OPAQUE = "opaque"  # a block kept whole: its measured MACs
+    VIEW = "view"  # nothing at inference: the output is a view of the input
+    PER_OUTPUT = "per_output"  # one operation per output element (activations, unfolded BN, scale)
+    PER_INPUT = "per_input"  # one per input element (adaptive pooling, mean)
+    WINDOW = "window"  # output elements times the pooling window
+    COMBINE = "combine"  # output elements times (inputs - 1), or one each with a constant
+    NORM = "norm"  # mean, variance, normalize and affine: four per output element
+    RESIZE = "resize"  # four per output element when bilinear, data movement only when nearest
+    ATTENTION = "attention"  # ECA: pooled channels, a k-tap filter across them, the gate and its product
+    MOVE = "move"  # data movement only (concat, slice, pad, shuffle)
+
+
+class Fusion(Enum):
+    """How a lookup table cuts networks into the units a runtime runs as one kernel (lut/units.py)."""
+
+    HEAD = "head"  # starts a unit of its own
+    FUSED = "fused"  # joins the unit before it when it is that unit's only reader and reads nothing else
+    VIEW = "view"  # no kernel at inference: joins the unit before it where it can, else costs nothing
+    FREE = "free"  # no kernel at inference, never part of a unit
+
+
 @dataclass(frozen=True)
 class OpRule:
-    """What the IR knows of one op kind. `arity` None means one or more inputs."""
+    """Everything the torch-free layers know of one op kind, declared once: its attributes, how
+    channels flow through it, its spatial rule, its arity (None: one or more), how the energy
+    model counts it, how lookup tables fuse it, and the `netopt.testing.strategies` block that
+    generates it for the property tests. The torch side (builder, converters) is in netopt.bridge;
+    tests/test_op_registry.py fails when an op kind lacks any part."""
 
     attrs: type[Any]
     role: Role
     spatial: SpatialRule
+    energy: Energy
+    fusion: Fusion
+    example: str | None  # None: only OPAQUE, which needs a module to build
     arity: int | None = 1
 
 
-_ACT = OpRule(NoAttrs, Role.FOLLOW, _same_spatial)
+def _act(example: str = "conv") -> OpRule:
+    return OpRule(NoAttrs, Role.FOLLOW, _same_spatial, Energy.PER_OUTPUT, Fusion.FUSED, example)
+
+
+_F, _H = Fusion.FUSED, Fusion.HEAD
 
 RULES: dict[OpKind, OpRule] = {
-    OpKind.CONV2D: OpRule(Conv2dAttrs, Role.PRODUCE, _conv_spatial),
-    OpKind.CONV_TRANSPOSE2D: OpRule(ConvTranspose2dAttrs, Role.PRODUCE, _conv_transpose_spatial),
-    OpKind.LINEAR: OpRule(LinearAttrs, Role.PRODUCE, _linear_spatial),
-    OpKind.BATCHNORM: OpRule(BatchNormAttrs, Role.FOLLOW, _same_spatial),
-    OpKind.RELU: _ACT,
-    OpKind.RELU6: _ACT,
-    OpKind.HARDSWISH: _ACT,
-    OpKind.HARDSIGMOID: _ACT,
-    OpKind.SILU: _ACT,
-    OpKind.SIGMOID: _ACT,
-    OpKind.GELU: OpRule(GeluAttrs, Role.FOLLOW, _same_spatial),
-    OpKind.MAXPOOL2D: OpRule(PoolAttrs, Role.FOLLOW, _pool_spatial),
-    OpKind.AVGPOOL2D: OpRule(PoolAttrs, Role.FOLLOW, _pool_spatial),
-    OpKind.ADAPTIVE_AVGPOOL2D: OpRule(AdaptivePoolAttrs, Role.FOLLOW, _adaptive_spatial),
-    OpKind.ADAPTIVE_MAXPOOL2D: OpRule(AdaptivePoolAttrs, Role.FOLLOW, _adaptive_spatial),
-    OpKind.MEAN: OpRule(MeanAttrs, Role.FOLLOW, _mean_spatial),
-    OpKind.ADD: OpRule(ScalarAttrs, Role.COUPLE, _broadcast_spatial, arity=None),
-    OpKind.MUL: OpRule(ScalarAttrs, Role.COUPLE, _broadcast_spatial, arity=None),
-    OpKind.CONCAT: OpRule(NoAttrs, Role.CONCAT, _concat_spatial, arity=None),
-    OpKind.FLATTEN: OpRule(NoAttrs, Role.FLATTEN, _flatten_spatial),
-    OpKind.DROPOUT: OpRule(DropoutAttrs, Role.FOLLOW, _same_spatial),
-    OpKind.IDENTITY: OpRule(NoAttrs, Role.FOLLOW, _same_spatial),
-    OpKind.OPAQUE: OpRule(OpaqueAttrs, Role.OPAQUE, _opaque_spatial, arity=None),
-    OpKind.LAYERNORM: OpRule(LayerNormAttrs, Role.FOLLOW, _same_spatial),
-    OpKind.SCALE: OpRule(NoAttrs, Role.FOLLOW, _same_spatial),
-    OpKind.DROPPATH: OpRule(DropPathAttrs, Role.FOLLOW, _same_spatial),
-    OpKind.PAD: OpRule(PadAttrs, Role.FOLLOW, _pad_spatial),
-    OpKind.UPSAMPLE: OpRule(UpsampleAttrs, Role.FOLLOW, _upsample_spatial),
-    OpKind.SLICE: OpRule(SliceAttrs, Role.SLICE, _same_spatial),
-    OpKind.LEAKY_RELU: OpRule(LeakyReluAttrs, Role.FOLLOW, _same_spatial),
-    OpKind.CHANNEL_SHUFFLE: OpRule(ShuffleAttrs, Role.SHUFFLE, _same_spatial),
-    OpKind.ECA: OpRule(EcaAttrs, Role.FOLLOW, _same_spatial),
+    OpKind.CONV2D: OpRule(Conv2dAttrs, Role.PRODUCE, _conv_spatial, Energy.MAC, _H, "conv"),
+    OpKind.CONV_TRANSPOSE2D: OpRule(ConvTranspose2dAttrs, Role.PRODUCE, _conv_transpose_spatial, Energy.MAC, _H,
+                                    "decoder"),
+    OpKind.LINEAR: OpRule(LinearAttrs, Role.PRODUCE, _linear_spatial, Energy.MAC, _H, "conv"),
+    OpKind.BATCHNORM: OpRule(BatchNormAttrs, Role.FOLLOW, _same_spatial, Energy.PER_OUTPUT, _F, "conv"),
+    OpKind.RELU: _act(),
+    OpKind.RELU6: _act(),
+    OpKind.HARDSWISH: _act(),
+    OpKind.HARDSIGMOID: _act("se"),
+    OpKind.SILU: _act(),
+    OpKind.SIGMOID: _act("se"),
+    OpKind.GELU: OpRule(GeluAttrs, Role.FOLLOW, _same_spatial, Energy.PER_OUTPUT, _F, "convnext"),
+    OpKind.LEAKY_RELU: OpRule(LeakyReluAttrs, Role.FOLLOW, _same_spatial, Energy.PER_OUTPUT, _F, "conv"),
+    OpKind.MAXPOOL2D: OpRule(PoolAttrs, Role.FOLLOW, _pool_spatial, Energy.WINDOW, _H, "pool"),
+    OpKind.AVGPOOL2D: OpRule(PoolAttrs, Role.FOLLOW, _pool_spatial, Energy.WINDOW, _H, "pool"),
+    OpKind.ADAPTIVE_AVGPOOL2D: OpRule(AdaptivePoolAttrs, Role.FOLLOW, _adaptive_spatial, Energy.PER_INPUT, _H, "se"),
+    OpKind.ADAPTIVE_MAXPOOL2D: OpRule(AdaptivePoolAttrs, Role.FOLLOW, _adaptive_spatial, Energy.PER_INPUT, _H,
+                                      "pool"),
+    OpKind.MEAN: OpRule(MeanAttrs, Role.FOLLOW, _mean_spatial, Energy.PER_INPUT, _H, "conv"),
+    OpKind.ADD: OpRule(ScalarAttrs, Role.COUPLE, _broadcast_spatial, Energy.COMBINE, _H, "residual", arity=None),
+    OpKind.MUL: OpRule(ScalarAttrs, Role.COUPLE, _broadcast_spatial, Energy.COMBINE, _H, "se", arity=None),
+    OpKind.CONCAT: OpRule(NoAttrs, Role.CONCAT, _concat_spatial, Energy.MOVE, _H, "concat", arity=None),
+    OpKind.FLATTEN: OpRule(NoAttrs, Role.FLATTEN, _flatten_spatial, Energy.VIEW, Fusion.FREE, "conv"),
+    OpKind.DROPOUT: OpRule(DropoutAttrs, Role.FOLLOW, _same_spatial, Energy.VIEW, Fusion.VIEW, "residual"),
+    OpKind.IDENTITY: OpRule(NoAttrs, Role.FOLLOW, _same_spatial, Energy.VIEW, Fusion.VIEW, "residual"),
+    OpKind.OPAQUE: OpRule(OpaqueAttrs, Role.OPAQUE, _opaque_spatial, Energy.OPAQUE, _H, None, arity=None),
+    OpKind.LAYERNORM: OpRule(LayerNormAttrs, Role.FOLLOW, _same_spatial, Energy.NORM, _H, "convnext"),
+    OpKind.SCALE: OpRule(NoAttrs, Role.FOLLOW, _same_spatial, Energy.PER_OUTPUT, _H, "convnext"),
+    OpKind.DROPPATH: OpRule(DropPathAttrs, Role.FOLLOW, _same_spatial, Energy.VIEW, Fusion.VIEW, "convnext"),
+    OpKind.PAD: OpRule(PadAttrs, Role.FOLLOW, _pad_spatial, Energy.MOVE, _H, "resize"),
+    OpKind.UPSAMPLE: OpRule(UpsampleAttrs, Role.FOLLOW, _upsample_spatial, Energy.RESIZE, _H, "resize"),
+    OpKind.SLICE: OpRule(SliceAttrs, Role.SLICE, _same_spatial, Energy.MOVE, _H, "split"),
+    OpKind.CHANNEL_SHUFFLE: OpRule(ShuffleAttrs, Role.SHUFFLE, _same_spatial, Energy.MOVE, _H, "shuffle"),
+    OpKind.ECA: OpRule(EcaAttrs, Role.FOLLOW, _same_spatial, Energy.ATTENTION, _H, "eca"),
 }
 
 CONVOLUTIONS: frozenset[OpKind] = frozenset({OpKind.CONV2D, OpKind.CONV_TRANSPOSE2D})
 """Ops with `groups`: grouped, depthwise or dense."""
 
-MAC_OPS: frozenset[OpKind] = CONVOLUTIONS | {OpKind.LINEAR}
+MAC_OPS: frozenset[OpKind] = frozenset(k for k, rule in RULES.items() if rule.energy is Energy.MAC)
 """The CONV and FC layers whose multiply-accumulates the paper counts."""
 
-ALIASING: frozenset[OpKind] = frozenset({OpKind.IDENTITY, OpKind.DROPOUT, OpKind.FLATTEN, OpKind.DROPPATH})
+ALIASING: frozenset[OpKind] = frozenset(k for k, rule in RULES.items() if rule.energy is Energy.VIEW)
 """Ops whose output is a view of their input at inference: no new activation memory."""

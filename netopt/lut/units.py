@@ -13,20 +13,16 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
-from netopt.ir import INPUT, Network, Node, OpKind
-from netopt.ir.ops import CONVOLUTIONS
+from netopt.ir import INPUT, Network, Node
+from netopt.ir.ops import CONVOLUTIONS, RULES, Fusion
 
 __all__ = ["Unit", "units", "FUSABLE"]
 
-FUSABLE = frozenset({
-    OpKind.BATCHNORM, OpKind.RELU, OpKind.RELU6, OpKind.HARDSIGMOID, OpKind.SIGMOID,
-    OpKind.HARDSWISH, OpKind.SILU, OpKind.GELU, OpKind.DROPOUT, OpKind.IDENTITY,
-    OpKind.LEAKY_RELU, OpKind.DROPPATH,
-})
+FUSABLE = frozenset(k for k, rule in RULES.items() if rule.fusion in (Fusion.FUSED, Fusion.VIEW))
 """Ops absorbed into the unit of the op before them when that op is their only producer and
 they its only reader."""
 
-FREE = frozenset({OpKind.FLATTEN, OpKind.IDENTITY, OpKind.DROPOUT, OpKind.DROPPATH})
+FREE = frozenset(k for k, rule in RULES.items() if rule.fusion in (Fusion.VIEW, Fusion.FREE))
 """Views at inference: no kernel runs."""
 
 

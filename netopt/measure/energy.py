@@ -55,7 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from netopt.errors import MeasurementError
 from netopt.ir import INPUT, Network, Node, OpKind, layer_macs, layer_params
-from netopt.ir.ops import ALIASING, MAC_OPS, OpaqueAttrs, PoolAttrs, ScalarAttrs, UpsampleAttrs
+from netopt.ir.ops import ALIASING, MAC_OPS, RULES, EcaAttrs, Energy, OpaqueAttrs, PoolAttrs, ScalarAttrs, UpsampleAttrs
 from netopt.measure.base import Backend, Fingerprint, Measurement, MeasureSettings, settings_from, summarize
 from netopt.measure.onnxrt import OnnxRuntimeCPU, export_onnx
 
@@ -185,41 +185,39 @@ def _no_ops(net: Network, node: Node) -> int:
     return 0
 
 
-_VECTOR_OPS: dict[OpKind, Callable[[Network, Node], int]] = {
-    OpKind.BATCHNORM: _out_ops,
-    OpKind.RELU: _out_ops,
-    OpKind.RELU6: _out_ops,
-    OpKind.HARDSWISH: _out_ops,
-    OpKind.HARDSIGMOID: _out_ops,
-    OpKind.SILU: _out_ops,
-    OpKind.SIGMOID: _out_ops,
-    OpKind.GELU: _out_ops,
-    OpKind.MAXPOOL2D: _window_ops,
-    OpKind.AVGPOOL2D: _window_ops,
-    OpKind.ADAPTIVE_AVGPOOL2D: _in_ops,
-    OpKind.ADAPTIVE_MAXPOOL2D: _in_ops,
-    OpKind.MEAN: _in_ops,
-    OpKind.ADD: _combine_ops,
-    OpKind.MUL: _combine_ops,
-    OpKind.CONCAT: _no_ops,
-    OpKind.LEAKY_RELU: _out_ops,
-    OpKind.LAYERNORM: lambda net, node: 4 * _out_ops(net, node),  # mean, variance, normalize, affine
-    OpKind.SCALE: _out_ops,
-    OpKind.PAD: _no_ops,  # a copy: its cost is the data moved
-    OpKind.UPSAMPLE: lambda net, node: _out_ops(net, node) * (
-        4 if isinstance(node.attrs, UpsampleAttrs) and node.attrs.mode == "bilinear" else 0),
-    OpKind.SLICE: _no_ops,
-    OpKind.CHANNEL_SHUFFLE: _no_ops,  # a permutation: its cost is the data moved
-    OpKind.ECA: lambda net, node: 2 * _out_ops(net, node) + net.shape(node.name)[0] * (node.attrs.kernel_size + 1),
-}
-"""MAC-equivalent operations of each vector op (views, CONV/FC and opaque are costed apart)."""
+def _norm_ops(net: Network, node: Node) -> int:
+    return 4 * _out_ops(net, node)  # mean, variance, normalize, affine
 
-_COSTED_APART = MAC_OPS | {OpKind.OPAQUE} | ALIASING
+
+def _resize_ops(net: Network, node: Node) -> int:
+    bilinear = isinstance(node.attrs, UpsampleAttrs) and node.attrs.mode == "bilinear"
+    return 4 * _out_ops(net, node) if bilinear else 0  # nearest: a copy, its cost is the data moved
+
+
+def _attention_ops(net: Network, node: Node) -> int:
+    assert isinstance(node.attrs, EcaAttrs)  # pool, a k-tap filter across the channels, gate, product
+    return 2 * _out_ops(net, node) + net.shape(node.name)[0] * (node.attrs.kernel_size + 1)
+
+
+_PRICED: dict[Energy, Callable[[Network, Node], int]] = {
+    Energy.PER_OUTPUT: _out_ops,
+    Energy.PER_INPUT: _in_ops,
+    Energy.WINDOW: _window_ops,
+    Energy.COMBINE: _combine_ops,
+    Energy.NORM: _norm_ops,
+    Energy.RESIZE: _resize_ops,
+    Energy.ATTENTION: _attention_ops,
+    Energy.MOVE: _no_ops,
+}
+"""MAC-equivalent operations of each kind of vector op (ir.ops.RULES says which kind an op is);
+MAC layers, opaque blocks and views are costed apart."""
+
+_COSTED_APART = frozenset({Energy.MAC, Energy.OPAQUE, Energy.VIEW})
 
 
 def uncosted_ops() -> list[OpKind]:
     """Op kinds the model would silently price at zero: must be empty (checked at construction)."""
-    return [k for k in OpKind if k not in _VECTOR_OPS and k not in _COSTED_APART]
+    return [k for k in OpKind if RULES[k].energy not in _PRICED and RULES[k].energy not in _COSTED_APART]
 
 
 @dataclass(frozen=True)
@@ -280,7 +278,7 @@ def _opaque(net: Network, node: Node) -> Accesses:
 
 def _vector(net: Network, node: Node) -> Accesses:
     """An elementwise, pooling or concat op: its ops, and every element in and out moved once."""
-    ops = float(_VECTOR_OPS[node.op](net, node))
+    ops = float(_PRICED[RULES[node.op].energy](net, node))
     moved = float(sum(_elements(net, i) for i in node.inputs) + _elements(net, node.name))
     return Accesses(ops, 3 * ops, moved, moved, 0.0)
 
@@ -326,8 +324,8 @@ class EnergyModel:
         missing = uncosted_ops()
         if missing:
             raise MeasurementError(
-                f"EnergyModel has no cost for op kinds {[k.value for k in missing]}; add them to _VECTOR_OPS "
-                "in netopt/measure/energy.py (an op priced at zero would bias every estimate)"
+                f"EnergyModel has no cost for op kinds {[k.value for k in missing]}; price their kind of "
+                "work in _PRICED in netopt/measure/energy.py (an op priced at zero would bias every estimate)"
             )
         self.costs: EnergyCosts = _validated(EnergyCosts, costs, "EnergyModel costs")
         self.accelerator: Accelerator = _validated(Accelerator, accelerator, "EnergyModel accelerator")

@@ -16,7 +16,8 @@ from pydantic import Field, StrictInt, field_validator
 from netopt.strategies.base import StrategySettings
 
 __all__ = ["SelectionRule", "ProgressiveBarrierSettings", "WidthSearchSettings", "UniformWidthSettings",
-           "RandomSearchSettings", "OptunaSettings", "GeometricSettings", "SAMPLERS", "IMPORTANCE", "positive"]
+           "SamplingSettings", "RandomSearchSettings", "OptunaSettings", "GeometricSettings", "SAMPLERS",
+           "IMPORTANCE", "positive"]
 
 SAMPLERS = ("tpe", "nsga2")
 IMPORTANCE = ("magnitude", "uniform")
@@ -97,8 +98,9 @@ class UniformWidthSettings(WidthSearchSettings):
         return value
 
 
-class RandomSearchSettings(WidthSearchSettings):
-    RUNTIME: ClassVar[frozenset[str]] = frozenset({"batch_size"})  # samples do not depend on scores
+class SamplingSettings(WidthSearchSettings):
+    """A search that samples assignments: it gives up after `max_rejections` untrained ones, and
+    hands `batch_size` at a time to the executor (its worker count, to use them all)."""
 
     max_rejections: StrictInt = 1000
     batch_size: StrictInt = 1
@@ -111,13 +113,18 @@ class RandomSearchSettings(WidthSearchSettings):
     @field_validator("batch_size")
     @classmethod
     def _batch(cls, value: int) -> int:
-        return positive("batch_size", value, "feasible assignments handed to the executor at once: its worker "
-                        "count, to use them all")
+        return positive("batch_size", value, "proposals evaluated at once: the executor's worker count, to use "
+                        "them all")
 
 
-class OptunaSettings(WidthSearchSettings):
+class RandomSearchSettings(SamplingSettings):
+    RUNTIME: ClassVar[frozenset[str]] = frozenset({"batch_size"})  # samples do not depend on scores
+
+
+class OptunaSettings(SamplingSettings):
     """Where the study is kept (`storage`, `study_name`) does not decide the result: a resume
-    replays the search from the run directory (see the module docstring)."""
+    replays the search from the run directory (see the module docstring). `batch_size` does:
+    the sampler sees only what was told."""
 
     RUNTIME: ClassVar[frozenset[str]] = frozenset({"storage", "study_name"})
 
@@ -125,9 +132,6 @@ class OptunaSettings(WidthSearchSettings):
     storage: str | None = None
     study_name: str | None = None
     warm_start: list[dict[str, int]] = Field(default_factory=list)
-    max_rejections: StrictInt = 1000
-    batch_size: StrictInt = 1
-    """Trials asked before any is told; the executor's worker count, to use them all."""
 
     @field_validator("sampler")
     @classmethod
@@ -135,17 +139,6 @@ class OptunaSettings(WidthSearchSettings):
         if value not in SAMPLERS:
             raise ValueError(f"sampler {value!r} is unknown; use one of {', '.join(map(repr, SAMPLERS))}")
         return value
-
-    @field_validator("max_rejections")
-    @classmethod
-    def _rejections(cls, value: int) -> int:
-        return positive("max_rejections", value, "how many untrained assignments to allow before giving up")
-
-    @field_validator("batch_size")
-    @classmethod
-    def _batch(cls, value: int) -> int:
-        return positive("batch_size", value, "trials asked before any is told; set it to the executor's worker "
-                        "count to use them all")
 
 
 class GeometricSettings(WidthSearchSettings):

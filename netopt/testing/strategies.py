@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from hypothesis import strategies as st
 
 from netopt.ir import Builder, Network, OpKind
+from netopt.ir.ops import AdaptivePoolAttrs
 
 if TYPE_CHECKING:
     from netopt.constraints import Constraint
@@ -76,7 +77,9 @@ def _block(draw: Draw, b: Builder, x: str, kind: str) -> str:
         return _conv_bn_act(draw, b, y, draw(_channels), 1)
     if kind == "residual":
         y = _conv_bn_act(draw, b, x, draw(_channels), 3)
-        return b.add_(b.bn(b.conv(y, c, 3)), x)
+        y = b.dropout(y, 0.1) if draw(st.booleans()) else y
+        shortcut = b.add(OpKind.IDENTITY, [x]) if draw(st.booleans()) else x
+        return b.add_(b.bn(b.conv(y, c, 3)), shortcut)
     if kind == "inverted":
         hidden = c * draw(st.sampled_from((2, 3)))
         y = _conv_bn_act(draw, b, x, hidden, 1)
@@ -98,7 +101,11 @@ def _block(draw: Draw, b: Builder, x: str, kind: str) -> str:
     if kind in _NEWER:
         return _NEWER[kind](draw, b, x, c)
     if min(_hw(b, x)) >= 2:  # pool
-        return b.maxpool(x, 2) if draw(st.booleans()) else b.avgpool(x, 2)
+        h, w = _hw(b, x)
+        which = draw(st.sampled_from(("max", "avg", "adaptive_max")))
+        if which == "adaptive_max":
+            return b.add(OpKind.ADAPTIVE_MAXPOOL2D, [x], AdaptivePoolAttrs(output_size=(h // 2, w // 2)))
+        return b.maxpool(x, 2) if which == "max" else b.avgpool(x, 2)
     return x
 
 
