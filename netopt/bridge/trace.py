@@ -182,8 +182,12 @@ def trace(
     `opaque` names submodules (qualified names or classes) to keep whole, at full width: use it
     for blocks the IR cannot model. `step` is the channel grid of every group (default 8).
     """
+    if not isinstance(model, nn.Module):
+        raise TraceError(f"model must be a torch.nn.Module, got {type(model).__name__}; wrap a function in a "
+                         "Module whose forward calls it")
     shape = _check_input(example_input)
     leaves = tuple(opaque)
+    _check_opaque(model, leaves)
     gm = _symbolic_trace(model, example_input, leaves)
     converter = _Converter(gm, model, leaves)
     for node in gm.graph.nodes:
@@ -210,6 +214,16 @@ def _warn_opaque_share(network: Network) -> None:
         "around them stay at full width",
         OpaqueWarning, stacklevel=3,
     )
+
+
+def _check_opaque(model: nn.Module, opaque: tuple[Opaque, ...]) -> None:
+    """Every opaque=[...] entry must name a submodule (or a module class) of the model."""
+    names = {name for name, _ in model.named_modules()}
+    unknown = [o for o in opaque if not (isinstance(o, type) and issubclass(o, nn.Module)) and o not in names]
+    if unknown:
+        near = sorted(n for n in names if n and any(str(u).split(".")[0] in n for u in unknown))[:5]
+        raise TraceError(f"opaque={unknown!r} names no submodule of {type(model).__name__}; give qualified names "
+                         f"from model.named_modules() (e.g. {near or sorted(n for n in names if n)[:3]}) or classes")
 
 
 def _check_input(x: Any) -> tuple[int, ...]:

@@ -28,7 +28,11 @@ class ReductionSchedule:
     decay: float
 
     def __init__(self, initial: float | str | Amount = "2%", decay: float = 0.96) -> None:
-        object.__setattr__(self, "initial", parse_amount(initial, None, "schedule initial reduction"))
+        amount = parse_amount(initial, None, "schedule initial reduction")
+        if amount.relative and amount.value >= 1:
+            raise ConfigError(f"schedule initial reduction {initial!r} would cut the whole starting cost (or more) in "
+                              "one iteration; give a share below 100%, e.g. '4%'")
+        object.__setattr__(self, "initial", amount)
         if not (isinstance(decay, int | float) and math.isfinite(decay) and 0 < decay <= 1):
             raise ConfigError(f"schedule decay {decay!r} must be in (0, 1]; the paper uses 0.96")
         object.__setattr__(self, "decay", float(decay))

@@ -138,6 +138,9 @@ class Network:
 
     def with_widths(self, widths: Mapping[str, int]) -> Network:
         """A new Network with the given groups at the given widths; others keep theirs."""
+        if not isinstance(widths, Mapping):
+            raise WidthError(f"widths must be a mapping {{group id: width}}, got {type(widths).__name__} {widths!r}; "
+                             "e.g. {net.groups[0].id: 16}")
         merged = dict(self.width_overrides)
         for gid, width in widths.items():
             group = self.group(gid)

@@ -169,8 +169,11 @@ class RunDir:
             if not members:
                 raise RunError(f"{self.path} has no completed iteration yet")
             folder = self.path / "family" / f"{members[-1]:04d}"
-        else:
+        elif isinstance(which, int) or (isinstance(which, str) and which.isdigit()):
             folder = self.path / "family" / f"{int(which):04d}"
+        else:
+            raise RunError(f"{which!r} is not a network of a run: give \"final\", \"last\" or an iteration number "
+                           f"(completed: {self.members()})")
         if not (folder / "summary.json").is_file():
             raise RunError(f"{folder} is not a completed network of this run; see members() for the iterations")
         return folder

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -135,6 +136,13 @@ class Strategy(ABC):
 
     def __init__(self, **settings: Any) -> None:
         self.settings = validated(type(self).Settings, settings, self.name)
+
+    def _executor(self, executor: Any) -> Any:
+        """`executor` if it is a concurrent.futures.Executor (or None), else one ConfigError line."""
+        if executor is not None and not isinstance(executor, Executor):
+            raise ConfigError(f"{self.name}: executor={executor!r} is not a concurrent.futures.Executor; pass e.g. "
+                              "ProcessPoolExecutor(4), or None to evaluate in this process")
+        return executor
 
     def __getattr__(self, name: str) -> Any:
         settings = self.__dict__.get("settings")

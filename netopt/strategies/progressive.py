@@ -57,7 +57,7 @@ class ProgressiveBarrier(Strategy):
 
     def __init__(self, *, executor: Executor | None = None, progress: bool | None = None, **settings: Any) -> None:
         super().__init__(**settings)
-        self.executor = executor or Serial()
+        self.executor = self._executor(executor) or Serial()
         self.progress = progress
 
     # --- the loop ----------------------------------------------------------------------------

@@ -167,7 +167,7 @@ class WidthSearch(Strategy):
 
     def __init__(self, *, executor: Executor | None = None, progress: bool | None = None, **settings: Any) -> None:
         super().__init__(**settings)
-        self.executor, self.progress = executor, progress
+        self.executor, self.progress = self._executor(executor), progress
 
     def training_budget(self, problem: Problem) -> int:
         return self.trials * self.short_term_steps + self.long_term_steps

@@ -1,0 +1,68 @@
+"""Bad input to the Python API: one NetoptError line naming the value, the rule and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from standins import fixed_net, problem_for
+
+import netopt
+from netopt.constraints import ReductionSchedule
+from netopt.errors import ConfigError, NetoptError, TraceError, WidthError
+from netopt.runs import RunError
+from netopt.strategies import ProgressiveBarrier, RandomSearch
+from netopt.zoo import MobileNetV1
+
+
+def one_line(exc: pytest.ExceptionInfo[BaseException]) -> str:
+    message = str(exc.value)
+    assert isinstance(exc.value, NetoptError) and "\n" not in message
+    return message
+
+
+def test_trace_refuses_what_is_not_a_module_and_opaque_names_that_are_not_there() -> None:
+    with pytest.raises(TraceError) as info:
+        netopt.trace(lambda x: x * 2, torch.randn(1, 3, 8, 8))  # type: ignore[arg-type]
+    assert "must be a torch.nn.Module, got function" in one_line(info)
+    model = MobileNetV1(0.25).eval()
+    with pytest.raises(TraceError) as info:
+        netopt.trace(model, torch.randn(1, 3, 32, 32), opaque=["features.99"])
+    assert "opaque=['features.99'] names no submodule of MobileNetV1" in one_line(info)
+
+
+def test_widths_must_be_a_mapping() -> None:
+    with pytest.raises(WidthError) as info:
+        fixed_net().with_widths([8])  # type: ignore[arg-type]
+    assert "widths must be a mapping {group id: width}, got list" in one_line(info)
+
+
+@pytest.mark.parametrize(("settings", "rule"), [
+    ({"short_term_steps": "5"}, "setting short_term_steps='5' is invalid"),
+    ({"short_term_steps": None}, "setting short_term_steps=None is invalid"),
+    ({"short_term_steps": 2.5}, "setting short_term_steps=2.5 is invalid"),
+    ({"seed": "x"}, "setting seed='x' is invalid"),
+    ({"shortterm_steps": 5}, "setting shortterm_steps=5 is invalid: Extra inputs are not permitted"),
+    ({"executor": "pool"}, "executor='pool' is not a concurrent.futures.Executor"),
+])
+def test_strategy_settings_are_checked_at_construction(settings: dict[str, object], rule: str) -> None:
+    for strategy in (ProgressiveBarrier, RandomSearch):
+        with pytest.raises(ConfigError) as info:
+            strategy(**settings)
+        assert rule in one_line(info) and strategy.name in one_line(info)
+
+
+def test_a_schedule_that_would_cut_everything_at_once_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        ReductionSchedule("200%")
+    assert "below 100%" in one_line(info)
+
+
+def test_loading_a_network_that_a_run_does_not_have_names_what_it_has(tmp_path: Path) -> None:
+    RandomSearch(trials=2, short_term_steps=1, long_term_steps=1, progress=False).run(
+        problem_for(fixed_net(), "40%", "90%"), run_dir=tmp_path / "run")
+    with pytest.raises(RunError) as info:
+        netopt.load(tmp_path / "run", "abc")
+    assert "'abc' is not a network of a run" in one_line(info)
+    assert netopt.load(tmp_path / "run", "final")(torch.randn(1, 3, 16, 16)).shape == (1, 10)
