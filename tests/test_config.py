@@ -69,3 +69,56 @@ def test_the_config_defaults_are_the_strategies_own() -> None:
     assert (config.training.short_term_steps, config.training.long_term_steps) == (
         strategy.short_term_steps, strategy.long_term_steps)
     assert config.strategy.block_size == strategy.block_size and config.strategy.seed == strategy.seed
+
+
+def test_a_config_path_that_is_no_text_file_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+    garbage = tmp_path / "c.toml"
+    garbage.write_bytes(bytes(range(128, 256)) * 4)
+    with pytest.raises(ConfigError, match="is not text"):
+        load_config(garbage)
+    garbage.rename(tmp_path / "c.yaml")
+    with pytest.raises(ConfigError, match="is not text"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_an_empty_config_says_it_runs_the_defaults(tmp_path: Path) -> None:
+    from netopt.app.config import ConfigWarning
+
+    path = tmp_path / "c.toml"
+    path.write_text("\n")
+    with pytest.warns(ConfigWarning, match="is empty: running with the built-in defaults"):
+        assert load_config(path) == AdaptConfig()
+
+
+@pytest.mark.parametrize(("budget", "rule"), [("true", "budget true is a boolean"),
+                                              ('"150%"', "above the starting network's cost")])
+def test_budgets_that_cannot_mean_what_they_say_are_refused(tmp_path: Path, budget: str, rule: str) -> None:
+    from netopt.constraints import MACsConstraint
+
+    path = tmp_path / "c.toml"
+    path.write_text(f'[[constraints]]\nresource = "macs"\nbudget = {budget}\n')
+    if "boolean" in rule:
+        with pytest.raises(ConfigError, match=rule):
+            load_config(path)
+    else:
+        with pytest.raises(ConfigError, match=rule):
+            MACsConstraint(load_config(path).constraints[0].budget)
+
+
+def test_a_resume_with_another_config_is_refused_naming_the_field(tmp_path: Path) -> None:
+    from netopt.app.jobs import same_config
+
+    run_dir = str(tmp_path / "run")
+    started = AdaptConfig(run_dir=run_dir)
+    same_config(started, resume=False)  # recorded before the run starts
+    (tmp_path / "run" / "config.json").write_text("{}")  # the run has started
+    same_config(started, resume=True)  # the same config resumes
+    other = AdaptConfig.model_validate({**started.model_dump(), "constraints": [
+        {"resource": "latency", "budget": "60%"}, {"resource": "energy", "budget": "60%"}]})
+    with pytest.raises(ConfigError, match=r"started with constraints\.0\.budget = '50%', not '60%'"):
+        same_config(other, resume=True)
+    lr = AdaptConfig.model_validate({**started.model_dump(), "training": {"lr": 0.1}})
+    with pytest.raises(ConfigError, match=r"training\.lr = 0\.01, not 0\.1"):
+        same_config(lr, resume=True)

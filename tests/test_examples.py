@@ -96,6 +96,12 @@ path = "{tmp_path / 'lut' / 'lut.sqlite'}"
     again = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600, check=False, env=env)
     assert again.returncode == 0
     assert _deterministic(again.stdout) == _deterministic(first.stdout)  # table and final, bar fresh measurements
+    config.write_text(config.read_text().replace('budget = "85%"', 'budget = "60%"'))
+    files = sorted(p.name for p in (tmp_path / "run").rglob("*"))
+    other = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600, check=False, env=env)
+    assert other.returncode == 2 and other.stdout == ""
+    assert "started with constraints.0.budget = '85%', not '60%'" in other.stderr and "Traceback" not in other.stderr
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == files  # nothing written
 
 
 def _deterministic(summary: str) -> list[list[str]]:

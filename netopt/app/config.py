@@ -17,10 +17,11 @@ Every table forbids unknown keys, so a typo is an error that names the field.
 from __future__ import annotations
 
 import tomllib
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from netopt.constraints.amount import parse_amount
 from netopt.errors import ConfigError, first_line
@@ -33,7 +34,11 @@ from netopt.strategies.settings import (
     UniformWidthSettings,
 )
 
-__all__ = ["AdaptConfig", "CompareConfig", "load_config", "STRATEGIES"]
+__all__ = ["AdaptConfig", "CompareConfig", "ConfigWarning", "load_config", "STRATEGIES"]
+
+
+class ConfigWarning(UserWarning):
+    """A config that is accepted, but probably not as meant (an empty file)."""
 
 
 class _Frozen(BaseModel):
@@ -73,6 +78,14 @@ class ConstraintConfig(_Frozen):
     resource: Literal["latency", "energy", "memory", "macs", "params"]
     budget: str | float
     schedule: ScheduleConfig = ScheduleConfig()
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _not_boolean(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"budget {str(value).lower()} is a boolean; give a number in the resource's unit or a "
+                             "share of the starting network like \"50%\"")
+        return value
 
     @model_validator(mode="after")
     def _amounts(self) -> ConstraintConfig:
@@ -132,7 +145,8 @@ class AdaptConfig(_Frozen):
 
     @model_validator(mode="after")
     def _steps_in_training(self) -> AdaptConfig:
-        both = {"short_term_steps", "long_term_steps"} & self.strategy.model_fields_set
+        both = {k for k in {"short_term_steps", "long_term_steps"} & self.strategy.model_fields_set
+                if getattr(self.strategy, k) != getattr(self.training, k)}  # equal: a dump read back
         if both:
             raise ValueError(f"strategy.{sorted(both)[0]}: set the fine-tuning steps in [training], the budget every "
                              "strategy is given")
@@ -172,9 +186,19 @@ def _read(path: str | Path) -> dict[str, object]:
     """A TOML or (by suffix .yaml/.yml) YAML file as a dict, or one ConfigError line."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; give the path of a TOML or YAML file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; give the path of a TOML or YAML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not text (it does not decode as UTF-8); give a TOML or YAML "
+                          "file") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror}); check its permissions") from None
+    if not text.strip():
+        warnings.warn(f"config file {path} is empty: running with the built-in defaults (those of "
+                      "examples/demo.toml)", ConfigWarning, stacklevel=3)
     if path.suffix in (".yaml", ".yml"):
         import yaml
 

@@ -6,16 +6,19 @@ must not compete with it) and give the caller's thread setting back when they en
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from netopt.app.config import AdaptConfig, CompareConfig
 from netopt.app.factory import build_problem, make_strategy, strategy_makers
 from netopt.app.reports import measure_family
+from netopt.errors import ConfigError
+from netopt.runs.files import write_json
 
 if TYPE_CHECKING:
     from netopt.compare import Comparison
@@ -35,10 +38,41 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+APP_CONFIG = "app.json"
+"""The whole config of a job, kept in its run directory: a resume must give the same."""
+
+
+def same_config(config: AdaptConfig, resume: bool) -> None:
+    """Record the job's config in its run directory, or, on resume, refuse one that differs from
+    the recorded config in anything but the run directory, naming the first field that does."""
+    path = Path(config.run_dir) / APP_CONFIG
+    current = _flat(config.model_dump(mode="json", exclude={"run_dir"}))
+    if resume and path.is_file():
+        recorded = _flat(json.loads(path.read_text()))
+        for key in sorted(set(recorded) | set(current)):
+            if recorded.get(key) != current.get(key):
+                raise ConfigError(
+                    f"{config.run_dir} was started with {key} = {recorded.get(key)!r}, not {current.get(key)!r}: the "
+                    "result would belong to neither config; resume with the config it was started with, or give a "
+                    "new run_dir")
+    elif resume == Path(config.run_dir, "config.json").is_file():  # a new run, or one from before app.json
+        write_json(path, config.model_dump(mode="json", exclude={"run_dir"}))
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested tables as dotted keys (`training.lr`, `constraints.0.budget`)."""
+    if isinstance(value, dict):
+        return {k: v for key, sub in value.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    if isinstance(value, list):
+        return {k: v for i, sub in enumerate(value) for k, v in _flat(sub, f"{prefix}{i}.").items()}
+    return {prefix.rstrip("."): value}
+
+
 def adapt_job(config: AdaptConfig, resume: bool = False) -> Result:
     """Run (or resume) the adaptation the config describes, and write its plots."""
     from netopt.report import plot_family, plot_widths
 
+    same_config(config, resume)  # before any pretraining or measurement
     with torch_threads(1):
         problem = build_problem(config)
         result = make_strategy(config).run(problem, run_dir=config.run_dir, resume=resume)

@@ -64,6 +64,9 @@ class Constraint(ABC):
         self.estimator = estimator
         self.unit = estimator.unit
         self.budget = parse_amount(budget, self.unit, f"{self.resource} budget")
+        if self.budget.relative and self.budget.value > 1:
+            raise ConfigError(f"{self.resource} budget {budget!r} is above the starting network's cost, so it is met "
+                              "before anything is adapted; give a share of at most 100%, e.g. \"50%\"")
         self.schedule = schedule or ReductionSchedule()
         check_unit(self.schedule.initial, self.unit, f"{self.resource} schedule initial reduction")
 

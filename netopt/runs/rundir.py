@@ -36,6 +36,9 @@ from netopt.runs.files import append_line, read_lines, save_tensors, write_atomi
 
 __all__ = ["RunDir", "RunError", "load", "FORMAT_VERSION"]
 
+BEFORE_RUN = frozenset({"app.json"})
+"""What an application may write into a run directory before the run starts (its own config)."""
+
 FORMAT_VERSION = 2
 """Version of the run directory's own files (see the module docstring)."""
 VERSION_KEY = "format_version"
@@ -71,7 +74,7 @@ class RunDir:
     @classmethod
     def create(cls, path: str | Path, config: dict[str, Any], original: Network) -> RunDir:
         run = cls(path)
-        if run.path.exists() and any(run.path.iterdir()):
+        if run.path.exists() and any(p.name not in BEFORE_RUN for p in run.path.iterdir()):
             raise RunError(f"{run.path} already holds files; resume that run, or choose an empty folder")
         write_json(run.path / "original.json", original.to_dict())
         write_json(run.path / "config.json", _stamped(config))  # written last: its presence marks a run
