@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from netopt.errors import NetoptError
+from netopt.errors import ConfigError, NetoptError
 
 __all__ = ["main"]
 
@@ -54,7 +56,13 @@ def describe(args: argparse.Namespace) -> int:
     if args.json:
         from pathlib import Path
 
-        Path(args.json).write_text(half.to_json(indent=1))
+        from netopt.runs.files import write_atomic
+
+        try:
+            write_atomic(Path(args.json), half.to_json(indent=1).encode())
+        except OSError as exc:
+            raise ConfigError(f"--json {args.json}: cannot write there ({exc.strerror}); give a file path in a "
+                              "writable folder") from None
         print(f"halved network IR written to {args.json}")
     return 0
 
@@ -115,7 +123,14 @@ def agent_command(args: argparse.Namespace) -> int:
 
     from netopt.measure.agent import serve
 
-    token = Path(args.token_file).read_text().strip() if args.token_file else args.token
+    try:
+        token = Path(args.token_file).read_text().strip() if args.token_file else args.token
+    except OSError as exc:
+        raise ConfigError(f"--token-file {args.token_file}: cannot be read ({exc.strerror}); give the file that "
+                          "holds the token") from None
+    if token is not None and not token:
+        raise ConfigError("the token is empty (--token '' or an empty --token-file); give one, or neither to have "
+                          "the agent generate and print one")
     try:
         serve(args.host, args.port, token, int(args.max_mb * 2**20), allow_remote=args.allow_remote)
     except KeyboardInterrupt:
@@ -123,30 +138,47 @@ def agent_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ranged(kind: type[int] | type[float], low: float, high: float) -> Callable[[str], Any]:
+    """An argparse type: a finite number of `kind` in [low, high], else one line saying so."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} must lie in [{low:g}, {high:g}]")
+        return value
+    return parse
+
+
 def _model_options(p: argparse.ArgumentParser, model_nargs: str | None) -> None:
     p.add_argument("model", nargs=model_nargs, default="mobilenet_v1", choices=ZOO)
-    p.add_argument("--width", type=float, default=0.5, help="width multiplier (default 0.5)")
-    p.add_argument("--resolution", type=int, default=128, help="input size in px (default 128)")
-    p.add_argument("--classes", type=int, default=10, help="output classes (default 10)")
+    p.add_argument("--width", type=_ranged(float, 0.01, 4), default=0.5, help="width multiplier (default 0.5)")
+    p.add_argument("--resolution", type=_ranged(int, 8, 2048), default=128, help="input size in px (default 128)")
+    p.add_argument("--classes", type=_ranged(int, 1, 100_000), default=10, help="output classes (default 10)")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="netopt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, helptext in (("describe", "trace a zoo model; print its groups and costs"),
-                           ("demo", "the main job on bundled defaults")):
-        p = sub.add_parser(name, help=helptext)
-        _model_options(p, "?" if name == "demo" else None)
-        p.add_argument("--json", help="write the halved network's IR to this file")
-        p.set_defaults(run=describe)
+    p = sub.add_parser("describe", help="trace a zoo model; print its groups and costs")
+    _model_options(p, None)
+    p.add_argument("--json", help="write the halved network's IR to this file")
+    p.set_defaults(run=describe)
+    p = sub.add_parser("demo", help="the main job on bundled defaults (netopt adapt with the demo's config)")
+    p.add_argument("--resume", action="store_true", help="continue the run in runs/demo")
+    p.set_defaults(run=adapt_command, config=None)
     p = sub.add_parser("lut", help="build a lookup table, or report its fidelity")
     p.add_argument("action", choices=("build", "fidelity"))
     _model_options(p, "?")
     p.add_argument("--lut", default="lut.sqlite", help="the lookup table file (default lut.sqlite)")
-    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
-    p.add_argument("--points", type=int, default=3, help="build: widths per group on the grid (default 3)")
-    p.add_argument("--variants", type=int, default=20, help="fidelity: random variants (default 20)")
-    p.add_argument("--calibration", type=int, default=6, help="fidelity: networks to calibrate on (default 6)")
+    p.add_argument("--threads", type=_ranged(int, 1, 1024), default=1, help="ONNX Runtime threads (default 1)")
+    p.add_argument("--points", type=_ranged(int, 1, 1000), default=3,
+                   help="build: widths per group on the grid (default 3)")
+    p.add_argument("--variants", type=_ranged(int, 2, 10_000), default=20,
+                   help="fidelity: random variants (default 20)")
+    p.add_argument("--calibration", type=_ranged(int, 1, 1000), default=6,
+                   help="fidelity: networks to calibrate on (default 6)")
     p.add_argument("--plot", help="fidelity: write the scatter plot (PNG) here")
     p.set_defaults(run=lut_command)
     p = sub.add_parser("adapt", help="adapt a network to its budgets (NetAdapt), as a TOML config says")
@@ -159,7 +191,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=compare_command)
     p = sub.add_parser("agent", help="serve ONNX Runtime measurements over HTTP (run it on the target device)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
-    p.add_argument("--port", type=int, default=8470)
+    p.add_argument("--port", type=_ranged(int, 1, 65535), default=8470)
     p.add_argument("--token", help="the bearer token clients must send (default: generate and print one)")
     p.add_argument("--token-file", help="read the token from this file instead")
     p.add_argument("--max-mb", type=float, default=64, help="largest model accepted, in MiB (default 64)")
