@@ -66,3 +66,22 @@ def test_loading_a_network_that_a_run_does_not_have_names_what_it_has(tmp_path: 
         netopt.load(tmp_path / "run", "abc")
     assert "'abc' is not a network of a run" in one_line(info)
     assert netopt.load(tmp_path / "run", "final")(torch.randn(1, 3, 16, 16)).shape == (1, 10)
+
+
+def test_budgets_already_met_at_the_start_say_that_nothing_will_shrink() -> None:
+    from netopt.strategies._engine import BudgetWarning
+
+    with pytest.warns(BudgetWarning, match="already met by the starting network"):
+        RandomSearch(trials=1, short_term_steps=0, long_term_steps=0, progress=False).run(
+            problem_for(fixed_net(), "100%", "100%"))
+
+
+def test_a_resume_clears_temporary_files_a_kill_left_behind(tmp_path: Path) -> None:
+    problem = problem_for(fixed_net(), "40%", "90%")
+    strategy = RandomSearch(trials=2, short_term_steps=1, long_term_steps=1, progress=False)
+    strategy.run(problem, run_dir=tmp_path / "run")
+    folder = next((tmp_path / "run" / "proposals").iterdir())
+    stale = folder / ".abc.pt.x1y2.tmp"
+    stale.write_bytes(b"half a tensor")
+    strategy.run(problem, run_dir=tmp_path / "run", resume=True)
+    assert not stale.exists()

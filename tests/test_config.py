@@ -122,3 +122,14 @@ def test_a_resume_with_another_config_is_refused_naming_the_field(tmp_path: Path
     lr = AdaptConfig.model_validate({**started.model_dump(), "training": {"lr": 0.1}})
     with pytest.raises(ConfigError, match=r"training\.lr = 0\.01, not 0\.1"):
         same_config(lr, resume=True)
+
+
+def test_budget_errors_name_the_file_and_a_resource_is_constrained_once(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[[constraints]]\nresource = "energy"\nbudget = "-3"\n')
+    with pytest.raises(ConfigError, match=rf"{path}: constraints\.0: energy budget '-3' must be a positive"):
+        load_config(path)
+    path.write_text('[[constraints]]\nresource = "latency"\nbudget = "50%"\n'
+                    '[[constraints]]\nresource = "latency"\nbudget = "40%"\n')
+    with pytest.raises(ConfigError, match="latency is constrained twice"):
+        load_config(path)

@@ -89,9 +89,16 @@ class ConstraintConfig(_Frozen):
 
     @model_validator(mode="after")
     def _amounts(self) -> ConstraintConfig:
-        """Refuse a bad budget or schedule now, before any model is trained or measured."""
-        parse_amount(self.budget, None, f"{self.resource} budget")
-        parse_amount(self.schedule.initial, None, f"{self.resource} schedule initial reduction")
+        """Refuse a bad budget or schedule now, before any model is trained or measured (as a
+        ValueError, so that the message names the config file and the field like every other)."""
+        try:
+            budget = parse_amount(self.budget, None, f"{self.resource} budget")
+            parse_amount(self.schedule.initial, None, f"{self.resource} schedule initial reduction")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        if budget.relative and budget.value > 1:
+            raise ValueError(f"{self.resource} budget {self.budget!r} is above the starting network's cost, so it is "
+                             "met before anything is adapted; give a share of at most 100%, e.g. \"50%\"")
         return self
 
 
@@ -142,6 +149,15 @@ class AdaptConfig(_Frozen):
         if isinstance(data, dict) and isinstance(data.get("strategy"), dict) and "name" not in data["strategy"]:
             return {**data, "strategy": {"name": "ProgressiveBarrier", **data["strategy"]}}
         return data
+
+    @model_validator(mode="after")
+    def _one_constraint_a_resource(self) -> AdaptConfig:
+        resources = [c.resource for c in self.constraints]
+        twice = sorted({r for r in resources if resources.count(r) > 1})
+        if twice:
+            raise ValueError(f"constraints: {twice[0]} is constrained twice; give one budget a resource (the "
+                             "tighter one binds anyway)")
+        return self
 
     @model_validator(mode="after")
     def _steps_in_training(self) -> AdaptConfig:

@@ -91,6 +91,9 @@ class RunDir:
         _unstamped(raw, run.path / "config.json")  # a newer format is refused before anything is read
         if migrate and raw.get(VERSION_KEY, 1) < FORMAT_VERSION:
             run._migrate_from_v1()
+        if migrate:  # a run to be written to: temporary files a kill left behind are never complete
+            for stale in run.path.rglob(".*.tmp"):
+                stale.unlink(missing_ok=True)
         return run
 
     def _migrate_from_v1(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future
@@ -35,7 +36,11 @@ if TYPE_CHECKING:
     from netopt.bridge import Traced
     from netopt.ir import Network
 
-__all__ = ["Engine", "Ask", "Told", "Serial", "Clock", "evaluate", "seed_for", "measure"]
+__all__ = ["Engine", "Ask", "Told", "Serial", "Clock", "BudgetWarning", "evaluate", "seed_for", "measure"]
+
+
+class BudgetWarning(UserWarning):
+    """Budgets that will not make the strategy do anything (already met at the start)."""
 
 
 def evaluate(traced: Traced, widths: dict[str, int], objective: Any, steps: int,
@@ -131,6 +136,10 @@ class Engine:
         self.executor = executor or Serial()
         self.clock = Clock(self.bounds)
         self._logged = self.log.logged() if self.log else {}
+        start = self.resources(self.network)
+        if self.feasible(start):
+            warnings.warn(f"every budget is already met by the starting network ({start}): nothing will shrink; "
+                          "give tighter budgets to adapt it", BudgetWarning, stacklevel=3)
 
     @property
     def network(self) -> Network:
