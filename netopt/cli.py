@@ -7,7 +7,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from netopt.errors import ConfigError, NetoptError
 
@@ -158,8 +158,15 @@ def _model_options(p: argparse.ArgumentParser, model_nargs: str | None) -> None:
     p.add_argument("--classes", type=_ranged(int, 1, 100_000), default=10, help="output classes (default 10)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one line, like every other netopt error (argparse would add the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"netopt: error: {message}; see {self.prog} --help\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="netopt", description=__doc__)
+    parser = _Parser(prog="netopt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("describe", help="trace a zoo model; print its groups and costs")
     _model_options(p, None)
@@ -191,7 +198,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=compare_command)
     p = sub.add_parser("agent", help="serve ONNX Runtime measurements over HTTP (run it on the target device)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
-    p.add_argument("--port", type=_ranged(int, 1, 65535), default=8470)
+    p.add_argument("--port", type=_ranged(int, 0, 65535), default=8470, help="0: any free port (default 8470)")
     p.add_argument("--token", help="the bearer token clients must send (default: generate and print one)")
     p.add_argument("--token-file", help="read the token from this file instead")
     p.add_argument("--max-mb", type=float, default=64, help="largest model accepted, in MiB (default 64)")
