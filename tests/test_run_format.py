@@ -84,3 +84,58 @@ def test_the_public_api_is_the_snapshot() -> None:
     now = listing()
     assert [line for line in now if line not in snapshot] == []  # added or changed
     assert [line for line in snapshot if line not in now] == []  # removed or changed
+
+
+def finished_random(tmp_path: Path) -> tuple[Path, object, RandomSearch]:
+    problem = problem_for(fixed_net(), "40%", "90%")
+    strategy = RandomSearch(trials=3, **PB)
+    strategy.run(problem, run_dir=tmp_path / "run")
+    return tmp_path / "run", problem, strategy
+
+
+@pytest.mark.parametrize(("damage", "rule"), [
+    ("history", r"history\.jsonl is damaged"),
+    ("config", r"config\.json is damaged"),
+    ("summary", r"summary\.json is damaged"),
+    ("weights", r"0000 is damaged .*delete that folder to resume from the iteration before it"),
+])
+def test_a_damaged_run_directory_is_one_line_naming_the_file(tmp_path: Path, damage: str, rule: str) -> None:
+    run, problem, strategy = finished_random(tmp_path)
+    shutil.rmtree(run / "final")  # so that resuming reads the family and the history back
+    if damage == "history":
+        lines = (run / "history.jsonl").read_text().splitlines(keepends=True)
+        (run / "history.jsonl").write_text(lines[0] + '{"iteration": 1, "gro\n' + "".join(lines[1:]))
+    elif damage == "config":
+        (run / "config.json").write_bytes(bytes(range(200, 256)))
+    elif damage == "summary":
+        (run / "family" / "0000" / "summary.json").write_bytes(bytes(range(200, 256)))
+    else:
+        (run / "family" / "0000" / "weights.pt").write_bytes(bytes(range(256)))
+    with pytest.raises(RunError, match=rule) as info:
+        if damage == "weights":
+            RunDir.open(run).module(0)
+        elif damage == "summary":  # what reads a member back: netopt.load, a ProgressiveBarrier resume
+            RunDir.open(run).summary(0)
+        else:
+            strategy.run(problem, run_dir=run, resume=True)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
+
+
+def test_damaged_proposal_weights_are_fine_tuned_again(tmp_path: Path) -> None:
+    run, problem, strategy = finished_random(tmp_path)
+    fresh = [p.to_dict() for p in strategy.run(problem, run_dir=tmp_path / "again").history]  # type: ignore[arg-type]
+    shutil.rmtree(run / "final")
+    for weights in (run / "proposals").rglob("*.pt"):
+        weights.write_bytes(b"not a tensor file")
+    with pytest.warns(RuntimeWarning, match="is damaged: that proposal is fine-tuned again"):
+        resumed = strategy.run(problem, run_dir=run, resume=True)  # type: ignore[arg-type]
+    assert [p.to_dict() for p in resumed.history] == fresh
+
+
+@pytest.mark.parametrize("where", ["a file", "below a file"])
+def test_a_run_directory_that_cannot_be_made_is_one_line(tmp_path: Path, where: str) -> None:
+    (tmp_path / "f").write_text("x")
+    target = tmp_path / "f" if where == "a file" else tmp_path / "f" / "run"
+    with pytest.raises(RunError) as info:
+        RandomSearch(trials=1, **PB).run(problem_for(fixed_net(), "40%", "90%"), run_dir=target)
+    assert ("is a file" if where == "a file" else "cannot be created") in str(info.value)

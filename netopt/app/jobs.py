@@ -56,7 +56,11 @@ def same_config(config: AdaptConfig, resume: bool) -> None:
                     "result would belong to neither config; resume with the config it was started with, or give a "
                     "new run_dir")
     elif resume == Path(config.run_dir, "config.json").is_file():  # a new run, or one from before app.json
-        write_json(path, config.model_dump(mode="json", exclude={"run_dir"}))
+        try:
+            write_json(path, config.model_dump(mode="json", exclude={"run_dir"}))
+        except OSError as exc:
+            raise ConfigError(f"run_dir {config.run_dir} cannot be written ({exc.strerror}); give a folder you can "
+                              "write (not a file, nor below one)") from None
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:

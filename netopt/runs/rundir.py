@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from netopt.bridge import build
-from netopt.errors import NetoptError
+from netopt.errors import NetoptError, first_line
 from netopt.ir import Network
 from netopt.runs.files import append_line, read_lines, save_tensors, write_atomic, write_json
 
@@ -74,10 +75,16 @@ class RunDir:
     @classmethod
     def create(cls, path: str | Path, config: dict[str, Any], original: Network) -> RunDir:
         run = cls(path)
+        if run.path.is_file():
+            raise RunError(f"run directory {run.path} is a file; give a folder (it is created if missing)")
         if run.path.exists() and any(p.name not in BEFORE_RUN for p in run.path.iterdir()):
             raise RunError(f"{run.path} already holds files; resume that run, or choose an empty folder")
-        write_json(run.path / "original.json", original.to_dict())
-        write_json(run.path / "config.json", _stamped(config))  # written last: its presence marks a run
+        try:
+            write_json(run.path / "original.json", original.to_dict())
+            write_json(run.path / "config.json", _stamped(config))  # written last: its presence marks a run
+        except OSError as exc:
+            raise RunError(f"run directory {run.path} cannot be created ({exc.strerror}); give a folder you can "
+                           "write (not below a file)") from None
         return run
 
     @classmethod
@@ -87,7 +94,7 @@ class RunDir:
         run = cls(path)
         if not (run.path / "config.json").is_file():
             raise RunError(f"{run.path} is not a netopt run (no config.json); give the folder a run was started in")
-        raw = json.loads((run.path / "config.json").read_text())
+        raw = _read_json(run.path / "config.json")
         _unstamped(raw, run.path / "config.json")  # a newer format is refused before anything is read
         if migrate and raw.get(VERSION_KEY, 1) < FORMAT_VERSION:
             run._migrate_from_v1()
@@ -107,7 +114,7 @@ class RunDir:
         write_json(self.path / "config.json", _stamped(json.loads((self.path / "config.json").read_text())))
 
     def config(self) -> dict[str, Any]:
-        return _unstamped(json.loads((self.path / "config.json").read_text()), self.path / "config.json")
+        return _unstamped(_read_json(self.path / "config.json"), self.path / "config.json")
 
     def original(self) -> Network:
         return Network.from_json((self.path / "original.json").read_text())
@@ -122,11 +129,20 @@ class RunDir:
 
     def history(self) -> list[dict[str, Any]]:
         log = self.path / "history.jsonl"
-        return [_unstamped(r, log) for r in read_lines(log)]
+        try:
+            return [_unstamped(r, log) for r in read_lines(log)]
+        except (ValueError, UnicodeDecodeError) as exc:  # json's errors are ValueErrors
+            raise RunError(f"{log} is damaged ({first_line(exc, 120)}): a line that is not a record is not one a "
+                           "kill could cut; restore the file, or start a new run") from None
 
     def proposal_weights(self, iteration: int, group: str) -> dict[str, torch.Tensor] | None:
+        """Saved weights of a proposal, or None: missing or unreadable ones are evaluated again."""
         path = self._proposal_weights(iteration, group)
-        return torch.load(path, weights_only=True) if path.exists() else None
+        try:
+            return torch.load(path, weights_only=True) if path.exists() else None
+        except Exception:
+            warnings.warn(f"{path} is damaged: that proposal is fine-tuned again", RuntimeWarning, stacklevel=2)
+            return None
 
     def _proposal_weights(self, iteration: int, group: str) -> Path:
         name = hashlib.sha256(group.encode()).hexdigest()[:16]
@@ -148,7 +164,7 @@ class RunDir:
 
     def summary(self, which: int | str) -> dict[str, Any]:
         path = self._folder(which) / "summary.json"
-        return _unstamped(json.loads(path.read_text()), path)
+        return _unstamped(_read_json(path), path)
 
     def network(self, which: int | str) -> Network:
         return Network.from_json((self._folder(which) / "network.json").read_text())
@@ -156,8 +172,12 @@ class RunDir:
     def module(self, which: int | str) -> nn.Module:
         """A ready torch module of family member `which` (an iteration), or of "final"."""
         folder = self._folder(which)
-        module = build(Network.from_json((folder / "network.json").read_text()))
-        module.load_state_dict(torch.load(folder / "weights.pt", weights_only=True))
+        try:
+            module = build(Network.from_json((folder / "network.json").read_text()))
+            module.load_state_dict(torch.load(folder / "weights.pt", weights_only=True))
+        except Exception as exc:
+            raise RunError(f"{folder} is damaged ({type(exc).__name__}: {first_line(exc, 100)}); delete that folder "
+                           "to resume from the iteration before it, or start a new run") from None
         return module.eval()
 
     def save_final(self, network: Network, module: nn.Module, summary: dict[str, Any], onnx: bytes) -> None:
@@ -183,6 +203,18 @@ class RunDir:
         if not (folder / "summary.json").is_file():
             raise RunError(f"{folder} is not a completed network of this run; see members() for the iterations")
         return folder
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object the run wrote, or a RunError naming the file and what to do."""
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path} is damaged ({first_line(exc, 100)}); restore it, delete the folder holding it to "
+                       "resume from before, or start a new run") from None
+    if not isinstance(value, dict):
+        raise RunError(f"{path} is damaged (not a JSON object); restore it, or start a new run")
+    return value
 
 
 def load(run_dir: str | Path, which: int | str = "final") -> nn.Module:
