@@ -47,7 +47,8 @@ def same_config(config: AdaptConfig, resume: bool) -> None:
     the recorded config in anything but the run directory, naming the first field that does."""
     path = Path(config.run_dir) / APP_CONFIG
     current = _flat(config.model_dump(mode="json", exclude={"run_dir"}))
-    if resume and path.is_file():
+    started = Path(config.run_dir, "config.json").is_file()  # the run itself has begun
+    if resume and started and path.is_file():
         recorded = _flat(json.loads(path.read_text()))
         for key in sorted(set(recorded) | set(current)):
             if recorded.get(key) != current.get(key):
@@ -55,7 +56,7 @@ def same_config(config: AdaptConfig, resume: bool) -> None:
                     f"{config.run_dir} was started with {key} = {recorded.get(key)!r}, not {current.get(key)!r}: the "
                     "result would belong to neither config; resume with the config it was started with, or give a "
                     "new run_dir")
-    elif resume == Path(config.run_dir, "config.json").is_file():  # a new run, or one from before app.json
+    elif resume == started:  # a new run (also after one that failed before it began), or a run from before app.json
         try:
             write_json(path, config.model_dump(mode="json", exclude={"run_dir"}))
         except OSError as exc:
