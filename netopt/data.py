@@ -71,7 +71,14 @@ def _check_arrays(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     if len(y) == 0:
         raise DataError("X and y are empty: a split needs examples; pass a non-empty data set")
     _check_labels(y)
-    return X.reshape(len(X), -1), y.astype(np.int64)
+    flat = X.reshape(len(X), -1)
+    if not np.issubdtype(flat.dtype, np.number) or np.issubdtype(flat.dtype, np.bool_):
+        raise DataError(f"X has dtype {flat.dtype}: inputs must be numbers; convert them, e.g. X.astype(np.float32)")
+    bad = np.flatnonzero(~np.isfinite(flat).all(axis=1))
+    if len(bad):
+        raise DataError(f"X row {int(bad[0])} (and {len(bad) - 1} more) holds NaN or infinite values: training on "
+                        "them gives NaN weights; drop or impute those rows first")
+    return flat, y.astype(np.int64)
 
 
 def _check_labels(y: np.ndarray) -> None:

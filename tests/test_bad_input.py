@@ -85,3 +85,36 @@ def test_a_resume_clears_temporary_files_a_kill_left_behind(tmp_path: Path) -> N
     stale.write_bytes(b"half a tensor")
     strategy.run(problem, run_dir=tmp_path / "run", resume=True)
     assert not stale.exists()
+
+
+def test_a_lookup_table_path_of_another_applications_database_is_refused_untouched(tmp_path: Path) -> None:
+    import sqlite3
+
+    from netopt.errors import LookupTableError
+
+    path = tmp_path / "app.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE users (name TEXT)")
+    db.execute("INSERT INTO users VALUES ('ada')")
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(LookupTableError) as info:
+        netopt.LookupTable.open(path, netopt.measure.OnnxRuntimeCPU())
+    assert "SQLite database of another application (tables ['users'])" in one_line(info)
+    assert path.read_bytes() == before
+    table = netopt.LookupTable.open(tmp_path / "lut.sqlite", netopt.measure.OnnxRuntimeCPU())
+    table.close()
+    netopt.LookupTable.open(tmp_path / "lut.sqlite", netopt.measure.OnnxRuntimeCPU()).close()  # its own: opens
+
+
+def test_data_with_nan_is_refused_naming_the_row() -> None:
+    import numpy as np
+
+    from netopt.data import DataError, Splits
+
+    X, y = np.random.default_rng(0).random((200, 4)), np.arange(200) % 2
+    X[17, 2] = np.nan
+    with pytest.raises(DataError) as info:
+        Splits.from_arrays(X, y, holdout_per_class=5, test_fraction=0.2)
+    assert "X row 17 (and 0 more) holds NaN or infinite values" in one_line(info)

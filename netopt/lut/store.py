@@ -223,3 +223,23 @@ def _refuse_foreign_file(path: Path) -> None:
             f"{path} is not a lookup table (not an SQLite file); it was left untouched: move it away or open "
             "another path"
         )
+    if head == SQLITE_HEADER:
+        _refuse_foreign_database(path)
+
+
+def _refuse_foreign_database(path: Path) -> None:
+    """An SQLite database with tables but no netopt lookup-table header is another application's."""
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            found = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() if "meta" in tables else None
+        finally:
+            db.close()
+    except sqlite3.DatabaseError:
+        return  # damaged: the integrity check that follows says so
+    if tables and (found is None or found[0] != FORMAT):
+        raise LookupTableError(
+            f"{path} is an SQLite database of another application (tables {sorted(tables)[:5]}); it was left "
+            "untouched: give the lookup table a file of its own"
+        )
