@@ -118,3 +118,19 @@ def test_data_with_nan_is_refused_naming_the_row() -> None:
     with pytest.raises(DataError) as info:
         Splits.from_arrays(X, y, holdout_per_class=5, test_fraction=0.2)
     assert "X row 17 (and 0 more) holds NaN or infinite values" in one_line(info)
+
+
+def test_a_problem_whose_data_do_not_fit_the_model_is_refused_at_once() -> None:
+    import numpy as np
+
+    from netopt.data import Splits
+    from netopt.strategies import Problem
+
+    X, y = np.random.default_rng(0).random((200, 1 * 8 * 8)).astype(np.float32), np.arange(200) % 2
+    data = Splits.from_arrays(X, y, holdout_per_class=5, test_fraction=0.2, image_shape=(1, 8, 8))
+    traced = netopt.trace(MobileNetV1(0.25).eval(), torch.randn(1, 3, 32, 32))
+    with pytest.raises(ConfigError) as info:
+        Problem(traced, [], netopt.Accuracy(data))
+    assert "data are shaped (1, 8, 8) but the model was traced on (3, 32, 32)" in one_line(info)
+    with pytest.warns(UserWarning, match="batch_size 4096 exceeds the 150 training examples"):
+        netopt.Accuracy(data, netopt.Trainer(batch_size=4096))

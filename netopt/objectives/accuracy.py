@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -23,6 +25,10 @@ class Accuracy(Objective):
     def __init__(self, data: Splits, trainer: Trainer | None = None) -> None:
         self.data = data
         self.trainer = trainer if trainer is not None else Trainer()
+        batch, examples = self.trainer.settings.batch_size, len(data.train_y)
+        if batch > examples:
+            warnings.warn(f"batch_size {batch} exceeds the {examples} training examples: every step trains on all "
+                          "of them", UserWarning, stacklevel=2)
 
     def __repr__(self) -> str:
         return f"Accuracy({self.data!r}, {self.trainer!r})"

@@ -14,12 +14,12 @@ from pydantic import BaseModel, ConfigDict, StrictInt, ValidationError, field_va
 from netopt.constraints import Bound, Constraint
 from netopt.errors import ConfigError, InfeasibleError
 from netopt.ir import Network
+from netopt.objectives.base import Objective
 
 if TYPE_CHECKING:
     from torch import nn
 
     from netopt.bridge import Traced
-    from netopt.objectives.base import Objective
 
 __all__ = ["Problem", "Strategy", "StrategySettings", "Candidate", "Proposal", "Result", "smallest", "check_feasible",
            "changed", "validated"]
@@ -32,6 +32,19 @@ class Problem:
     traced: Traced
     constraints: Sequence[Constraint]
     objective: Objective
+
+    def __post_init__(self) -> None:
+        """The objective's data must fit the traced network: refused here, not in the first proposal."""
+        if not isinstance(self.objective, Objective):
+            return  # a stand-in (testing.problems.ParamsKept) that has no data
+        try:
+            data = tuple(self.objective.example_input().shape[1:])
+        except NotImplementedError:
+            return  # an objective without an example input: nothing to compare
+        model = tuple(self.traced.example_shape[1:])
+        if data != model:
+            raise ConfigError(f"the objective's data are shaped {data} but the model was traced on {model}; trace it "
+                              "on an input like the data (e.g. netopt.trace(model, data.train_x[:1]))")
 
     def bind(self) -> list[Bound]:
         return [c.bind(self.traced.network) for c in self.constraints]
