@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 import time
@@ -209,6 +210,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if not sys.stderr.isatty():  # no progress bars there: a line an iteration instead
+        logging.basicConfig(level=logging.INFO, format="netopt: %(message)s", stream=sys.stderr)
     try:
         return int(args.run(args))
     except NetoptError as exc:

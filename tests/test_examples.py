@@ -92,6 +92,7 @@ path = "{tmp_path / 'lut' / 'lut.sqlite'}"
     first = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "final network: holdout" in first.stdout and "latency measured" in first.stdout
+    assert "netopt: iteration 1: " in first.stderr  # no TTY: a line an iteration instead of a bar
     assert (tmp_path / "run" / "final" / "model.onnx").exists() and (tmp_path / "run" / "widths.png").exists()
     again = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600, check=False, env=env)
     assert again.returncode == 0

@@ -12,6 +12,7 @@ network is fine-tuned for longer and measured end to end.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
 
 
 __all__ = ["ProgressiveBarrier", "ProgressiveBarrierSettings", "SelectionRule"]
+
+LOG = logging.getLogger("netopt.progress")
+"""One INFO line per iteration: what a log shows where no progress bar is drawn (no TTY)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,10 @@ class ProgressiveBarrier(Strategy):
                                 _scored(picked), picked.resources)
             engine.save_member(current, picked.group)
             family.append(current)
+            LOG.info("iteration %d: %s -> %s; %s; holdout %.3f", current.iteration, picked.group,
+                     ", ".join(str(current.network.widths[g]) for g in picked.group.split("+")),
+                     ", ".join(f"{b.resource} {current.resources[b.resource]:.4g}/{b.budget:.4g}"
+                               for b in engine.bounds), current.accuracy)
             bar.update()
             bar.set_postfix({b.resource: f"{current.resources[b.resource]:.4g}/{b.budget:.4g}" for b in engine.bounds})
         bar.close()
