@@ -35,6 +35,7 @@ __all__ = [
     "MeasureSettings",
     "Measurement",
     "NoisyMeasurementWarning",
+    "setting_error",
     "settings_from",
     "steady",
     "summarize",
@@ -49,12 +50,15 @@ def settings_from(cls: type[BaseModel], values: dict[str, Any], what: str) -> An
     try:
         return cls(**values)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "?"
-        raise ConfigError(
-            f"{what}: setting {field}={err.get('input')!r} is invalid: {err['msg']}; "
-            f"valid settings: {sorted(cls.model_fields)}"
-        ) from None
+        raise setting_error(exc, cls, what) from None
+
+
+def setting_error(exc: ValidationError, cls: type[BaseModel], what: str) -> ConfigError:
+    """pydantic's report on `cls` as one ConfigError line: the setting, its value, the rule, the valid names."""
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "?"
+    return ConfigError(f"{what}: setting {field}={err.get('input')!r} is invalid: {err['msg']}; "
+                       f"valid settings: {sorted(cls.model_fields)}")
 
 
 class NoisyMeasurementWarning(UserWarning):

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, StrictInt, ValidationError, field_va
 from netopt.constraints import Bound, Constraint
 from netopt.errors import ConfigError, InfeasibleError
 from netopt.ir import Network
+from netopt.measure.base import setting_error
 from netopt.objectives.base import Objective
 
 if TYPE_CHECKING:
@@ -127,11 +128,9 @@ def validated(kind: type[StrategySettings], values: Mapping[str, Any], strategy:
         return kind(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field_name = ".".join(str(p) for p in err["loc"]) or "?"
         if err["type"] == "value_error":  # our own rules say value, rule and fix themselves
             raise ConfigError(f"{strategy}: {err['ctx']['error']!s}") from None
-        raise ConfigError(f"{strategy}: setting {field_name}={err.get('input')!r} is invalid: {err['msg']}; "
-                          f"valid settings: {sorted(kind.model_fields)}") from None
+        raise setting_error(exc, kind, strategy) from None
 
 
 class Strategy(ABC):
