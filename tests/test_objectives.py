@@ -68,7 +68,7 @@ def test_splits_are_deterministic_for_a_seed() -> None:
 def test_normalization_uses_training_statistics_only() -> None:
     X, y = synthetic()
     kw = {"holdout_per_class": 5, "test_fraction": 0.2, "seed": 0}
-    raw, norm = Splits.from_arrays(X, y, normalize=False, **kw), Splits.from_arrays(X, y, **kw)
+    raw, norm = Splits.from_arrays(X, y, **kw), Splits.from_arrays(X, y, normalize=True, **kw)
     mean, std = raw.train_x.double().mean(), raw.train_x.double().std()
     assert abs(float(norm.train_x.mean())) < 1e-5 and abs(float(norm.train_x.std()) - 1) < 1e-5
     for r, n in ((raw.test_x, norm.test_x), (raw.holdout_x, norm.holdout_x)):
@@ -78,11 +78,28 @@ def test_normalization_uses_training_statistics_only() -> None:
 def test_images_are_reshaped_and_normalized_per_channel() -> None:
     X, y = synthetic(features=2 * 3 * 3)
     X[:, 9:] += 100.0  # channel 1 far from channel 0
-    s = Splits.from_arrays(X, y, holdout_per_class=5, test_fraction=0.2, image_shape=(2, 3, 3))
+    s = Splits.from_arrays(X, y, holdout_per_class=5, test_fraction=0.2, image_shape=(2, 3, 3), normalize=True)
     assert s.train_x.shape[1:] == (2, 3, 3)
     per_channel = s.train_x.transpose(0, 1).reshape(2, -1)
     torch.testing.assert_close(per_channel.mean(dim=1), torch.zeros(2), atol=1e-5, rtol=0)
     torch.testing.assert_close(per_channel.std(dim=1), torch.ones(2), atol=1e-5, rtol=0)
+
+
+def test_inputs_are_kept_as_given_by_default() -> None:
+    """No hidden preprocessing: values unchanged, and image-shaped arrays stay images."""
+    X, y = synthetic(features=2 * 3 * 3)
+    images = X.reshape(len(X), 2, 3, 3)
+    s = Splits.from_arrays(images, y, holdout_per_class=5, test_fraction=0.2)
+    assert s.train_x.shape[1:] == (2, 3, 3)
+    assert row_hashes(torch.cat([s.train_x, s.holdout_x, s.test_x]).reshape(len(X), -1)) == \
+        row_hashes(torch.from_numpy(X.astype(np.float32)))
+
+
+def test_no_test_split_for_users_who_keep_their_own() -> None:
+    X, y = synthetic()
+    s = Splits.from_arrays(X, y, holdout_per_class=5, test_fraction=0.0)
+    assert len(s.test_y) == 0 and len(s.holdout_y) == 15 and len(s.train_y) == len(y) - 15
+    assert Accuracy(s).test(nn.Sequential(nn.Linear(6, 3))) is None
 
 
 @pytest.mark.parametrize(("change", "words"), [
@@ -100,8 +117,8 @@ def test_bad_arrays_are_refused_with_the_rule_and_the_fix(change, words: str) ->
 
 
 @pytest.mark.parametrize(("kwargs", "words"), [
-    ({"test_fraction": 0.0}, "test_fraction=0.0 is outside (0, 1)"),
-    ({"test_fraction": 1.5}, "test_fraction=1.5 is outside (0, 1)"),
+    ({"test_fraction": -0.1}, "test_fraction=-0.1 is outside [0, 1)"),
+    ({"test_fraction": 1.5}, "test_fraction=1.5 is outside [0, 1)"),
     ({"holdout_per_class": 25}, "class 0 has 30 example(s)"),
     ({"holdout_per_class": 0}, "holdout_per_class=0"),
     ({"image_shape": (1, 2, 2)}, "image_shape=(1, 2, 2) holds 4 values but each row of X has 6"),
