@@ -22,7 +22,7 @@ if TYPE_CHECKING:
         ReductionSchedule,
     )
     from netopt.lut import LookupTable
-    from netopt.objectives import Accuracy, Trainer
+    from netopt.objectives import Accuracy, FunctionObjective, Trainer
     from netopt.runs import load
     from netopt.strategies import (
         GeometricProgram,
@@ -37,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Accuracy",
     "EnergyConstraint",
+    "FunctionObjective",
     "GeometricProgram",
     "LatencyConstraint",
     "LookupTable",
@@ -69,6 +70,7 @@ _LAZY = {
     "ParamsConstraint": "netopt.constraints",
     "ReductionSchedule": "netopt.constraints",
     "Accuracy": "netopt.objectives",
+    "FunctionObjective": "netopt.objectives",
     "Trainer": "netopt.objectives",
     "Problem": "netopt.strategies",
     "ProgressiveBarrier": "netopt.strategies",

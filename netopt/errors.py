@@ -19,6 +19,7 @@ __all__ = [
     "MeasurementError",
     "LookupTableError",
     "InfeasibleError",
+    "ObjectiveError",
     "first_line",
 ]
 
@@ -74,6 +75,11 @@ class LookupTableError(NetoptError):
 
 class InfeasibleError(NetoptError):
     """No width assignment can meet the budgets (or the tightened targets of an iteration)."""
+
+
+class ObjectiveError(NetoptError):
+    """An objective's function failed or returned what is not a finite number; the run stops at that
+    proposal, and resumes from there once the function is fixed."""
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:

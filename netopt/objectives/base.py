@@ -20,7 +20,7 @@ class Evaluation:
     """A score on the holdout split and the training it cost."""
 
     score: float
-    """Holdout accuracy in [0, 1]; higher is better."""
+    """The holdout metric (accuracy in [0, 1], or any other); higher is better."""
     steps: int
     """Training steps spent to reach it."""
 
@@ -37,8 +37,8 @@ class Objective(ABC):
         """Fine-tune the chosen network in place for `steps`, then score on holdout (LongTermFineTune)."""
 
     @abstractmethod
-    def test(self, module: nn.Module) -> float:
-        """Accuracy on the test split (reported, never used to choose)."""
+    def test(self, module: nn.Module) -> float | None:
+        """The metric on the test split (reported, never used to choose); None without a test split."""
 
     def example_input(self) -> torch.Tensor:
         """A batch-1 input shaped like the data, for tracing and measuring (optional)."""

@@ -13,11 +13,13 @@ measurement) into a `Result`.
 from __future__ import annotations
 
 import copy
+import pickle
 import time
 import warnings
 import zlib
-from collections.abc import Sequence
-from concurrent.futures import Executor, Future
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from netopt.constraints import Bound
+from netopt.errors import ConfigError, NetoptError, ObjectiveError, first_line
 from netopt.measure.base import MeasuringEstimator
 from netopt.runs import RunError
 from netopt.strategies._log import RunLog
@@ -56,6 +59,39 @@ def evaluate(traced: Traced, widths: dict[str, int], objective: Any, steps: int,
         return evaluation.score, evaluation.steps, module, time.perf_counter() - started
     finally:
         torch.set_num_threads(threads)  # the caller's own setting, when run in its process
+
+
+def sendable(objective: Any) -> None:
+    """Refuse, before any work, an objective that cannot be pickled to worker processes."""
+    check = getattr(objective, "check_sendable", None)
+    if callable(check):
+        check()  # names the function that cannot travel
+    try:
+        pickle.dumps(objective)
+    except Exception as exc:
+        raise ConfigError(f"the objective {type(objective).__name__} cannot be sent to worker processes "
+                          f"({first_line(exc, 160)}); make what it holds picklable (top-level functions, no open "
+                          "files), or run without a process pool") from None
+
+
+def _outcome(future: Future[Any], what: str) -> Any:
+    """A future's result; an objective's failure as one ObjectiveError line that says which proposal."""
+    with _named(what):
+        return future.result()
+
+
+@contextmanager
+def _named(what: str) -> Iterator[None]:
+    """An objective's failure inside, as one ObjectiveError line prefixed by what was being evaluated."""
+    try:
+        yield
+    except ObjectiveError as exc:
+        raise ObjectiveError(f"{what}: {exc}") from exc
+    except NetoptError:
+        raise
+    except Exception as exc:
+        raise ObjectiveError(f"{what}: the objective raised {type(exc).__name__}: {first_line(exc, 200)}; fix it and "
+                             "resume the run") from exc
 
 
 class Serial(Executor):
@@ -134,6 +170,8 @@ class Engine:
         self.log = RunLog.open(run_dir, resume, config, problem) if run_dir is not None else None
         self.short_term_steps, self.seed = short_term_steps, seed
         self.executor = executor or Serial()
+        if not isinstance(self.executor, (Serial, ThreadPoolExecutor)):
+            sendable(problem.objective)
         self.clock = Clock(self.bounds)
         self._logged = self.log.logged() if self.log else {}
         start = self.resources(self.network)
@@ -183,7 +221,7 @@ class Engine:
             if k in reused:
                 score, steps, module = reused[k]
             else:
-                score, steps, module, seconds = futures[k].result()
+                score, steps, module, seconds = _outcome(futures[k], f"proposal {a.iteration} ({a.group})")
                 self.clock.objective += seconds
             proposal = Proposal(a.iteration, a.group, a.widths, a.resources, score, steps)
             if self.log and (a.iteration, a.group) not in self._logged:
@@ -216,6 +254,14 @@ class Engine:
                 f"{record['widths']}{was}): the settings or the estimators changed since the run stopped; "
                 "resume with the same ones, or start a new run")
 
+    def start_score(self, module: nn.Module) -> float:
+        """The starting network's holdout score, without training."""
+        started = time.perf_counter()
+        with _named("the starting network"):
+            score = self.problem.objective.short_term(module, 0, self.seed).score
+        self.clock.objective += time.perf_counter() - started
+        return float(score)
+
     # --- the end -------------------------------------------------------------------------------
 
     def finished(self, strategy: str) -> Result | None:
@@ -233,9 +279,10 @@ class Engine:
         module = copy.deepcopy(chosen.module)  # the family keeps the chosen network as it was
         final = Candidate(chosen.iteration, chosen.network, module, chosen.accuracy, chosen.resources)
         started = time.perf_counter()
-        if long_term_steps:
-            final.accuracy = self.problem.objective.long_term(final.module, long_term_steps, self.seed).score
-        final.test_accuracy = self.problem.objective.test(final.module)
+        with _named("the final network's long-term fine-tuning and test"):
+            if long_term_steps:
+                final.accuracy = self.problem.objective.long_term(final.module, long_term_steps, self.seed).score
+            final.test_accuracy = self.problem.objective.test(final.module)
         measuring = time.perf_counter()
         self.clock.objective += measuring - started
         final.measured = measure(self.bounds, final.module, self.problem.traced.example_input())

@@ -13,7 +13,6 @@ network is fine-tuned for longer and measured end to end.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
@@ -102,10 +101,8 @@ class ProgressiveBarrier(Strategy):
 
     def _start(self, engine: Engine) -> Candidate:
         module = engine.problem.traced.materialize()  # a copy: the user's model is never trained
-        started = time.perf_counter()
-        score = engine.problem.objective.short_term(module, 0, self.seed).score
-        engine.clock.objective += time.perf_counter() - started
-        start = Candidate(0, engine.network, module, score, {b.resource: b.initial for b in engine.bounds})
+        initial = {b.resource: b.initial for b in engine.bounds}
+        start = Candidate(0, engine.network, module, engine.start_score(module), initial)
         engine.save_member(start, None)
         return start
 
