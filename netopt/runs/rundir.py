@@ -6,7 +6,7 @@
       history.jsonl        one line per evaluated proposal, appended as each finishes
       family/0003/         Net_3: network.json (IR), weights.pt, summary.json
       proposals/0004/      weights of proposals of the iteration under way (for resume)
-      final/               network.json, weights.pt, model.onnx, summary.json
+      final/               network.json, weights.pt, model.onnx, model.pt2 (torch.export), summary.json
 
 Every file is written atomically; the log is append-only and a line cut by a kill is ignored,
 so a run stopped at any point can be read, and resumed, from what is on disk.
@@ -180,11 +180,16 @@ class RunDir:
                            "to resume from the iteration before it, or start a new run") from None
         return module.eval()
 
-    def save_final(self, network: Network, module: nn.Module, summary: dict[str, Any], onnx: bytes) -> None:
+    def save_final(self, network: Network, module: nn.Module, summary: dict[str, Any], onnx: bytes,
+                   program: bytes | None = None) -> None:
+        """The final network in every form a user takes away: state_dict + IR (`load` rebuilds it
+        without the user's class), ONNX, and a `torch.export` program (`torch.export.load`)."""
         folder = self.path / "final"
         save_tensors(folder / "weights.pt", module.state_dict())
         write_json(folder / "network.json", network.to_dict())
         write_atomic(folder / "model.onnx", onnx)
+        if program is not None:
+            write_atomic(folder / "model.pt2", program)
         write_json(folder / "summary.json", _stamped(summary))
 
     def _folder(self, which: int | str) -> Path:
@@ -215,6 +220,25 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise RunError(f"{path} is damaged (not a JSON object); restore it, or start a new run")
     return value
+
+
+def exported_program(module: nn.Module, example: torch.Tensor) -> bytes | None:
+    """`torch.export` of the module, any batch size, as the bytes `torch.export.save` writes; None
+    (with a warning) where torch cannot export it, so that the run is saved all the same."""
+    import io
+
+    buffer = io.BytesIO()
+    batch = torch.cat([example[:1], example[:1]])  # a batch of 1 would be specialized to 1
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(module.eval(), (batch,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+            torch.export.save(program, buffer)
+    except Exception as exc:
+        warnings.warn(f"torch.export could not export the final network ({first_line(exc, 160)}); final/model.pt2 is "
+                      "not written (model.onnx and weights.pt + network.json are)", UserWarning, stacklevel=2)
+        return None
+    return buffer.getvalue()
 
 
 def load(run_dir: str | Path, which: int | str = "final") -> nn.Module:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from netopt.runs import RunDir, RunError
+from netopt.runs.rundir import exported_program
 from netopt.strategies.base import Candidate, Problem, Proposal, Result
 
 if TYPE_CHECKING:
@@ -84,7 +85,8 @@ class RunLog:
 
         summary = {"iteration": final.iteration, "accuracy": final.accuracy, "test_accuracy": final.test_accuracy,
                    "resources": final.resources, "measured": final.measured}
-        self.run.save_final(final.network, final.module, summary, export_onnx(final.module, example))
+        self.run.save_final(final.network, final.module, summary, export_onnx(final.module, example),
+                            exported_program(final.module, example))
 
     def result(self, problem: Problem, strategy: str) -> Result:
         """A finished run read back whole: its family, every proposal, the final network."""
