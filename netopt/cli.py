@@ -102,7 +102,8 @@ def adapt_command(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config else AdaptConfig()
     result = adapt_job(config, resume=args.resume)
     print(summary(result))
-    print(f"\nrun directory: {config.run_dir} (plots, family, final/model.onnx)")
+    print(f"\nrun directory: {config.run_dir} (plots, family; final/: model.onnx, model.pt2, weights.pt + "
+          "network.json)")
     return 0
 
 

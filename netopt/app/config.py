@@ -16,6 +16,8 @@ Every table forbids unknown keys, so a typo is an error that names the field.
 
 from __future__ import annotations
 
+import re
+import sys
 import tomllib
 import warnings
 from pathlib import Path
@@ -45,11 +47,49 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class ModelConfig(_Frozen):
+FACTORY = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+"""`package.module:callable`, the entry-point notation."""
+
+
+class _Factory(_Frozen):
+    """`factory = "package.module:callable"`, called with the keyword arguments `options`."""
+
+    factory: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("factory")
+    @classmethod
+    def _entry_point(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(FACTORY, value):
+            raise ValueError(f"factory {value!r} is not \"package.module:callable\"; give e.g. \"mypkg.models:build\"")
+        return value
+
+
+class ModelConfig(_Factory):
+    """The zoo's MobileNetV1 pretrained on the bundled digits (the demo), or your own model:
+    `factory` ("package.module:callable", called with `options`) returns an nn.Module,
+    `checkpoint` is a state_dict file loaded into it (weights_only), `input_shape` its input."""
+
     zoo: Literal["mobilenet_v1"] = "mobilenet_v1"
     width: float = Field(0.5, gt=0, le=4)
     size: int = Field(32, ge=8, le=512)
     pretrain_steps: int = Field(1000, ge=0)
+    checkpoint: str | None = None
+    input_shape: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=2, max_length=5)
+
+    @model_validator(mode="after")
+    def _own(self) -> ModelConfig:
+        if self.factory is None and (self.checkpoint is not None or self.options):
+            raise ValueError("model.checkpoint and model.options belong to model.factory (your own model); the zoo "
+                             "model is pretrained by netopt; give model.factory or drop them")
+        if self.input_shape is not None and self.input_shape[0] != 1:
+            raise ValueError(f"model.input_shape {self.input_shape} must have batch 1 first, e.g. [1, 3, 224, 224]")
+        return self
+
+
+class ObjectiveConfig(_Factory):
+    """What the network is fine-tuned and scored by: the bundled digits' accuracy (the demo), or
+    `factory` ("package.module:callable", called with `options`) returning a netopt Objective."""
 
 
 class DataConfig(_Frozen):
@@ -133,6 +173,7 @@ class AdaptConfig(_Frozen):
 
     run_dir: str = "runs/demo"
     model: ModelConfig = ModelConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
     data: DataConfig = DataConfig()
     training: TrainingConfig = TrainingConfig()
     constraints: list[ConstraintConfig] = Field(
@@ -149,6 +190,13 @@ class AdaptConfig(_Frozen):
         if isinstance(data, dict) and isinstance(data.get("strategy"), dict) and "name" not in data["strategy"]:
             return {**data, "strategy": {"name": "ProgressiveBarrier", **data["strategy"]}}
         return data
+
+    @model_validator(mode="after")
+    def _own_model_own_objective(self) -> AdaptConfig:
+        if self.model.factory is not None and self.objective.factory is None:
+            raise ValueError("model.factory needs objective.factory: the bundled digits objective fits the zoo model "
+                             "only; give objective.factory = \"package.module:callable\" returning a netopt Objective")
+        return self
 
     @model_validator(mode="after")
     def _one_constraint_a_resource(self) -> AdaptConfig:
@@ -234,6 +282,9 @@ def _read(path: str | Path) -> dict[str, object]:
 def load_config(path: str | Path, kind: type[AdaptConfig] = AdaptConfig) -> AdaptConfig:
     """Read and validate a TOML (or YAML) config; any problem is one ConfigError line naming the field."""
     data = _read(path)
+    folder = str(Path(path).resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # a config's factories import from beside it (and from PYTHONPATH)
     try:
         return kind(**data)
     except ValidationError as exc:

@@ -3,8 +3,12 @@ config file names. The application's; the library's pieces stay usable without i
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from netopt.app.config import AdaptConfig, CompareConfig, ConstraintConfig
 from netopt.constraints import (
@@ -16,10 +20,18 @@ from netopt.constraints import (
     ParamsConstraint,
     ReductionSchedule,
 )
+from netopt.errors import ConfigError, first_line
 from netopt.strategies import Problem, ProgressiveBarrier, RandomSearch, Strategy, UniformWidth
 from netopt.strategies.settings import ProgressiveBarrierSettings
 
-__all__ = ["build_problem", "strategy_makers", "make_strategy", "strategy_class"]
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from netopt.objectives import Objective
+
+__all__ = ["build_problem", "strategy_makers", "make_strategy", "strategy_class", "load_callable", "own_model",
+           "own_objective"]
 
 
 def _constraint(c: ConstraintConfig, config: AdaptConfig, traced: object) -> Constraint:
@@ -46,18 +58,136 @@ def _constraint(c: ConstraintConfig, config: AdaptConfig, traced: object) -> Con
 
 
 def build_problem(config: AdaptConfig) -> Problem:
-    """Pretrained zoo model (cached), its data splits, the constraints, the accuracy objective."""
+    """The model (your factory's and checkpoint, or the zoo's pretrained one), the objective (your
+    factory's, or accuracy on the bundled digits), the constraints."""
     import netopt
     from netopt.objectives import Accuracy, Trainer
     from netopt.zoo.pretrained import pretrained_mnist
 
     m, d = config.model, config.data
-    model, data = pretrained_mnist(width=m.width, size=m.size, steps=m.pretrain_steps, seed=d.seed,
-                                   holdout_per_class=d.holdout_per_class, test_fraction=d.test_fraction)
-    traced = netopt.trace(model, data.train_x[:1])
+    objective = own_objective(config) if config.objective.factory is not None else None
+    if m.factory is not None:
+        model = own_model(config)
+        example = _example_input(config, objective)
+    else:
+        model, data = pretrained_mnist(width=m.width, size=m.size, steps=m.pretrain_steps, seed=d.seed,
+                                       holdout_per_class=d.holdout_per_class, test_fraction=d.test_fraction)
+        example = data.train_x[:1]
+        if objective is None:
+            objective = Accuracy(data, Trainer(lr=config.training.lr, batch_size=config.training.batch_size))
+    traced = netopt.trace(model, example)
     constraints = [_constraint(c, config, traced) for c in config.constraints]
-    trainer = Trainer(lr=config.training.lr, batch_size=config.training.batch_size)
-    return Problem(traced, constraints, Accuracy(data, trainer))
+    assert objective is not None  # the config requires objective.factory with model.factory
+    return Problem(traced, constraints, objective)
+
+
+def load_callable(spec: str, field: str) -> Callable[..., Any]:
+    """The callable a "package.module:callable" names, imported from the working folder, the
+    config's folder or PYTHONPATH; or one ConfigError line naming the module or the attribute."""
+    module_name, _, attribute = spec.partition(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # `netopt` as a console script does not import from the working folder
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ConfigError(f"{field} {spec!r}: module {module_name!r} does not import ({type(exc).__name__}: "
+                          f"{first_line(exc, 160)}); put it in the working folder, beside the config file or on "
+                          "PYTHONPATH") from None
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ConfigError(f"{field} {spec!r}: module {module_name!r} has no attribute {part!r}; give an existing "
+                              "function or class after the colon")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ConfigError(f"{field} {spec!r} is a {type(target).__name__}, not callable; name a function or class")
+    return target  # type: ignore[no-any-return]
+
+
+def _called(spec: str, field: str, options: dict[str, Any]) -> Any:
+    fn = load_callable(spec, field)
+    try:
+        return fn(**options)
+    except Exception as exc:
+        raise ConfigError(f"{field} {spec!r} raised {type(exc).__name__}: {first_line(exc, 200)}; fix it, or its "
+                          f"options {options}") from None
+
+
+def own_model(config: AdaptConfig) -> nn.Module:
+    """`model.factory(**model.options)`, with `model.checkpoint` loaded into it, in eval mode."""
+    from torch import nn
+
+    m = config.model
+    assert m.factory is not None
+    model = _called(m.factory, "model.factory", m.options)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model.factory {m.factory!r} returned a {type(model).__name__}, not a torch.nn.Module; "
+                          "return the model itself")
+    if m.checkpoint is not None:
+        _load_checkpoint(model, m.checkpoint, m.factory)
+    return model.eval()
+
+
+def _load_checkpoint(model: nn.Module, path: str, factory: str) -> None:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"model.checkpoint {path} does not exist; give the file torch.save(model.state_dict(), "
+                          "path) wrote") from None
+    except IsADirectoryError:
+        raise ConfigError(f"model.checkpoint {path} is a directory; give the state_dict file") from None
+    except Exception as exc:
+        raise ConfigError(f"model.checkpoint {path} is not a state_dict torch can load with weights_only=True "
+                          f"({type(exc).__name__}: {first_line(exc, 120)}); save model.state_dict() with torch.save"
+                          ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # a training checkpoint that holds it
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"model.checkpoint {path} holds a {type(state).__name__}, not a state_dict of tensors; save "
+                          "model.state_dict() with torch.save")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = [f"{len(keys)} {what} key(s), the first {keys[0]!r}" for what, keys in
+                 (("missing", missing), ("unexpected", unexpected)) if keys]
+        raise ConfigError(f"model.checkpoint {path} does not fit {factory} ({'; '.join(parts)}); give the checkpoint "
+                          "of this architecture and options")
+    wrong = [(k, tuple(v.shape), tuple(expected[k].shape)) for k, v in state.items() if v.shape != expected[k].shape]
+    if wrong:
+        key, got, want = wrong[0]
+        raise ConfigError(f"model.checkpoint {path}: {key} has shape {got} but {factory} makes {want} ({len(wrong)} "
+                          "tensor(s) differ); give the checkpoint of this architecture and options")
+    model.load_state_dict(state)
+
+
+def own_objective(config: AdaptConfig) -> Objective:
+    """`objective.factory(**objective.options)`: a netopt Objective."""
+    from netopt.objectives import Objective
+
+    spec = config.objective.factory
+    assert spec is not None
+    objective = _called(spec, "objective.factory", config.objective.options)
+    if not isinstance(objective, Objective):
+        raise ConfigError(f"objective.factory {spec!r} returned a {type(objective).__name__}, not a netopt Objective; "
+                          "return e.g. netopt.FunctionObjective(fine_tune, score) or netopt.Accuracy.from_loaders(...)")
+    return objective
+
+
+def _example_input(config: AdaptConfig, objective: Objective | None) -> torch.Tensor:
+    """A batch-1 input: zeros of `model.input_shape`, else the objective's example input."""
+    import torch
+
+    shape = config.model.input_shape
+    if shape is not None:
+        return torch.zeros(shape)
+    try:
+        assert objective is not None
+        return objective.example_input()
+    except NotImplementedError:
+        raise ConfigError("model.input_shape is not given and the objective has no example input; give "
+                          "model.input_shape = [1, C, H, W]") from None
 
 
 def make_strategy(config: AdaptConfig) -> Strategy:

@@ -21,22 +21,23 @@ def measure_family(problem: Problem, result: Result) -> None:
 
 
 def summary(result: Result) -> str:
-    """A table per iteration (chosen group, each resource, holdout accuracy) and the final figures."""
+    """A table per iteration (chosen group, each resource, holdout score) and the final figures."""
     resources = list(result.family[0].resources)
     measured = [r for r in resources if r in result.family[0].measured]
     chosen = {p.iteration + 1: p.group for p in result.history if p.chosen}
     header = ["iteration", "chosen group -> width", *(f"{r} (est.)" for r in resources),
-              *(f"{r} (measured)" for r in measured), "holdout acc."]
+              *(f"{r} (measured)" for r in measured), "holdout score"]
     rows = []
     for c in result.family:
         group = chosen.get(c.iteration)
         change = "-" if not group else ", ".join(f"{g} -> {c.network.widths[g]}" for g in group.split("+"))
         rows.append([c.iteration, change, *(f"{c.resources[r]:.4g}" for r in resources),
-                     *(f"{c.measured[r]:.4g}" for r in measured), f"{c.accuracy:.3f}"])
+                     *(f"{c.measured[r]:.4g}" for r in measured), f"{c.accuracy:.4g}"])
     lines = [markdown_table(header, rows)]
     f = result.final
     figures = ", ".join(f"{r} measured {v:.4g} (estimated {f.resources[r]:.4g})" for r, v in f.measured.items())
-    lines.append(f"\nfinal network: holdout {f.accuracy:.3f}, test {f.test_accuracy:.3f}; {figures}")
+    test = "-" if f.test_accuracy is None else f"{f.test_accuracy:.4g}"
+    lines.append(f"\nfinal network: holdout {f.accuracy:.4g}, test {test}; {figures}")
     lines.append(f"{len(result.history)} proposals, {result.training_steps} training steps")
     t = result.timings
     if t:

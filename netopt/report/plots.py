@@ -29,7 +29,7 @@ def plot_family(result: Result, resource: str, path: str | Path, unit: str = "")
     ax.plot(xs, [c.accuracy for c in result.family], "o-", ms=3, label="family (short-term fine-tuned)")
     final = result.final
     ax.plot([final.resources[resource]], [final.accuracy], "*", ms=12, color="tab:red", label="final (long-term)")
-    ax.set(xlabel=f"{resource} ({unit})" if unit else resource, ylabel="holdout accuracy",
+    ax.set(xlabel=f"{resource} ({unit})" if unit else resource, ylabel="holdout score",
            title=f"accuracy vs {resource}")
     ax.invert_xaxis()
     ax.legend(fontsize=8)
