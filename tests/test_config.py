@@ -124,6 +124,24 @@ def test_a_resume_with_another_config_is_refused_naming_the_field(tmp_path: Path
         same_config(lr, resume=True)
 
 
+def test_a_run_recorded_before_newer_fields_existed_resumes_at_their_defaults(tmp_path: Path) -> None:
+    """app.json of a run from before objective.factory, model.factory or training.device existed."""
+    import json
+
+    from netopt.app.jobs import APP_CONFIG, same_config
+
+    config = AdaptConfig(run_dir=str(tmp_path / "run"))
+    same_config(config, resume=False)
+    (tmp_path / "run" / "config.json").write_text("{}")
+    recorded = json.loads((tmp_path / "run" / APP_CONFIG).read_text())
+    del recorded["objective"], recorded["model"]["factory"], recorded["training"]["device"]
+    (tmp_path / "run" / APP_CONFIG).write_text(json.dumps(recorded))
+    same_config(config, resume=True)
+    on_cpu = AdaptConfig.model_validate({**config.model_dump(), "training": {"device": "cpu"}})
+    with pytest.raises(ConfigError, match=r"training\.device = 'auto', not 'cpu'"):
+        same_config(on_cpu, resume=True)
+
+
 def test_budget_errors_name_the_file_and_a_resource_is_constrained_once(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[[constraints]]\nresource = "energy"\nbudget = "-3"\n')

@@ -105,8 +105,21 @@ class TrainingConfig(_Frozen):
 
     lr: float = Field(0.01, gt=0)
     batch_size: int = Field(64, ge=2)
+    device: str = "auto"
+    """Where the zoo model is fine-tuned: "auto" (CUDA when present), "cpu", "cuda"; measurement stays on the target."""
+    amp: bool = False
+    """Mixed precision when fine-tuning on CUDA."""
     short_term_steps: int = Field(StrategySettings.model_fields["short_term_steps"].default, ge=0)
     long_term_steps: int = Field(StrategySettings.model_fields["long_term_steps"].default, ge=0)
+
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        from netopt.objectives.train import resolve_device
+
+        resolve_device(value)  # a ValueError naming the device and the fix
+        return value
 
 
 class ScheduleConfig(_Frozen):

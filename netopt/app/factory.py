@@ -74,7 +74,8 @@ def build_problem(config: AdaptConfig) -> Problem:
                                        holdout_per_class=d.holdout_per_class, test_fraction=d.test_fraction)
         example = data.train_x[:1]
         if objective is None:
-            objective = Accuracy(data, Trainer(lr=config.training.lr, batch_size=config.training.batch_size))
+            t = config.training
+            objective = Accuracy(data, Trainer(lr=t.lr, batch_size=t.batch_size, device=t.device, amp=t.amp))
     traced = netopt.trace(model, example)
     constraints = [_constraint(c, config, traced) for c in config.constraints]
     assert objective is not None  # the config requires objective.factory with model.factory

@@ -50,10 +50,12 @@ def same_config(config: AdaptConfig, resume: bool) -> None:
     started = Path(config.run_dir, "config.json").is_file()  # the run itself has begun
     if resume and started and path.is_file():
         recorded = _flat(json.loads(path.read_text()))
+        defaults = _flat(type(config)().model_dump(mode="json", exclude={"run_dir"}))  # fields newer than the run
         for key in sorted(set(recorded) | set(current)):
-            if recorded.get(key) != current.get(key):
+            was = recorded.get(key, defaults.get(key))
+            if was != current.get(key):
                 raise ConfigError(
-                    f"{config.run_dir} was started with {key} = {recorded.get(key)!r}, not {current.get(key)!r}: the "
+                    f"{config.run_dir} was started with {key} = {was!r}, not {current.get(key)!r}: the "
                     "result would belong to neither config; resume with the config it was started with, or give a "
                     "new run_dir")
     elif resume == started:  # a new run (also after one that failed before it began), or a run from before app.json
