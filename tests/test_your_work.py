@@ -271,7 +271,7 @@ def test_a_recipe_of_ones_own_optimizer_loss_schedule_and_clipping() -> None:
 
     trainer = Trainer(optimizer=adamw, loss=loss, lr_schedule=schedule, clip_grad_norm=1e-6)
     module = cnn()
-    before = [p.clone() for p in module.parameters()]
+    before = [p.detach().clone() for p in module.parameters()]
     trainer.train(module, DIGITS.train_x, DIGITS.train_y, 3, 0, phase="long")
     assert seen == {"loss": True, "optimizer": "AdamW", "phase": "long"}
     moved = max(float((p.detach() - q).abs().max()) for p, q in zip(module.parameters(), before, strict=True))
@@ -290,6 +290,12 @@ def test_named_schedules_per_phase() -> None:
     trainer.train(cnn(), DIGITS.train_x, DIGITS.train_y, 4, 0)
     trainer.train(cnn(), DIGITS.train_x, DIGITS.train_y, 2, 0, phase="long")
     assert lrs == pytest.approx([0.1, 0.075, 0.05, 0.025, 0.1, 0.1])
+
+
+def test_auto_is_cuda_where_torch_sees_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert Trainer().device == torch.device("cuda") and Trainer(device="cuda:1").device == torch.device("cuda:1")
+    assert Trainer(device="cpu").device.type == "cpu"
 
 
 def test_devices() -> None:
@@ -321,3 +327,19 @@ def test_splits_kept_as_given_are_what_the_model_takes() -> None:
     raw = (DIGITS.train_x * 0.5 + 0.5).numpy()
     s = Splits.from_arrays(raw, DIGITS.train_y.numpy(), holdout_per_class=5, test_fraction=0.0)
     assert s.train_x.shape[1:] == (1, 16, 16) and float(s.train_x.max()) == float(raw.max())
+
+
+def test_a_timm_model_adapts_on_the_users_dataloaders() -> None:
+    """The coverage issue's real models, with a user's loaders and recipe: timm's ResNet-18 as timm builds it."""
+    from netopt.testing.peers import import_timm
+
+    torch.manual_seed(0)
+    model = import_timm().create_model("resnet18", pretrained=False, num_classes=10, in_chans=1).eval()
+    objective = Accuracy.from_loaders(loader("train", shuffle=True), loader("holdout"), loader("test"),
+                                      trainer=Trainer(optimizer=adamw, label_smoothing=0.1, clip_grad_norm=1.0))
+    traced = netopt.trace(model, DIGITS.train_x[:1])
+    p = Problem(traced, [MACsConstraint("85%", schedule=ReductionSchedule("15%"))], objective)
+    result = ProgressiveBarrier(short_term_steps=1, long_term_steps=2).run(p)
+    assert p.bind()[0].met(result.final.resources["macs"]) and result.final.test_accuracy is not None
+    x = DIGITS.test_x[:4]
+    assert result.final.module(x).shape == (4, 10)
