@@ -1,6 +1,6 @@
 """A model, a checkpoint and an objective of one's own, for `netopt adapt examples/own_model.toml`.
 
-    python examples/own_model.py --checkpoint runs/own/digits_cnn.pt    # train "your" model once
+    python examples/own_model.py --checkpoint runs/digits_cnn.pt    # train "your" model once
     netopt adapt examples/own_model.toml                                 # adapt it
 
 `DigitsCNN` stands for your class (netopt never imports it again once the run is saved:
@@ -75,7 +75,7 @@ def train_checkpoint(path: Path, steps: int = 600, width: int = 32) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description="train the example's own model and save its checkpoint")
-    p.add_argument("--checkpoint", type=Path, default=Path("runs/own/digits_cnn.pt"))
+    p.add_argument("--checkpoint", type=Path, default=Path("runs/digits_cnn.pt"))
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--width", type=int, default=32)
     args = p.parse_args()
