@@ -102,7 +102,12 @@ def materialize(traced: TracedLike, network: Network, selector: FilterSelector |
             "this network does not come from the traced model (its structure differs); derive it "
             "with traced.network.with_widths(...)"
         )
-    kept = kept_channels(traced, network, selector)
+    return materialize_channels(traced, network, kept_channels(traced, network, selector))
+
+
+def materialize_channels(traced: TracedLike, network: Network, kept: Mapping[str, Tensor]) -> fx.GraphModule:
+    """`materialize` with the channels of each group given: `kept[g]` are the original indices
+    of group g's channels, in the order they take (a permutation at full width reorders them)."""
     cache: dict[Layout, Tensor] = {}
 
     def indices(layout: Layout) -> Tensor:

@@ -28,10 +28,12 @@ class Traced:
     binding: Mapping[str, str]
     example_shape: tuple[int, ...]
     opaque: Mapping[str, nn.Module] = field(default_factory=dict)
+    selector: FilterSelector | None = None
+    """Which filters `materialize` keeps when it is given no selector (None: L2 magnitude)."""
 
     def materialize(self, network: Network | None = None, selector: FilterSelector | None = None) -> fx.GraphModule:
         """A physically smaller torch module for `network`, keeping the selected filters."""
-        return materialize(self, network if network is not None else self.network, selector)
+        return materialize(self, network if network is not None else self.network, selector or self.selector)
 
     def example_input(self) -> torch.Tensor:
         """A random tensor of the example input's shape (for export and measurement)."""
