@@ -83,6 +83,21 @@ class Accuracy(Objective):
             return self.trainer.accuracy(module, self.data.test_x, self.data.test_y) if len(self.data.test_y) else None
         return self._accuracy(module, "test") if self.loaders and self.loaders[2] is not None else None
 
+    def calibration_inputs(self, batches: int, seed: int) -> list[torch.Tensor]:
+        if self.data is not None:
+            size = min(self.trainer.settings.batch_size, len(self.data.train_y))
+            generator = torch.Generator().manual_seed(seed)
+            return [self.data.train_x[torch.randperm(len(self.data.train_y), generator=generator)[:size]]
+                    for _ in range(batches)]
+        out: list[torch.Tensor] = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for k, batch in enumerate(batches_of(self._loader("train"))()):
+                if k == batches:
+                    break
+                out.append(_pair(batch, "train", k, tuple(self.example_input().shape[1:]))[0])
+        return out
+
     def example_input(self) -> torch.Tensor:
         if self.data is not None:
             return self.data.train_x[:1].clone()

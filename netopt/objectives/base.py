@@ -40,6 +40,11 @@ class Objective(ABC):
     def test(self, module: nn.Module) -> float | None:
         """The metric on the test split (reported, never used to choose); None without a test split."""
 
+    def calibration_inputs(self, batches: int, seed: int) -> list[torch.Tensor]:
+        """Up to `batches` batches of training inputs (seeded), to re-estimate BatchNorm statistics
+        of a network that was not trained as it is (NetAdaptV2's sub-networks); optional."""
+        raise NotImplementedError(f"{type(self).__name__} gives no training inputs")
+
     def example_input(self) -> torch.Tensor:
         """A batch-1 input shaped like the data, for tracing and measuring (optional)."""
         raise NotImplementedError(f"{type(self).__name__} has no example input; pass one to netopt.trace")

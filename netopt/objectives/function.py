@@ -36,18 +36,21 @@ class FunctionObjective(Objective):
     """`fine_tune(model, steps, seed, phase)` trains in place (it may return the steps it did);
     `score(model) -> float` is the holdout metric proposals are chosen by; `test(model) -> float`
     (optional) is reported, never used to choose; `example_input` is a batch-1 input for tracing
-    and measuring (optional when `netopt.trace` is given one)."""
+    and measuring (optional when `netopt.trace` is given one); `calibration(batches, seed)`
+    (optional) yields up to `batches` batches of training inputs, which NetAdaptV2 uses to
+    re-estimate a sub-network's BatchNorm statistics."""
 
     def __init__(self, fine_tune: FineTune, score: Score, test: Score | None = None,
-                 example_input: torch.Tensor | None = None) -> None:
-        for name, fn in (("fine_tune", fine_tune), ("score", score), ("test", test)):
+                 example_input: torch.Tensor | None = None, *,
+                 calibration: Callable[[int, int], Any] | None = None) -> None:
+        for name, fn in (("fine_tune", fine_tune), ("score", score), ("test", test), ("calibration", calibration)):
             if fn is not None and not callable(fn):
                 raise ConfigError(f"FunctionObjective: {name}={fn!r} is not callable; pass a function "
                                   f"({'model, steps, seed, phase' if name == 'fine_tune' else 'model'}) -> ...")
         if example_input is not None and not isinstance(example_input, torch.Tensor):
             raise ConfigError(f"FunctionObjective: example_input is a {type(example_input).__name__}, not a tensor; "
                               "pass a batch-1 input such as torch.randn(1, 3, 224, 224)")
-        self.fine_tune, self.score, self.test_fn = fine_tune, score, test
+        self.fine_tune, self.score, self.test_fn, self.calibration = fine_tune, score, test, calibration
         self._example = example_input
 
     def __repr__(self) -> str:
@@ -65,6 +68,15 @@ class FunctionObjective(Objective):
     def test(self, module: nn.Module) -> float | None:
         return None if self.test_fn is None else self._number(self.test_fn, "test", module)
 
+    def calibration_inputs(self, batches: int, seed: int) -> list[torch.Tensor]:
+        if self.calibration is None:
+            raise NotImplementedError("FunctionObjective was given no calibration function")
+        inputs = list(_call(self.calibration, "calibration", batches, seed))[:batches]
+        if not all(isinstance(x, torch.Tensor) for x in inputs):
+            raise ObjectiveError(f"calibration {describe_function(self.calibration)} must yield input tensors (batches "
+                                 "of training inputs); fix it and resume")
+        return inputs
+
     def example_input(self) -> torch.Tensor:
         if self._example is None:
             raise NotImplementedError("FunctionObjective was given no example_input; pass one to netopt.trace")
@@ -73,7 +85,8 @@ class FunctionObjective(Objective):
     def check_sendable(self) -> None:
         """Refuse, naming it, a function that cannot be pickled to a worker process (a lambda, a
         closure, a function defined in `__main__` of an interactive session)."""
-        for name, fn in (("fine_tune", self.fine_tune), ("score", self.score), ("test", self.test_fn)):
+        for name, fn in (("fine_tune", self.fine_tune), ("score", self.score), ("test", self.test_fn),
+                         ("calibration", self.calibration)):
             if fn is None:
                 continue
             try:
