@@ -163,10 +163,12 @@ class Engine:
     """One run of one strategy on one problem (see the module docstring)."""
 
     def __init__(self, problem: Problem, config: dict[str, Any], *, short_term_steps: int, seed: int,
-                 run_dir: str | Path | None = None, resume: bool = False, executor: Executor | None = None) -> None:
+                 run_dir: str | Path | None = None, resume: bool = False, executor: Executor | None = None,
+                 soft: frozenset[str] = frozenset()) -> None:
         self.problem = problem
         self.bounds = problem.bind()
-        check_feasible(self.bounds, problem.traced.network)
+        self.soft = soft  # budgets a reward turns into targets: they refuse nothing
+        check_feasible([b for b in self.bounds if b.resource not in soft], problem.traced.network)
         self.log = RunLog.open(run_dir, resume, config, problem) if run_dir is not None else None
         self.short_term_steps, self.seed = short_term_steps, seed
         self.executor = executor or Serial()
@@ -175,7 +177,7 @@ class Engine:
         self.clock = Clock(self.bounds)
         self._logged = self.log.logged() if self.log else {}
         start = self.resources(self.network)
-        if self.feasible(start):
+        if all(b.met(start[b.resource]) for b in self.bounds):
             warnings.warn(f"every budget is already met by the starting network ({start}): nothing will shrink; "
                           "give tighter budgets to adapt it", BudgetWarning, stacklevel=3)
 
@@ -189,7 +191,8 @@ class Engine:
         return {b.resource: b.estimate(network) for b in self.bounds}
 
     def feasible(self, resources: dict[str, float]) -> bool:
-        return all(b.met(resources[b.resource]) for b in self.bounds)
+        """Every hard budget met (a soft one, a reward's target, refuses nothing)."""
+        return all(b.met(resources[b.resource]) for b in self.bounds if b.resource not in self.soft)
 
     # --- proposals -----------------------------------------------------------------------------
 
@@ -294,4 +297,4 @@ class Engine:
     def result(self, strategy: str, final: Candidate, family: list[Candidate], history: list[Proposal],
                training_steps: int) -> Result:
         return Result(final, family, history, training_steps, self.clock.timings(), strategy=strategy,
-                      start=self.network)
+                      start=self.network, budgets={b.resource: b.budget for b in self.bounds})

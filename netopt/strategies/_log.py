@@ -30,8 +30,13 @@ class RunLog:
         if not resume:
             return cls(RunDir.create(path, config, original))
         run = RunDir.open(path)
-        if run.config() != config:
-            raise RunError(f"{path} was started with {run.config()}, not {config}; resume it with the same settings")
+        recorded = run.config()
+        differ = [k for k in {**recorded, **config}
+                  if recorded.get(k) != config.get(k) and not (k not in recorded and config.get(k) is None)]
+        if differ:  # a setting newer than the run, left unset (None), is no difference
+            k = sorted(differ)[0]
+            raise RunError(f"{path} was started with {k} = {recorded.get(k)!r}, not {config.get(k)!r} (started with "
+                           f"{recorded}); resume it with the same settings")
         if run.original() != original:
             raise RunError(f"{path} was started from another network; resume it with the model it was started with")
         return cls(run)

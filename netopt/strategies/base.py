@@ -92,6 +92,15 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     strategy: str = ""
     start: Network | None = None  # the network the search started from
+    budgets: dict[str, float] = field(default_factory=dict)
+    """Each constraint's budget, in its unit."""
+
+    @property
+    def over_budget(self) -> dict[str, float]:
+        """Estimate / budget of the final network for every budget it exceeds: empty unless a soft
+        reward (MnasNet's) let it go over a target."""
+        return {r: self.final.resources[r] / b for r, b in self.budgets.items()
+                if r in self.final.resources and self.final.resources[r] > b}
 
     @property
     def framework_share(self) -> float:

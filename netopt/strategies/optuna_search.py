@@ -161,7 +161,7 @@ class OptunaSearch(WidthSearch):
 
     def _values(self, accuracy: float, resources: dict[str, float], trials: Trials) -> Told:
         if self.sampler == "tpe":
-            return accuracy
+            return accuracy if self.reward is None else self.reward(accuracy, resources, trials.bounds)
         return [accuracy, *(resources[b.resource] for b in trials.bounds)]
 
     # --- the study -----------------------------------------------------------------------------
@@ -211,7 +211,8 @@ def _violations(trials: Trials, resources: dict[str, float]) -> dict[str, float]
     """Each constraint's violation, its sign agreeing with `Bound.met` even where rounding would not."""
     violations = trials.violations(resources)
     return {b.resource: (min(violations[b.resource], 0.0) if b.met(resources[b.resource])
-                         else max(violations[b.resource], math.ulp(0.0))) for b in trials.bounds}
+                         else max(violations[b.resource], math.ulp(0.0))) for b in trials.bounds
+            if b.resource not in trials.engine.soft}
 
 
 def _key(widths: Widths) -> tuple[tuple[str, int], ...]:

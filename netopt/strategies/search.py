@@ -26,6 +26,7 @@ from netopt.errors import InfeasibleError
 from netopt.ir import Network
 from netopt.strategies._engine import Ask, Engine, seed_for
 from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy
+from netopt.strategies.reward import MnasNetReward
 from netopt.strategies.settings import WidthSearchSettings
 
 if TYPE_CHECKING:
@@ -52,8 +53,8 @@ class Trials:
     """One width-assignment search's trials on an `Engine`, numbered in order; see the module docstring."""
 
     def __init__(self, engine: Engine, *, total: int | None = None, progress: bool | None = None,
-                 label: str = "trials") -> None:
-        self.engine = engine
+                 label: str = "trials", reward: MnasNetReward | None = None) -> None:
+        self.engine, self.reward = engine, reward
         self.problem, self.bounds = engine.problem, engine.bounds
         self.history: list[Proposal] = []
         self.scored: list[Candidate] = []
@@ -138,6 +139,9 @@ class Trials:
                                   "proposals, all refused by the estimators); relax the budgets, raise "
                                   "max_rejections, or use UniformWidth or GeometricProgram, which aim at the budget")
         family = list(front) if front is not None else pareto_front(self.scored)
+        if best is None and self.reward is not None:
+            reward = self.reward
+            best = max(self.scored, key=lambda c: (reward(c.accuracy, c.resources, self.bounds), -c.iteration))
         if best is None:
             best = max(self.scored, key=lambda c: (c.accuracy, -sum(r / b.budget for r, b in
                                                                    zip(c.resources.values(), self.bounds,
@@ -177,12 +181,18 @@ class WidthSearch(Strategy):
         done = engine.finished(self.name)
         return done if done is not None else self.search(self.trials_on(engine))
 
+    @property
+    def _reward(self) -> MnasNetReward | None:
+        return getattr(self.settings, "reward", None)
+
     def open_engine(self, problem: Problem, run_dir: str | Path | None, resume: bool) -> Engine:
+        reward = self._reward
+        soft = frozenset(c.resource for c in problem.constraints if reward is not None and reward.soft(c.resource))
         return Engine(problem, self.config(), short_term_steps=self.short_term_steps, seed=self.seed,
-                      run_dir=run_dir, resume=resume, executor=self.executor)
+                      run_dir=run_dir, resume=resume, executor=self.executor, soft=soft)
 
     def trials_on(self, engine: Engine) -> Trials:
-        return Trials(engine, total=self.trials, progress=self.progress, label=self.name)
+        return Trials(engine, total=self.trials, progress=self.progress, label=self.name, reward=self._reward)
 
     @abstractmethod
     def search(self, trials: Trials) -> Result:
