@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from netopt.runs import load
     from netopt.strategies import (
         GeometricProgram,
+        MnasNetReward,
+        NetAdaptV2,
         OptunaSearch,
         Problem,
         ProgressiveBarrier,
@@ -43,6 +45,8 @@ __all__ = [
     "LookupTable",
     "MACsConstraint",
     "MemoryConstraint",
+    "MnasNetReward",
+    "NetAdaptV2",
     "NetoptError",
     "OptunaSearch",
     "ParamsConstraint",
@@ -74,6 +78,8 @@ _LAZY = {
     "Trainer": "netopt.objectives",
     "Problem": "netopt.strategies",
     "ProgressiveBarrier": "netopt.strategies",
+    "NetAdaptV2": "netopt.strategies",
+    "MnasNetReward": "netopt.strategies",
     "UniformWidth": "netopt.strategies",
     "RandomSearch": "netopt.strategies",
     "OptunaSearch": "netopt.strategies",

@@ -8,6 +8,8 @@ import pytest
 
 from netopt.strategies import (
     GeometricProgram,
+    MnasNetReward,
+    NetAdaptV2,
     OptunaSearch,
     ProgressiveBarrier,
     RandomSearch,
@@ -24,6 +26,10 @@ MAKERS: dict[str, Callable[[int], Strategy]] = {
     "OptunaTPE": lambda seed: OptunaSearch(sampler="tpe", trials=4, seed=seed, **STEPS),  # type: ignore[arg-type]
     "OptunaNSGA2": lambda seed: OptunaSearch(sampler="nsga2", trials=4, seed=seed, **STEPS),  # type: ignore[arg-type]
     "GeometricProgram": lambda seed: GeometricProgram(seed=seed, **STEPS),  # type: ignore[arg-type]
+    "NetAdaptV2": lambda seed: NetAdaptV2(seed=seed, supernet_steps=2, samples=3, long_term_steps=3,
+                                          progress=False),
+    "MnasNetTPE": lambda seed: OptunaSearch(sampler="tpe", trials=4, seed=seed,  # type: ignore[arg-type]
+                                            reward=MnasNetReward(resources=("memory",)), **STEPS),
 }
 
 

@@ -13,11 +13,14 @@ from netopt.strategies.base import (
     check_feasible,
     smallest,
 )
+from netopt.strategies.netadaptv2 import NetAdaptV2
 from netopt.strategies.progressive import ProgressiveBarrier
 from netopt.strategies.random_search import RandomSearch
+from netopt.strategies.reward import MnasNetReward
 from netopt.strategies.search import Trials, WidthSearch, pareto_front
 from netopt.strategies.settings import (
     GeometricSettings,
+    NetAdaptV2Settings,
     OptunaSettings,
     ProgressiveBarrierSettings,
     RandomSearchSettings,
@@ -51,6 +54,9 @@ __all__ = [
     "RandomSearchSettings",
     "OptunaSettings",
     "GeometricSettings",
+    "NetAdaptV2Settings",
+    "NetAdaptV2",
+    "MnasNetReward",
     "Ask",
     "Engine",
     "Told",

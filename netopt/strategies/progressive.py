@@ -129,9 +129,9 @@ class ProgressiveBarrier(Strategy):
     def _plans(self, bounds: Sequence[Bound], current: Candidate, targets: dict[str, float]) -> list[_Plan]:
         ids = [g.id for g in current.network.groups]
         blocks = [tuple(ids[k:k + self.block_size]) for k in range(0, len(ids), self.block_size)]
-        plans = [p for block in blocks if (p := _largest_meeting(current.network, block, bounds, targets))]
+        plans = [p for block in blocks if (p := largest_meeting(current.network, block, bounds, targets))]
         if not plans:  # no single block reaches the targets: take the biggest step toward them
-            plans = [p for block in blocks if (p := _smallest_step(current.network, block, bounds))]
+            plans = [p for block in blocks if (p := smallest_step(current.network, block, bounds))]
         return plans
 
     # --- PickHighestAccuracy ------------------------------------------------------------------
@@ -161,7 +161,7 @@ def _steps_down(net: Network, block: tuple[str, ...]) -> list[dict[str, int]]:
     return [{g: ws[min(k, len(ws) - 1)] for g, ws in below.items() if ws} for k in range(depth)]
 
 
-def _largest_meeting(net: Network, block: tuple[str, ...], bounds: Sequence[Bound],
+def largest_meeting(net: Network, block: tuple[str, ...], bounds: Sequence[Bound],
                      targets: dict[str, float]) -> _Plan | None:
     """ChooseNumFilters: the largest widths of the block's groups below their current ones
     meeting every target (for one group: its largest width that does).
@@ -187,7 +187,7 @@ def _largest_meeting(net: Network, block: tuple[str, ...], bounds: Sequence[Boun
     return plans[hi]
 
 
-def _smallest_step(net: Network, block: tuple[str, ...], bounds: Sequence[Bound]) -> _Plan | None:
+def smallest_step(net: Network, block: tuple[str, ...], bounds: Sequence[Bound]) -> _Plan | None:
     steps = _steps_down(net, block)
     if not steps:
         return None

@@ -11,13 +11,14 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, StrictInt, field_validator
+from pydantic import Field, StrictInt, field_validator, model_validator
 
 from netopt.strategies.base import StrategySettings
+from netopt.strategies.reward import MnasNetReward
 
 __all__ = ["SelectionRule", "ProgressiveBarrierSettings", "WidthSearchSettings", "UniformWidthSettings",
-           "SamplingSettings", "RandomSearchSettings", "OptunaSettings", "GeometricSettings", "SAMPLERS",
-           "IMPORTANCE", "positive"]
+           "SamplingSettings", "RandomSearchSettings", "OptunaSettings", "GeometricSettings", "NetAdaptV2Settings",
+           "SAMPLERS", "IMPORTANCE", "positive"]
 
 SAMPLERS = ("tpe", "nsga2")
 IMPORTANCE = ("magnitude", "uniform")
@@ -120,6 +121,9 @@ class SamplingSettings(WidthSearchSettings):
 class RandomSearchSettings(SamplingSettings):
     RUNTIME: ClassVar[frozenset[str]] = frozenset({"batch_size"})  # samples do not depend on scores
 
+    reward: MnasNetReward | None = None
+    """Choose by MnasNet's reward instead of within hard budgets (see netopt.strategies.reward)."""
+
 
 class OptunaSettings(SamplingSettings):
     """Where the study is kept (`storage`, `study_name`) does not decide the result: a resume
@@ -129,6 +133,8 @@ class OptunaSettings(SamplingSettings):
     RUNTIME: ClassVar[frozenset[str]] = frozenset({"storage", "study_name"})
 
     sampler: str = "tpe"
+    reward: MnasNetReward | None = None
+    """TPE maximizes MnasNet's reward instead of the score within hard budgets."""
     storage: str | None = None
     study_name: str | None = None
     warm_start: list[dict[str, int]] = Field(default_factory=list)
@@ -139,6 +145,13 @@ class OptunaSettings(SamplingSettings):
         if value not in SAMPLERS:
             raise ValueError(f"sampler {value!r} is unknown; use one of {', '.join(map(repr, SAMPLERS))}")
         return value
+
+    @model_validator(mode="after")
+    def _reward_with_tpe(self) -> OptunaSettings:
+        if self.reward is not None and self.sampler != "tpe":
+            raise ValueError(f"reward with sampler {self.sampler!r}: NSGA-II keeps every resource as an objective of "
+                             "its own and cannot take a reward; use sampler=\"tpe\" with the reward, or drop it")
+        return self
 
 
 class GeometricSettings(WidthSearchSettings):
@@ -170,4 +183,47 @@ class GeometricSettings(WidthSearchSettings):
             installed = cp.installed_solvers()
             if value.upper() not in installed:
                 raise ValueError(f"solver={value!r} is not installed for cvxpy; installed: {installed}")
+        return value
+
+
+class NetAdaptV2Settings(StrategySettings):
+    """NetAdaptV2's settings (see the class). `short_term_steps` is not used: samples are scored with
+    the super-network's weights, without fine-tuning (the paper's point)."""
+
+    RUNTIME: ClassVar[frozenset[str]] = frozenset({"max_iterations"})
+
+    short_term_steps: StrictInt = 0
+    supernet_steps: StrictInt = 300
+    """Training steps of the ordered-dropout super-network, from the pretrained weights."""
+    samples: StrictInt = 16
+    """Proposals drawn and scored in every iteration of multi-layer coordinate descent."""
+    layers: StrictInt | None = None
+    """Channel groups one proposal shrinks at once (None: round(sqrt(groups)), at least 2)."""
+    sandwich: bool = True
+    """Train the largest and the smallest sub-network in every super-network step."""
+    bn_batches: StrictInt = 4
+    """Training batches that re-estimate a sample's BatchNorm statistics before it is scored."""
+    reward: MnasNetReward | None = None
+    """Pick each iteration's sample by MnasNet's reward instead of the score."""
+    max_iterations: StrictInt = 500
+
+    @field_validator("supernet_steps", "bn_batches")
+    @classmethod
+    def _counts(cls, value: int, info: Any) -> int:
+        if value < 0:
+            raise ValueError(f"{info.field_name}={value!r} must be an integer >= 0")
+        return value
+
+    @field_validator("samples", "max_iterations")
+    @classmethod
+    def _at_least_one(cls, value: int, info: Any) -> int:
+        return positive(info.field_name, value, "proposals an iteration" if info.field_name == "samples"
+                        else "iterations before giving up")
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError(f"layers={value!r} must be an integer >= 1 (channel groups a proposal shrinks at once), "
+                             "or None for round(sqrt(groups))")
         return value

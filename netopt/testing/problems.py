@@ -48,6 +48,9 @@ class ParamsKept:
     def test(self, module: nn.Module) -> float:
         return self.short_term(module, 0, 0).score
 
+    def calibration_inputs(self, batches: int, seed: int) -> list[torch.Tensor]:
+        return []  # nothing is trained, nothing to re-estimate
+
 
 def problem(net: Network, constraints: Sequence[Constraint], delay: float = 0.0) -> Problem:
     """`net` built with seeded random weights, under `constraints`, scored by ParamsKept."""

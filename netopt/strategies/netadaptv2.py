@@ -1,0 +1,258 @@
+"""`NetAdaptV2` (Yang, Liao, Sze, CVPR 2021): one super-network, many sub-networks, several layers at once.
+
+1. **Ordered channels**: every group's channels are sorted by the selector's magnitude, most
+   important first (`supernet.ordered`): the network computes exactly what it did, and "keep k
+   channels" now means "keep the first k".
+2. **Ordered dropout**: the reordered network is trained, from the pretrained weights, for
+   `supernet_steps` as a super-network: in each forward pass every sample of the batch draws its
+   own width for every group (uniformly on the group's grid; the paper does not fix the
+   distribution, and uniform covers every candidate alike) and the channels past it are zeroed
+   (per-sample masks: one forward-backward pass trains many sub-networks). With `sandwich`, the
+   largest and the smallest sub-network are in every batch (the sandwich rule of slimmable
+   networks, which NetAdaptV2's ordered dropout builds on). Training goes through the problem's
+   objective, so any objective (the user's own loop too) trains the super-network.
+3. **Multi-layer coordinate descent**: every iteration tightens each resource still over budget
+   by its schedule (Eq. 2, as ProgressiveBarrier does) and draws `samples` proposals; each picks
+   `layers` random channel groups (default round(sqrt(groups)), at least 2: the paper perturbs
+   several layers without fixing how many, and the square root keeps a proposal's change a
+   small share of a deep network) and shrinks them together, a grid step each at a time, to the
+   largest widths meeting every target. A proposal is scored with the super-network's weights
+   and no fine-tuning: materialized with the first k channels, its BatchNorm statistics
+   re-estimated on `bn_batches` training batches, scored on the holdout split. The best one (by
+   score, or by MnasNet's reward) is the next network; until every budget is met.
+4. The chosen network is long-term fine-tuned, tested and measured end to end.
+
+Search time is accounted in the paper's three parts: super-network training, sample
+evaluation, final training (`Result.timings`). With a run directory the trained super-network
+is saved once (`supernet.pt`), and a resumed run continues from it and from every scored sample.
+
+Channel-level bypass (a residual branch whose width reaches 0) is not implemented yet: groups
+stop at their minimum width, as in every other strategy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+import warnings
+from concurrent.futures import Executor
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from netopt.bridge import trace
+from netopt.errors import InfeasibleError
+from netopt.objectives.base import Evaluation, Objective
+from netopt.runs.files import save_tensors
+from netopt.strategies._engine import Ask, Engine, Serial, _named, seed_for
+from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy
+from netopt.strategies.progressive import largest_meeting, smallest_step
+from netopt.strategies.settings import NetAdaptV2Settings
+from netopt.strategies.supernet import FirstChannels, OrderedDropout, ordered, recalibrate
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from netopt.bridge import Traced
+    from netopt.constraints import Bound
+
+__all__ = ["NetAdaptV2", "NetAdaptV2Settings", "CalibrationWarning"]
+
+LOG = logging.getLogger("netopt.progress")
+SUPERNET = "supernet.pt"
+
+
+class CalibrationWarning(UserWarning):
+    """An objective that gives no training inputs: sub-networks keep the super-network's BatchNorm statistics."""
+
+
+class _SuperScored(Objective):
+    """The problem's objective, scoring a sub-network without fine-tuning: its BatchNorm statistics
+    re-estimated first. Long-term fine-tuning and the test split are the objective's own."""
+
+    def __init__(self, objective: Objective, bn_batches: int) -> None:
+        self.objective, self.bn_batches = objective, bn_batches
+
+    def short_term(self, module: nn.Module, steps: int, seed: int) -> Evaluation:
+        if self.bn_batches:
+            with contextlib.suppress(NotImplementedError):  # warned once when the search started
+                recalibrate(module, self.calibration_inputs(self.bn_batches, seed))
+        return self.objective.short_term(module, steps, seed)
+
+    def long_term(self, module: nn.Module, steps: int, seed: int) -> Evaluation:
+        return self.objective.long_term(module, steps, seed)
+
+    def test(self, module: nn.Module) -> float | None:
+        return self.objective.test(module)
+
+    def example_input(self) -> torch.Tensor:
+        return _optional(self.objective, "example_input")()  # type: ignore[no-any-return]
+
+    def calibration_inputs(self, batches: int, seed: int) -> list[torch.Tensor]:
+        return _optional(self.objective, "calibration_inputs")(batches, seed)  # type: ignore[no-any-return]
+
+    def check_sendable(self) -> None:
+        check = getattr(self.objective, "check_sendable", None)
+        if callable(check):
+            check()
+
+
+def _optional(objective: Any, method: str) -> Any:
+    """An objective's optional method, or one that raises NotImplementedError (a duck-typed stand-in)."""
+    found = getattr(objective, method, None)
+    if found is not None:
+        return found
+
+    def missing(*args: Any) -> Any:
+        raise NotImplementedError(f"{type(objective).__name__} has no {method}")
+    return missing
+
+
+class NetAdaptV2(Strategy):
+    """NetAdaptV2 for m resources (see the module docstring).
+
+    Settings (`NetAdaptV2Settings`): supernet_steps, samples, layers, sandwich, bn_batches,
+    reward, long_term_steps, seed, max_iterations."""
+
+    name = "NetAdaptV2"
+    Settings = NetAdaptV2Settings
+    settings: NetAdaptV2Settings
+
+    def __init__(self, *, executor: Executor | None = None, progress: bool | None = None, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.executor = self._executor(executor) or Serial()
+        self.progress = progress
+
+    def training_budget(self, problem: Problem) -> int:
+        """The super-network's steps and the final network's: samples are not trained."""
+        return self.supernet_steps + self.long_term_steps
+
+    def run(self, problem: Problem, run_dir: str | Path | None = None, resume: bool = False) -> Result:
+        objective = problem.objective
+        scored = replace(problem, objective=_SuperScored(objective, self.bn_batches))  # type: ignore[arg-type]
+        engine = Engine(scored, self.config(), short_term_steps=0, seed=self.seed, run_dir=run_dir, resume=resume,
+                        executor=self.executor)
+        done = engine.finished(self.name)
+        if done is not None:
+            return done
+        if self.bn_batches:
+            try:
+                _optional(objective, "calibration_inputs")(1, self.seed)
+            except NotImplementedError:
+                warnings.warn(f"{type(objective).__name__} gives no training inputs (calibration_inputs): sub-networks "
+                              "are scored with the super-network's BatchNorm statistics, which fit the full network; "
+                              "give FunctionObjective a calibration function", CalibrationWarning, stacklevel=2)
+        started = time.perf_counter()
+        supernet = self._supernet(engine)
+        supernet_seconds = time.perf_counter() - started
+        engine.clock.objective += supernet_seconds
+        evaluating = engine.clock.objective
+        family = engine.log.family(problem) if engine.log and engine.log.members() else [self._start(engine, supernet)]
+        history = engine.log.proposals(family) if engine.log else []
+        current = family[-1]
+        bar = tqdm(desc="NetAdaptV2", unit="iteration", disable=None if self.progress is None else not self.progress)
+        while not all(b.met(current.resources[b.resource]) for b in engine.bounds):
+            if current.iteration >= self.max_iterations:
+                raise InfeasibleError(f"budgets not met after {self.max_iterations} iterations; raise max_iterations "
+                                      "or the schedules' initial reductions")
+            proposals, picked, module = self._iterate(engine, supernet, current)
+            history += proposals
+            assert picked.score is not None
+            current = Candidate(current.iteration + 1, problem.traced.network.with_widths(picked.widths), module,
+                                picked.score, picked.resources)
+            engine.save_member(current, picked.group)
+            family.append(current)
+            LOG.info("iteration %d: %d samples, chose %s; %s; holdout %.3f", current.iteration, len(proposals),
+                     picked.group, ", ".join(f"{b.resource} {current.resources[b.resource]:.4g}/{b.budget:.4g}"
+                                             for b in engine.bounds), current.accuracy)
+            bar.update()
+        bar.close()
+        sampling = engine.clock.objective - evaluating
+        finishing = engine.clock.objective
+        final = engine.finish(current, self.long_term_steps)
+        result = engine.result(self.name, final, family, history, self.supernet_steps + self.long_term_steps)
+        result.timings.update({"supernet_training": supernet_seconds, "sample_evaluation": sampling,
+                               "final_training": engine.clock.objective - finishing})
+        return result
+
+    # --- the super-network ---------------------------------------------------------------------
+
+    def _supernet(self, engine: Engine) -> Traced:
+        """The ordered network trained as a super-network (or read back from the run directory),
+        traced so that its sub-networks materialize with the first k channels."""
+        problem = engine.problem
+        reordered = ordered(problem.traced)
+        module = reordered.materialize()
+        saved = engine.log.run.path / SUPERNET if engine.log else None
+        if saved is not None and saved.is_file():
+            module.load_state_dict(torch.load(saved, weights_only=True))
+        elif self.supernet_steps:
+            dropout = OrderedDropout(module, reordered.network, seed_for(self.seed, "supernet"), self.sandwich)
+            try:
+                with _named("the super-network's training"):
+                    problem.objective.long_term(module, self.supernet_steps, seed_for(self.seed, "supernet"))
+            finally:
+                dropout.remove()
+            if saved is not None:
+                save_tensors(saved, module.state_dict())
+        module.eval()
+        traced = trace(module, problem.traced.example_input(), step=problem.traced.network.step)
+        return replace(traced, selector=FirstChannels())
+
+    def _start(self, engine: Engine, supernet: Traced) -> Candidate:
+        module = supernet.materialize()
+        score = engine.start_score(module)  # BatchNorm re-estimated for the full network too
+        start = Candidate(0, engine.network, module, score, {b.resource: b.initial for b in engine.bounds})
+        engine.save_member(start, None)
+        return start
+
+    # --- multi-layer coordinate descent --------------------------------------------------------
+
+    def _iterate(self, engine: Engine, supernet: Traced, current: Candidate) -> tuple[list[Proposal], Proposal,
+                                                                                         nn.Module]:
+        i, bounds = current.iteration, engine.bounds
+        targets = {b.resource: b.target(i, current.resources[b.resource]) if not b.met(current.resources[b.resource])
+                   else b.budget for b in bounds}
+        plans = self._plans(current, bounds, targets, i)
+        if not plans:
+            raise InfeasibleError(f"iteration {i}: no channel group can shrink any further, yet the budgets "
+                                  f"{ {b.resource: b.budget for b in bounds} } are not all met; relax them")
+        told = engine.score([Ask(i, group, network.widths, resources, supernet, network.widths,
+                                 seed_for(self.seed, i, group)) for group, network, resources in plans])
+        proposals = [t.proposal for t in told]
+        best = max(range(len(proposals)), key=lambda k: (self._value(proposals[k], bounds), -k))
+        proposals[best] = replace(proposals[best], chosen=True)
+        return proposals, proposals[best], told[best].module
+
+    def _value(self, proposal: Proposal, bounds: list[Bound]) -> float:
+        assert proposal.score is not None
+        return proposal.score if self.reward is None else self.reward(proposal.score, proposal.resources, bounds)
+
+    def _plans(self, current: Candidate, bounds: list[Bound], targets: dict[str, float],
+               iteration: int) -> list[tuple[str, Any, dict[str, float]]]:
+        """`samples` distinct proposals: random sets of `layers` shrinkable groups, each shrunk
+        together to the largest widths meeting every target (the biggest step where none can)."""
+        net = current.network
+        shrinkable = [g.id for g in net.groups if g.width > g.min_width]
+        if not shrinkable:
+            return []
+        layers = min(len(shrinkable), self.layers or max(2, round(math.sqrt(len(net.groups)))))
+        rng = np.random.default_rng(seed_for(self.seed, "samples", iteration))
+        blocks: list[tuple[str, ...]] = []
+        for _ in range(20 * self.samples):
+            pick = rng.choice(len(shrinkable), size=layers, replace=False)
+            block = tuple(shrinkable[k] for k in sorted(pick))
+            if block not in blocks:
+                blocks.append(block)
+            if len(blocks) == self.samples or len(blocks) == math.comb(len(shrinkable), layers):
+                break
+        plans = [p for block in blocks if (p := largest_meeting(net, block, bounds, targets))]
+        if not plans:
+            plans = [p for block in blocks if (p := smallest_step(net, block, bounds))]
+        return [(p.group, p.network, p.resources) for p in plans]
