@@ -30,6 +30,7 @@ from netopt.errors import ConfigError, first_line
 from netopt.strategies.base import StrategySettings
 from netopt.strategies.settings import (
     GeometricSettings,
+    NetAdaptV2Settings,
     OptunaSettings,
     ProgressiveBarrierSettings,
     RandomSearchSettings,
@@ -161,6 +162,7 @@ SETTINGS: dict[str, type[StrategySettings]] = {
     "RandomSearch": RandomSearchSettings,
     "OptunaSearch": OptunaSettings,
     "GeometricProgram": GeometricSettings,
+    "NetAdaptV2": NetAdaptV2Settings,
 }
 """The strategies `netopt adapt` can run, by the `name` of the `[strategy]` table."""
 
@@ -222,7 +224,8 @@ class AdaptConfig(_Frozen):
 
     @model_validator(mode="after")
     def _steps_in_training(self) -> AdaptConfig:
-        both = {k for k in {"short_term_steps", "long_term_steps"} & self.strategy.model_fields_set
+        given = {"long_term_steps"} if self.strategy.name == "NetAdaptV2" else {"short_term_steps", "long_term_steps"}
+        both = {k for k in given & self.strategy.model_fields_set
                 if getattr(self.strategy, k) != getattr(self.training, k)}  # equal: a dump read back
         if both:
             raise ValueError(f"strategy.{sorted(both)[0]}: set the fine-tuning steps in [training], the budget every "
@@ -230,7 +233,9 @@ class AdaptConfig(_Frozen):
         return self
 
 
-STRATEGIES = ("ProgressiveBarrier", "UniformWidth", "RandomSearch", "OptunaTPE", "OptunaNSGA2", "GeometricProgram")
+STRATEGIES = ("ProgressiveBarrier", "UniformWidth", "RandomSearch", "OptunaTPE", "OptunaNSGA2", "GeometricProgram",
+              "NetAdaptV2", "MnasNetTPE")
+"""`netopt compare`'s strategies: MnasNetTPE is Optuna's TPE maximizing MnasNet's soft reward."""
 
 
 class CompareSection(_Frozen):

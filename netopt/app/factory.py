@@ -22,6 +22,7 @@ from netopt.constraints import (
 )
 from netopt.errors import ConfigError, first_line
 from netopt.strategies import Problem, ProgressiveBarrier, RandomSearch, Strategy, UniformWidth
+from netopt.strategies.reward import MnasNetReward
 from netopt.strategies.settings import ProgressiveBarrierSettings
 
 if TYPE_CHECKING:
@@ -195,8 +196,10 @@ def make_strategy(config: AdaptConfig) -> Strategy:
     """The strategy the `[strategy]` table names, with its settings and the `[training]` steps."""
     section = config.strategy
     settings = section.model_dump(exclude={"name", "short_term_steps", "long_term_steps"})
-    return strategy_class(section.name)(short_term_steps=config.training.short_term_steps,
-                                        long_term_steps=config.training.long_term_steps, **settings)
+    steps = {"long_term_steps": config.training.long_term_steps}
+    if section.name != "NetAdaptV2":  # its samples are scored untrained: it takes no short-term steps
+        steps["short_term_steps"] = config.training.short_term_steps
+    return strategy_class(section.name)(**steps, **settings)
 
 
 def strategy_class(name: str) -> type[Strategy]:
@@ -230,14 +233,26 @@ def strategy_makers(config: CompareConfig) -> dict[str, Callable[[int | None], S
         "OptunaTPE": lambda n: _optuna("tpe", trials(n), common),
         "OptunaNSGA2": lambda n: _optuna("nsga2", trials(n), common),
         "GeometricProgram": lambda _: _geometric(common),
+        "NetAdaptV2": lambda _: _netadaptv2(config, common),
+        "MnasNetTPE": lambda n: _optuna("tpe", trials(n), common, reward=MnasNetReward()),
     }
     return {name: makers[name] for name in config.compare.strategies}
 
 
-def _optuna(sampler: str, trials: int, common: dict[str, int]) -> Strategy:
+def _optuna(sampler: str, trials: int, common: dict[str, int], reward: MnasNetReward | None = None) -> Strategy:
     from netopt.strategies.optuna_search import OptunaSearch  # imports optuna: only when asked for
 
-    return OptunaSearch(sampler=sampler, trials=trials, **common)  # type: ignore[arg-type]
+    return OptunaSearch(sampler=sampler, trials=trials, reward=reward, **common)  # type: ignore[arg-type]
+
+
+def _netadaptv2(config: CompareConfig, common: dict[str, int]) -> Strategy:
+    """NetAdaptV2 with the [strategy] table's settings when it names NetAdaptV2, else its defaults;
+    its search is the super-network's training, not a matched number of fine-tuned proposals."""
+    from netopt.strategies import NetAdaptV2
+
+    own = config.strategy.model_dump(exclude={"name", "short_term_steps", "long_term_steps", "seed"}) \
+        if config.strategy.name == "NetAdaptV2" else {}
+    return NetAdaptV2(long_term_steps=common["long_term_steps"], seed=common["seed"], **own)
 
 
 def _geometric(common: dict[str, int]) -> Strategy:

@@ -39,9 +39,15 @@ def summary(result: Result) -> str:
     test = "-" if f.test_accuracy is None else f"{f.test_accuracy:.4g}"
     lines.append(f"\nfinal network: holdout {f.accuracy:.4g}, test {test}; {figures}")
     lines.append(f"{len(result.history)} proposals, {result.training_steps} training steps")
+    if result.over_budget:
+        lines.append("over budget (a soft reward's targets): " + ", ".join(f"{r} {v:.2f}x its budget"
+                                                                         for r, v in result.over_budget.items()))
     t = result.timings
     if t:
         lines.append(f"this session's wall time {t['total']:.0f} s: training and evaluation "
                      f"{t['training_and_evaluation']:.0f} s, measurement {t['measurement']:.0f} s, "
                      f"netopt's own work {t['framework']:.1f} s ({result.framework_share:.1%})")
+        if "supernet_training" in t:
+            lines.append(f"NetAdaptV2's search: super-network training {t['supernet_training']:.0f} s, sample "
+                         f"evaluation {t['sample_evaluation']:.0f} s, final training {t['final_training']:.0f} s")
     return "\n".join(lines)
