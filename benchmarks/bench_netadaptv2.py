@@ -70,6 +70,7 @@ def main() -> None:
     short, long, supernet = (40, 300, 300) if not args.quick else (4, 20, 30)
     budgets = args.budgets if not args.quick else ["70%"]
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-v2-"))
+    out.mkdir(parents=True, exist_ok=True)
     problem = build(out / "lut.sqlite")
     test_n = len(problem.objective.data.test_y)  # type: ignore[attr-defined]
     makers = {
