@@ -207,6 +207,11 @@ def compare(problem: Problem, budgets: Sequence[str | float], strategies: Mappin
                 say(f"{label}: {name}")
                 row = _run_one(name, strategies[name](steps), at_budget, str(budget), folder, resume, long_term_steps)
                 write_json(folder / "row.json", asdict(row))
+                say(f"{label}: {name} " + (f"failed: {row.error}" if row.error else
+                                           f"done in {row.search_seconds:.0f} s: holdout {row.holdout_accuracy:.4g}, "
+                                           f"test {row.test_accuracy:.4g}, " + ", ".join(
+                                               f"{r} {v:.4g} (est.)" for r, v in row.estimated.items())
+                                           + f", {row.training_steps} training steps"))
             if name == "ProgressiveBarrier" and search_steps == "match" and not row.error:
                 steps = row.search_steps
             rows.append(row)

@@ -53,6 +53,9 @@ def test_compare_runs_every_strategy_at_every_budget_with_matched_steps_and_resu
     said: list[str] = []
     result = compare(problem, ["60%", "40%", "1%"], makers(), tmp_path, long_term_steps=6, progress=said.append)
     assert said[0] == "macs-60pct: ProgressiveBarrier"  # it runs first, to set the budget the others match
+    done = said[1]  # a log line per strategy, with the figures of its result
+    assert done.startswith("macs-60pct: ProgressiveBarrier done in ") and "test " in done and "macs " in done
+    assert any(s.startswith("macs-1pct: ProgressiveBarrier failed: macs budget") for s in said)
     assert [(r.budget, r.strategy) for r in result.rows][:3] == [
         ("60%", "ProgressiveBarrier"), ("60%", "UniformWidth"), ("60%", "RandomSearch")]
     bounds = problem.bind()

@@ -117,7 +117,8 @@ class RunDir:
         return _unstamped(_read_json(self.path / "config.json"), self.path / "config.json")
 
     def original(self) -> Network:
-        return Network.from_json((self.path / "original.json").read_text())
+        return _read_network(self.path / "original.json", "it holds the network the run started from; restore it, "
+                             "or start a new run")
 
     # --- proposals -----------------------------------------------------------------------------
 
@@ -167,7 +168,9 @@ class RunDir:
         return _unstamped(_read_json(path), path)
 
     def network(self, which: int | str) -> Network:
-        return Network.from_json((self._folder(which) / "network.json").read_text())
+        folder = self._folder(which)
+        return _read_network(folder / "network.json", f"delete {folder} to resume from the iteration before it, or "
+                             "start a new run")
 
     def module(self, which: int | str) -> nn.Module:
         """A ready torch module of family member `which` (an iteration), or of "final"."""
@@ -208,6 +211,14 @@ class RunDir:
         if not (folder / "summary.json").is_file():
             raise RunError(f"{folder} is not a completed network of this run; see members() for the iterations")
         return folder
+
+
+def _read_network(path: Path, fix: str) -> Network:
+    """A network the run wrote, or a RunError naming the file and what to do."""
+    try:
+        return Network.from_json(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, NetoptError) as exc:  # missing, not UTF-8 (a ValueError), not a network
+        raise RunError(f"{path} is damaged ({type(exc).__name__}: {first_line(exc, 100)}); {fix}") from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:

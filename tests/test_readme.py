@@ -1,0 +1,94 @@
+"""Every Python snippet of the README runs as written, at a tiny size; its TOML config is the example's.
+
+The snippets are read from README.md itself. "Tiny" is a few textual substitutions (smaller
+images, fewer steps, looser budgets), each of which must find its text: a snippet that changes
+breaks this test instead of escaping it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def snippets() -> list[str]:
+    """The README's indented Python blocks, in order."""
+    blocks, current = [], []
+    for line in (ROOT / "README.md").read_text().split("\n"):
+        if line.startswith("    ") or (current and not line.strip()):
+            current.append(line[4:])
+            continue
+        if current:
+            blocks.append("\n".join(current).strip())
+        current = []
+    return [b for b in blocks if b.startswith(("import ", "from "))]
+
+
+def tiny(code: str, changes: dict[str, str]) -> str:
+    for old, new in changes.items():
+        assert old in code, f"the README snippet no longer holds {old!r}: update tests/test_readme.py"
+        code = code.replace(old, new)
+    return code
+
+
+def run(code: str, cwd: Path, extra_path: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NETOPT_CACHE": str(cwd / "cache")}
+    if extra_path is not None:
+        env["PYTHONPATH"] = str(extra_path)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=cwd,
+                          env=env, check=False)
+
+
+def test_the_readme_has_the_snippets_this_test_runs() -> None:
+    found = snippets()
+    assert len(found) == 4, [s.splitlines()[0] for s in found]
+
+
+def test_what_is_here_and_measuring(tmp_path: Path) -> None:
+    ir, measuring = snippets()[0], snippets()[3]
+    code = tiny(ir, {"224, 224": "32, 32", "width=1.0": "width=0.5"}) + "\n" + tiny(measuring, {"224, 224": "32, 32"})
+    done = run(code, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_adapting(tmp_path: Path) -> None:
+    code = tiny(snippets()[1], {"pretrained_mnist(width=0.5, size=32)":
+                                "pretrained_mnist(width=0.5, size=32, steps=20)",
+                                '"50%"': '"85%"', '"60%"': '"90%"', 'ReductionSchedule("4%"': 'ReductionSchedule("15%"',
+                                "short_term_steps=60, long_term_steps=300":
+                                "short_term_steps=1, long_term_steps=2"})
+    done = run(code + "\nprint(type(netopt.load('runs/x', 'final')).__name__)", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("NetoptNetwork")  # a module rebuilt from the run directory alone
+
+
+def test_adapting_your_own_model(tmp_path: Path) -> None:
+    examples = ROOT / "examples"
+    train = run("import own_model; from pathlib import Path; own_model.train_checkpoint(Path('runs/digits_cnn.pt'), "
+                "steps=10)", tmp_path, examples)
+    assert train.returncode == 0, train.stderr[-3000:]
+    code = tiny(snippets()[2], {'"60%"': '"85%"', 'ReductionSchedule("8%"': 'ReductionSchedule("15%"',
+                                "short_term_steps=40, long_term_steps=200":
+                                "short_term_steps=1, long_term_steps=2"})
+    done = run(code, tmp_path, examples)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "runs" / "own" / "final" / "model.pt2").is_file()
+
+
+def test_the_readme_config_is_the_example_config() -> None:
+    text = (ROOT / "README.md").read_text()
+    readme = tomllib.loads(text.split("```toml\n")[1].split("```")[0])
+    example = tomllib.loads((ROOT / "examples" / "own_model.toml").read_text())
+    assert readme == example
+
+
+@pytest.mark.parametrize("block", [0, 1, 2, 3])
+def test_every_snippet_compiles(block: int) -> None:
+    compile(snippets()[block], f"README snippet {block}", "exec")
