@@ -22,13 +22,16 @@ from netopt.cli import main
     (["agent", "--port", "70000"], "argument --port: 70000 must lie in [0, 65535]"),
     (["agent", "--port", "-1"], "argument --port: -1 must lie in [0, 65535]"),
 ])
-def test_out_of_range_arguments_are_refused_before_any_work(argv: list[str], rule: str,
+def test_out_of_range_arguments_are_refused_before_any_work(argv: list[str], rule: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)  # where a lookup table or a run would be written
     with pytest.raises(SystemExit) as done:
         main(argv)
     assert done.value.code == 2
     err = capsys.readouterr().err
     assert rule in err and err.startswith("netopt: error:") and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_files_the_cli_cannot_use_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
