@@ -1,6 +1,6 @@
 """Bring your own loop: an objective made of the user's functions (any task, any metric, any device).
 
-    def fine_tune(model, steps, seed, phase):   # phase: "short" (a proposal) or "long" (the final)
+    def fine_tune(model, steps, seed, phase):   # "short" (a proposal), "long" (the final; NetAdaptV2's supernet)
         ...train `model` in place for `steps` optimizer steps...
     def score(model) -> float:                  # the holdout metric, higher is better (mIoU, PSNR, ...)
         ...
