@@ -89,8 +89,10 @@ def test_adapt_a_model_of_ones_own_and_take_it_away_in_three_forms(tmp_path: Pat
         b = torch.export.load({str(final / 'model.pt2')!r}).module()(x)
         print(torch.allclose(a, b, atol=1e-5), tuple(a.shape))
         """)
+    elsewhere = tmp_path / "elsewhere"  # a folder that holds neither the user's module nor a netopt checkout
+    elsewhere.mkdir()
     rebuilt = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=False,
-                             cwd=ROOT.parent, env=env)
+                             cwd=elsewhere, env=env)
     assert rebuilt.stdout.split() == ["True", "(2,", "10)"], rebuilt.stderr
     summary = json.loads((final / "summary.json").read_text())
     assert 0 <= summary["test_accuracy"] <= 1

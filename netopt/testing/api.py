@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import importlib
 import inspect
+import re
 from collections.abc import Iterator
 
 __all__ = ["PUBLIC_MODULES", "listing", "main"]
@@ -70,7 +71,12 @@ def listing() -> list[str]:
         mod = importlib.import_module(module)
         for name in getattr(mod, "__all__", ()):
             lines.update(_describe(module, name, getattr(mod, name)))
-    return sorted(lines)
+    return sorted({_BOUND.sub(r"\1", line) for line in lines})
+
+
+_BOUND = re.compile(r"\b((?:ge|gt|le|lt)=-?\d+)(\.0)\b")
+"""`Ge(ge=0.0)` shown as `Ge(ge=0)`: typing caches `Annotated[float, Ge(ge=0)]` by equality, so which of
+the two a signature shows depends on what was imported first."""
 
 
 def main() -> int:
