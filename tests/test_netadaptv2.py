@@ -134,6 +134,8 @@ def test_netadaptv2_meets_every_budget_and_accounts_its_three_parts(tmp_path: Pa
     assert sum(p.chosen for p in result.history) == len(result.family) - 1
     assert any(p.group.count("+") >= 1 for p in result.history)  # several groups a proposal
     assert (tmp_path / "run" / "supernet.pt").is_file() and result.over_budget == {}
+    again = NetAdaptV2(**V2).run(problem, run_dir=tmp_path / "run", resume=True)  # finished: read back whole
+    assert again.training_steps == 25 and again.final.network == result.final.network
 
 
 class Stop(Exception):
@@ -255,3 +257,13 @@ def test_optuna_tpe_maximizes_the_reward() -> None:
                                 [MACsConstraint("50%"), MemoryConstraint("90%", MemoryModel())],
                                 joint_problem(net, "50%", "90%").objective))
     assert result.final.network is not None and len(result.history) >= 8
+
+
+def test_a_finished_soft_reward_search_read_back_still_says_it_is_over_budget(tmp_path: Path) -> None:
+    def search() -> RandomSearch:
+        return RandomSearch(trials=12, short_term_steps=1, long_term_steps=1, seed=0, progress=False,
+                            reward=MnasNetReward(alpha=-0.01, beta=-0.01))
+
+    first = search().run(joint_problem(_small(), "40%", "90%"), run_dir=tmp_path / "run")
+    again = search().run(joint_problem(_small(), "40%", "90%"), run_dir=tmp_path / "run", resume=True)
+    assert first.over_budget and again.over_budget == first.over_budget

@@ -269,7 +269,11 @@ class Engine:
 
     def finished(self, strategy: str) -> Result | None:
         """A run that had finished before: its result, read back whole."""
-        return self.log.result(self.problem, strategy) if self.log and self.log.has_final() else None
+        if not (self.log and self.log.has_final()):
+            return None
+        result = self.log.result(self.problem, strategy)
+        result.budgets = {b.resource: b.budget for b in self.bounds}  # what over_budget reads
+        return result
 
     def save_member(self, member: Candidate, group: str | None) -> None:
         if self.log:

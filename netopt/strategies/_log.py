@@ -97,7 +97,9 @@ class RunLog:
         """A finished run read back whole: its family, every proposal, the final network."""
         final = self.final(problem)
         history = [Proposal(**{**r, "chosen": r["iteration"] == final.iteration}) for r in self.run.history()]
-        used = sum(p.steps for p in history) + int(self.run.config().get("long_term_steps", 0))
+        config = self.run.config()  # NetAdaptV2's super-network steps are training too
+        used = sum(p.steps for p in history) + int(config.get("long_term_steps", 0)) + \
+            int(config.get("supernet_steps", 0))
         return Result(final, self.family(problem), history, used, strategy=strategy, start=self.run.original())
 
     def final(self, problem: Problem) -> Candidate:
