@@ -224,8 +224,7 @@ class AdaptConfig(_Frozen):
 
     @model_validator(mode="after")
     def _steps_in_training(self) -> AdaptConfig:
-        given = {"long_term_steps"} if self.strategy.name == "NetAdaptV2" else {"short_term_steps", "long_term_steps"}
-        both = {k for k in given & self.strategy.model_fields_set
+        both = {k for k in self.strategy.TRAINING & self.strategy.model_fields_set
                 if getattr(self.strategy, k) != getattr(self.training, k)}  # equal: a dump read back
         if both:
             raise ValueError(f"strategy.{sorted(both)[0]}: set the fine-tuning steps in [training], the budget every "

@@ -196,9 +196,7 @@ def make_strategy(config: AdaptConfig) -> Strategy:
     """The strategy the `[strategy]` table names, with its settings and the `[training]` steps."""
     section = config.strategy
     settings = section.model_dump(exclude={"name", "short_term_steps", "long_term_steps"})
-    steps = {"long_term_steps": config.training.long_term_steps}
-    if section.name != "NetAdaptV2":  # its samples are scored untrained: it takes no short-term steps
-        steps["short_term_steps"] = config.training.short_term_steps
+    steps = {k: getattr(config.training, k) for k in section.TRAINING}
     return strategy_class(section.name)(**steps, **settings)
 
 

@@ -190,6 +190,12 @@ class Engine:
     def resources(self, network: Network) -> dict[str, float]:
         return {b.resource: b.estimate(network) for b in self.bounds}
 
+    def targets(self, iteration: int, resources: dict[str, float]) -> dict[str, float]:
+        """Eq. 2: each resource still over budget tightened by its schedule for `iteration`; one
+        within budget may not rise above it."""
+        return {b.resource: b.target(iteration, resources[b.resource]) if not b.met(resources[b.resource])
+                else b.budget for b in self.bounds}
+
     def feasible(self, resources: dict[str, float]) -> bool:
         """Every hard budget met (a soft one, a reward's target, refuses nothing)."""
         return all(b.met(resources[b.resource]) for b in self.bounds if b.resource not in self.soft)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from netopt.bridge import Traced
 
 __all__ = ["Problem", "Strategy", "StrategySettings", "Candidate", "Proposal", "Result", "smallest", "check_feasible",
-           "changed", "validated"]
+           "non_negative", "changed", "validated"]
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,8 @@ class StrategySettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     RUNTIME: ClassVar[frozenset[str]] = frozenset()
+    TRAINING: ClassVar[frozenset[str]] = frozenset({"short_term_steps", "long_term_steps"})
+    """The `[training]` steps of a config file this strategy takes."""
 
     short_term_steps: StrictInt = 60
     """Fine-tuning steps of each proposal (NetAdapt's short-term fine-tuning)."""
@@ -126,9 +128,14 @@ class StrategySettings(BaseModel):
     @field_validator("short_term_steps", "long_term_steps")
     @classmethod
     def _steps(cls, value: int, info: Any) -> int:
-        if value < 0:
-            raise ValueError(f"{info.field_name}={value!r} must be >= 0 (training steps)")
-        return value
+        return non_negative(info.field_name, value, "training steps")
+
+
+def non_negative(name: str, value: int, meaning: str) -> int:
+    """A setting that must be an integer >= 0 (`meaning` says what it counts)."""
+    if value < 0:
+        raise ValueError(f"{name}={value!r} must be an integer >= 0 ({meaning})")
+    return value
 
 
 def validated(kind: type[StrategySettings], values: Mapping[str, Any], strategy: str) -> Any:

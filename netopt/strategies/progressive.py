@@ -108,8 +108,7 @@ class ProgressiveBarrier(Strategy):
 
     def _iterate(self, engine: Engine, current: Candidate) -> tuple[list[Proposal], Proposal, nn.Module]:
         i, bounds = current.iteration, engine.bounds
-        targets = {b.resource: b.target(i, current.resources[b.resource]) if not b.met(current.resources[b.resource])
-                   else b.budget for b in bounds}
+        targets = engine.targets(i, current.resources)
         plans = self._plans(bounds, current, targets)
         if not plans:
             raise InfeasibleError(f"iteration {i}: no channel group can shrink any further, yet the budgets "

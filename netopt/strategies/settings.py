@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, StrictInt, field_validator, model_validator
 
-from netopt.strategies.base import StrategySettings
+from netopt.strategies.base import StrategySettings, non_negative
 from netopt.strategies.reward import MnasNetReward
 
 __all__ = ["SelectionRule", "ProgressiveBarrierSettings", "WidthSearchSettings", "UniformWidthSettings",
@@ -191,6 +191,7 @@ class NetAdaptV2Settings(StrategySettings):
     the super-network's weights, without fine-tuning (the paper's point)."""
 
     RUNTIME: ClassVar[frozenset[str]] = frozenset({"max_iterations"})
+    TRAINING: ClassVar[frozenset[str]] = frozenset({"long_term_steps"})  # its samples are scored untrained
 
     short_term_steps: StrictInt = 0
     supernet_steps: StrictInt = 300
@@ -210,9 +211,8 @@ class NetAdaptV2Settings(StrategySettings):
     @field_validator("supernet_steps", "bn_batches")
     @classmethod
     def _counts(cls, value: int, info: Any) -> int:
-        if value < 0:
-            raise ValueError(f"{info.field_name}={value!r} must be an integer >= 0")
-        return value
+        return non_negative(info.field_name, value, "training steps" if info.field_name == "supernet_steps"
+                            else "batches")
 
     @field_validator("samples", "max_iterations")
     @classmethod
