@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from netopt.bridge import Traced
     from netopt.ir import Network
 
-__all__ = ["Engine", "Ask", "Told", "Serial", "Clock", "BudgetWarning", "evaluate", "seed_for", "measure"]
+__all__ = ["Engine", "Ask", "Told", "Serial", "Clock", "BudgetWarning", "evaluate", "seed_for", "measure",
+           "named_failure", "sendable"]
 
 
 class BudgetWarning(UserWarning):
@@ -76,12 +77,12 @@ def sendable(objective: Any) -> None:
 
 def _outcome(future: Future[Any], what: str) -> Any:
     """A future's result; an objective's failure as one ObjectiveError line that says which proposal."""
-    with _named(what):
+    with named_failure(what):
         return future.result()
 
 
 @contextmanager
-def _named(what: str) -> Iterator[None]:
+def named_failure(what: str) -> Iterator[None]:
     """An objective's failure inside, as one ObjectiveError line prefixed by what was being evaluated."""
     try:
         yield
@@ -266,7 +267,7 @@ class Engine:
     def start_score(self, module: nn.Module) -> float:
         """The starting network's holdout score, without training."""
         started = time.perf_counter()
-        with _named("the starting network"):
+        with named_failure("the starting network"):
             score = self.problem.objective.short_term(module, 0, self.seed).score
         self.clock.objective += time.perf_counter() - started
         return float(score)
@@ -292,7 +293,7 @@ class Engine:
         module = copy.deepcopy(chosen.module)  # the family keeps the chosen network as it was
         final = Candidate(chosen.iteration, chosen.network, module, chosen.accuracy, chosen.resources)
         started = time.perf_counter()
-        with _named("the final network's long-term fine-tuning and test"):
+        with named_failure("the final network's long-term fine-tuning and test"):
             if long_term_steps:
                 final.accuracy = self.problem.objective.long_term(final.module, long_term_steps, self.seed).score
             final.test_accuracy = self.problem.objective.test(final.module)

@@ -50,7 +50,7 @@ from netopt.bridge import trace
 from netopt.errors import InfeasibleError
 from netopt.objectives.base import Evaluation, Objective
 from netopt.runs.files import save_tensors
-from netopt.strategies._engine import Ask, Engine, Serial, _named, seed_for
+from netopt.strategies._engine import Ask, Engine, Serial, named_failure, seed_for
 from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy
 from netopt.strategies.progressive import largest_meeting, smallest_step
 from netopt.strategies.settings import NetAdaptV2Settings
@@ -195,7 +195,7 @@ class NetAdaptV2(Strategy):
         elif self.supernet_steps:
             dropout = OrderedDropout(module, reordered.network, seed_for(self.seed, "supernet"), self.sandwich)
             try:
-                with _named("the super-network's training"):
+                with named_failure("the super-network's training"):
                     problem.objective.long_term(module, self.supernet_steps, seed_for(self.seed, "supernet"))
             finally:
                 dropout.remove()
