@@ -131,8 +131,10 @@ def build(
     layers: Mapping[str, nn.Module] | None = None,
     opaque: Mapping[str, nn.Module] | None = None,
 ) -> fx.GraphModule:
-    """A GraphModule computing `net`; `layers` supplies ready modules by node name."""
+    """A GraphModule computing `net` (without its removed branches: `net.reduced()`);
+    `layers` supplies ready modules by node name."""
     _ = net.analysis  # fail early, with the IR's own message, on a broken structure
+    net = net.reduced()
     root: dict[str, Any] = {}
     graph = fx.Graph()
     values: dict[str, fx.Node] = {INPUT: graph.placeholder("x")}

@@ -83,7 +83,7 @@ def kept_channels(traced: TracedLike, network: Network, selector: FilterSelector
     kept = {}
     batchnorms = _batchnorms(traced.network)
     for group in network.groups:
-        if group.width == group.full_width:
+        if group.width in (group.full_width, 0):  # at 0 its branch is removed: nothing to keep
             continue
         scores = selector.scores(group_weights(traced, group.id, batchnorms))
         if scores.shape != (group.full_width,):
@@ -116,9 +116,10 @@ def materialize_channels(traced: TracedLike, network: Network, kept: Mapping[str
         return cache[layout]
 
     layers: dict[str, nn.Module] = {}
+    removed = network.removed  # a bypassed residual branch: its layers are not built
     with torch.no_grad():
         for node in network.nodes:
-            if node.name in traced.binding and node.op is not OpKind.OPAQUE:
+            if node.name in traced.binding and node.op is not OpKind.OPAQUE and node.name not in removed:
                 layers[node.name] = _sliced(_source(traced, node), network, node, indices)
     # copies: fine-tuning one materialized network must not touch the traced model or another
     module = build(network, layers, opaque={k: copy.deepcopy(v) for k, v in traced.opaque.items()})

@@ -3,7 +3,8 @@
 MACs count CONV and FC layers, as the NetAdapt paper does. Parameters equal exactly the
 number of parameters of the materialized torch module (BatchNorm affine included, running
 statistics excluded: they are buffers). Activation memory is the peak of live tensors when
-the nodes run one after another in order.
+the nodes run one after another in order. A residual branch removed by a bypass group at
+width 0 costs nothing: the costs are those of `Network.reduced()`, what materializes.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ __all__ = ["macs", "params", "activation_bytes", "layer_macs", "layer_params"]
 
 
 def layer_macs(net: Network, node: Node) -> int:
-    """Multiply-accumulates of one node at the network's current widths (0 if not CONV/FC)."""
+    """Multiply-accumulates of one node at the network's current widths (0 if not CONV/FC, or removed)."""
+    if node.name in net.removed:
+        return 0
     if isinstance(node.attrs, Conv2dAttrs):
         c_out, h, w = net.shape(node.name)
         c_in = net.shape(node.inputs[0])[0]
@@ -46,7 +49,9 @@ def layer_macs(net: Network, node: Node) -> int:
 
 
 def layer_params(net: Network, node: Node) -> int:
-    """Trainable parameters of one node at the network's current widths."""
+    """Trainable parameters of one node at the network's current widths (0 if removed)."""
+    if node.name in net.removed:
+        return 0
     attrs = node.attrs
     if isinstance(attrs, Conv2dAttrs | ConvTranspose2dAttrs):
         c_out = net.shape(node.name)[0]
@@ -69,11 +74,13 @@ def layer_params(net: Network, node: Node) -> int:
 
 def macs(net: Network) -> int:
     """Total multiply-accumulates of CONV and FC layers for one input (batch 1)."""
+    net = net.reduced()
     return sum(layer_macs(net, n) for n in net.nodes)
 
 
 def params(net: Network) -> int:
     """Total trainable parameters, as `sum(p.numel() for p in module.parameters())`."""
+    net = net.reduced()
     return sum(layer_params(net, n) for n in net.nodes)
 
 
@@ -84,6 +91,7 @@ def activation_bytes(net: Network, bytes_per_element: int = 4) -> int:
     outputs until the end). Identity, dropout and flatten are views of their input. While a
     node runs, its inputs and its output are live together.
     """
+    net = net.reduced()
     last_use = _last_uses(net)
     owner = _storage_owners(net)
     size = {name: math.prod(shape) * bytes_per_element for name, shape in net.shapes.items()}

@@ -43,7 +43,9 @@ class ChannelGroup:
 
     `blocks` > 1 means a grouped conv splits the channels into that many equal blocks, which
     must all keep the same number of channels. `producers` are the layers whose filters make
-    the channels; `consumers` the layers whose input channels shrink with them.
+    the channels; `consumers` the layers whose input channels shrink with them. A `bypass`
+    group lies inside a residual branch and may also take width 0: the branch is removed
+    (NetAdaptV2's channel-level bypass; see `netopt.ir.bypass`).
     """
 
     id: str
@@ -54,14 +56,16 @@ class ChannelGroup:
     blocks: int = 1
     producers: tuple[str, ...] = ()
     consumers: tuple[str, ...] = ()
+    bypass: bool = False
 
-    def valid_widths(self) -> tuple[int, ...]:
-        """Every width this group may take, ascending: the step grid and the full width."""
+    def valid_widths(self, bypass: bool = False) -> tuple[int, ...]:
+        """Every width this group may take, ascending: the step grid and the full width (and 0
+        first, with `bypass`, where the group is a bypass group)."""
         grid = range(self.min_width, self.full_width, self.step)
-        return (*grid, self.full_width)
+        return (*((0,) if bypass and self.bypass else ()), *grid, self.full_width)
 
     def is_valid(self, width: int) -> bool:
-        return width == self.full_width or (
+        return width == self.full_width or (width == 0 and self.bypass) or (
             self.min_width <= width < self.full_width and width % self.step == 0
         )
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from netopt.errors import FormatError, IRError, LintError, WidthError
+from netopt.ir.bypass import Branch, branches, reduce
 from netopt.ir.groups import INPUT, Analysis, ChannelGroup, Layout, analyze
 from netopt.ir.node import Node
 from netopt.ir.ops import CONVOLUTIONS, RULES, Conv2dAttrs, ConvTranspose2dAttrs, OpKind, ScalarAttrs, attrs_from_dict
@@ -31,6 +32,7 @@ class _Shared:
 
     def __init__(self) -> None:
         self.analysis: Analysis | None = None
+        self.branches: dict[str, Branch] | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,14 @@ class Network:
         except KeyError:
             raise IRError(f"no node named {name!r}; see Network.nodes for the names") from None
 
+    @property
+    def bypassable(self) -> dict[str, Branch]:
+        """The residual branch each bypass group lies in: at width 0 that branch is removed."""
+        shared = self._shared
+        if shared.branches is None:
+            shared.branches = branches(self.nodes, self.outputs, self.analysis)
+        return shared.branches
+
     def layout(self, name: str) -> Layout:
         """Which groups own the channels of `name`'s output, in channel order."""
         return self.analysis.layouts[name]
@@ -134,6 +144,7 @@ class Network:
         return ChannelGroup(
             id=gid, width=width, full_width=info.full_width, min_width=step, step=step,
             blocks=info.blocks, producers=info.producers, consumers=info.consumers,
+            bypass=gid in self.bypassable,
         )
 
     def with_widths(self, widths: Mapping[str, int]) -> Network:
@@ -151,7 +162,54 @@ class Network:
             merged[gid] = int(width)
         full = self.full_widths
         kept = tuple((g, w) for g, w in merged.items() if w != full[g])
-        return replace(self, width_overrides=kept, _shared=self._shared, _local={})
+        net = replace(self, width_overrides=kept, _shared=self._shared, _local={})
+        _ = net.removed  # both inputs of one add removed: refused here, with the groups named
+        return net
+
+    # --- channel-level bypass ---------------------------------------------------------------
+
+    @property
+    def bypassed(self) -> tuple[Branch, ...]:
+        """The residual branches removed at the current widths (their bypass groups are at 0)."""
+        cached = self._local.get("bypassed")
+        if cached is None:
+            zero = [g for g, w in self.width_overrides if w == 0]
+            cached = tuple(dict.fromkeys(self.bypassable[g] for g in zero))
+            self._local["bypassed"] = cached
+        return cached  # type: ignore[no-any-return]
+
+    @property
+    def removed(self) -> frozenset[str]:
+        """Names of the nodes in removed branches (empty unless a bypass group is at width 0)."""
+        cached = self._local.get("removed")
+        if cached is None:
+            cached = frozenset().union(*(b.nodes for b in self.bypassed))
+            for b in self.bypassed:
+                if b.skip in cached and b.add not in cached:
+                    zero = sorted(g for g, w in self.width_overrides if w == 0
+                                  and self.bypassable[g].add == b.add)
+                    raise WidthError(f"widths 0 for groups {zero} would remove both inputs of add {b.add!r}; "
+                                     "keep one of its branches above width 0")
+            self._local["removed"] = cached
+        return cached  # type: ignore[no-any-return]
+
+    def reduced(self) -> Network:
+        """This network without its removed branches (each of their adds passes its shortcut
+        through); itself where none is removed. What costs count and `materialize` builds."""
+        if not self.removed:
+            return self
+        cached = self._local.get("reduced")
+        if cached is None:
+            bare = Network(reduce(self.nodes, self.bypassed), self.input_shape, self.outputs, step=self.step)
+            moved: dict[str, str] = {}  # a group's id where its first producer was removed changes
+            for node in bare.nodes:
+                for old, new in zip(self.layout(node.name), bare.layout(node.name), strict=True):
+                    moved.setdefault(old.group, new.group)
+            prunable = set(bare.analysis.prunable)
+            cached = bare.with_widths({moved[g]: w for g, w in self.width_overrides
+                                       if g in moved and moved[g] in prunable})
+            self._local["reduced"] = cached
+        return cached  # type: ignore[no-any-return]
 
     def scaled(self, fraction: float) -> Network:
         """Every group at the largest valid width not above `fraction` of its full width
@@ -257,7 +315,10 @@ class Network:
 
     def _shape_problems(self) -> list[str]:
         problems = []
+        removed = self.removed
         for node in self.nodes:
+            if node.name in removed:
+                continue
             shape = self.shape(node.name)
             if any(d <= 0 for d in shape):
                 problems.append(f"node {node.name!r} has output shape {shape}; every size must be > 0")
@@ -356,11 +417,12 @@ def _arity_problems(node: Node) -> list[str]:
 
 
 def _width_message(group: ChannelGroup, width: int) -> str:
-    valid = group.valid_widths()
+    valid = group.valid_widths(bypass=True)
+    zero = "; or 0, which removes its residual branch" if group.bypass else ""
     return (
         f"width {width} is invalid for group {group.id!r}: it must be between "
         f"{group.min_width} and {group.full_width} and a multiple of {group.step} "
-        f"(or the full width); valid: {_preview(valid)}"
+        f"(or the full width{zero}); valid: {_preview(valid)}"
     )
 
 

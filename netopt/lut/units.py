@@ -74,7 +74,8 @@ def _readers(net: Network) -> dict[str, list[str]]:
 
 
 def units(net: Network) -> list[Unit]:
-    """The network's units in execution order, at its current widths."""
+    """The network's units in execution order, at its current widths (removed branches have none)."""
+    net = net.reduced()
     readers = _readers(net)
     absorbed: set[str] = set()
     out: list[Unit] = []

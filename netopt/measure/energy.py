@@ -343,7 +343,9 @@ class EnergyModel:
         })
 
     def accesses(self, network: Network) -> dict[str, Accesses]:
-        """Operations and accesses of every node at each level, before pricing."""
+        """Operations and accesses of every node at each level, before pricing (a removed
+        residual branch's nodes have none: they do not run)."""
+        network = network.reduced()
         plan = _plan(network, self.accelerator)
         return {n.name: _accesses(network, n, plan, self.accelerator) for n in network.nodes}
 

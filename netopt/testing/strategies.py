@@ -170,14 +170,15 @@ def networks(draw: Draw, max_blocks: int = 4, blocks: tuple[str, ...] = BLOCKS) 
 
 
 @st.composite
-def widths(draw: Draw, network: Network, min_groups: int = 0) -> dict[str, int]:
-    """Valid widths for a random subset of `network`'s groups (each from `valid_widths()`)."""
-    chosen = {}
+def widths(draw: Draw, network: Network, min_groups: int = 0, bypass: bool = False) -> dict[str, int]:
+    """Valid widths for a random subset of `network`'s groups (each from `valid_widths(bypass)`:
+    with `bypass`, a group inside a residual branch may be 0, removing the branch)."""
+    chosen: dict[str, int] = {}
     groups = network.groups
     picked = draw(st.lists(st.sampled_from(groups), unique_by=lambda g: g.id,
                            min_size=min(min_groups, len(groups)))) if groups else []
     for group in picked:
-        chosen[group.id] = draw(st.sampled_from(group.valid_widths()))
+        chosen[group.id] = draw(st.sampled_from(group.valid_widths(bypass)))
     return chosen
 
 
