@@ -66,13 +66,13 @@ def test_netadaptv2_and_a_reward_from_the_strategy_table(tmp_path: Path) -> None
     from netopt.app.factory import make_strategy
 
     path = tmp_path / "c.toml"
-    path.write_text('[strategy]\nname = "NetAdaptV2"\nsupernet_steps = 50\nsamples = 4\n'
+    path.write_text('[strategy]\nname = "NetAdaptV2"\nsupernet_steps = 50\nsamples = 4\nbypass = true\n'
                     '[strategy.reward]\nalpha = 0\nbeta = -1\n[training]\nshort_term_steps = 5\nlong_term_steps = 7\n')
     strategy = make_strategy(load_config(path))
     assert (strategy.name, strategy.supernet_steps, strategy.samples, strategy.long_term_steps) == (
         "NetAdaptV2", 50, 4, 7)
     assert strategy.short_term_steps == 0  # its samples are scored untrained: [training]'s steps are not its
-    assert (strategy.reward.alpha, strategy.reward.beta) == (0, -1)
+    assert (strategy.reward.alpha, strategy.reward.beta) == (0, -1) and strategy.bypass is True
     path.write_text('[strategy]\nname = "RandomSearch"\n[strategy.reward]\nalpha = 0.2\n')
     with pytest.raises(ConfigError, match=r"strategy\.RandomSearch\.reward\.alpha: alpha=0\.2 is positive"):
         load_config(path)

@@ -20,7 +20,7 @@ from netopt.measure import EnergyModel
 from netopt.measure.memory import MemoryModel
 from netopt.objectives import Accuracy, Trainer
 from netopt.strategies import MnasNetReward, NetAdaptV2, Problem, RandomSearch
-from netopt.strategies.netadaptv2 import CalibrationWarning
+from netopt.strategies.netadaptv2 import BypassWarning, CalibrationWarning
 from netopt.strategies.supernet import OrderedDropout, ordered, recalibrate, sub_network
 from netopt.testing import strategies as nst
 from netopt.testing.problems import joint_problem
@@ -38,7 +38,7 @@ def _frozen_stochastic(module: nn.Module) -> None:
             m.eval()
 
 
-def _first_k_property(network: netopt.ir.Network, widths: dict[str, int]) -> None:
+def _first_k_property(network: netopt.ir.Network, widths: dict[str, int], bypass: bool = False) -> None:
     torch.manual_seed(0)
     model = randomize_batchnorm(build(network)).eval()
     x = torch.randn(3, *network.input_shape)
@@ -46,7 +46,7 @@ def _first_k_property(network: netopt.ir.Network, widths: dict[str, int]) -> Non
     reordered = ordered(traced)
     torch.testing.assert_close(reordered.module(x), model(x), atol=1e-4, rtol=1e-4)  # a permutation, nothing else
     supernet = reordered.materialize()
-    dropout = OrderedDropout(supernet, reordered.network, seed=0, sandwich=False)
+    dropout = OrderedDropout(supernet, reordered.network, seed=0, sandwich=False, bypass=bypass)
     dropout.grids = {g: torch.tensor([w]) for g, w in widths.items() if g in dropout.grids}
     _frozen_stochastic(supernet)
     masked = supernet(x)
@@ -64,6 +64,16 @@ def test_ordering_keeps_the_function_and_first_k_is_the_masked_supernet(network:
     _first_k_property(network, network.with_widths(data.draw(nst.widths(network))).widths)
 
 
+RESIDUAL = ("conv", "residual", "inverted", "se", "dwsep", "pool")
+
+
+@given(nst.networks(blocks=RESIDUAL), st.data())
+def test_a_bypassed_sub_network_is_the_supernet_with_the_branch_gated(network: netopt.ir.Network,
+                                                                       data: st.DataObject) -> None:
+    widths = network.with_widths(data.draw(nst.widths(network, bypass=True))).widths
+    _first_k_property(network, widths, bypass=True)
+
+
 @given(nst.networks(blocks=("eca", "convnext", "conv")))
 def test_ordering_keeps_the_function_of_channel_mixing_ops(network: netopt.ir.Network) -> None:
     torch.manual_seed(0)
@@ -75,6 +85,9 @@ def test_ordering_keeps_the_function_of_channel_mixing_ops(network: netopt.ir.Ne
 def test_first_k_on_mobilenetv2() -> None:
     net = netopt.trace(MobileNetV2(0.5, num_classes=10).eval(), torch.randn(1, 3, 32, 32)).network
     _first_k_property(net, net.scaled(0.5).widths)
+    bypass = [g.id for g in net.groups if g.bypass]
+    assert len(bypass) >= 4
+    _first_k_property(net, net.scaled(0.5).with_widths(dict.fromkeys(bypass[::2], 0)).widths, bypass=True)
 
 
 def test_ordered_dropout_draws_per_sample_widths_with_the_sandwich_rule() -> None:
@@ -154,6 +167,38 @@ class Killed(Accuracy):
         if self.calls == self.after:
             raise KeyboardInterrupt  # not an objective's failure: a kill
         return super().holdout(module)
+
+
+def _residual_problem() -> Problem:
+    torch.manual_seed(0)
+    model = MobileNetV2(0.5, num_classes=10, in_channels=1).eval()
+    traced = netopt.trace(model, DIGITS.train_x[:1])
+    return Problem(traced, [MACsConstraint("35%", schedule=ReductionSchedule("20%"))],
+                   Accuracy(DIGITS, Trainer(lr=0.05)))
+
+
+def test_netadaptv2_with_bypass_removes_residual_branches_and_resumes(tmp_path: Path) -> None:
+    settings = {**V2, "bypass": True, "samples": 6}
+    reference = NetAdaptV2(**settings).run(_residual_problem())
+    final = reference.final.network
+    assert final.removed, "under a tight MACs budget some residual branch goes"
+    assert all(w >= 0 for w in final.widths.values()) and 0 in final.widths.values()
+    assert reference.final.resources["macs"] == netopt.ir.macs(final) <= 0.35 * netopt.ir.macs(final.at_full_width())
+    killed = _residual_problem()
+    object.__setattr__(killed, "objective", Killed(DIGITS, after=9))
+    with pytest.raises(KeyboardInterrupt):
+        NetAdaptV2(**settings).run(killed, run_dir=tmp_path / "run")
+    resumed = NetAdaptV2(**settings).run(_residual_problem(), run_dir=tmp_path / "run", resume=True)
+    assert [p.to_dict() for p in resumed.history] == [p.to_dict() for p in reference.history]
+    assert resumed.final.network == final
+    without = NetAdaptV2(**{**settings, "bypass": False}).run(_residual_problem())
+    assert not without.final.network.removed
+
+
+def test_bypass_on_a_network_without_residual_branches_is_a_warning() -> None:
+    with pytest.warns(BypassWarning, match="no residual branch"):
+        result = NetAdaptV2(**{**V2, "bypass": True}).run(_problem())
+    assert result.final.network.removed == frozenset()
 
 
 def test_netadaptv2_resumes_after_a_kill_to_the_uninterrupted_result(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ A *branch* of a residual add `A = add(b, s)` is every node that `b` depends on a
 not: the layers of the block's non-skip path. It is *closed* when nothing outside it reads
 it (except `A`, through `b`) and no output is in it; removing a closed branch leaves a valid
 network in which `A` passes `s` through: the block becomes its shortcut (the identity, or a
-downsampling conv). A channel group is *bypassable* when every node that makes, carries or
+downsampling conv). An add of two closed branches has no shortcut to fall back on: neither is
+removed. A channel group is *bypassable* when every node that makes, carries or
 reads its channels lies in one closed branch (the smallest, where branches nest); at width 0
 that branch is removed. Structural facts, computed once per structure.
 """
@@ -53,6 +54,7 @@ def branches(nodes: Sequence[Node], outputs: Sequence[str], analysis: Analysis) 
     for node in nodes:
         if not _residual(node) or node.inputs[0] == node.inputs[1]:
             continue
+        sides = []
         for b, s in (node.inputs, node.inputs[::-1]):
             inside = (ancestors[b] | bit[b]) & ~(ancestors[s] | bit[s]) & ~bit[INPUT]
             members = frozenset(n for n in names if inside & bit[n])
@@ -61,7 +63,9 @@ def branches(nodes: Sequence[Node], outputs: Sequence[str], analysis: Analysis) 
             if any(m in outs for m in members) or any(
                     r not in members and (r != node.name or m != b) for m in members for r in readers[m]):
                 continue
-            closed.append((len(members), Branch(node.name, b, s, members)))
+            sides.append((len(members), Branch(node.name, b, s, members)))
+        if len(sides) == 1:  # two closed branches and no shortcut: not a residual block, nothing to pass through
+            closed += sides
     closed.sort(key=lambda c: c[0])
     carriers: dict[str, set[str]] = {}
     for name, layout in analysis.layouts.items():

@@ -162,9 +162,7 @@ class Network:
             merged[gid] = int(width)
         full = self.full_widths
         kept = tuple((g, w) for g, w in merged.items() if w != full[g])
-        net = replace(self, width_overrides=kept, _shared=self._shared, _local={})
-        _ = net.removed  # both inputs of one add removed: refused here, with the groups named
-        return net
+        return replace(self, width_overrides=kept, _shared=self._shared, _local={})
 
     # --- channel-level bypass ---------------------------------------------------------------
 
@@ -183,14 +181,7 @@ class Network:
         """Names of the nodes in removed branches (empty unless a bypass group is at width 0)."""
         cached = self._local.get("removed")
         if cached is None:
-            cached = frozenset().union(*(b.nodes for b in self.bypassed))
-            for b in self.bypassed:
-                if b.skip in cached and b.add not in cached:
-                    zero = sorted(g for g, w in self.width_overrides if w == 0
-                                  and self.bypassable[g].add == b.add)
-                    raise WidthError(f"widths 0 for groups {zero} would remove both inputs of add {b.add!r}; "
-                                     "keep one of its branches above width 0")
-            self._local["removed"] = cached
+            cached = self._local["removed"] = frozenset().union(*(b.nodes for b in self.bypassed))
         return cached  # type: ignore[no-any-return]
 
     def reduced(self) -> Network:

@@ -165,11 +165,11 @@ class Engine:
 
     def __init__(self, problem: Problem, config: dict[str, Any], *, short_term_steps: int, seed: int,
                  run_dir: str | Path | None = None, resume: bool = False, executor: Executor | None = None,
-                 soft: frozenset[str] = frozenset()) -> None:
+                 soft: frozenset[str] = frozenset(), bypass: bool = False) -> None:
         self.problem = problem
         self.bounds = problem.bind()
         self.soft = soft  # budgets a reward turns into targets: they refuse nothing
-        check_feasible([b for b in self.bounds if b.resource not in soft], problem.traced.network)
+        check_feasible([b for b in self.bounds if b.resource not in soft], problem.traced.network, bypass)
         self.log = RunLog.open(run_dir, resume, config, problem) if run_dir is not None else None
         self.short_term_steps, self.seed = short_term_steps, seed
         self.executor = executor or Serial()

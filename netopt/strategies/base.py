@@ -200,14 +200,15 @@ def changed(block: str, widths: dict[str, int], current: Network) -> dict[str, i
     return {g: widths[g] for g in block.split("+") if g in prunable}
 
 
-def smallest(network: Network) -> Network:
-    """Every prunable group at its minimum width: the cheapest network the IR allows."""
-    return network.with_widths({g.id: g.min_width for g in network.groups})
+def smallest(network: Network, bypass: bool = False) -> Network:
+    """Every prunable group at its minimum width: the cheapest network the IR allows (with
+    `bypass`, every residual branch removed)."""
+    return network.with_widths({g.id: g.valid_widths(bypass)[0] for g in network.groups})
 
 
-def check_feasible(bounds: Sequence[Bound], network: Network) -> None:
+def check_feasible(bounds: Sequence[Bound], network: Network, bypass: bool = False) -> None:
     """Fail early when even the smallest network breaks a budget, saying what is achievable."""
-    floor = smallest(network)
+    floor = smallest(network, bypass)
     for bound in bounds:
         least = bound.estimate(floor)
         if least > bound.budget:

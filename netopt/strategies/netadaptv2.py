@@ -26,8 +26,14 @@ Search time is accounted in the paper's three parts: super-network training, sam
 evaluation, final training (`Result.timings`). With a run directory the trained super-network
 is saved once (`supernet.pt`), and a resumed run continues from it and from every scored sample.
 
-Channel-level bypass (a residual branch whose width reaches 0) is not implemented yet: groups
-stop at their minimum width, as in every other strategy.
+**Channel-level bypass** (`bypass=True`): a group inside a residual branch may also take width
+0, which removes the branch (its block passes the shortcut through: depth and width searched
+in one dimension, `netopt.ir.bypass`). The super-network then trains width 0 as one more point
+of those groups' grids (a sample drawing it has its branch output zeroed), coordinate descent
+steps such a group from its minimum to 0, and groups inside a removed branch are no longer
+perturbed. It is off by default: a bypassed block is a larger change than a grid step, and
+the paper's accuracy-latency gains come from ordered dropout and multi-layer descent first
+(`benchmarks/bench_netadaptv2.py` measures both ways).
 """
 
 from __future__ import annotations
@@ -61,8 +67,9 @@ if TYPE_CHECKING:
 
     from netopt.bridge import Traced
     from netopt.constraints import Bound
+    from netopt.ir import ChannelGroup, Network
 
-__all__ = ["NetAdaptV2", "NetAdaptV2Settings", "CalibrationWarning"]
+__all__ = ["NetAdaptV2", "NetAdaptV2Settings", "CalibrationWarning", "BypassWarning"]
 
 LOG = logging.getLogger("netopt.progress")
 SUPERNET = "supernet.pt"
@@ -70,6 +77,10 @@ SUPERNET = "supernet.pt"
 
 class CalibrationWarning(UserWarning):
     """An objective that gives no training inputs: sub-networks keep the super-network's BatchNorm statistics."""
+
+
+class BypassWarning(UserWarning):
+    """Bypass asked for on a network with no residual branch: there is nothing to bypass."""
 
 
 class _SuperScored(Objective):
@@ -117,7 +128,7 @@ def _optional(objective: Any, method: str) -> Any:
 class NetAdaptV2(Strategy):
     """NetAdaptV2 for m resources (see the module docstring).
 
-    Settings (`NetAdaptV2Settings`): supernet_steps, samples, layers, sandwich, bn_batches,
+    Settings (`NetAdaptV2Settings`): supernet_steps, samples, layers, sandwich, bypass, bn_batches,
     reward, long_term_steps, seed, max_iterations."""
 
     name = "NetAdaptV2"
@@ -137,10 +148,14 @@ class NetAdaptV2(Strategy):
         objective = problem.objective
         scored = replace(problem, objective=_SuperScored(objective, self.bn_batches))  # type: ignore[arg-type]
         engine = Engine(scored, self.config(), short_term_steps=0, seed=self.seed, run_dir=run_dir, resume=resume,
-                        executor=self.executor)
+                        executor=self.executor, bypass=self.bypass)
         done = engine.finished(self.name)
         if done is not None:
             return done
+        if self.bypass and not engine.network.bypassable:
+            warnings.warn("bypass=True, but this network has no residual branch whose layers could be removed (no "
+                          "add with a shortcut around them); NetAdaptV2 runs without bypass", BypassWarning,
+                          stacklevel=2)
         if self.bn_batches:
             try:
                 _optional(objective, "calibration_inputs")(1, self.seed)
@@ -193,7 +208,8 @@ class NetAdaptV2(Strategy):
         if saved is not None and saved.is_file():
             module.load_state_dict(torch.load(saved, weights_only=True))
         elif self.supernet_steps:
-            dropout = OrderedDropout(module, reordered.network, seed_for(self.seed, "supernet"), self.sandwich)
+            dropout = OrderedDropout(module, reordered.network, seed_for(self.seed, "supernet"), self.sandwich,
+                                     self.bypass)
             try:
                 with named_failure("the super-network's training"):
                     problem.objective.long_term(module, self.supernet_steps, seed_for(self.seed, "supernet"))
@@ -238,7 +254,7 @@ class NetAdaptV2(Strategy):
         """`samples` distinct proposals: random sets of `layers` shrinkable groups, each shrunk
         together to the largest widths meeting every target (the biggest step where none can)."""
         net = current.network
-        shrinkable = [g.id for g in net.groups if g.width > g.min_width]
+        shrinkable = [g.id for g in net.groups if g.width > self._floor(g) and not _gone(g, net)]
         if not shrinkable:
             return []
         layers = min(len(shrinkable), self.layers or max(2, round(math.sqrt(len(net.groups)))))
@@ -251,7 +267,15 @@ class NetAdaptV2(Strategy):
                 blocks.append(block)
             if len(blocks) == self.samples or len(blocks) == math.comb(len(shrinkable), layers):
                 break
-        plans = [p for block in blocks if (p := largest_meeting(net, block, bounds, targets))]
+        plans = [p for block in blocks if (p := largest_meeting(net, block, bounds, targets, self.bypass))]
         if not plans:
-            plans = [p for block in blocks if (p := smallest_step(net, block, bounds))]
+            plans = [p for block in blocks if (p := smallest_step(net, block, bounds, self.bypass))]
         return [(p.group, p.network, p.resources) for p in plans]
+
+    def _floor(self, group: ChannelGroup) -> int:
+        return 0 if self.bypass and group.bypass else group.min_width
+
+
+def _gone(group: ChannelGroup, net: Network) -> bool:
+    """A group whose layers all sit in a removed residual branch: shrinking it changes nothing."""
+    return bool(net.removed) and set(group.producers) <= net.removed

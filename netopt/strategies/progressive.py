@@ -153,22 +153,23 @@ def _scored(proposal: Proposal) -> float:
     return proposal.score
 
 
-def _steps_down(net: Network, block: tuple[str, ...]) -> list[dict[str, int]]:
-    """The block's groups shrunk together, one grid step more each time (each stops at its minimum)."""
-    below = {g: [w for w in net.group(g).valid_widths() if w < net.group(g).width][::-1] for g in block}
+def _steps_down(net: Network, block: tuple[str, ...], bypass: bool = False) -> list[dict[str, int]]:
+    """The block's groups shrunk together, one grid step more each time (each stops at its minimum,
+    or with `bypass` at 0 where that removes its residual branch)."""
+    below = {g: [w for w in net.group(g).valid_widths(bypass) if w < net.group(g).width][::-1] for g in block}
     depth = max((len(ws) for ws in below.values()), default=0)
     return [{g: ws[min(k, len(ws) - 1)] for g, ws in below.items() if ws} for k in range(depth)]
 
 
 def largest_meeting(net: Network, block: tuple[str, ...], bounds: Sequence[Bound],
-                     targets: dict[str, float]) -> _Plan | None:
+                     targets: dict[str, float], bypass: bool = False) -> _Plan | None:
     """ChooseNumFilters: the largest widths of the block's groups below their current ones
     meeting every target (for one group: its largest width that does).
 
     Resources shrink with width, so the assignments that meet the targets are the deepest ones:
     a bisection finds the shallowest of them with log2(n) whole-network estimates instead of n.
     """
-    steps = _steps_down(net, block)
+    steps = _steps_down(net, block, bypass)
     plans: dict[int, _Plan] = {}
 
     def meets(k: int) -> bool:
@@ -186,8 +187,8 @@ def largest_meeting(net: Network, block: tuple[str, ...], bounds: Sequence[Bound
     return plans[hi]
 
 
-def smallest_step(net: Network, block: tuple[str, ...], bounds: Sequence[Bound]) -> _Plan | None:
-    steps = _steps_down(net, block)
+def smallest_step(net: Network, block: tuple[str, ...], bounds: Sequence[Bound], bypass: bool = False) -> _Plan | None:
+    steps = _steps_down(net, block, bypass)
     if not steps:
         return None
     candidate = net.with_widths(steps[-1])

@@ -202,6 +202,8 @@ class NetAdaptV2Settings(StrategySettings):
     """Channel groups one proposal shrinks at once (None: round(sqrt(groups)), at least 2)."""
     sandwich: bool = True
     """Train the largest and the smallest sub-network in every super-network step."""
+    bypass: bool = False
+    """Channel-level bypass: groups inside residual branches may reach width 0, removing the branch."""
     bn_batches: StrictInt = 4
     """Training batches that re-estimate a sample's BatchNorm statistics before it is scored."""
     reward: MnasNetReward | None = None

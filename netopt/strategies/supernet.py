@@ -61,16 +61,20 @@ class OrderedDropout:
     """Per-sample channel masks on a full-width module of `network` (see the module docstring).
 
     On each forward pass in training mode, every sample draws one width per group, uniformly on
-    the group's grid (`valid_widths`); with `sandwich`, sample 0 takes every group's full width
-    and sample 1 every group's minimum (the sandwich rule: the largest and the smallest
-    sub-network are trained in every step). In eval mode the module is the full network.
-    Randomness comes from a generator seeded by `seed`. `remove()` takes the hooks off.
+    the group's grid (`valid_widths(bypass)`); with `sandwich`, sample 0 takes every group's full
+    width and sample 1 every group's minimum (the sandwich rule: the largest and the smallest
+    sub-network are trained in every step). With `bypass`, a group inside a residual branch may
+    draw 0: that sample's branch output is zeroed too (its block passes the shortcut through, as
+    the materialized sub-network does), so the smallest sub-network has no residual branches.
+    In eval mode the module is the full network. Randomness comes from a generator seeded by
+    `seed`. `remove()` takes the hooks off.
     """
 
-    def __init__(self, module: nn.Module, network: Network, seed: int, sandwich: bool = True) -> None:
+    def __init__(self, module: nn.Module, network: Network, seed: int, sandwich: bool = True,
+                 bypass: bool = False) -> None:
         self.network, self.sandwich = network, sandwich
         self.generator = torch.Generator().manual_seed(seed)
-        self.grids = {g.id: torch.tensor(g.valid_widths()) for g in network.groups}
+        self.grids = {g.id: torch.tensor(g.valid_widths(bypass)) for g in network.groups}
         self.widths: dict[str, Tensor] | None = None
         self._masks: dict[tuple[Any, ...], Tensor] = {}
         info = network.analysis.info
@@ -88,6 +92,12 @@ class OrderedDropout:
                 index.append((group, position.repeat_interleave(s.inner)))
             key = tuple(layout)
             self.handles.append(module.get_submodule(node.name).register_forward_hook(self._hook(key, index)))
+        gates: dict[str, list[str]] = {}  # a branch's last node -> the bypass groups that remove it
+        for gid, branch in network.bypassable.items() if bypass else ():
+            if gid in self.grids:
+                gates.setdefault(branch.operand, []).append(gid)
+        for operand, gids in gates.items():
+            self.handles.append(module.get_submodule(operand).register_forward_hook(self._gate(gids)))
 
     def _draw(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self._masks.clear()
@@ -116,6 +126,14 @@ class OrderedDropout:
             if mask.shape != out.shape[:2]:
                 return out  # not a (batch, channels, ...) tensor of the layout: leave it
             return out * mask.to(out.device).reshape(*mask.shape, *([1] * (out.dim() - 2)))
+        return apply
+
+    def _gate(self, gids: list[str]) -> Any:
+        def apply(module: nn.Module, args: tuple[Any, ...], out: Tensor) -> Tensor:
+            if self.widths is None or not isinstance(out, Tensor):
+                return out
+            keep = torch.stack([self.widths[g] > 0 for g in gids]).all(0).to(out.device, out.dtype)
+            return out * keep.reshape(-1, *([1] * (out.dim() - 1)))
         return apply
 
     def remove(self) -> None:
