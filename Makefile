@@ -13,7 +13,7 @@ PEERS := timm==1.0.31 torchvision==0.28.0 safetensors
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,dask,postgres]'
 	$(PIP) install --quiet --no-deps $(PEERS)
 	touch $(STAMP)
 
@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,bench]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,dask,postgres,bench]'
 	$(PY) benchmarks/bench_materialize.py
 	$(PY) benchmarks/bench_coverage.py
 

@@ -13,6 +13,7 @@ from netopt.errors import NetoptError
 if TYPE_CHECKING:
     from netopt import data
     from netopt.bridge import Traced, trace
+    from netopt.cluster import DaskExecutor
     from netopt.constraints import (
         EnergyConstraint,
         LatencyConstraint,
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 __all__ = [
     "Accuracy",
+    "DaskExecutor",
     "EnergyConstraint",
     "FunctionObjective",
     "GeometricProgram",
@@ -85,12 +87,13 @@ _LAZY = {
     "OptunaSearch": "netopt.strategies",
     "GeometricProgram": "netopt.strategies",
     "load": "netopt.runs",
+    "DaskExecutor": "netopt.cluster",
 }
 
 
 SUBPACKAGES = frozenset({
     "ir", "bridge", "measure", "lut", "constraints", "objectives", "strategies", "runs", "report", "testing", "zoo",
-    "data", "compare", "errors",
+    "data", "compare", "errors", "cluster",
 })
 """Reachable as attributes after a bare `import netopt` (`netopt.measure.OnnxRuntimeCPU`), loaded on first use."""
 

@@ -7,7 +7,8 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from netopt.errors import ConfigError, NetoptError
@@ -93,6 +94,38 @@ def lut_command(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def _executor(args: argparse.Namespace) -> Iterator[Any]:
+    """The executor --dask or --workers asks for (None: proposals in this process), closed at the end."""
+    if args.dask:
+        from netopt.cluster import DaskExecutor
+
+        executor: Any = DaskExecutor.connect(args.dask, timeout=args.dask_timeout)
+        workers = len(executor.client.scheduler_info().get("workers", {}))
+        print(f"Dask scheduler {args.dask}: {workers} worker(s); dashboard {executor.dashboard or 'not served'}",
+              file=sys.stderr, flush=True)
+    elif args.workers:
+        from concurrent.futures import ProcessPoolExecutor
+
+        executor = ProcessPoolExecutor(args.workers)
+    else:
+        executor = None
+    try:
+        yield executor
+    finally:
+        if executor is not None:
+            executor.shutdown()
+
+
+def _executor_options(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--dask", metavar="ADDRESS", help="evaluate proposals on the Dask cluster whose scheduler is "
+                       "at ADDRESS (tcp://host:8786); its workers need netopt installed")
+    where.add_argument("--workers", type=_ranged(int, 1, 4096), help="evaluate proposals in N local processes")
+    p.add_argument("--dask-timeout", type=_ranged(float, 0.1, 3600), default=10.0,
+                   help="seconds to wait for the scheduler to answer (default 10)")
+
+
 def adapt_command(args: argparse.Namespace) -> int:
     """Adapt the network the config describes; resume with --resume."""
     from netopt.app.config import AdaptConfig, load_config
@@ -100,7 +133,8 @@ def adapt_command(args: argparse.Namespace) -> int:
     from netopt.app.reports import summary
 
     config = load_config(args.config) if args.config else AdaptConfig()
-    result = adapt_job(config, resume=args.resume)
+    with _executor(args) as executor:
+        result = adapt_job(config, resume=args.resume, executor=executor)
     print(summary(result))
     print(f"\nrun directory: {config.run_dir} (plots, family; final/: model.onnx, model.pt2, weights.pt + "
           "network.json)")
@@ -113,7 +147,8 @@ def compare_command(args: argparse.Namespace) -> int:
     from netopt.app.jobs import compare_job
 
     config = load_config(args.config, CompareConfig) if args.config else CompareConfig()
-    comparison = compare_job(config, resume=args.resume)  # type: ignore[arg-type]
+    with _executor(args) as executor:
+        comparison = compare_job(config, resume=args.resume, executor=executor)  # type: ignore[arg-type]
     print(comparison.report())
     print(f"\noutput: {config.run_dir} (comparison.md, comparison.json, frontier.png, one run directory per strategy)")
     return 0
@@ -193,10 +228,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("adapt", help="adapt a network to its budgets (NetAdapt), as a TOML config says")
     p.add_argument("config", nargs="?", help="TOML or YAML config (default: the demo's settings)")
     p.add_argument("--resume", action="store_true", help="continue the run in the config's run_dir")
+    _executor_options(p)
     p.set_defaults(run=adapt_command)
     p = sub.add_parser("compare", help="run several strategies on one problem and compare them fairly")
     p.add_argument("config", nargs="?", help="TOML or YAML config with a [compare] table (default: built-in)")
     p.add_argument("--resume", action="store_true", help="skip finished strategies, resume unfinished ones")
+    _executor_options(p)
     p.set_defaults(run=compare_command)
     p = sub.add_parser("agent", help="serve ONNX Runtime measurements over HTTP (run it on the target device)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")

@@ -7,6 +7,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from netopt.constraints import (
     ReductionSchedule,
 )
 from netopt.errors import ConfigError, first_line
+from netopt.objectives.base import Evaluation, Objective
 from netopt.strategies import Problem, ProgressiveBarrier, RandomSearch, Strategy, UniformWidth
 from netopt.strategies.reward import MnasNetReward
 from netopt.strategies.settings import ProgressiveBarrierSettings
@@ -29,10 +31,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from netopt.objectives import Objective
-
 __all__ = ["build_problem", "strategy_makers", "make_strategy", "strategy_class", "load_callable", "own_model",
-           "own_objective"]
+           "own_objective", "ConfigObjective"]
 
 
 def _constraint(c: ConstraintConfig, config: AdaptConfig, traced: object) -> Constraint:
@@ -58,11 +58,11 @@ def _constraint(c: ConstraintConfig, config: AdaptConfig, traced: object) -> Con
     return maker(c.budget, schedule=schedule)
 
 
-def build_problem(config: AdaptConfig) -> Problem:
+def build_problem(config: AdaptConfig, workers: bool = False) -> Problem:
     """The model (your factory's and checkpoint, or the zoo's pretrained one), the objective (your
-    factory's, or accuracy on the bundled digits), the constraints."""
+    factory's, or accuracy on the bundled digits), the constraints. With `workers`, the objective
+    is a `ConfigObjective`: it travels to worker processes as the config and is built there."""
     import netopt
-    from netopt.objectives import Accuracy, Trainer
     from netopt.zoo.pretrained import pretrained_mnist
 
     m, d = config.model, config.data
@@ -74,13 +74,78 @@ def build_problem(config: AdaptConfig) -> Problem:
         model, data = pretrained_mnist(width=m.width, size=m.size, steps=m.pretrain_steps, seed=d.seed,
                                        holdout_per_class=d.holdout_per_class, test_fraction=d.test_fraction)
         example = data.train_x[:1]
-        if objective is None:
-            t = config.training
-            objective = Accuracy(data, Trainer(lr=t.lr, batch_size=t.batch_size, device=t.device, amp=t.amp))
+        objective = objective or _digits_objective(config, data)
     traced = netopt.trace(model, example)
     constraints = [_constraint(c, config, traced) for c in config.constraints]
     assert objective is not None  # the config requires objective.factory with model.factory
-    return Problem(traced, constraints, objective)
+    return Problem(traced, constraints, ConfigObjective(config, objective) if workers else objective)
+
+
+def _digits_objective(config: AdaptConfig, data: Any = None) -> Objective:
+    """Accuracy on the bundled digits, split as the pretrained model's were, with `[training]`'s trainer."""
+    from netopt.data import mnist
+    from netopt.objectives import Accuracy, Trainer
+
+    m, d, t = config.model, config.data, config.training
+    if data is None:
+        data = mnist(holdout_per_class=d.holdout_per_class, test_fraction=d.test_fraction, seed=d.seed, size=m.size)
+    return Accuracy(data, Trainer(lr=t.lr, batch_size=t.batch_size, device=t.device, amp=t.amp))
+
+
+_BUILT: dict[str, Objective] = {}
+"""The objectives ConfigObjectives have built in this process, by config."""
+
+
+_OBJECTIVE_PARTS = {"model", "data", "training", "objective"}
+"""The tables an objective is built from (the model's, for the digits' size)."""
+
+
+class ConfigObjective(Objective):
+    """The objective a config describes, built where it is used.
+
+    It pickles as the config alone (its `[objective]` factory and options, or the bundled digits'
+    settings), and a worker process builds the objective once from it: your data loaders open on
+    the worker instead of travelling with their tensors, and the factory's module must import
+    there. In the process that made it, it is the objective already built."""
+
+    def __init__(self, config: AdaptConfig, built: Objective | None = None) -> None:
+        self.key = config.model_dump_json(include=_OBJECTIVE_PARTS)
+        if built is not None:
+            _BUILT.setdefault(self.key, built)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"key": self.key}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.key = state["key"]
+
+    @property
+    def built(self) -> Objective:
+        found = _BUILT.get(self.key)
+        if found is None:
+            config = AdaptConfig.model_validate_json(self.key)
+            found = _BUILT[self.key] = own_objective(config) if config.objective.factory else _digits_objective(config)
+        return found
+
+    def short_term(self, module: nn.Module, steps: int, seed: int) -> Evaluation:
+        return self.built.short_term(module, steps, seed)
+
+    def long_term(self, module: nn.Module, steps: int, seed: int) -> Evaluation:
+        return self.built.long_term(module, steps, seed)
+
+    def test(self, module: nn.Module) -> float | None:
+        return self.built.test(module)
+
+    def calibration_inputs(self, batches: int, seed: int) -> list[torch.Tensor]:
+        return self.built.calibration_inputs(batches, seed)
+
+    def example_input(self) -> torch.Tensor:
+        return self.built.example_input()
+
+    def __getattr__(self, name: str) -> Any:  # what the built objective has besides (its data, its trainer)
+        if name.startswith("__") or name == "key":
+            raise AttributeError(name)
+        return getattr(self.built, name)
 
 
 def load_callable(spec: str, field: str) -> Callable[..., Any]:
@@ -192,12 +257,13 @@ def _example_input(config: AdaptConfig, objective: Objective | None) -> torch.Te
                           "model.input_shape = [1, C, H, W]") from None
 
 
-def make_strategy(config: AdaptConfig) -> Strategy:
-    """The strategy the `[strategy]` table names, with its settings and the `[training]` steps."""
+def make_strategy(config: AdaptConfig, executor: Executor | None = None) -> Strategy:
+    """The strategy the `[strategy]` table names, with its settings and the `[training]` steps
+    (its proposals evaluated on `executor`, if given)."""
     section = config.strategy
     settings = section.model_dump(exclude={"name", "short_term_steps", "long_term_steps"})
     steps = {k: getattr(config.training, k) for k in section.TRAINING}
-    return strategy_class(section.name)(**steps, **settings)
+    return strategy_class(section.name)(**steps, **settings, **({"executor": executor} if executor else {}))
 
 
 def strategy_class(name: str) -> type[Strategy]:
@@ -207,11 +273,12 @@ def strategy_class(name: str) -> type[Strategy]:
     return getattr(netopt.strategies, name)  # type: ignore[no-any-return]
 
 
-def strategy_makers(config: CompareConfig) -> dict[str, Callable[[int | None], Strategy]]:
+def strategy_makers(config: CompareConfig, executor: Executor | None = None) -> dict[str, Callable[[int | None],
+                                                                                                     Strategy]]:
     """The config's strategies, each built from the search budget (training steps) it is given."""
     t = config.training
-    common = {"short_term_steps": t.short_term_steps, "long_term_steps": t.long_term_steps,
-              "seed": config.strategy.seed}
+    common: dict[str, Any] = {"short_term_steps": t.short_term_steps, "long_term_steps": t.long_term_steps,
+                              "seed": config.strategy.seed, **({"executor": executor} if executor else {})}
     st = config.strategy if isinstance(config.strategy, ProgressiveBarrierSettings) else ProgressiveBarrierSettings()
 
     def trials(steps: int | None) -> int:
@@ -237,23 +304,24 @@ def strategy_makers(config: CompareConfig) -> dict[str, Callable[[int | None], S
     return {name: makers[name] for name in config.compare.strategies}
 
 
-def _optuna(sampler: str, trials: int, common: dict[str, int], reward: MnasNetReward | None = None) -> Strategy:
+def _optuna(sampler: str, trials: int, common: dict[str, Any], reward: MnasNetReward | None = None) -> Strategy:
     from netopt.strategies.optuna_search import OptunaSearch  # imports optuna: only when asked for
 
     return OptunaSearch(sampler=sampler, trials=trials, reward=reward, **common)  # type: ignore[arg-type]
 
 
-def _netadaptv2(config: CompareConfig, common: dict[str, int]) -> Strategy:
+def _netadaptv2(config: CompareConfig, common: dict[str, Any]) -> Strategy:
     """NetAdaptV2 with the [strategy] table's settings when it names NetAdaptV2, else its defaults;
     its search is the super-network's training, not a matched number of fine-tuned proposals."""
     from netopt.strategies import NetAdaptV2
 
     own = config.strategy.model_dump(exclude={"name", "short_term_steps", "long_term_steps", "seed"}) \
         if config.strategy.name == "NetAdaptV2" else {}
-    return NetAdaptV2(long_term_steps=common["long_term_steps"], seed=common["seed"], **own)
+    return NetAdaptV2(long_term_steps=common["long_term_steps"], seed=common["seed"], executor=common.get("executor"),
+                      **own)
 
 
-def _geometric(common: dict[str, int]) -> Strategy:
+def _geometric(common: dict[str, Any]) -> Strategy:
     from netopt.strategies.geometric import GeometricProgram  # imports cvxpy: only when asked for
 
     return GeometricProgram(**common)  # type: ignore[arg-type]

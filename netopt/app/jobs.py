@@ -21,6 +21,8 @@ from netopt.errors import ConfigError
 from netopt.runs.files import write_json
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     from netopt.compare import Comparison
     from netopt.strategies import Result
 
@@ -75,14 +77,15 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): value}
 
 
-def adapt_job(config: AdaptConfig, resume: bool = False) -> Result:
-    """Run (or resume) the adaptation the config describes, and write its plots."""
+def adapt_job(config: AdaptConfig, resume: bool = False, executor: Executor | None = None) -> Result:
+    """Run (or resume) the adaptation the config describes, and write its plots; proposals on
+    `executor` if given (a process pool, a DaskExecutor), the objective built on its workers."""
     from netopt.report import plot_family, plot_widths
 
     same_config(config, resume)  # before any pretraining or measurement
     with torch_threads(1):
-        problem = build_problem(config)
-        result = make_strategy(config).run(problem, run_dir=config.run_dir, resume=resume)
+        problem = build_problem(config, workers=executor is not None)
+        result = make_strategy(config, executor).run(problem, run_dir=config.run_dir, resume=resume)
         measure_family(problem, result)
     first = problem.constraints[0]
     plot_family(result, first.resource, Path(config.run_dir) / f"accuracy_vs_{first.resource}.png",
@@ -91,13 +94,13 @@ def adapt_job(config: AdaptConfig, resume: bool = False) -> Result:
     return result
 
 
-def compare_job(config: CompareConfig, resume: bool = False) -> Comparison:
+def compare_job(config: CompareConfig, resume: bool = False, executor: Executor | None = None) -> Comparison:
     """Run the config's strategies at its budgets on one problem (`netopt.compare.compare`)."""
     from netopt.compare import compare
 
     with torch_threads(1):
-        problem = build_problem(config)
+        problem = build_problem(config, workers=executor is not None)
         c = config.compare
-        return compare(problem, c.budgets, strategy_makers(config), config.run_dir,
+        return compare(problem, c.budgets, strategy_makers(config, executor), config.run_dir,
                        long_term_steps=config.training.long_term_steps, search_steps=c.search_steps, resume=resume,
                        progress=lambda line: print(f"-- {line}", flush=True))

@@ -17,7 +17,7 @@ import pickle
 import time
 import warnings
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from tqdm import tqdm
 
 from netopt.constraints import Bound
 from netopt.errors import ConfigError, NetoptError, ObjectiveError, first_line
@@ -73,6 +74,17 @@ def sendable(objective: Any) -> None:
         raise ConfigError(f"the objective {type(objective).__name__} cannot be sent to worker processes "
                           f"({first_line(exc, 160)}); make what it holds picklable (top-level functions, no open "
                           "files), or run without a process pool") from None
+
+
+def _finishing(futures: Iterable[Future[Any]], executor: Executor) -> tqdm[Any] | None:
+    """A bar counting proposals as workers finish them, in any order (none for one in-process evaluation)."""
+    pending = list(futures)
+    if len(pending) < 2 or isinstance(executor, Serial):
+        return None
+    bar = tqdm(total=len(pending), desc="proposals", unit="proposal", leave=False, disable=None)
+    for future in pending:
+        future.add_done_callback(lambda _: bar.update())
+    return bar
 
 
 def _outcome(future: Future[Any], what: str) -> Any:
@@ -222,6 +234,7 @@ class Engine:
         futures = {k: self.executor.submit(evaluate, a.source, a.changed, self.problem.objective,
                                            self.short_term_steps, a.seed)
                    for k, a in enumerate(asks) if isinstance(a, Ask) and k not in reused}
+        bar = _finishing(futures.values(), self.executor)
         told: list[Told | Proposal] = []
         for k, a in enumerate(asks):
             if not isinstance(a, Ask):
@@ -237,6 +250,8 @@ class Engine:
             if self.log and (a.iteration, a.group) not in self._logged:
                 self.log.record(proposal, module)
             told.append(Told(proposal, module))
+        if bar is not None:
+            bar.close()
         return told
 
     def score(self, asks: Sequence[Ask]) -> list[Told]:

@@ -166,10 +166,15 @@ class Strategy(ABC):
         self.settings = validated(type(self).Settings, settings, self.name)
 
     def _executor(self, executor: Any) -> Any:
-        """`executor` if it is a concurrent.futures.Executor (or None), else one ConfigError line."""
+        """`executor` if it is a concurrent.futures.Executor (or None; a Dask Client becomes a
+        `netopt.cluster.DaskExecutor`), else one ConfigError line."""
+        if executor is not None and type(executor).__module__.startswith("distributed"):
+            from netopt.cluster import as_executor
+
+            executor = as_executor(executor)
         if executor is not None and not isinstance(executor, Executor):
             raise ConfigError(f"{self.name}: executor={executor!r} is not a concurrent.futures.Executor; pass e.g. "
-                              "ProcessPoolExecutor(4), or None to evaluate in this process")
+                              "ProcessPoolExecutor(4), a dask.distributed Client, or None to evaluate in this process")
         return executor
 
     def __getattr__(self, name: str) -> Any:

@@ -1,0 +1,225 @@
+"""Proposals on a Dask cluster: `DaskExecutor`, a `concurrent.futures.Executor` over a `distributed.Client`.
+
+Every strategy takes `executor=`; give it a `DaskExecutor` (or a `Client`, or
+`client.get_executor()`, which are wrapped in one) and each proposal's fine-tune and score runs
+on a worker. What travels is small and explicit:
+
+- the traced network (its IR and its weights) and the objective are *scattered* once, to every
+  worker (`broadcast`, so that a worker dying does not lose them), and each task names them
+  instead of carrying them; a task itself is the widths, the steps and the seed;
+- tasks are submitted with `pure=False`: two proposals with the same arguments are two
+  evaluations, never merged by Dask's key hashing;
+- an objective built by a factory (`netopt.app.factory.ConfigObjective`, what `netopt adapt
+  --dask` uses) travels as the factory's name and options and is built on the worker, so its
+  data loaders open there.
+
+A worker that dies mid-proposal costs that proposal a rerun elsewhere (the scheduler's
+`allowed-failures`, 3 by default); the result is the same, since every proposal's seed is its
+own. Each worker must have this netopt and this torch installed (`pip install netopt[dask]`);
+one without netopt, or with another version, is refused by name before any work.
+Dask is an optional extra, imported only here.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import pickle
+import uuid
+from collections import OrderedDict
+from concurrent.futures import CancelledError, Executor, Future
+from typing import TYPE_CHECKING, Any
+
+from netopt.errors import ConfigError, ObjectiveError, first_line
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+__all__ = ["DaskExecutor", "CONNECT_TIMEOUT", "dask_client"]
+
+LOG = logging.getLogger("netopt.progress")
+
+CONNECT_TIMEOUT = 10.0
+"""Seconds to wait for a scheduler to answer, and for its first worker to join."""
+
+_INLINE = (int, float, str, bool, bytes, type(None))
+PACKAGES = ("netopt", "torch")
+"""What every worker must have, at the version this process has."""
+
+
+def _distributed() -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise ConfigError("running on a Dask cluster needs the dask extra: pip install 'netopt[dask]' (dask "
+                          "distributed); or run without --dask") from None
+    return distributed
+
+
+def dask_client(address: str, timeout: float = CONNECT_TIMEOUT) -> Client:
+    """A client of the scheduler at `address`, or one ConfigError line within `timeout` seconds."""
+    distributed = _distributed()
+    try:
+        return distributed.Client(address, timeout=timeout)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ConfigError(f"no Dask scheduler answered at {address!r} within {timeout:.0f} s ({first_line(exc, 120)}); "
+                          "start one (dask scheduler), check the address (tcp://host:8786), or run without "
+                          "--dask") from None
+
+
+class DaskExecutor(Executor):
+    """Runs each submitted task on a Dask cluster (see the module docstring).
+
+    `DaskExecutor(client)` uses a client of yours (it stays yours: `shutdown` leaves it open);
+    `DaskExecutor.connect(address)` and `DaskExecutor.local(workers)` make and own one.
+    `check_workers` (default True) refuses workers without this netopt and torch."""
+
+    def __init__(self, client: Client, *, check_workers: bool = True, owned: tuple[Any, ...] = (),
+                 timeout: float = CONNECT_TIMEOUT, keep: int = 8) -> None:
+        self.client = client
+        self._owned = owned  # what shutdown closes: a client and cluster this executor made
+        self._scattered: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
+        self._keep = keep
+        if check_workers:
+            self.check_workers(timeout)
+
+    @classmethod
+    def connect(cls, address: str, timeout: float = CONNECT_TIMEOUT) -> DaskExecutor:
+        """An executor on the scheduler at `address` ("tcp://host:8786")."""
+        client = dask_client(address, timeout)
+        try:
+            return cls(client, owned=(client,), timeout=timeout)
+        except BaseException:
+            client.close()
+            raise
+
+    @classmethod
+    def local(cls, workers: int, threads_per_worker: int = 1) -> DaskExecutor:
+        """An executor on a `LocalCluster` of `workers` processes on loopback (one thread each)."""
+        distributed = _distributed()
+        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                                           host="127.0.0.1", dashboard_address="127.0.0.1:0")
+        client = distributed.Client(cluster)
+        return cls(client, owned=(client, cluster), check_workers=False)
+
+    @property
+    def dashboard(self) -> str | None:
+        """The Dask dashboard's address (where progress across workers shows), if it serves one."""
+        link = getattr(self.client, "dashboard_link", None)
+        return str(link) if link else None
+
+    def check_workers(self, timeout: float = CONNECT_TIMEOUT) -> None:
+        """Wait for a worker, then refuse any that lacks this netopt or torch, naming it."""
+        try:
+            self.client.wait_for_workers(1, timeout=timeout)
+        except (TimeoutError, OSError):
+            address = self.client.scheduler.address if self.client.scheduler else "?"
+            raise ConfigError(f"the Dask scheduler {address} has no worker after {timeout:.0f} s; start some "
+                              "(dask worker ADDRESS) with netopt installed") from None
+        for package in PACKAGES:
+            mine = importlib.metadata.version(package)
+            found = self.client.run(importlib.metadata.version, package, on_error="return")
+            for worker, version in sorted(found.items()):
+                if isinstance(version, BaseException):
+                    raise ConfigError(f"Dask worker {worker} has no {package} installed ({type(version).__name__}); "
+                                      f"install {package} {mine} on every worker (pip install 'netopt[dask]')")
+                if version != mine:
+                    raise ConfigError(f"Dask worker {worker} has {package} {version}, this process {mine}: results "
+                                      f"would not be reproducible; install {package} {mine} on every worker")
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """`fn(*args, **kwargs)` on a worker; large arguments go by their scattered copy."""
+        sent = [self._by_reference(a) for a in args]
+        task = self.client.submit(_run, fn, *sent, pure=False, **{k: self._by_reference(v) for k, v in kwargs.items()})
+        return _bridged(task)
+
+    def _by_reference(self, value: Any) -> Any:
+        """A small value as it is; anything else scattered once to every worker, then named."""
+        if isinstance(value, _INLINE) or (isinstance(value, dict) and all(
+                isinstance(k, str) and isinstance(v, _INLINE) for k, v in value.items())):
+            return value
+        key = id(value)
+        if key in self._scattered:
+            self._scattered.move_to_end(key)
+            return self._scattered[key][1]
+        future = self.client.scatter(_Shipped(value), broadcast=True, hash=False)
+        self._scattered[key] = (value, future)  # the value held too: its id stays its own
+        while len(self._scattered) > self._keep:  # an old iteration's network: released on the cluster
+            self._scattered.popitem(last=False)
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._scattered.clear()
+        for owned in self._owned:
+            owned.close()
+        self._owned = ()
+
+    def __repr__(self) -> str:
+        return f"DaskExecutor({self.client.scheduler.address if self.client.scheduler else '?'})"
+
+
+class _Shipped:
+    """A value pickled once in this process and unpickled once per worker process.
+
+    Dask serializes an `nn.Module` attribute by attribute (`register_generic`), which a torch.fx
+    GraphModule (its class made at run time) does not survive; plain pickle is what it supports."""
+
+    def __init__(self, value: Any) -> None:
+        self.key = uuid.uuid4().hex
+        self.data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def value(self) -> Any:
+        found = _UNPACKED.get(self.key)
+        if found is None:
+            found = _UNPACKED[self.key] = pickle.loads(self.data)
+            while len(_UNPACKED) > 8:
+                _UNPACKED.pop(next(iter(_UNPACKED)))
+        return found
+
+
+_UNPACKED: dict[str, Any] = {}
+"""What this (worker) process has unpickled, by shipment; the newest few kept."""
+
+
+def _run(fn: Any, *args: Any, **kwargs: Any) -> bytes:
+    """On a worker: `fn` on the unpacked arguments, its result pickled whole (see `_Shipped`)."""
+    def unpacked(v: Any) -> Any:
+        return v.value() if isinstance(v, _Shipped) else v
+    result = fn(*map(unpacked, args), **{k: unpacked(v) for k, v in kwargs.items()})
+    return pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _bridged(task: Any) -> Future[Any]:
+    """A concurrent.futures.Future that follows a Dask future (whose result `_run` pickled)."""
+    future: Future[Any] = Future()
+    future.set_running_or_notify_cancel()
+
+    def done(t: Any) -> None:
+        try:
+            future.set_result(pickle.loads(t.result()))
+        except CancelledError as exc:
+            future.set_exception(exc)
+        except BaseException as exc:
+            future.set_exception(_explained(exc))
+
+    task.add_done_callback(done)
+    return future
+
+
+def _explained(exc: BaseException) -> BaseException:
+    """Dask's KilledWorker (a task that took its worker down every time it ran) as one line."""
+    if type(exc).__name__ == "KilledWorker":
+        return ObjectiveError(f"its Dask worker died each time it ran it ({first_line(exc, 160)}): the "
+                           "evaluation crashes its process (out of memory?); run it without --dask to see the error")
+    return exc
+
+
+def as_executor(executor: Any) -> Any:
+    """A Dask `Client` or `client.get_executor()` as a DaskExecutor; anything else as it is."""
+    module = type(executor).__module__ or ""
+    if not module.startswith("distributed"):
+        return executor
+    client = executor if hasattr(executor, "scheduler_info") else getattr(executor, "_client", None)
+    if client is None:
+        return executor
+    return DaskExecutor(client)
