@@ -11,7 +11,13 @@ STAMP := $(VENV)/.installed
 # would replace the CPU torch with a CUDA build (see netopt/testing/peers.py).
 PEERS := timm==1.0.31 torchvision==0.28.0 safetensors
 
+# The PostgreSQL tests start a server of their own from Debian's binaries: installed here where
+# this is root on Debian; elsewhere those tests are skipped, saying why.
 $(STAMP): pyproject.toml constraints.txt
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
+	  echo "PostgreSQL server binaries not installed: the tests that need a server will be skipped"
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet -c constraints.txt -e '.[dev,dask,postgres]'
 	$(PIP) install --quiet --no-deps $(PEERS)

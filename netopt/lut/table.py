@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from netopt.errors import LookupTableError
 from netopt.ir import Network
+from netopt.lut.pgstore import PostgresStore, is_postgres_url
 from netopt.lut.probe import overhead_module, unit_module, unmeasurable_ops
 from netopt.lut.store import Calibration, Store
 from netopt.lut.units import Unit, units
@@ -51,7 +52,7 @@ def structure_key(net: Network) -> str:
 class LookupTable:
     """Costs of network units on one backend, filled lazily or prebuilt, kept in SQLite."""
 
-    def __init__(self, store: Store, backend: Backend, wait_timeout: float = 600.0) -> None:
+    def __init__(self, store: Store | PostgresStore, backend: Backend, wait_timeout: float = 600.0) -> None:
         missing = unmeasurable_ops()
         if missing:
             raise LookupTableError(
@@ -72,7 +73,11 @@ class LookupTable:
 
     @classmethod
     def open(cls, path: str | Path, backend: Backend) -> LookupTable:
-        """Open (or create) the table at `path` for `backend`'s platform."""
+        """Open (or create) the table at `path` for `backend`'s platform: an SQLite file (one
+        machine), or a PostgreSQL URL ("postgresql://user:password@host:5432/db", the postgres
+        extra) that many search machines share."""
+        if is_postgres_url(path):
+            return cls(PostgresStore(str(path), backend.fingerprint), backend)
         return cls(Store(path, backend.fingerprint), backend)
 
     def close(self) -> None:
