@@ -22,6 +22,15 @@ from the run directory instead of being fine-tuned again, so the replay costs es
 and ends where an uninterrupted run would. Because of that, `storage` and `study_name` do not
 decide the result and are not part of `config()`.
 
+Many processes, one study. `OptunaSearch(storage=..., study_name=...).work(problem)` is one
+worker on a shared study: it asks, scores and tells until the study holds `trials` scored trials,
+beside any number of other workers (PostgreSQL, "postgresql://user:password@host/db", across
+machines; a JournalStorage file, "journal:/path/study.log", on one machine). Each trial records
+its worker ("host:pid"); a worker that starts (or resumes after all were killed) fails the
+running trials of workers that are gone from this host and enqueues each once more, so no trial
+is lost and none is scored twice. An assignment already scored in the study is told that score,
+not trained again. `study_result(problem)` then long-term fine-tunes the study's best.
+
 Warm start. `warm_start` width assignments (partial ones are completed with the start network's
 widths) are evaluated first, in order; `OptunaSearch.from_result(result)` starts from another
 strategy's family, e.g. ProgressiveBarrier's.
@@ -29,7 +38,13 @@ strategy's family, e.g. ProgressiveBarrier's.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
 import math
+import os
+import socket
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,10 +53,11 @@ from typing import Any
 
 import optuna
 
-from netopt.errors import ConfigError, IRError
+from netopt.errors import ConfigError, InfeasibleError, IRError
 from netopt.ir import Network
-from netopt.strategies.base import Problem, Result
-from netopt.strategies.search import Trials, WidthSearch
+from netopt.strategies._engine import Ask, seed_for
+from netopt.strategies.base import Candidate, Problem, Proposal, Result
+from netopt.strategies.search import ALL, Trials, WidthSearch
 from netopt.strategies.settings import SAMPLERS, OptunaSettings
 
 __all__ = ["OptunaSearch", "SAMPLERS"]
@@ -65,6 +81,11 @@ class _Space:
                 valid = g.valid_widths()
                 widths[g.id] = valid[trial.suggest_int(f"{g.id}.index", 0, len(valid) - 1)]
         return widths
+
+    def decode(self, params: dict[str, Any]) -> Widths:
+        """The widths a trial's parameters stand for (`suggest`'s, read back)."""
+        return {g.id: int(params[g.id]) if g.id in params else g.valid_widths()[int(params[f"{g.id}.index"])]
+                for g in self.groups}
 
     def encode(self, widths: Widths) -> dict[str, int]:
         """The parameters that `suggest` turns into `widths` (every group's width given)."""
@@ -111,6 +132,15 @@ class OptunaSearch(WidthSearch):
 
     def search(self, trials: Trials) -> Result:
         return self._search(trials, _open(self.storage) if self.storage else None, resume=False)
+
+    def work(self, problem: Problem) -> int:
+        """One worker on the shared study `storage`/`study_name`: ask, score, tell until the study
+        holds `trials` scored trials (see the module docstring). Returns how many this worker scored."""
+        return _SharedStudy(self, problem).work()
+
+    def study_result(self, problem: Problem) -> Result:
+        """The shared study's best scored network, fine-tuned again as it was, then long-term and tested."""
+        return _SharedStudy(self, problem).result()
 
     # --- the search ----------------------------------------------------------------------------
 
@@ -185,17 +215,20 @@ class OptunaSearch(WidthSearch):
 
 
 def _open(url: str) -> optuna.storages.RDBStorage:
-    """An Optuna RDB storage, or a ConfigError that names the URL and what to do."""
+    """An Optuna RDB storage, or a ConfigError that names the URL (less its password) and what to do."""
     import sqlalchemy.exc
+
+    from netopt.lut.pgstore import redacted
 
     try:
         return optuna.storages.RDBStorage(url)
     except ImportError as exc:
-        raise ConfigError(f"storage {url!r} needs a database driver that is not installed ({exc}); install it "
-                          "(e.g. psycopg2 for postgresql://), or use a sqlite:/// URL") from None
+        raise ConfigError(f"storage {redacted(url)!r} needs a database driver that is not installed ({exc}); "
+                          "install it (pip install 'netopt[postgres]' for postgresql://), or use a sqlite:/// URL"
+                          ) from None
     except (ValueError, sqlalchemy.exc.SQLAlchemyError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"storage {url!r} cannot be opened ({reason}); give a reachable database URL, e.g. "
+        raise ConfigError(f"storage {redacted(url)!r} cannot be opened ({reason}); give a reachable database URL, e.g. "
                           "sqlite:///path/in/an/existing/folder/optuna.db") from None
 
 
@@ -230,3 +263,179 @@ def _quiet() -> Iterator[None]:
             yield
     finally:
         optuna.logging.set_verbosity(verbosity)
+
+
+# --- many workers on one study --------------------------------------------------------------------
+
+SCORED, OWNER, RETRY_OF = "netopt_scored", "netopt_worker", "netopt_retry_of"
+"""User attributes a shared study's trials carry: scored (fine-tuned, counts toward `trials`),
+the worker that ran it, and the trial a retried one repeats."""
+
+
+NAMELESS = 2.0
+"""Seconds after which a running trial that names no worker is taken as lost."""
+
+
+def _worker() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _age(trial: optuna.trial.FrozenTrial) -> float:
+    start = trial.datetime_start
+    return (datetime.datetime.now() - start).total_seconds() if start is not None else math.inf
+
+
+def _gone(worker: str) -> bool:
+    """A worker process on this host that no longer runs (one on another host: cannot tell)."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage for a URL: "journal:/path/file.log" (JournalStorage, one machine), a
+    SQLAlchemy URL ("postgresql://" goes through psycopg 3, the postgres extra), or one ConfigError line."""
+    if url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:")).expanduser()
+        if not path.parent.is_dir():
+            raise ConfigError(f"storage {url!r}: folder {path.parent} does not exist; create it or give another path")
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith(("postgresql://", "postgres://")):
+        from netopt.errors import LookupTableError
+        from netopt.lut.pgstore import connect
+
+        try:
+            lock = connect(url, "storage")  # names the extra where psycopg is missing, and hides the password
+        except LookupTableError as exc:
+            raise ConfigError(str(exc)) from None
+        try:  # workers starting together would race to create Optuna's tables: one at a time
+            lock.execute("SELECT pg_advisory_lock(hashtext('netopt_optuna_schema'))")
+            return _open("postgresql+psycopg://" + url.split("://", 1)[1])
+        finally:
+            lock.close()
+    return _open(url)
+
+
+class _SharedStudy:
+    """One worker's view of a study many workers fill (see the module docstring)."""
+
+    def __init__(self, search: OptunaSearch, problem: Problem) -> None:
+        if not search.storage:
+            raise ConfigError("OptunaSearch.work needs storage= shared by every worker: \"postgresql://user:password@"
+                              "host/db\" across machines, or \"journal:/path/study.log\" on one")
+        self.search = search
+        self.engine = search.open_engine(problem, None, False)
+        self.trials = search.trials_on(self.engine)
+        self.space = _Space(self.trials.network)
+        up, down = optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE
+        directions = [up] if search.sampler == "tpe" else [up] + [down] * len(self.trials.bounds)
+        sampler = (optuna.samplers.TPESampler(seed=seed_for(search.seed, _worker())) if search.sampler == "tpe" else
+                   optuna.samplers.NSGAIISampler(seed=seed_for(search.seed, _worker())))
+        with _quiet():
+            self.study = optuna.create_study(storage=open_storage(search.storage),
+                                             study_name=search.study_name or search.name, sampler=sampler,
+                                             directions=directions, load_if_exists=True)
+
+    def scored(self) -> list[optuna.trial.FrozenTrial]:
+        return [t for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                if t.user_attrs.get(SCORED)]
+
+    def recover(self) -> int:
+        """Fail the running trials of workers that are gone, and enqueue each once more; one
+        worker at a time. A running trial that names no worker `NAMELESS` s after it started lost
+        its worker between asking and naming itself (a live one names itself at once)."""
+        with self._exclusive():
+            running = self._running()
+            if any(OWNER not in t.user_attrs and _age(t) < NAMELESS for t in running):
+                time.sleep(NAMELESS)
+                running = self._running()
+            retried = {t.user_attrs.get(RETRY_OF) for t in self.study.get_trials(deepcopy=False)}
+            lost = [t for t in running if _gone(str(t.user_attrs[OWNER])) if OWNER in t.user_attrs] + [
+                t for t in running if OWNER not in t.user_attrs and _age(t) >= NAMELESS]
+            for t in lost:
+                try:
+                    self.study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+                except (ValueError, RuntimeError):  # it finished after all, since the snapshot
+                    continue
+                if t.number not in retried:
+                    self.study.enqueue_trial(t.params, user_attrs={RETRY_OF: t.number})
+        return len(lost)
+
+    def _running(self) -> list[optuna.trial.FrozenTrial]:
+        return self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One worker of the study at a time (a PostgreSQL advisory lock, or a lock file beside the journal)."""
+        url = str(self.search.storage)
+        if url.startswith("journal:"):
+            with open(Path(url.removeprefix("journal:")).expanduser().with_suffix(".lock"), "a") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                yield
+            return
+        if url.startswith(("postgresql://", "postgres://")):
+            from netopt.lut.pgstore import connect
+
+            db = connect(url, "storage")
+            try:
+                db.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"netopt_study:{self.study.study_name}",))
+                yield
+            finally:
+                db.close()
+            return
+        yield  # SQLite: one machine, and its own file lock serializes the writes
+
+    def work(self) -> int:
+        search, trials, study = self.search, self.trials, self.study
+        done = rejected = 0
+        with _quiet():
+            self.recover()
+            while len(self.scored()) < search.trials and rejected < search.max_rejections:
+                trial = study.ask()
+                trial.set_user_attr(OWNER, _worker())
+                widths = self.space.suggest(trial)
+                resources = trials.resources(widths)
+                for resource, violation in _violations(trials, resources).items():
+                    trial.set_constraint(resource, violation)
+                same = next((t for t in self.scored() if t.params == trial.params), None)
+                if not trials.feasible(resources) or same is not None:
+                    rejected += 1
+                    study.tell(trial, same.values if same is not None and len(same.values) > 1 else
+                               same.value if same is not None else search._values(0.0, resources, trials))
+                    continue
+                full = trials.network.with_widths(widths).widths
+                told = self.engine.score([Ask(trial.number, ALL, full, resources, trials.problem.traced, widths,
+                                              seed_for(search.seed, "trial", trial.number))])[0]
+                assert told.proposal.score is not None
+                trial.set_user_attr(SCORED, True)
+                study.tell(trial, search._values(told.proposal.score, resources, trials))
+                done += 1
+        return done
+
+    def result(self) -> Result:
+        """The study's best scored trial, long-term fine-tuned (`Result.history`: the study's scored trials)."""
+        scored = self.scored()
+        if not scored:
+            raise InfeasibleError(f"study {self.study.study_name!r} holds no scored trial yet; run work() first")
+        best = max(scored, key=lambda t: (t.values[0], -t.number))
+        widths = self.space.decode(best.params)
+        network = self.trials.network.with_widths(widths)
+        module = self.trials.problem.traced.materialize(network)
+        self.engine.problem.objective.short_term(module, self.search.short_term_steps,
+                                                 seed_for(self.search.seed, "trial", best.number))
+        resources = self.trials.resources(widths)
+        chosen = Candidate(best.number, network, module, best.values[0], resources)
+        final = self.engine.finish(chosen, self.search.long_term_steps)
+        history = [Proposal(t.number, ALL, self.space.decode(t.params), self.trials.resources(self.space.decode(
+            t.params)), t.values[0], self.search.short_term_steps, chosen=t.number == best.number) for t in scored]
+        return self.engine.result(self.search.name, final, [chosen], history,
+                                  len(scored) * self.search.short_term_steps + self.search.long_term_steps)
