@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import os
 import pickle
 import uuid
+import warnings
 from collections import OrderedDict
 from concurrent.futures import CancelledError, Executor, Future
 from typing import TYPE_CHECKING, Any
@@ -35,7 +37,7 @@ from netopt.errors import ConfigError, ObjectiveError, first_line
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["DaskExecutor", "CONNECT_TIMEOUT", "dask_client"]
+__all__ = ["DaskExecutor", "CONNECT_TIMEOUT", "SlowWorkerWarning", "dask_client"]
 
 LOG = logging.getLogger("netopt.progress")
 
@@ -43,6 +45,14 @@ CONNECT_TIMEOUT = 10.0
 """Seconds to wait for a scheduler to answer, and for its first worker to join."""
 
 _INLINE = (int, float, str, bool, bytes, type(None))
+SPAWN_ENVIRON, TRIM = "distributed.nanny.pre-spawn-environ", "MALLOC_TRIM_THRESHOLD_"
+"""Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which turns glibc's dynamic mmap
+threshold off: every tensor over 128 KiB is then mmapped and unmapped, and a torch training step
+takes about twice as long (measured in benchmarks/bench_scale.py). netopt's own clusters go without it."""
+
+
+class SlowWorkerWarning(UserWarning):
+    """Dask workers started in a way that slows torch down (see `TRIM`)."""
 PACKAGES = ("netopt", "torch")
 """What every worker must have, at the version this process has."""
 
@@ -96,9 +106,13 @@ class DaskExecutor(Executor):
     @classmethod
     def local(cls, workers: int, threads_per_worker: int = 1) -> DaskExecutor:
         """An executor on a `LocalCluster` of `workers` processes on loopback (one thread each)."""
+        import dask
+
         distributed = _distributed()
-        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                                           host="127.0.0.1", dashboard_address="127.0.0.1:0")
+        environ = {k: v for k, v in dask.config.get(SPAWN_ENVIRON, {}).items() if k != TRIM}
+        with dask.config.set({SPAWN_ENVIRON: environ}):  # see TRIM
+            cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
+                                               processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0")
         client = distributed.Client(cluster)
         return cls(client, owned=(client, cluster), check_workers=False)
 
@@ -116,6 +130,11 @@ class DaskExecutor(Executor):
             address = self.client.scheduler.address if self.client.scheduler else "?"
             raise ConfigError(f"the Dask scheduler {address} has no worker after {timeout:.0f} s; start some "
                               "(dask worker ADDRESS) with netopt installed") from None
+        trimmed = sorted(w for w, v in self.client.run(os.environ.get, TRIM).items() if v is not None)
+        if trimmed:
+            warnings.warn(f"Dask workers {trimmed[:3]} run with {TRIM} set (Dask's default): glibc then maps and "
+                          "unmaps every tensor over 128 KiB, and training runs about 2x slower; start them without it "
+                          f"(dask config {SPAWN_ENVIRON}, or DaskExecutor.local)", SlowWorkerWarning, stacklevel=3)
         for package in PACKAGES:
             mine = importlib.metadata.version(package)
             found = self.client.run(importlib.metadata.version, package, on_error="return")

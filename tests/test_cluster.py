@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 import netopt
-from netopt.cluster import DaskExecutor
+from netopt.cluster import SPAWN_ENVIRON, TRIM, DaskExecutor, SlowWorkerWarning
 from netopt.constraints import MACsConstraint, ReductionSchedule
 from netopt.data import mnist
 from netopt.errors import ConfigError
@@ -32,6 +32,7 @@ from netopt.runs import RunDir
 from netopt.strategies import Problem, ProgressiveBarrier, RandomSearch
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed (pip install 'netopt[dask]')")
+import dask  # noqa: E402  (after distributed: it brings dask's config for it)
 
 HERE = Path(__file__).parent
 DIGITS = mnist(size=12, holdout_per_class=5, test_fraction=0.1)
@@ -41,9 +42,11 @@ STEPS = {"short_term_steps": 3, "long_term_steps": 3, "progress": False}
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
     env = {"PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}  # this module's objectives
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address="127.0.0.1:0", env=env) as cluster, \
-            distributed.Client(cluster) as c:
+    environ = {k: v for k, v in dask.config.get(SPAWN_ENVIRON).items() if k != TRIM}  # as DaskExecutor.local does
+    with dask.config.set({SPAWN_ENVIRON: environ}):  # while the workers start, not after
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                           dashboard_address="127.0.0.1:0", env=env)
+    with cluster, distributed.Client(cluster) as c:
         c.wait_for_workers(2, timeout=60)
         yield c
 
@@ -171,6 +174,12 @@ def test_a_worker_without_this_netopt_is_refused_by_name(tmp_path: Path, kind: s
         finally:
             worker.kill()
             worker.wait()
+
+
+def test_workers_with_dasks_malloc_setting_are_warned_about() -> None:
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as c, \
+            distributed.Client(c) as client, pytest.warns(SlowWorkerWarning, match="about 2x slower"):
+        DaskExecutor(client)
 
 
 def test_a_scheduler_without_workers_is_one_line() -> None:
