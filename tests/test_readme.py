@@ -48,7 +48,7 @@ def run(code: str, cwd: Path, extra_path: Path | None = None) -> subprocess.Comp
 
 def test_the_readme_has_the_snippets_this_test_runs() -> None:
     found = snippets()
-    assert len(found) == 4, [s.splitlines()[0] for s in found]
+    assert len(found) == 6, [s.splitlines()[0] for s in found]
 
 
 def test_what_is_here_and_measuring(tmp_path: Path) -> None:
@@ -89,6 +89,38 @@ def test_the_readme_config_is_the_example_config() -> None:
     assert readme == example
 
 
-@pytest.mark.parametrize("block", [0, 1, 2, 3])
+PROBLEM = """
+import netopt
+from netopt.testing.problems import joint_problem
+net = netopt.ir.Builder((3, 16, 16))
+x = net.relu(net.bn(net.conv(net.input, 16, 3)))
+net = net.build(net.linear(net.flatten(net.adaptive_avgpool(net.relu(net.bn(net.conv(x, 24, 3))))), 10))
+problem = joint_problem(net, "60%", "95%")
+"""
+
+
+def test_beyond_one_machine_on_a_local_cluster(tmp_path: Path) -> None:
+    code = tiny(snippets()[4], {'Client("tcp://scheduler:8786")':
+                                'Client(LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", '
+                                'dashboard_address=None))',
+                                "ProgressiveBarrier(executor=client)": "ProgressiveBarrier(executor=client, "
+                                                                       "short_term_steps=0, long_term_steps=0)"})
+    main = PROBLEM + "from distributed import LocalCluster\n" + code + "\nprint(len(result.family))"
+    done = run("if __name__ == '__main__':\n" + "".join(f"    {line}\n" for line in main.splitlines()), tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert int(done.stdout.split()[-1]) >= 2
+
+
+def test_beyond_one_machine_on_postgresql(tmp_path: Path, pg: object) -> None:
+    lut, studies = pg.create_database("lut_pixel8"), pg.create_database("studies")  # type: ignore[attr-defined]
+    code = tiny(snippets()[5], {'"postgresql://user:password@db:5432/lut_pixel8"': repr(lut),
+                                '"postgresql://user:password@db:5432/studies"': repr(studies),
+                                "trials=200": "trials=3, short_term_steps=0, long_term_steps=0"})
+    done = run(PROBLEM + code + "\nprint(len(result.history))", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert int(done.stdout.split()[-1]) >= 3
+
+
+@pytest.mark.parametrize("block", range(6))
 def test_every_snippet_compiles(block: int) -> None:
     compile(snippets()[block], f"README snippet {block}", "exec")
