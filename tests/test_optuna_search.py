@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -101,9 +102,16 @@ def test_a_storage_that_cannot_be_opened_is_a_config_error(tmp_path: Path) -> No
 
 
 @pytest.mark.skipif(importlib.util.find_spec("psycopg2") is not None, reason="a postgresql driver is installed")
-def test_a_storage_without_its_driver_names_the_driver_to_install() -> None:
-    with pytest.raises(ConfigError, match=r"storage 'postgresql://u@localhost/db' needs a database driver .* psycopg2"):
-        search(storage="postgresql://u@localhost/db").run(problem_for(fixed_net(), "45%", "90%"))
+def test_a_storage_without_its_driver_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg now raises ImportError
+    with pytest.raises(ConfigError, match=r"needs the postgres extra: pip install 'netopt\[postgres\]'"):
+        search(storage="postgresql://u:pw@localhost/db").run(problem_for(fixed_net(), "45%", "90%"))
+
+
+def test_a_storage_that_does_not_answer_is_one_line_without_the_password() -> None:
+    with pytest.raises(ConfigError, match=r"storage postgresql://u:\*\*\*@127\.0\.0\.1:1/db: cannot connect") as info:
+        search(storage="postgresql://u:pw@127.0.0.1:1/db").run(problem_for(fixed_net(), "45%", "90%"))
+    assert "pw" not in str(info.value) and "\n" not in str(info.value)
 
 
 def test_a_run_directory_keeps_the_study_in_sqlite(tmp_path: Path) -> None:

@@ -121,7 +121,7 @@ class OptunaSearch(WidthSearch):
         return cls(warm_start=[*unique, *settings.pop("warm_start", ())], **settings)
 
     def run(self, problem: Problem, run_dir: str | Path | None = None, resume: bool = False) -> Result:
-        storage = _open(self.storage) if self.storage else None  # a bad URL fails before the run folder is made
+        storage = open_storage(self.storage) if self.storage else None  # a bad URL fails before the run folder is made
         engine = self.open_engine(problem, run_dir, resume)
         done = engine.finished(self.name)
         if done is not None:
@@ -131,7 +131,7 @@ class OptunaSearch(WidthSearch):
         return self._search(self.trials_on(engine), storage, resume)
 
     def search(self, trials: Trials) -> Result:
-        return self._search(trials, _open(self.storage) if self.storage else None, resume=False)
+        return self._search(trials, open_storage(self.storage) if self.storage else None, resume=False)
 
     def work(self, problem: Problem) -> int:
         """One worker on the shared study `storage`/`study_name`: ask, score, tell until the study
@@ -144,7 +144,7 @@ class OptunaSearch(WidthSearch):
 
     # --- the search ----------------------------------------------------------------------------
 
-    def _search(self, trials: Trials, storage: optuna.storages.RDBStorage | None, resume: bool) -> Result:
+    def _search(self, trials: Trials, storage: optuna.storages.BaseStorage | None, resume: bool) -> Result:
         space = _Space(trials.network)
         with _quiet():
             study = self._study(trials, storage, resume)
@@ -196,12 +196,13 @@ class OptunaSearch(WidthSearch):
 
     # --- the study -----------------------------------------------------------------------------
 
-    def _study(self, trials: Trials, storage: optuna.storages.RDBStorage | None, resume: bool) -> optuna.Study:
+    def _study(self, trials: Trials, storage: optuna.storages.BaseStorage | None, resume: bool) -> optuna.Study:
         """A fresh study; on resume the stopped one is deleted first, to be replayed."""
         name = self.study_name or self.name
         if storage is not None and name in optuna.study.get_all_study_names(storage):
             if not resume:
-                raise ConfigError(f"{self.name}: study {name!r} already exists in {storage.url}; resume that run "
+                where = _redacted(self.storage) if self.storage else "the run directory's optuna.db"
+                raise ConfigError(f"{self.name}: study {name!r} already exists in {where}; resume that run "
                                   "(resume=True), or give another study_name or storage")
             optuna.delete_study(study_name=name, storage=storage)
         up, down = optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE
@@ -297,6 +298,12 @@ def _gone(worker: str) -> bool:
     except (PermissionError, ValueError):
         return False
     return False
+
+
+def _redacted(url: str) -> str:
+    from netopt.lut.pgstore import redacted
+
+    return redacted(url)
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
