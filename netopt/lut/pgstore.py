@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from netopt.errors import LookupTableError, first_line
-from netopt.lut.store import FORMAT, VERSION, Calibration, _owner, _owner_alive
+from netopt.lut.store import FORMAT, VERSION, Calibration, owner_alive, process_owner
 from netopt.measure.base import Fingerprint, Measurement
 
 __all__ = ["PostgresStore", "is_postgres_url", "redacted"]
@@ -152,15 +152,16 @@ class PostgresStore:
             if db.execute("SELECT 1 FROM netopt_lut_entries WHERE signature = %s", (signature,)).fetchone():
                 return False
             row = db.execute("SELECT owner, since FROM netopt_lut_claims WHERE signature = %s", (signature,)).fetchone()
-            if row and _owner_alive(row[0]) and time.time() - row[1] < self.claim_timeout:
+            if row and owner_alive(row[0]) and time.time() - row[1] < self.claim_timeout:
                 return False
             db.execute("INSERT INTO netopt_lut_claims VALUES (%s, %s, %s) ON CONFLICT (signature) DO UPDATE SET "
-                       "owner = EXCLUDED.owner, since = EXCLUDED.since", (signature, _owner(), time.time()))
+                       "owner = EXCLUDED.owner, since = EXCLUDED.since", (signature, process_owner(), time.time()))
             return True
 
     def release(self, signature: str) -> None:
         with self._write() as db:
-            db.execute("DELETE FROM netopt_lut_claims WHERE signature = %s AND owner = %s", (signature, _owner()))
+            db.execute("DELETE FROM netopt_lut_claims WHERE signature = %s AND owner = %s",
+                       (signature, process_owner()))
 
     # --- calibrations ----------------------------------------------------------------------
 

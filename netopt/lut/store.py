@@ -75,11 +75,13 @@ class Calibration:
         return float(np.interp(layer_sum, x, ratios) * layer_sum)
 
 
-def _owner() -> str:
+def process_owner() -> str:
+    """This process as "host:pid": who holds a claim (or runs a trial)."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _owner_alive(owner: str) -> bool:
+def owner_alive(owner: str) -> bool:
+    """False only for a "host:pid" of this host whose process is gone (another host's: cannot tell)."""
     host, _, pid = owner.rpartition(":")
     if host != socket.gethostname():
         return True  # cannot tell; the claim timeout decides
@@ -185,14 +187,14 @@ class Store:
             if db.execute("SELECT 1 FROM entries WHERE signature = ?", (signature,)).fetchone():
                 return False
             row = db.execute("SELECT owner, since FROM claims WHERE signature = ?", (signature,)).fetchone()
-            if row and _owner_alive(row[0]) and time.time() - row[1] < self.claim_timeout:
+            if row and owner_alive(row[0]) and time.time() - row[1] < self.claim_timeout:
                 return False
-            db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?)", (signature, _owner(), time.time()))
+            db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?)", (signature, process_owner(), time.time()))
             return True
 
     def release(self, signature: str) -> None:
         with self._write() as db:
-            db.execute("DELETE FROM claims WHERE signature = ? AND owner = ?", (signature, _owner()))
+            db.execute("DELETE FROM claims WHERE signature = ? AND owner = ?", (signature, process_owner()))
 
     # --- calibrations ----------------------------------------------------------------------
 

@@ -42,8 +42,6 @@ import contextlib
 import datetime
 import fcntl
 import math
-import os
-import socket
 import time
 import warnings
 from collections.abc import Iterator
@@ -55,6 +53,7 @@ import optuna
 
 from netopt.errors import ConfigError, InfeasibleError, IRError
 from netopt.ir import Network
+from netopt.lut.store import owner_alive, process_owner
 from netopt.strategies._engine import Ask, seed_for
 from netopt.strategies.base import Candidate, Problem, Proposal, Result
 from netopt.strategies.search import ALL, Trials, WidthSearch
@@ -278,7 +277,7 @@ NAMELESS = 2.0
 
 
 def _worker() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return process_owner()
 
 
 def _age(trial: optuna.trial.FrozenTrial) -> float:
@@ -288,16 +287,7 @@ def _age(trial: optuna.trial.FrozenTrial) -> float:
 
 def _gone(worker: str) -> bool:
     """A worker process on this host that no longer runs (one on another host: cannot tell)."""
-    host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError):
-        return False
-    return False
+    return not owner_alive(worker)
 
 
 def _redacted(url: str) -> str:
