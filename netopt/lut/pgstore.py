@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from netopt.errors import LookupTableError, first_line
-from netopt.lut.store import FORMAT, VERSION, Calibration, owner_alive, process_owner
+from netopt.lut.store import FORMAT, VERSION, Calibration, claim_held, process_owner
 from netopt.measure.base import Fingerprint, Measurement
 
 __all__ = ["PostgresStore", "is_postgres_url", "redacted"]
@@ -152,7 +152,7 @@ class PostgresStore:
             if db.execute("SELECT 1 FROM netopt_lut_entries WHERE signature = %s", (signature,)).fetchone():
                 return False
             row = db.execute("SELECT owner, since FROM netopt_lut_claims WHERE signature = %s", (signature,)).fetchone()
-            if row and owner_alive(row[0]) and time.time() - row[1] < self.claim_timeout:
+            if claim_held(row, self.claim_timeout):
                 return False
             db.execute("INSERT INTO netopt_lut_claims VALUES (%s, %s, %s) ON CONFLICT (signature) DO UPDATE SET "
                        "owner = EXCLUDED.owner, since = EXCLUDED.since", (signature, process_owner(), time.time()))

@@ -94,6 +94,11 @@ def owner_alive(owner: str) -> bool:
     return True
 
 
+def claim_held(row: Sequence[Any] | None, timeout: float) -> bool:
+    """A claim row (owner, since) still stands: its owner may be alive and it is younger than `timeout`."""
+    return bool(row) and owner_alive(row[0]) and time.time() - row[1] < timeout  # type: ignore[index]
+
+
 class Store:
     """One platform's entries in one SQLite file."""
 
@@ -187,7 +192,7 @@ class Store:
             if db.execute("SELECT 1 FROM entries WHERE signature = ?", (signature,)).fetchone():
                 return False
             row = db.execute("SELECT owner, since FROM claims WHERE signature = ?", (signature,)).fetchone()
-            if row and owner_alive(row[0]) and time.time() - row[1] < self.claim_timeout:
+            if claim_held(row, self.claim_timeout):
                 return False
             db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?)", (signature, process_owner(), time.time()))
             return True
