@@ -162,9 +162,7 @@ def main() -> None:
     traced = netopt.trace(model, example)
     lut_path = args.lut or args.run.parent / "lut-denoise.sqlite"
     lut_path.parent.mkdir(parents=True, exist_ok=True)
-    lut = netopt.LookupTable.open(lut_path, OnnxRuntimeCPU(threads=1))
-    if lut.calibration(traced.network) is None:
-        lut.calibrate(traced)
+    lut = netopt.LookupTable.open(lut_path, OnnxRuntimeCPU(threads=1))  # the problem calibrates it, once
     problem = netopt.Problem(traced, [
         netopt.LatencyConstraint(args.latency, lut, netopt.ReductionSchedule("10%", decay=0.96)),
         netopt.EnergyConstraint(args.energy, EnergyModel(), netopt.ReductionSchedule("10%", decay=0.96)),
@@ -179,7 +177,8 @@ def main() -> None:
           f"test {final.test_accuracy:.2f} dB")
     for resource in ("latency", "energy"):
         print(f"{resource}: {final.resources[resource] / start.resources[resource]:.1%} of the start (estimated)"
-              + (f"; measured {final.measured[resource]:.4g} ms" if resource in final.measured else ""))
+              + (f"; measured {final.measured[resource]:.4g} ms" if resource in final.measured else "")
+              + f"; budget {result.budgets[resource]:.4g}, checked as {result.basis[resource]}")
     print(f"the adapted model, in {args.run / 'final'}: model.onnx, model.pt2 (torch.export), weights.pt + "
           "network.json (netopt.load rebuilds it without UNet)")
     rebuilt = netopt.load(args.run)

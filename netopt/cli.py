@@ -84,9 +84,10 @@ def lut_command(args: argparse.Namespace) -> int:
         new = lut.prebuild(traced.network, points_per_group=args.points)
         print(f"{args.lut}: {new} new entries, {lut.store.count()} in all")
         return 0
-    cal = lut.calibrate(traced, variants=args.calibration)
+    cal = lut.calibrate(traced, max_networks=args.calibration)
     ratios = ", ".join(f"{r:.2f}" for r in cal.knots[1])
-    print(f"calibration on {len(cal.points)} networks: measured / layer sum = {ratios} (smallest to largest)")
+    print(f"calibration on {len(cal.points)} networks (at most {args.calibration}): measured / layer sum = {ratios} "
+          "(smallest to largest)")
     report = fidelity(lut, traced, variants=args.variants)
     print(report.table())
     if args.plot:
@@ -221,8 +222,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="build: widths per group on the grid (default 3)")
     p.add_argument("--variants", type=_ranged(int, 2, 10_000), default=20,
                    help="fidelity: random variants (default 20)")
-    p.add_argument("--calibration", type=_ranged(int, 1, 1000), default=6,
-                   help="fidelity: networks to calibrate on (default 6)")
+    p.add_argument("--calibration", type=_ranged(int, 2, 1000), default=16,
+                   help="fidelity: whole networks calibration measures at most (default 16)")
     p.add_argument("--plot", help="fidelity: write the scatter plot (PNG) here")
     p.set_defaults(run=lut_command)
     p = sub.add_parser("adapt", help="adapt a network to its budgets (NetAdapt), as a TOML config says")

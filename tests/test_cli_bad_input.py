@@ -18,7 +18,7 @@ from netopt.cli import main
     (["describe", "mobilenet_v1", "--width", "wide"], "argument --width: 'wide' is not a number"),
     (["lut", "build", "--points", "-3"], "argument --points: -3 must lie in [1, 1000]"),
     (["lut", "fidelity", "--variants", "0"], "argument --variants: 0 must lie in [2, 10000]"),
-    (["lut", "fidelity", "--calibration", "0"], "argument --calibration: 0 must lie in [1, 1000]"),
+    (["lut", "fidelity", "--calibration", "1"], "argument --calibration: 1 must lie in [2, 1000]"),
     (["agent", "--port", "70000"], "argument --port: 70000 must lie in [0, 65535]"),
     (["agent", "--port", "-1"], "argument --port: -1 must lie in [0, 65535]"),
 ])

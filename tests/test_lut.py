@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import warnings
 from pathlib import Path
@@ -59,11 +60,11 @@ def test_equal_layers_share_one_signature() -> None:
 def test_second_run_on_the_same_platform_measures_nothing(tmp_path: Path) -> None:
     traced = tiny()
     first = LookupTable.open(tmp_path / "lut.sqlite", backend())
-    estimate = first.estimate(traced.network)
+    estimate = first.layer_sum(traced.network)
     assert first.measurements == len({u.signature for u in units(traced.network)}) + 1  # + overhead
     first.close()
     second = LookupTable.open(tmp_path / "lut.sqlite", backend())
-    assert second.estimate(traced.network) == estimate
+    assert second.layer_sum(traced.network) == estimate
     assert second.measurements == 0
 
 
@@ -75,7 +76,7 @@ def test_prebuild_covers_a_grid_once(tmp_path: Path) -> None:
     assert lut.prebuild(traced.network, points_per_group=2) == 0
     variant = traced.network.with_widths({g.id: g.min_width for g in traced.network.groups})
     before = lut.measurements
-    lut.estimate(variant)  # every group at its minimum: on the grid
+    lut.layer_sum(variant)  # every group at its minimum: on the grid
     assert lut.measurements == before
 
 
@@ -83,7 +84,7 @@ def _fill(path: str, seed: int) -> int:
     traced = tiny()
     lut = LookupTable.open(path, backend())
     for net in random_variants(traced.network, 3, seed=seed % 2):  # two seeds: processes overlap
-        lut.estimate(net)
+        lut.layer_sum(net)
     return lut.measurements
 
 
@@ -102,9 +103,10 @@ def test_calibration_is_stored_and_fidelity_reports(tmp_path: Path) -> None:
     traced = tiny()
     lut = LookupTable.open(tmp_path / "lut.sqlite", backend())
     raw = lut.layer_sum(traced.network)
-    cal = lut.calibrate(traced, variants=4)
-    assert len(cal.points) == 5 and all(r > 0 for r in cal.knots[1])  # the start, the smallest, 3 variants
-    assert list(cal.knots[1]) == sorted(cal.knots[1])  # the ratio never falls as networks grow
+    cal = lut.calibrate(traced, max_networks=6)
+    assert 5 <= len(cal.points) <= 6 and all(r > 0 for r in cal.knots[1])  # the start, the smallest, 3 variants, ...
+    fitted = [r * x for x, r in zip(*cal.knots, strict=True)]
+    assert all(b >= a * (1 - 1e-9) for a, b in itertools.pairwise(fitted))  # the cost never falls with the layer sum
     assert lut.estimate(traced.network) == pytest.approx(cal.apply(raw))
     assert LookupTable.open(tmp_path / "lut.sqlite", backend()).estimate(traced.network) == lut.estimate(traced.network)
     report = fidelity(lut, traced, variants=4)
@@ -123,7 +125,7 @@ def test_foreign_or_corrupted_files_are_refused_and_left_untouched(tmp_path: Pat
     assert text.read_text() == "my precious notes"
     good = tmp_path / "lut.sqlite"
     lut = LookupTable.open(good, backend())
-    lut.estimate(tiny().network)
+    lut.layer_sum(tiny().network)
     lut.close()
     data = bytearray(good.read_bytes())
     data[200:4000] = b"\xff" * 3800  # scribble over the first pages
@@ -146,12 +148,15 @@ def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
         LookupTable.open(tmp_path / "nope" / "lut.sqlite", backend())
 
 
-def test_calibration_is_monotone_and_interpolates_the_ratio() -> None:
+def test_calibration_fits_the_cost_monotone_and_lets_the_ratio_fall() -> None:
     from netopt.lut import Calibration
 
-    cal = Calibration.fit([(2.0, 1.6), (1.0, 0.7), (3.0, 2.1)])  # ratios 0.7, 0.8, 0.7 -> isotonic 0.7, 0.75, 0.75
-    assert [round(r, 3) for r in cal.knots[1]] == [0.7, 0.75, 0.75]
-    assert cal.apply(0.5) == pytest.approx(0.35)  # flat ratio below the smallest network
-    assert cal.apply(1.5) == pytest.approx(1.5 * 0.725)
-    values = [cal.apply(v / 10) for v in range(1, 50)]
+    cal = Calibration.fit([(2.0, 1.6), (1.0, 1.2), (3.0, 2.1), (4.0, 2.0)])  # ratios 1.2, 0.8, 0.7, 0.5
+    assert [round(x * r, 3) for x, r in zip(*cal.knots, strict=True)] == [1.2, 1.6, 2.05, 2.05]  # isotonic in cost
+    assert cal.apply(0.5) == pytest.approx(0.6)  # the smallest network's ratio below it
+    assert cal.apply(1.5) == pytest.approx(1.4)  # interpolated between networks
+    assert cal.apply(8.0) == pytest.approx(8.0 * 2.05 / 4.0)  # the largest's ratio above it
+    values = [cal.apply(v / 10) for v in range(1, 80)]
     assert values == sorted(values)
+    more = cal.with_points([(2.0, 1.9), (2.5, 2.0)])  # a point at a layer sum already held replaces it
+    assert dict(more.points) == {1.0: 1.2, 2.0: 1.9, 2.5: 2.0, 3.0: 2.1, 4.0: 2.0}

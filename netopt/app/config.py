@@ -132,6 +132,9 @@ class ConstraintConfig(_Frozen):
     resource: Literal["latency", "energy", "memory", "macs", "params"]
     budget: str | float
     schedule: ScheduleConfig = ScheduleConfig()
+    basis: Literal["auto", "measured", "estimated"] = "auto"
+    """What a relative budget resolves against: the start's end-to-end measurement where the
+    resource is measured (latency, on the lookup table's backend), its estimate elsewhere."""
 
     @field_validator("budget", mode="before")
     @classmethod
@@ -153,6 +156,9 @@ class ConstraintConfig(_Frozen):
         if budget.relative and budget.value > 1:
             raise ValueError(f"{self.resource} budget {self.budget!r} is above the starting network's cost, so it is "
                              "met before anything is adapted; give a share of at most 100%, e.g. \"50%\"")
+        if self.basis == "measured" and self.resource != "latency":
+            raise ValueError(f"{self.resource} budget basis 'measured' needs a resource measured end to end; only "
+                             "latency is (on the lookup table's backend): use basis 'auto' or 'estimated'")
         return self
 
 

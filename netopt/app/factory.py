@@ -35,7 +35,7 @@ __all__ = ["build_problem", "strategy_makers", "make_strategy", "strategy_class"
            "own_objective", "ConfigObjective"]
 
 
-def _constraint(c: ConstraintConfig, config: AdaptConfig, traced: object) -> Constraint:
+def _constraint(c: ConstraintConfig, config: AdaptConfig) -> Constraint:
     schedule = ReductionSchedule(c.schedule.initial, c.schedule.decay)
     if c.resource == "latency":
         from netopt.lut import LookupTable
@@ -43,9 +43,7 @@ def _constraint(c: ConstraintConfig, config: AdaptConfig, traced: object) -> Con
 
         Path(config.lut.path).parent.mkdir(parents=True, exist_ok=True)
         lut = LookupTable.open(config.lut.path, OnnxRuntimeCPU(threads=config.lut.threads))
-        if lut.calibration(traced.network) is None:  # type: ignore[attr-defined]
-            lut.calibrate(traced)  # type: ignore[arg-type]
-        return LatencyConstraint(c.budget, lut, schedule)
+        return LatencyConstraint(c.budget, lut, schedule, c.basis)  # binding calibrates it for the network
     if c.resource == "energy":
         from netopt.measure.energy import EnergyModel
 
@@ -76,7 +74,7 @@ def build_problem(config: AdaptConfig, workers: bool = False) -> Problem:
         example = data.train_x[:1]
         objective = objective or _digits_objective(config, data)
     traced = netopt.trace(model, example)
-    constraints = [_constraint(c, config, traced) for c in config.constraints]
+    constraints = [_constraint(c, config) for c in config.constraints]
     assert objective is not None  # the config requires objective.factory with model.factory
     return Problem(traced, constraints, ConfigObjective(config, objective) if workers else objective)
 

@@ -10,14 +10,23 @@ __all__ = ["measure_family", "summary"]
 
 
 def measure_family(problem: Problem, result: Result) -> None:
-    """Measure every family member end to end, side by side, on each lookup table's backend,
-    so the summary shows each iteration's measured figure beside its estimate."""
+    """Every family member's end-to-end measurement on each lookup table's backend (those the
+    table does not hold yet measured now, side by side), so the summary shows each iteration's
+    measured figure beside its estimate, and the final's as the budget was checked."""
     for c in problem.constraints:
         if not isinstance(c.estimator, MeasuringEstimator):
             continue
-        measured = c.estimator.measure_networks(problem.traced, [m.network for m in result.family])
+        measured = c.estimator.measured(problem.traced, [m.network for m in result.family])
         for member, m in zip(result.family, measured, strict=True):
             member.measured[c.resource] = m.median
+
+
+def _budget(result: Result, resource: str) -> str:
+    if resource not in result.budgets:
+        return ""
+    basis = {"measured": "checked as measured", "estimated": "checked as estimated"}.get(result.basis.get(resource, ""),
+                                                                                         "")
+    return f"; budget {result.budgets[resource]:.4g}{', ' + basis if basis else ''}"
 
 
 def summary(result: Result) -> str:
@@ -35,7 +44,8 @@ def summary(result: Result) -> str:
                      *(f"{c.measured[r]:.4g}" for r in measured), f"{c.accuracy:.4g}"])
     lines = [markdown_table(header, rows)]
     f = result.final
-    figures = ", ".join(f"{r} measured {v:.4g} (estimated {f.resources[r]:.4g})" for r, v in f.measured.items())
+    figures = ", ".join(f"{r} measured {v:.4g} (estimated {f.resources[r]:.4g}{_budget(result, r)})"
+                        for r, v in f.measured.items())
     test = "-" if f.test_accuracy is None else f"{f.test_accuracy:.4g}"
     lines.append(f"\nfinal network: holdout {f.accuracy:.4g}, test {test}; {figures}")
     lines.append(f"{len(result.history)} proposals, {result.training_steps} training steps")

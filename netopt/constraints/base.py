@@ -3,6 +3,12 @@
 A constraint is data. `bind(start)` fixes its relative amounts against the starting network
 and returns a `Bound` constraint with absolute numbers, which every strategy reads alike:
 `violation(net) <= 0` means the network is within budget.
+
+Where the estimator can measure whole networks (a lookup table on its backend: a
+`MeasuringEstimator`), `bind(start, traced)` calibrates it for the network once, and a
+relative budget ("50%") resolves against the start's end-to-end measurement, not its
+estimate: a 50% latency budget then means half the time the start takes on the device. The
+bound says which (`basis`).
 """
 
 from __future__ import annotations
@@ -10,14 +16,22 @@ from __future__ import annotations
 import math
 from abc import ABC
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from netopt.constraints.amount import Amount, check_unit, parse_amount
 from netopt.errors import ConfigError
 from netopt.ir import Network
-from netopt.measure.base import Estimator
+from netopt.measure.base import Estimator, MeasuringEstimator
 
-__all__ = ["Constraint", "ReductionSchedule", "Bound"]
+if TYPE_CHECKING:
+    from netopt.bridge import Traced
+
+__all__ = ["Constraint", "ReductionSchedule", "Bound", "Basis"]
+
+Basis = Literal["auto", "measured", "estimated"]
+"""What a relative budget resolves against: the start's end-to-end measurement ("measured",
+which needs a MeasuringEstimator), its estimate ("estimated"), or the first where the
+estimator can measure and the second elsewhere ("auto")."""
 
 
 @dataclass(frozen=True, init=False)
@@ -52,7 +66,7 @@ class Constraint(ABC):
     resource: ClassVar[str]
 
     def __init__(self, budget: float | str | Amount, estimator: Estimator,
-                 schedule: ReductionSchedule | None = None) -> None:
+                 schedule: ReductionSchedule | None = None, basis: Basis = "auto") -> None:
         if not isinstance(getattr(self, "resource", None), str):
             raise ConfigError(f"{type(self).__name__} is abstract: subclass Constraint with a `resource` name, "
                             "e.g. class SRAMConstraint(Constraint): resource = 'sram'")
@@ -69,6 +83,19 @@ class Constraint(ABC):
                               "before anything is adapted; give a share of at most 100%, e.g. \"50%\"")
         self.schedule = schedule or ReductionSchedule()
         check_unit(self.schedule.initial, self.unit, f"{self.resource} schedule initial reduction")
+        if basis not in ("auto", "measured", "estimated"):
+            raise ConfigError(f"{self.resource} budget basis {basis!r} is not one of 'auto', 'measured', 'estimated'")
+        if basis == "measured" and not isinstance(estimator, MeasuringEstimator):
+            raise ConfigError(
+                f"{self.resource} budget basis 'measured' needs an estimator that measures whole networks end to end "
+                f"(a LookupTable on a backend), but {type(estimator).__name__} only estimates; use basis 'auto' or "
+                "'estimated', or a LookupTable")
+        self.basis: Basis = basis
+
+    @property
+    def measuring(self) -> bool:
+        """Budgets and final networks are checked by end-to-end measurement."""
+        return self.basis != "estimated" and isinstance(self.estimator, MeasuringEstimator)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(budget={self.budget}, unit={self.unit!r}, schedule={self.schedule})"
@@ -79,10 +106,21 @@ class Constraint(ABC):
             raise ConfigError(f"{self.resource} estimator returned {value!r}; it must be a finite number >= 0")
         return value
 
-    def bind(self, start: Network) -> Bound:
-        """Absolute budget and schedule against the starting network."""
+    def bind(self, start: Network, traced: Traced | None = None) -> Bound:
+        """Absolute budget and schedule against the starting network. With `traced` (the start's
+        model) and a measuring estimator, the estimator is calibrated for the network first if
+        it is not yet, and a relative budget resolves against the start's measured cost."""
+        if traced is None or not self.measuring:
+            initial = self.estimate(start)
+            return Bound(self, initial, self.budget.resolve(initial))
+        estimator: MeasuringEstimator = self.estimator  # type: ignore[assignment]
+        if estimator.calibration(start) is None:
+            estimator.calibrate(traced)
         initial = self.estimate(start)
-        return Bound(self, initial, self.budget.resolve(initial))
+        if not self.budget.relative:
+            return Bound(self, initial, self.budget.value, "measured")
+        measured = estimator.measured(traced, [start])[0].median
+        return Bound(self, initial, self.budget.resolve(measured), "measured", measured)
 
 
 @dataclass(frozen=True)
@@ -91,7 +129,13 @@ class Bound:
 
     constraint: Constraint
     initial: float
+    """The start's estimate (what the schedule's relative reductions resolve against)."""
     budget: float
+    basis: str = "estimated"
+    """"measured": final networks are checked end to end against `budget` (which a relative
+    amount resolved against `measured_start`); "estimated": by the estimator alone."""
+    measured_start: float | None = None
+    """The start's end-to-end measurement, where the budget resolved against it."""
 
     @property
     def resource(self) -> str:

@@ -43,12 +43,15 @@ CREATE TABLE IF NOT EXISTS calibrations (structure TEXT PRIMARY KEY, points TEXT
 
 @dataclass(frozen=True)
 class Calibration:
-    """measured / layer_sum as a non-decreasing function of layer_sum, from whole networks.
+    """The whole-network cost as a non-decreasing function of the layer sum, from whole networks.
 
-    The ratio is fitted by isotonic regression over the calibration networks and interpolated
-    linearly between them (flat beyond the ends): bigger variants of a network spill their
-    weights out of cache and run relatively slower than their layers measured alone, so one
-    straight line does not fit (see benchmarks/bench_lut.py).
+    Isotonic regression of the measured cost on the layer sum, interpolated linearly between the
+    calibration networks and extended beyond the ends at their ratio measured / layer sum. The
+    ratio itself may fall with size (the runtime's fixed costs weigh most in small networks) or
+    rise (big variants spill their weights out of cache and run relatively slower than their
+    layers measured alone): only the cost must not fall as the layer sum grows, so that every
+    strategy can rely on a smaller network never being estimated dearer (see
+    benchmarks/bench_lut.py).
     """
 
     points: tuple[tuple[float, float], ...]  # (layer sum, measured end to end), by layer sum
@@ -60,19 +63,38 @@ class Calibration:
             raise LookupTableError("calibration needs at least one network with a positive layer sum")
         return cls(ordered)
 
+    def with_points(self, points: Sequence[tuple[float, float]]) -> Calibration:
+        """This calibration and more networks; a new point at a layer sum already held replaces it."""
+        new = {float(x): float(y) for x, y in points}
+        return Calibration.fit([*((x, y) for x, y in self.points if x not in new), *new.items()])
+
     @property
     def knots(self) -> tuple[np.ndarray, np.ndarray]:
-        cached = self.__dict__.get("_knots")
+        """The layer sums of the calibration networks and the fitted ratio cost / layer sum there."""
+        x, y = self._fitted
+        return x, y / x
+
+    @property
+    def _fitted(self) -> tuple[np.ndarray, np.ndarray]:
+        cached = self.__dict__.get("_fit")
         if cached is not None:
             return cached  # type: ignore[no-any-return]
         x = np.array([p[0] for p in self.points])
-        ratios = isotonic_regression(np.array([p[1] for p in self.points]) / x).x
-        object.__setattr__(self, "_knots", (x, ratios))  # frozen value, derived once
-        return x, ratios
+        y = isotonic_regression(np.array([p[1] for p in self.points])).x
+        object.__setattr__(self, "_fit", (x, y))  # frozen value, derived once
+        return x, y
 
     def apply(self, layer_sum: float) -> float:
-        x, ratios = self.knots
-        return float(np.interp(layer_sum, x, ratios) * layer_sum)
+        x, y = self._fitted
+        if layer_sum <= x[0]:
+            return float(layer_sum * y[0] / x[0])
+        if layer_sum >= x[-1]:
+            return float(layer_sum * y[-1] / x[-1])
+        return float(np.interp(layer_sum, x, y))
+
+    def error(self, layer_sum: float, measured: float) -> float:
+        """(estimate - measured) / measured for a network of `layer_sum` measured at `measured`."""
+        return self.apply(layer_sum) / measured - 1.0
 
 
 def process_owner() -> str:

@@ -6,9 +6,17 @@ Calibration, in two steps (figures in benchmarks/bench_lut.py and the README):
 2. Per-call overhead: every stand-alone measurement pays the runtime's fixed cost of one call
    (session run, input binding), which the whole network pays once. It is measured on the
    cheapest model there is and taken off each unit: layer_sum = overhead + sum(unit - overhead).
-3. A correction fitted on a few whole-network measurements of the network being searched
-   (`calibrate`): the ratio measured / layer_sum as a non-decreasing function of the layer sum
-   (isotonic regression, interpolated), stored per structure. See `Calibration`.
+3. A correction fitted on whole-network measurements of the network being searched
+   (`calibrate`): the measured cost as a non-decreasing function of the layer sum (isotonic
+   regression, interpolated), stored per structure. Calibration chooses its own networks, more
+   where the ratio measured / layer sum changes, within a stated number of measurements; a
+   strategy whose final network misses a budget when measured adds what it measured
+   (`recalibrate`). See `Calibration`.
+
+A structure without a calibration is never estimated: `estimate` raises, naming `calibrate`.
+Whole networks measured end to end are kept in the table beside the units (`measured`), so
+that a budget, a calibration and a check of a final network read the same figure in every
+process and after a resume.
 """
 
 from __future__ import annotations
@@ -39,14 +47,24 @@ if TYPE_CHECKING:
 
     from netopt.bridge import Traced
 
-__all__ = ["LookupTable", "structure_key", "random_variants"]
+__all__ = ["LookupTable", "structure_key", "random_variants", "CALIBRATION_NETWORKS"]
 
 OVERHEAD = "overhead"
+CALIBRATION_NETWORKS = 16
+"""Whole networks `calibrate` measures at most (each ~50 timed runs, twice)."""
+CALIBRATED = 0.03
+"""Neighbouring calibration networks whose ratios measured / layer sum differ by less than this
+need no network between them."""
 
 
 def structure_key(net: Network) -> str:
     """Identifies a network's structure (not its widths): calibrations are kept per structure."""
     return hashlib.sha256(net.at_full_width().to_json().encode()).hexdigest()[:24]
+
+
+def network_signature(net: Network) -> str:
+    """A whole network at its widths: the key of its end-to-end measurement in the table."""
+    return "network:" + hashlib.sha256(net.to_json().encode()).hexdigest()[:24]
 
 
 class LookupTable:
@@ -69,7 +87,8 @@ class LookupTable:
         # thousands of networks that share almost all of their units.
         self._mins: dict[str, float] = {}
         self._signatures: dict[Unit, str] = {}
-        self._calibrations: dict[tuple[object, ...], Calibration | None] = {}
+        self._structures: dict[tuple[object, ...], str] = {}
+        self._calibrations: dict[str, Calibration | None] = {}  # by structure; a pinned one is never re-read
 
     @classmethod
     def open(cls, path: str | Path, backend: Backend) -> LookupTable:
@@ -187,25 +206,43 @@ class LookupTable:
         """The plain sum of stand-alone unit measurements, for comparison (no calibration)."""
         return sum(cost for _, cost in self._unit_mins(net))
 
-    def calibration(self, net: Network) -> Calibration | None:
-        """The calibration of `net`'s structure, if one was fitted."""
+    def structure(self, net: Network) -> str:
+        """`structure_key(net)`, remembered: estimates ask for it thousands of times."""
         key = (net.nodes, net.input_shape, net.outputs, net.step)
+        if key not in self._structures:
+            self._structures[key] = structure_key(net)
+        return self._structures[key]
+
+    def calibration(self, net: Network) -> Calibration | None:
+        """The calibration of `net`'s structure, if one was fitted (or pinned)."""
+        key = self.structure(net)
         if key not in self._calibrations:
-            self._calibrations[key] = self.store.calibration(structure_key(net))
+            self._calibrations[key] = self.store.calibration(key)
         return self._calibrations[key]
 
+    def pin(self, net: Network, points: Sequence[Sequence[float]]) -> None:
+        """Estimate `net`'s structure with the calibration of `points` (a `Calibration.points`) in
+        this process, whatever the table holds: a resumed run goes on with the one it started with."""
+        self._calibrations[self.structure(net)] = Calibration(tuple((float(x), float(y)) for x, y in points))
+
     def estimate(self, net: Network) -> float:
-        """Calibrated cost of `net` in `unit` (Estimator protocol)."""
+        """Calibrated cost of `net` in `unit` (Estimator protocol); a structure never calibrated
+        is refused rather than estimated by its biased layer sum."""
         raw = self.layer_sum(net)
         cal = self.calibration(net)
-        return raw if cal is None else cal.apply(raw)
+        if cal is None:
+            raise LookupTableError(
+                f"the lookup table holds no calibration for this network's structure ({self.structure(net)}), and its "
+                "layer sum alone is biased (fused layers, per-call costs); call lut.calibrate(traced) once (it is kept "
+                "in the table; binding a constraint does it), or read lut.layer_sum(net) for the uncorrected sum")
+        return cal.apply(raw)
 
     def measure_module(self, module: nn.Module, example_input: torch.Tensor) -> Measurement:
         """One end-to-end measurement of `module` on this table's backend (MeasuringEstimator)."""
         return self.backend.measure(module, example_input)
 
     def measure_networks(self, traced: Traced, nets: Sequence[Network], passes: int = 2) -> list[Measurement]:
-        """End-to-end measurements of `nets`, materialized from `traced`.
+        """End-to-end measurements of `nets`, materialized from `traced`, taken now.
 
         Every network is measured in `passes` rounds over the whole list (again at once if a
         round is noisy), and the round with the lowest median kept: load from other tenants
@@ -215,25 +252,121 @@ class LookupTable:
         x = traced.example_input()
         best: list[Measurement | None] = [None] * len(nets)
         rounds = [(p, i) for p in range(passes) for i in range(len(nets))]
-        for _, i in tqdm(rounds, desc="measuring networks", disable=None, leave=False):
+        for _, i in tqdm(rounds, desc="measuring networks", disable=None if len(rounds) > 2 else True, leave=False):
             m = steady(functools.partial(self.backend.measure, modules[i], x))
             current = best[i]
             if current is None or m.median < current.median:
                 best[i] = m
         return [m for m in best if m is not None]
 
-    def calibrate(self, traced: Traced, variants: int = 8, seed: int = 0) -> Calibration:
-        """Fit the correction on end-to-end measurements of `traced`, its smallest network (every
-        group at its minimum: the ratio curve is flat beyond its end points, and searches under
-        tight budgets go that low) and `variants - 1` random variants in between."""
-        floor = traced.network.with_widths({g.id: g.min_width for g in traced.network.groups})
-        nets = [traced.network, floor, *random_variants(traced.network, variants - 1, seed)]
-        self.ensure(nets, progress="measuring layers for calibration")
-        measured = self.measure_networks(traced, nets)
-        cal = Calibration.fit([(self.layer_sum(net), m.median) for net, m in zip(nets, measured, strict=True)])
-        self.store.put_calibration(structure_key(traced.network), cal)
-        self._calibrations.clear()
+    def measured(self, traced: Traced, nets: Sequence[Network]) -> list[Measurement]:
+        """End-to-end measurements of `nets` as the table keeps them: each network is measured
+        once (those not held yet side by side, as `measure_networks` does) and read back from
+        then on, in this process, in others sharing the table, and after a resume."""
+        sigs = [network_signature(n) for n in nets]
+        found = self.store.get_many(sorted(set(sigs)))
+        todo = {s: n for s, n in zip(sigs, nets, strict=True) if s not in found}
+        if todo:
+            started = time.perf_counter()
+            for (sig, net), m in zip(todo.items(), self.measure_networks(traced, list(todo.values())), strict=True):
+                self.store.put(sig, {"network": self.structure(net), "widths": net.widths}, m)
+            self.measure_seconds += time.perf_counter() - started
+            found = self.store.get_many(sorted(set(sigs)))  # another process's figure, where it came first
+        return [found[s] for s in sigs]
+
+    def calibrate(self, traced: Traced, max_networks: int = CALIBRATION_NETWORKS, seed: int = 0) -> Calibration:
+        """Fit the correction on end-to-end measurements of `traced` at widths this chooses.
+
+        It starts from the full network, the smallest one (every group at its minimum: searches
+        under tight budgets go that low) and three variants between (global fractions 1/4, 1/2,
+        3/4, each group jittered), plus one with half its residual branches removed where the
+        network has any. Then, while fewer than `max_networks` are measured, it adds a variant
+        half way (in width) between the two neighbours, by layer sum, whose ratios measured /
+        layer sum differ most, until no two differ by more than 3%. Measurements are kept in
+        the table as they are taken, so an interrupted calibration resumes where it stopped; the
+        calibration itself is written once, at the end."""
+        if max_networks < 2:
+            raise LookupTableError(f"calibrate(max_networks={max_networks}) needs at least 2 networks (the full "
+                                   "and the smallest), and fits the ratio better with more; the default is "
+                                   f"{CALIBRATION_NETWORKS}")
+        net = traced.network
+        placed = [(1.0, net), (0.0, _at_fraction(net, 0.0, seed))]
+        placed += [(f, _at_fraction(net, f, seed + k)) for k, f in enumerate((0.5, 0.25, 0.75), 1)]
+        placed = placed[:max_networks]
+        extra = [_half_bypassed(net)] if net.bypassable and len(placed) < max_networks else []
+        bar = tqdm(total=max_networks, desc="calibrating", unit="network", disable=None, leave=False)
+        points = self._points(traced, [n for _, n in placed] + extra)
+        bar.update(len(points))
+        curve = points[:len(placed)]  # the fraction-placed networks: where new ones go
+        fractions = [f for f, _ in placed]
+        while len(points) < max_networks:
+            split = _widest_step(curve, fractions)
+            if split is None:
+                break
+            low, high = split
+            f = (fractions[low] + fractions[high]) / 2
+            (point,) = self._points(traced, [_at_fraction(net, f, seed + len(points))])
+            points.append(point)
+            curve.append(point)
+            fractions.append(f)
+            bar.update()
+        bar.close()
+        cal = Calibration.fit(points)
+        key = self.structure(net)
+        self.store.put_calibration(key, cal)
+        self._calibrations[key] = cal
         return cal
+
+    def recalibrate(self, traced: Traced, nets: Sequence[Network]) -> Calibration:
+        """Add end-to-end measurements of `nets` (measured now where the table holds none) to the
+        calibration of their structure, and keep it: what a strategy does with its family and its
+        final network when a measurement misses a budget the estimate met."""
+        key = self.structure(traced.network)
+        before = self.calibration(traced.network)
+        new = [(self.layer_sum(n), m.median) for n, m in zip(nets, self.measured(traced, nets), strict=True)]
+        cal = before.with_points(new) if before is not None else Calibration.fit(new)
+        self.store.put_calibration(key, cal)
+        self._calibrations[key] = cal
+        return cal
+
+    def _points(self, traced: Traced, nets: Sequence[Network]) -> list[tuple[float, float]]:
+        self.ensure(nets, progress="measuring layers for calibration")
+        return [(self.layer_sum(n), m.median) for n, m in zip(nets, self.measured(traced, nets), strict=True)]
+
+
+def _at_fraction(net: Network, fraction: float, seed: int) -> Network:
+    """The network at a global width fraction (0: every group at its minimum, 1: the full
+    network), each group jittered by up to ±0.1 in between."""
+    if fraction >= 1.0:
+        return net.at_full_width()
+    rng = random.Random(seed)
+    widths = {}
+    for g in net.groups:
+        share = 0.0 if fraction <= 0.0 else min(1.0, max(0.0, fraction + rng.uniform(-0.1, 0.1)))
+        valid = g.valid_widths()
+        widths[g.id] = valid[0] if share == 0.0 else _nearest(valid, g.min_width + share * (g.full_width - g.min_width))
+    return net.with_widths(widths)
+
+
+def _half_bypassed(net: Network) -> Network:
+    """The full network with every other residual branch removed (from the first)."""
+    groups = [g.id for g in net.groups if g.bypass]
+    return net.at_full_width().with_widths({g: 0 for g in groups[::2]})
+
+
+def _widest_step(points: Sequence[tuple[float, float]], fractions: Sequence[float]) -> tuple[int, int] | None:
+    """The neighbours by layer sum whose ratios measured / layer sum differ most (and by more
+    than CALIBRATED), as indices into `points`; None where no such pair can be split further."""
+    order = sorted(range(len(points)), key=lambda k: points[k][0])
+    best, step = None, CALIBRATED
+    for a, b in itertools.pairwise(order):
+        if abs(fractions[a] - fractions[b]) < 0.02:
+            continue  # too close in width for a network between them
+        ra, rb = points[a][1] / points[a][0], points[b][1] / points[b][0]
+        change = abs(rb / ra - 1.0)
+        if change > step:
+            best, step = (a, b), change
+    return best
 
 
 def random_variants(net: Network, count: int, seed: int = 0) -> list[Network]:

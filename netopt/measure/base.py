@@ -210,7 +210,8 @@ class Estimator(Protocol):
 @runtime_checkable
 class MeasuringEstimator(Estimator, Protocol):
     """An estimator that can also measure whole networks end to end (a lookup table, on its
-    backend): budgets and results are then checked by measurement, not only by estimate."""
+    backend), and corrects its estimates with those measurements: budgets resolve against the
+    start's measurement, and every strategy's final network is checked by measurement."""
 
     measure_seconds: float
     """Wall time this estimator has spent measuring (the rest of a search is other work)."""
@@ -220,5 +221,25 @@ class MeasuringEstimator(Estimator, Protocol):
         ...
 
     def measure_networks(self, traced: Traced, nets: Sequence[Network], passes: int = 2) -> list[Measurement]:
-        """End-to-end measurements of `nets` materialized from `traced`, side by side."""
+        """End-to-end measurements of `nets` materialized from `traced`, side by side, taken now."""
+        ...
+
+    def measured(self, traced: Traced, nets: Sequence[Network]) -> list[Measurement]:
+        """End-to-end measurements of `nets`, each taken once and kept: the same figure every time."""
+        ...
+
+    def calibration(self, net: Network) -> Any:
+        """The correction fitted for `net`'s structure, or None."""
+        ...
+
+    def calibrate(self, traced: Traced) -> Any:
+        """Fit the correction for `traced`'s structure on whole-network measurements, and keep it."""
+        ...
+
+    def recalibrate(self, traced: Traced, nets: Sequence[Network]) -> Any:
+        """Add the measurements of `nets` to the correction of their structure, and keep it."""
+        ...
+
+    def pin(self, net: Network, points: Sequence[Sequence[float]]) -> None:
+        """Use the calibration of `points` for `net`'s structure in this process (a resumed run's own)."""
         ...

@@ -41,6 +41,7 @@ BEFORE_RUN = frozenset({"app.json"})
 """What an application may write into a run directory before the run starts (its own config)."""
 
 FORMAT_VERSION = 2
+CALIBRATIONS = "calibrations.json"
 """Version of the run directory's own files (see the module docstring)."""
 VERSION_KEY = "format_version"
 
@@ -66,6 +67,8 @@ class RunError(NetoptError):
 
 class RunDir:
     """Reads and writes one run's files."""
+
+    CALIBRATIONS = CALIBRATIONS
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -127,6 +130,15 @@ class RunDir:
         if module is not None:
             save_tensors(self._proposal_weights(record["iteration"], record["group"]), module.state_dict())
         append_line(self.path / "history.jsonl", _stamped(record))
+
+    def save_calibrations(self, record: dict[str, Any]) -> None:
+        """The run's record of its lookup tables' calibrations (the engine's), replaced whole."""
+        write_json(self.path / CALIBRATIONS, _stamped(record))
+
+    def calibrations(self) -> dict[str, Any]:
+        """That record ({} for a run that has none)."""
+        path = self.path / CALIBRATIONS
+        return _unstamped(_read_json(path), path) if path.is_file() else {}
 
     def history(self) -> list[dict[str, Any]]:
         log = self.path / "history.jsonl"

@@ -8,11 +8,20 @@ own seed, reading back those a stopped run had finished and refusing a resumed r
 proposes otherwise; records every proposal as it is ready, so a kill loses only unfinished
 ones; keeps the clock; and finishes the winner (long-term fine-tuning, test score, end-to-end
 measurement) into a `Result`.
+
+Budgets hold when measured: where a constraint's estimator measures whole networks (a lookup
+table), `verify` measures a strategy's chosen network end to end before it is finished, and
+when that misses the budget the estimate met, adds the measurements (the family's and the
+chosen one's) to the table's calibration; the strategy then goes on (further iterations,
+another choice). A run directory keeps the calibration its run started with and every one it
+added since, so that a resumed run estimates each proposal as the stopped one did.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import logging
 import pickle
 import time
 import warnings
@@ -28,9 +37,9 @@ import torch
 from tqdm import tqdm
 
 from netopt.constraints import Bound
-from netopt.errors import ConfigError, NetoptError, ObjectiveError, first_line
+from netopt.errors import ConfigError, InfeasibleError, NetoptError, ObjectiveError, first_line
 from netopt.measure.base import MeasuringEstimator
-from netopt.runs import RunError
+from netopt.runs import RunDir, RunError
 from netopt.strategies._log import RunLog
 from netopt.strategies.base import Candidate, Problem, Proposal, Result, check_feasible
 
@@ -42,6 +51,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Engine", "Ask", "Told", "Serial", "Clock", "BudgetWarning", "evaluate", "seed_for", "measure",
            "named_failure", "sendable"]
+
+LOG = logging.getLogger("netopt.progress")
+
 
 
 class BudgetWarning(UserWarning):
@@ -124,9 +136,10 @@ def seed_for(seed: int, *parts: object) -> int:
     return zlib.crc32(":".join(map(str, (seed, *parts))).encode())
 
 
-def measure(bounds: Sequence[Bound], module: nn.Module, x: torch.Tensor) -> dict[str, float]:
-    """End-to-end figures from every constraint whose estimator can measure (a lookup table's backend)."""
-    return {b.resource: b.constraint.estimator.measure_module(module, x).median
+def measure(bounds: Sequence[Bound], traced: Traced, network: Network) -> dict[str, float]:
+    """End-to-end figures of `network` (materialized from `traced`) from every constraint whose
+    estimator can measure (a lookup table's backend), as the table keeps them."""
+    return {b.resource: b.constraint.estimator.measured(traced, [network])[0].median
             for b in bounds if isinstance(b.constraint.estimator, MeasuringEstimator)}
 
 
@@ -180,10 +193,19 @@ class Engine:
                  run_dir: str | Path | None = None, resume: bool = False, executor: Executor | None = None,
                  soft: frozenset[str] = frozenset(), bypass: bool = False) -> None:
         self.problem = problem
+        self._calibrations = _pinned(problem, run_dir) if resume and run_dir is not None else {}
         self.bounds = problem.bind()
         self.soft = soft  # budgets a reward turns into targets: they refuse nothing
-        check_feasible([b for b in self.bounds if b.resource not in soft], problem.traced.network, bypass)
+        check_feasible([b for b in self.bounds if b.resource not in soft], problem.traced.network, bypass,
+                       problem.traced)
         self.log = RunLog.open(run_dir, resume, config, problem) if run_dir is not None else None
+        if self.log is not None and not self._calibrations:
+            self._calibrations = {b.resource: {"points": _table(b).calibration(self.network).points, "added": []}
+                                  for b in self._measuring()}
+            self._save_calibrations()
+        self._applied = {r: 0 for r in self._calibrations}  # recorded additions this process has made again
+        self.measured_over: dict[str, dict[str, float]] = {}
+        """Networks (by IR text) measured over a budget: their measured figures replace estimates."""
         self.short_term_steps, self.seed = short_term_steps, seed
         self.executor = executor or Serial()
         if not isinstance(self.executor, (Serial, ThreadPoolExecutor)):
@@ -202,7 +224,9 @@ class Engine:
     # --- estimates -----------------------------------------------------------------------------
 
     def resources(self, network: Network) -> dict[str, float]:
-        return {b.resource: b.estimate(network) for b in self.bounds}
+        """Each resource estimated, or as measured where `network` was measured over a budget."""
+        estimated = {b.resource: b.estimate(network) for b in self.bounds}
+        return {**estimated, **self.measured_over.get(network.to_json(), {})} if self.measured_over else estimated
 
     def targets(self, iteration: int, resources: dict[str, float]) -> dict[str, float]:
         """Eq. 2: each resource still over budget tightened by its schedule for `iteration`; one
@@ -298,6 +322,7 @@ class Engine:
             return None
         result = self.log.result(self.problem, strategy)
         result.budgets = {b.resource: b.budget for b in self.bounds}  # what over_budget reads
+        result.basis = {b.resource: b.basis for b in self.bounds}
         return result
 
     def save_member(self, member: Candidate, group: str | None) -> None:
@@ -315,10 +340,8 @@ class Engine:
             if long_term_steps:
                 final.accuracy = self.problem.objective.long_term(final.module, long_term_steps, self.seed).score
             final.test_accuracy = self.problem.objective.test(final.module)
-        measuring = time.perf_counter()
-        self.clock.objective += measuring - started
-        final.measured = measure(self.bounds, final.module, self.problem.traced.example_input())
-        self.clock.measured += time.perf_counter() - measuring
+        self.clock.objective += time.perf_counter() - started
+        final.measured = measure(self.bounds, self.problem.traced, final.network)  # the table's clock counts it
         if self.log:
             self.log.save_final(final, self.problem.traced.example_input())
         return final
@@ -326,4 +349,99 @@ class Engine:
     def result(self, strategy: str, final: Candidate, family: list[Candidate], history: list[Proposal],
                training_steps: int) -> Result:
         return Result(final, family, history, training_steps, self.clock.timings(), strategy=strategy,
-                      start=self.network, budgets={b.resource: b.budget for b in self.bounds})
+                      start=self.network, budgets={b.resource: b.budget for b in self.bounds},
+                      basis={b.resource: b.basis for b in self.bounds})
+
+    # --- budgets as measured -------------------------------------------------------------------
+
+    def _measuring(self) -> list[Bound]:
+        return [b for b in self.bounds if b.basis == "measured"]
+
+    def verify(self, candidate: Candidate, members: Sequence[Candidate] = ()) -> dict[str, float]:
+        """Measure `candidate` end to end for every budget checked by measurement (the figures go
+        in `candidate.measured`); for each hard budget it misses, add its measurement and the
+        members' to that table's calibration. Returns the missed budgets' measured figures
+        (empty: every budget holds as measured)."""
+        misses: dict[str, float] = {}
+        for b in self._measuring():
+            value = _table(b).measured(self.problem.traced, [candidate.network])[0].median
+            candidate.measured[b.resource] = value
+            if value > b.budget and b.resource not in self.soft:
+                misses[b.resource] = value
+                self._recalibrate(b, [*(m.network for m in members), candidate.network])
+                LOG.info("%s measures %.4g %s against its budget %.4g (estimated %.4g): lookup table recalibrated",
+                         b.resource, value, b.unit, b.budget, candidate.resources.get(b.resource, float("nan")))
+        if misses:
+            self.measured_over[candidate.network.to_json()] = misses
+        return misses
+
+    def verified(self, current: Candidate, family: Sequence[Candidate]) -> tuple[Candidate, bool]:
+        """(current, True) when `current` meets every budget as measured too; else a copy of it
+        whose missed resources are the measured figures (the targets of further iterations start
+        there), and False."""
+        misses = self.verify(current, family)
+        if not misses:
+            return current, True
+        measured = dataclasses.replace(current, resources={**current.resources, **misses},
+                                       measured=dict(current.measured))
+        return measured, False
+
+    def missed(self, current: Candidate) -> dict[str, tuple[float, float]]:
+        """(measured, budget) of every budget `current` was measured over."""
+        return {b.resource: (current.measured[b.resource], b.budget) for b in self._measuring()
+                if b.resource in current.measured and current.measured[b.resource] > b.budget}
+
+    def cannot_shrink(self, current: Candidate) -> InfeasibleError:
+        """The error of an iterative strategy that reached the smallest network over a budget."""
+        figures = "; ".join(
+            f"{b.resource} {current.resources[b.resource]:.4g} {b.unit}"
+            + (f" (measured {current.measured[b.resource]:.4g})" if b.resource in current.measured else "")
+            + f" against {b.budget:.4g}" for b in self.bounds)
+        return InfeasibleError(f"iteration {current.iteration}: no channel group can shrink any further, yet not every "
+                               f"budget is met ({figures}); relax them")
+
+    def catch_up(self) -> None:
+        """Add again every calibration a stopped run had added (its measurements are in the table):
+        an iterative strategy resumes where its estimates stood when it stopped."""
+        for b in self._measuring():
+            for widths in self._calibrations.get(b.resource, {}).get("added", [])[self._applied.get(b.resource, 0):]:
+                self._recalibrate(b, [self.network.with_widths(w) for w in widths])
+
+    def _recalibrate(self, bound: Bound, nets: Sequence[Network]) -> None:
+        _table(bound).recalibrate(self.problem.traced, nets)
+        record = self._calibrations.setdefault(bound.resource, {"points": (), "added": []})
+        done, added, widths = self._applied.get(bound.resource, 0), record["added"], [n.widths for n in nets]
+        if done < len(added) and added[done] == widths:
+            self._applied[bound.resource] = done + 1  # a stopped run's, made again
+            return
+        del added[done:]  # a resumed run that went another way from here on
+        added.append(widths)
+        self._applied[bound.resource] = done + 1
+        self._save_calibrations()
+
+    def _save_calibrations(self) -> None:
+        """The calibration each table started with and the networks added since, in order."""
+        if self.log is not None and self._calibrations:
+            self.log.run.save_calibrations(self._calibrations)
+
+
+def _table(bound: Bound) -> MeasuringEstimator:
+    """A budget checked by measurement: its estimator measures (a lookup table)."""
+    assert isinstance(bound.constraint.estimator, MeasuringEstimator), bound
+    return bound.constraint.estimator
+
+
+def _pinned(problem: Problem, run_dir: str | Path) -> dict[str, Any]:
+    """A resumed run's record of calibrations, its starting ones pinned on their tables."""
+    record = RunDir(run_dir).calibrations() if Path(run_dir).is_dir() else {}
+    try:
+        for c in problem.constraints:
+            if c.resource in record and isinstance(c.estimator, MeasuringEstimator):
+                points = [(float(x), float(y)) for x, y in record[c.resource]["points"]]
+                if not points or not all(isinstance(w, dict) for step in record[c.resource]["added"] for w in step):
+                    raise ValueError("no calibration points" if not points else "added networks are not widths")
+                c.estimator.pin(problem.traced.network, points)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunError(f"{Path(run_dir) / RunDir.CALIBRATIONS} is damaged ({first_line(exc, 80)}); it holds the "
+                       "calibrations the run estimated with: restore it, or start a new run") from None
+    return record

@@ -48,7 +48,7 @@ class Problem:
                               "on an input like the data (e.g. netopt.trace(model, data.train_x[:1]))")
 
     def bind(self) -> list[Bound]:
-        return [c.bind(self.traced.network) for c in self.constraints]
+        return [c.bind(self.traced.network, self.traced) for c in self.constraints]
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,9 @@ class Result:
     start: Network | None = None  # the network the search started from
     budgets: dict[str, float] = field(default_factory=dict)
     """Each constraint's budget, in its unit."""
+    basis: dict[str, str] = field(default_factory=dict)
+    """Each budget's basis: "measured" (a relative budget resolved against the start's end-to-end
+    measurement, and the final network checked end to end) or "estimated" (the estimator alone)."""
 
     @property
     def over_budget(self) -> dict[str, float]:
@@ -211,10 +214,24 @@ def smallest(network: Network, bypass: bool = False) -> Network:
     return network.with_widths({g.id: g.valid_widths(bypass)[0] for g in network.groups})
 
 
-def check_feasible(bounds: Sequence[Bound], network: Network, bypass: bool = False) -> None:
-    """Fail early when even the smallest network breaks a budget, saying what is achievable."""
+def check_feasible(bounds: Sequence[Bound], network: Network, bypass: bool = False,
+                   traced: Traced | None = None) -> None:
+    """Fail early when even the smallest network breaks a budget, saying what is achievable; a
+    budget checked by measurement (with `traced`), by the smallest network's measurement."""
     floor = smallest(network, bypass)
     for bound in bounds:
+        if traced is not None and bound.basis == "measured":
+            table = bound.constraint.estimator
+            least = table.measured(traced, [floor])[0].median  # type: ignore[attr-defined]
+            if least > bound.budget:
+                start = "" if bound.measured_start is None else (
+                    f" ({least / bound.measured_start:.0%} of the start's measured {bound.measured_start:.4g} "
+                    f"{bound.unit})")
+                raise InfeasibleError(
+                    f"{bound.resource} budget {bound.budget:.4g} {bound.unit} cannot be met: the smallest network the "
+                    f"channel groups allow measures {least:.4g} {bound.unit} end to end{start}; relax the budget to at "
+                    "least that")
+            continue
         least = bound.estimate(floor)
         if least > bound.budget:
             raise InfeasibleError(

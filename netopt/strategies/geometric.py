@@ -129,6 +129,7 @@ class GeometricProgram(WidthSearch):
     name = "GeometricProgram"
     Settings = GeometricSettings
     settings: GeometricSettings
+    repairs = 3
 
     def __init__(self, *, executor: Executor | None = None, progress: bool | None = None, **settings: Any) -> None:
         super().__init__(executor=executor, progress=progress, **settings)
@@ -144,8 +145,15 @@ class GeometricProgram(WidthSearch):
             widths = self.choose(trials, report)
         else:
             widths = {}
-        report.total_seconds = time.perf_counter() - started
         trials.score([widths])
+        for _ in range(self.repairs):  # measured over a budget: solve again on the recalibrated estimates
+            if trials.verify(trials.scored[-1]):
+                break
+            again = self.choose(trials, report) if net.groups else widths
+            if any(c.network.widths == net.with_widths(again).widths for c in trials.scored):
+                break
+            trials.score([again])
+        report.total_seconds = time.perf_counter() - started
         return trials.result(self.name, self.long_term_steps)
 
     def choose(self, trials: Trials, report: GeometricReport) -> dict[str, int]:

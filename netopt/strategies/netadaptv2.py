@@ -172,7 +172,14 @@ class NetAdaptV2(Strategy):
         history = engine.log.proposals(family) if engine.log else []
         current = family[-1]
         bar = tqdm(desc="NetAdaptV2", unit="iteration", disable=None if self.progress is None else not self.progress)
-        while not all(b.met(current.resources[b.resource]) for b in engine.bounds):
+        if engine.log and engine.log.members():
+            engine.catch_up()  # the calibrations the stopped run had added
+        while True:
+            if all(b.met(current.resources[b.resource]) for b in engine.bounds):
+                current, holds = engine.verified(current, family)  # measured end to end, where it can be
+                if holds:
+                    break
+                bar.set_postfix({r: f"measured {v:.4g}/{b:.4g}" for r, (v, b) in engine.missed(current).items()})
             if current.iteration >= self.max_iterations:
                 raise InfeasibleError(f"budgets not met after {self.max_iterations} iterations; raise max_iterations "
                                       "or the schedules' initial reductions")
@@ -236,8 +243,7 @@ class NetAdaptV2(Strategy):
         targets = engine.targets(i, current.resources)
         plans = self._plans(current, bounds, targets, i)
         if not plans:
-            raise InfeasibleError(f"iteration {i}: no channel group can shrink any further, yet the budgets "
-                                  f"{ {b.resource: b.budget for b in bounds} } are not all met; relax them")
+            raise engine.cannot_shrink(current)
         told = engine.score([Ask(i, group, network.widths, resources, supernet, network.widths,
                                  seed_for(self.seed, i, group)) for group, network, resources in plans])
         proposals = [t.proposal for t in told]

@@ -423,14 +423,19 @@ class _SharedStudy:
         scored = self.scored()
         if not scored:
             raise InfeasibleError(f"study {self.study.study_name!r} holds no scored trial yet; run work() first")
-        best = max(scored, key=lambda t: (t.values[0], -t.number))
-        widths = self.space.decode(best.params)
-        network = self.trials.network.with_widths(widths)
-        module = self.trials.problem.traced.materialize(network)
-        self.engine.problem.objective.short_term(module, self.search.short_term_steps,
+        for best in sorted(scored, key=lambda t: (-t.values[0], t.number)):  # the best that holds as measured
+            widths = self.space.decode(best.params)
+            network = self.trials.network.with_widths(widths)
+            resources = self.trials.resources(widths)  # re-estimated after a recalibration
+            chosen = Candidate(best.number, network, None, best.values[0], resources)  # type: ignore[arg-type]
+            if self.trials.feasible(resources) and not self.engine.verify(chosen):
+                break
+        else:
+            raise InfeasibleError(f"study {self.study.study_name!r}: none of its {len(scored)} scored trials is within "
+                                  "every budget as measured end to end; run more trials, or give looser budgets")
+        chosen.module = self.trials.problem.traced.materialize(network)
+        self.engine.problem.objective.short_term(chosen.module, self.search.short_term_steps,
                                                  seed_for(self.search.seed, "trial", best.number))
-        resources = self.trials.resources(widths)
-        chosen = Candidate(best.number, network, module, best.values[0], resources)
         final = self.engine.finish(chosen, self.search.long_term_steps)
         history = [Proposal(t.number, ALL, self.space.decode(t.params), self.trials.resources(self.space.decode(
             t.params)), t.values[0], self.search.short_term_steps, chosen=t.number == best.number) for t in scored]

@@ -79,7 +79,14 @@ class ProgressiveBarrier(Strategy):
         history = engine.log.proposals(family) if engine.log else []
         current = family[-1]
         bar = tqdm(desc="adapting", unit="iteration", disable=None if self.progress is None else not self.progress)
-        while not all(b.met(current.resources[b.resource]) for b in engine.bounds):
+        if engine.log and engine.log.members():
+            engine.catch_up()  # the calibrations the stopped run had added
+        while True:
+            if all(b.met(current.resources[b.resource]) for b in engine.bounds):
+                current, holds = engine.verified(current, family)  # measured end to end, where it can be
+                if holds:
+                    break
+                bar.set_postfix({r: f"measured {v:.4g}/{b:.4g}" for r, (v, b) in engine.missed(current).items()})
             if current.iteration >= self.max_iterations:
                 raise InfeasibleError(f"budgets not met after {self.max_iterations} iterations; raise max_iterations "
                                       "or the schedules' initial reductions")
@@ -111,9 +118,7 @@ class ProgressiveBarrier(Strategy):
         targets = engine.targets(i, current.resources)
         plans = self._plans(bounds, current, targets)
         if not plans:
-            raise InfeasibleError(f"iteration {i}: no channel group can shrink any further, yet the budgets "
-                                  f"{ {b.resource: b.budget for b in bounds} } are not all met; relax them "
-                                  f"(now at { {b.resource: current.resources[b.resource] for b in bounds} })")
+            raise engine.cannot_shrink(current)
         traced = trace(current.module, engine.problem.traced.example_input(), step=engine.network.step)
         told = engine.score([Ask(i, p.group, p.network.widths, p.resources, traced,
                                     changed(p.group, p.network.widths, traced.network), seed_for(self.seed, i, p.group))

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tqdm import tqdm
 
@@ -138,19 +138,49 @@ class Trials:
             raise InfeasibleError(f"{strategy} scored no network within every budget ({len(self.history)} "
                                   "proposals, all refused by the estimators); relax the budgets, raise "
                                   "max_rejections, or use UniformWidth or GeometricProgram, which aim at the budget")
+        best = self.verified(strategy, best)
         family = list(front) if front is not None else pareto_front(self.scored)
-        if best is None and self.reward is not None:
-            reward = self.reward
-            best = max(self.scored, key=lambda c: (reward(c.accuracy, c.resources, self.bounds), -c.iteration))
-        if best is None:
-            best = max(self.scored, key=lambda c: (c.accuracy, -sum(r / b.budget for r, b in
-                                                                   zip(c.resources.values(), self.bounds,
-                                                                       strict=True)), -c.iteration))
         self.history[best.iteration] = replace(self.history[best.iteration], chosen=True)
         for member in family:
             self.engine.save_member(member, ALL)
         final = self.engine.finish(best, long_term_steps)
         return self.engine.result(strategy, final, family, self.history, self.steps + long_term_steps)
+
+    def best(self) -> Candidate:
+        """The scored network within every budget with the highest reward (MnasNet's) or holdout
+        score, then the cheapest."""
+        within = [c for c in self.scored if self.feasible(c.resources)]
+        if not within:
+            raise InfeasibleError("no scored network is within every budget")
+        if self.reward is not None:
+            reward = self.reward
+            return max(within, key=lambda c: (reward(c.accuracy, c.resources, self.bounds), -c.iteration))
+        return max(within, key=lambda c: (c.accuracy, -sum(c.resources[b.resource] / b.budget for b in self.bounds),
+                                          -c.iteration))
+
+    def verify(self, candidate: Candidate) -> bool:
+        """Measure `candidate` end to end where a budget is checked that way; False when it misses
+        one (the lookup table is recalibrated with it, and every scored network re-estimated)."""
+        if not self.engine.verify(candidate):
+            return True
+        for c in self.scored:
+            c.resources = self.engine.resources(c.network)
+        return False
+
+    def verified(self, strategy: str, best: Candidate | None = None) -> Candidate:
+        """`best` (default: `best()`), or, where it misses a budget as measured, the best scored
+        network that meets them all as measured: re-ranked on the recalibrated estimates."""
+        pick = best or self.best()
+        while not self.verify(pick):
+            over = ", ".join(f"{r} measured {v:.4g} against {b:.4g}" for r, (v, b) in self.engine.missed(pick).items())
+            try:
+                pick = self.best()
+            except InfeasibleError:
+                raise InfeasibleError(
+                    f"{strategy}: its best network within budget by estimate misses when measured ({over}), and after "
+                    f"recalibrating the lookup table none of the {len(self.scored)} networks it scored is within every "
+                    "budget; give it more trials or a looser budget") from None
+        return pick
 
 
 def _score(proposal: Proposal) -> float:
@@ -173,8 +203,11 @@ class WidthSearch(Strategy):
         super().__init__(**settings)
         self.executor, self.progress = self._executor(executor), progress
 
+    repairs: ClassVar[int] = 0
+    """Networks fine-tuned again, at most, after the chosen one misses a budget as measured."""
+
     def training_budget(self, problem: Problem) -> int:
-        return self.trials * self.short_term_steps + self.long_term_steps
+        return (self.trials + self.repairs) * self.short_term_steps + self.long_term_steps
 
     def run(self, problem: Problem, run_dir: str | Path | None = None, resume: bool = False) -> Result:
         engine = self.open_engine(problem, run_dir, resume)

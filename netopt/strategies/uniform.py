@@ -17,11 +17,19 @@ class UniformWidth(WidthSearch):
     Settings = UniformWidthSettings
     settings: UniformWidthSettings
 
+    repairs = 3
+
     def search(self, trials: Trials) -> Result:
+        """The multiplier's network; where it misses a budget as measured, the multiplier again on
+        the recalibrated estimates (at most `repairs` times)."""
         net = trials.network
-        fraction = self.multiplier(trials)
-        widths = net.scaled(fraction).widths
-        trials.score([widths])
+        for _ in range(1 + self.repairs):
+            widths = net.scaled(self.multiplier(trials)).widths
+            if any(c.network.widths == net.with_widths(widths).widths for c in trials.scored):
+                break  # nothing new to try: the result says which budget is missed
+            (candidate,) = trials.score([widths])
+            if trials.verify(candidate):
+                break
         return trials.result(self.name, self.long_term_steps)
 
     def multiplier(self, trials: Trials) -> float:
