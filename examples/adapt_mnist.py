@@ -31,9 +31,7 @@ def build_problem(args: argparse.Namespace) -> tuple[netopt.Problem, netopt.Look
     model, data = pretrained_mnist(width=0.5, size=32, steps=args.pretrain)
     traced = netopt.trace(model, data.train_x[:1])
     args.lut.parent.mkdir(parents=True, exist_ok=True)
-    lut = netopt.LookupTable.open(args.lut, OnnxRuntimeCPU(threads=1))
-    if lut.calibration(traced.network) is None:
-        lut.calibrate(traced)
+    lut = netopt.LookupTable.open(args.lut, OnnxRuntimeCPU(threads=1), calibration_networks=args.calibration)
     constraints = [
         netopt.LatencyConstraint(args.latency, lut, netopt.ReductionSchedule("4%", decay=0.96)),
         netopt.EnergyConstraint(args.energy, EnergyModel(), netopt.ReductionSchedule("4%", decay=0.96)),
@@ -47,6 +45,8 @@ def main() -> None:
     parser.add_argument("--run", type=Path, required=True, help="run directory")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--lut", type=Path, default=Path("lut-ort-cpu1.sqlite"))
+    parser.add_argument("--calibration", type=int, default=16,
+                        help="whole networks the lookup table's calibration measures at most (once, then kept)")
     parser.add_argument("--latency", default="50%")
     parser.add_argument("--energy", default="60%")
     parser.add_argument("--short", type=int, default=60, help="short-term fine-tuning steps per proposal")

@@ -136,7 +136,7 @@ model: {{pretrain_steps: 30}}
 training: {{short_term_steps: 2, long_term_steps: 2}}
 constraints: [{{resource: latency, budget: 85%}}]
 compare: {{strategies: [UniformWidth, RandomSearch], budgets: [80%], search_steps: 4}}
-lut: {{path: {tmp_path / 'lut.sqlite'}}}
+lut: {{path: {tmp_path / 'lut.sqlite'}, calibration: 5}}
 """)
     env = {**os.environ, "NETOPT_CACHE": str(tmp_path / "cache")}
     done = subprocess.run([sys.executable, "-m", "netopt.cli", "compare", str(config)], capture_output=True,

@@ -57,7 +57,8 @@ def test_adapt_mnist_example_runs_end_to_end_and_resumes(tmp_path: Path) -> None
     script = ROOT / "examples" / "adapt_mnist.py"
     run = tmp_path / "run"
     args = [sys.executable, str(script), "--run", str(run), "--lut", str(tmp_path / "lut.sqlite"),
-            "--pretrain", "30", "--short", "2", "--long", "2", "--latency", "85%", "--energy", "90%"]
+            "--pretrain", "30", "--short", "2", "--long", "2", "--latency", "85%", "--energy", "90%", "--calibration",
+            "5"]
     env = {**os.environ, "NETOPT_CACHE": str(tmp_path / "cache")}
     first = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -86,6 +87,7 @@ resource = "memory"
 budget = "90%"
 [lut]
 path = "{tmp_path / 'lut' / 'lut.sqlite'}"
+calibration = 5
 """)
     env = {**os.environ, "NETOPT_CACHE": str(tmp_path / "cache")}
     command = [sys.executable, "-m", "netopt.cli", "adapt", str(config)]

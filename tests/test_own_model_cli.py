@@ -62,6 +62,7 @@ def config(folder: Path, checkpoint: Path, changes: dict[str, str] | None = None
             schedule = {{ initial = "20%" }}
             [lut]
             path = "{folder.parent / 'lut.sqlite'}"
+            calibration = 5
             """),
     }
     lines.update(changes or {})

@@ -53,7 +53,8 @@ def test_the_readme_has_the_snippets_this_test_runs() -> None:
 
 def test_what_is_here_and_measuring(tmp_path: Path) -> None:
     ir, measuring = snippets()[0], snippets()[3]
-    code = tiny(ir, {"224, 224": "32, 32", "width=1.0": "width=0.5"}) + "\n" + tiny(measuring, {"224, 224": "32, 32"})
+    code = tiny(ir, {"224, 224": "32, 32", "width=1.0": "width=0.5"}) + "\n" + tiny(measuring, {
+        "224, 224": "32, 32", "lut.calibrate(traced)": "lut.calibrate(traced, max_networks=4)"})
     done = run(code, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -63,7 +64,8 @@ def test_adapting(tmp_path: Path) -> None:
                                 "pretrained_mnist(width=0.5, size=32, steps=20)",
                                 '"50%"': '"85%"', '"60%"': '"90%"', 'ReductionSchedule("4%"': 'ReductionSchedule("15%"',
                                 "short_term_steps=60, long_term_steps=300":
-                                "short_term_steps=1, long_term_steps=2"})
+                                "short_term_steps=1, long_term_steps=2", "OnnxRuntimeCPU(threads=1))":
+                                "OnnxRuntimeCPU(threads=1), calibration_networks=4)"})
     done = run(code + "\nprint(type(netopt.load('runs/x', 'final')).__name__)", tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("NetoptNetwork")  # a module rebuilt from the run directory alone
@@ -76,7 +78,8 @@ def test_adapting_your_own_model(tmp_path: Path) -> None:
     assert train.returncode == 0, train.stderr[-3000:]
     code = tiny(snippets()[2], {'"60%"': '"85%"', 'ReductionSchedule("8%"': 'ReductionSchedule("15%"',
                                 "short_term_steps=40, long_term_steps=200":
-                                "short_term_steps=1, long_term_steps=2"})
+                                "short_term_steps=1, long_term_steps=2", "OnnxRuntimeCPU(threads=1))":
+                                "OnnxRuntimeCPU(threads=1), calibration_networks=4)"})
     done = run(code, tmp_path, examples)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "runs" / "own" / "final" / "model.pt2").is_file()

@@ -187,6 +187,8 @@ own model; the training steps are set in `[training]`."""
 class LutConfig(_Frozen):
     path: str = "runs/lut-ort-cpu1.sqlite"
     threads: int = Field(1, ge=1)
+    calibration: int = Field(16, ge=2, le=1000)
+    """The most whole networks the table's calibration measures (once per structure)."""
 
 
 class AdaptConfig(_Frozen):

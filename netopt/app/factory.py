@@ -42,7 +42,8 @@ def _constraint(c: ConstraintConfig, config: AdaptConfig) -> Constraint:
         from netopt.measure import OnnxRuntimeCPU
 
         Path(config.lut.path).parent.mkdir(parents=True, exist_ok=True)
-        lut = LookupTable.open(config.lut.path, OnnxRuntimeCPU(threads=config.lut.threads))
+        lut = LookupTable.open(config.lut.path, OnnxRuntimeCPU(threads=config.lut.threads),
+                               calibration_networks=config.lut.calibration)
         return LatencyConstraint(c.budget, lut, schedule, c.basis)  # binding calibrates it for the network
     if c.resource == "energy":
         from netopt.measure.energy import EnergyModel

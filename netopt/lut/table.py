@@ -70,7 +70,8 @@ def network_signature(net: Network) -> str:
 class LookupTable:
     """Costs of network units on one backend, filled lazily or prebuilt, kept in SQLite."""
 
-    def __init__(self, store: Store | PostgresStore, backend: Backend, wait_timeout: float = 600.0) -> None:
+    def __init__(self, store: Store | PostgresStore, backend: Backend, wait_timeout: float = 600.0,
+                 calibration_networks: int = CALIBRATION_NETWORKS) -> None:
         missing = unmeasurable_ops()
         if missing:
             raise LookupTableError(
@@ -81,6 +82,7 @@ class LookupTable:
         self.backend = backend
         self.unit = backend.unit
         self.wait_timeout = wait_timeout
+        self.calibration_networks = calibration_networks  # what `calibrate` measures at most, unless told
         self.measurements = 0  # how many measurements this instance took (0 on a warm table)
         self.measure_seconds = 0.0  # wall time spent measuring (the rest of an estimate is bookkeeping)
         # Entries never change once written, so what was read once is kept: searches estimate
@@ -91,13 +93,14 @@ class LookupTable:
         self._calibrations: dict[str, Calibration | None] = {}  # by structure; a pinned one is never re-read
 
     @classmethod
-    def open(cls, path: str | Path, backend: Backend) -> LookupTable:
+    def open(cls, path: str | Path, backend: Backend, calibration_networks: int = CALIBRATION_NETWORKS) -> LookupTable:
         """Open (or create) the table at `path` for `backend`'s platform: an SQLite file (one
         machine), or a PostgreSQL URL ("postgresql://user:password@host:5432/db", the postgres
-        extra) that many search machines share."""
-        if is_postgres_url(path):
-            return cls(PostgresStore(str(path), backend.fingerprint), backend)
-        return cls(Store(path, backend.fingerprint), backend)
+        extra) that many search machines share. `calibration_networks`: the most whole networks
+        a calibration measures (binding a constraint calibrates)."""
+        store = PostgresStore(str(path), backend.fingerprint) if is_postgres_url(path) else \
+            Store(path, backend.fingerprint)
+        return cls(store, backend, calibration_networks=calibration_networks)
 
     def close(self) -> None:
         self.store.close()
@@ -274,7 +277,7 @@ class LookupTable:
             found = self.store.get_many(sorted(set(sigs)))  # another process's figure, where it came first
         return [found[s] for s in sigs]
 
-    def calibrate(self, traced: Traced, max_networks: int = CALIBRATION_NETWORKS, seed: int = 0) -> Calibration:
+    def calibrate(self, traced: Traced, max_networks: int | None = None, seed: int = 0) -> Calibration:
         """Fit the correction on end-to-end measurements of `traced` at widths this chooses.
 
         It starts from the full network, the smallest one (every group at its minimum: searches
@@ -284,7 +287,9 @@ class LookupTable:
         half way (in width) between the two neighbours, by layer sum, whose ratios measured /
         layer sum differ most, until no two differ by more than 3%. Measurements are kept in
         the table as they are taken, so an interrupted calibration resumes where it stopped; the
-        calibration itself is written once, at the end."""
+        calibration itself is written once, at the end. `max_networks` defaults to the table's
+        `calibration_networks` (16)."""
+        max_networks = self.calibration_networks if max_networks is None else max_networks
         if max_networks < 2:
             raise LookupTableError(f"calibrate(max_networks={max_networks}) needs at least 2 networks (the full "
                                    "and the smallest), and fits the ratio better with more; the default is "
