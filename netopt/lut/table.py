@@ -52,6 +52,9 @@ __all__ = ["LookupTable", "structure_key", "random_variants", "CALIBRATION_NETWO
 OVERHEAD = "overhead"
 CALIBRATION_NETWORKS = 16
 """Whole networks `calibrate` measures at most (each ~50 timed runs, twice)."""
+MEASURED_PASSES = 3
+"""Rounds over the networks `measured` takes (the lowest median kept): a figure kept for good
+checks budgets, so one burst of load must not decide it."""
 CALIBRATED = 0.03
 """Neighbouring calibration networks whose ratios measured / layer sum differ by less than this
 need no network between them."""
@@ -264,14 +267,15 @@ class LookupTable:
 
     def measured(self, traced: Traced, nets: Sequence[Network]) -> list[Measurement]:
         """End-to-end measurements of `nets` as the table keeps them: each network is measured
-        once (those not held yet side by side, as `measure_networks` does) and read back from
-        then on, in this process, in others sharing the table, and after a resume."""
+        once (those not held yet side by side in 3 rounds, as `measure_networks` does) and read
+        back from then on, in this process, in others sharing the table, and after a resume."""
         sigs = [network_signature(n) for n in nets]
         found = self.store.get_many(sorted(set(sigs)))
         todo = {s: n for s, n in zip(sigs, nets, strict=True) if s not in found}
         if todo:
             started = time.perf_counter()
-            for (sig, net), m in zip(todo.items(), self.measure_networks(traced, list(todo.values())), strict=True):
+            taken = self.measure_networks(traced, list(todo.values()), passes=MEASURED_PASSES)
+            for (sig, net), m in zip(todo.items(), taken, strict=True):
                 self.store.put(sig, {"network": self.structure(net), "widths": net.widths}, m)
             self.measure_seconds += time.perf_counter() - started
             found = self.store.get_many(sorted(set(sigs)))  # another process's figure, where it came first

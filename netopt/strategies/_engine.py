@@ -204,6 +204,7 @@ class Engine:
                                   for b in self._measuring()}
             self._save_calibrations()
         self._applied = {r: 0 for r in self._calibrations}  # recorded additions this process has made again
+        self.aims: dict[str, float] = {}  # budgets that estimates must meet with a margin (see `aim`)
         self.measured_over: dict[str, dict[str, float]] = {}
         """Networks (by IR text) measured over a budget: their measured figures replace estimates."""
         self.short_term_steps, self.seed = short_term_steps, seed
@@ -228,15 +229,29 @@ class Engine:
         estimated = {b.resource: b.estimate(network) for b in self.bounds}
         return {**estimated, **self.measured_over.get(network.to_json(), {})} if self.measured_over else estimated
 
+    def aim(self, bound: Bound) -> float:
+        """What estimates must meet for `bound`: its budget, or less where a network the estimate
+        put within budget measured over it and the recalibrated table still estimates it low
+        (by the measured / estimated ratio there)."""
+        return self.aims.get(bound.resource, bound.budget)
+
     def targets(self, iteration: int, resources: dict[str, float]) -> dict[str, float]:
         """Eq. 2: each resource still over budget tightened by its schedule for `iteration`; one
         within budget may not rise above it."""
-        return {b.resource: b.target(iteration, resources[b.resource]) if not b.met(resources[b.resource])
-                else b.budget for b in self.bounds}
+        out = {}
+        for b in self.bounds:
+            aim, now = self.aim(b), resources[b.resource]
+            step = b.constraint.schedule.reduction(iteration, b.initial)
+            out[b.resource] = max(now - step, aim) if now > aim else aim
+        return out
+
+    def met(self, resources: dict[str, float]) -> bool:
+        """Every budget met by these estimates (an iterative strategy's stopping rule)."""
+        return all(resources[b.resource] <= self.aim(b) for b in self.bounds)
 
     def feasible(self, resources: dict[str, float]) -> bool:
         """Every hard budget met (a soft one, a reward's target, refuses nothing)."""
-        return all(b.met(resources[b.resource]) for b in self.bounds if b.resource not in self.soft)
+        return all(resources[b.resource] <= self.aim(b) for b in self.bounds if b.resource not in self.soft)
 
     # --- proposals -----------------------------------------------------------------------------
 
@@ -408,7 +423,12 @@ class Engine:
                 self._recalibrate(b, [self.network.with_widths(w) for w in widths])
 
     def _recalibrate(self, bound: Bound, nets: Sequence[Network]) -> None:
-        _table(bound).recalibrate(self.problem.traced, nets)
+        """Add `nets` (the last: the one that missed) to the table's calibration; where the new
+        calibration still estimates that network below its measurement, aim lower by that ratio."""
+        table = _table(bound)
+        table.recalibrate(self.problem.traced, nets)
+        measured = table.measured(self.problem.traced, [nets[-1]])[0].median
+        self.aims[bound.resource] = bound.budget / max(1.0, measured / max(bound.estimate(nets[-1]), 1e-12))
         record = self._calibrations.setdefault(bound.resource, {"points": (), "added": []})
         done, added, widths = self._applied.get(bound.resource, 0), record["added"], [n.widths for n in nets]
         if done < len(added) and added[done] == widths:

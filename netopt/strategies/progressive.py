@@ -82,7 +82,7 @@ class ProgressiveBarrier(Strategy):
         if engine.log and engine.log.members():
             engine.catch_up()  # the calibrations the stopped run had added
         while True:
-            if all(b.met(current.resources[b.resource]) for b in engine.bounds):
+            if engine.met(current.resources):
                 current, holds = engine.verified(current, family)  # measured end to end, where it can be
                 if holds:
                     break
