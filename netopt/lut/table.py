@@ -258,12 +258,24 @@ class LookupTable:
         x = traced.example_input()
         best: list[Measurement | None] = [None] * len(nets)
         rounds = [(p, i) for p in range(passes) for i in range(len(nets))]
-        for _, i in tqdm(rounds, desc="measuring networks", disable=None if len(rounds) > 2 else True, leave=False):
-            m = steady(functools.partial(self.backend.measure, modules[i], x))
-            current = best[i]
-            if current is None or m.median < current.median:
-                best[i] = m
-        return [m for m in best if m is not None]
+        with warnings.catch_warnings(record=True) as noisy:
+            warnings.simplefilter("always", NoisyMeasurementWarning)
+            for _, i in tqdm(rounds, desc="measuring networks", disable=None if len(rounds) > 2 else True,
+                             leave=False):
+                m = steady(functools.partial(self.backend.measure, modules[i], x))
+                current = best[i]
+                if current is None or m.median < current.median:
+                    best[i] = m
+        kept = [m for m in best if m is not None]
+        for w in noisy:
+            if not issubclass(w.category, NoisyMeasurementWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if any(m.noisy for m in kept):  # one line for the lot, not one per round
+            worst = max(m.iqr_ratio for m in kept)
+            warnings.warn(f"{sum(m.noisy for m in kept)} of {len(kept)} whole-network measurements stayed noisy "
+                          f"(IQR/median up to {worst:.0%}) in their best of {passes} rounds: the machine is busy; "
+                          "their medians are kept", NoisyMeasurementWarning, stacklevel=2)
+        return kept
 
     def measured(self, traced: Traced, nets: Sequence[Network]) -> list[Measurement]:
         """End-to-end measurements of `nets` as the table keeps them: each network is measured
