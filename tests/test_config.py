@@ -167,3 +167,15 @@ def test_budget_errors_name_the_file_and_a_resource_is_constrained_once(tmp_path
                     '[[constraints]]\nresource = "latency"\nbudget = "40%"\n')
     with pytest.raises(ConfigError, match="latency is constrained twice"):
         load_config(path)
+
+
+def test_a_measured_basis_is_refused_for_a_resource_that_is_only_estimated(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[[constraints]]\nresource = "energy"\nbudget = "60%"\nbasis = "measured"\n')
+    with pytest.raises(ConfigError, match=rf"{path}: constraints\.0: energy budget basis 'measured' needs a resource "
+                                          r"measured end to end; only latency is"):
+        load_config(path)
+    path.write_text('[[constraints]]\nresource = "latency"\nbudget = "50%"\nbasis = "estimated"\n'
+                    '[lut]\ncalibration = 6\n')
+    config = load_config(path)
+    assert config.constraints[0].basis == "estimated" and config.lut.calibration == 6

@@ -94,6 +94,7 @@ calibration = 5
     first = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "final network: holdout" in first.stdout and "latency measured" in first.stdout
+    assert "checked as measured" in first.stdout  # the 85% budget: of the start's end-to-end measurement
     assert "netopt: iteration 1: " in first.stderr  # no TTY: a line an iteration instead of a bar
     assert (tmp_path / "run" / "final" / "model.onnx").exists() and (tmp_path / "run" / "widths.png").exists()
     again = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600, check=False, env=env)

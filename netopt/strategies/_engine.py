@@ -49,11 +49,19 @@ if TYPE_CHECKING:
     from netopt.bridge import Traced
     from netopt.ir import Network
 
-__all__ = ["Engine", "Ask", "Told", "Serial", "Clock", "BudgetWarning", "evaluate", "seed_for", "measure",
+__all__ = ["Engine", "AtFloor", "Ask", "Told", "Serial", "Clock", "BudgetWarning", "evaluate", "seed_for", "measure",
            "named_failure", "sendable"]
 
 LOG = logging.getLogger("netopt.progress")
 
+
+
+class AtFloor(InfeasibleError):
+    """No channel group can shrink any further; `holds`: the network meets every budget as measured."""
+
+    def __init__(self, message: str, holds: bool) -> None:
+        super().__init__(message)
+        self.holds = holds
 
 
 class BudgetWarning(UserWarning):
@@ -401,19 +409,34 @@ class Engine:
                                        measured=dict(current.measured))
         return measured, False
 
+    def settled(self, current: Candidate, family: Sequence[Candidate], bar: tqdm[Any]) -> tuple[Candidate, bool]:
+        """An iterative strategy's stopping rule: (current, True) once its estimates meet every
+        budget and its measurement too; after a measured miss, the measured copy (`verified`),
+        and the bar says so."""
+        if not self.met(current.resources):
+            return current, False
+        current, holds = self.verified(current, family)
+        if not holds:
+            bar.set_postfix({r: f"measured {v:.4g}/{b:.4g}" for r, (v, b) in self.missed(current).items()})
+        return current, holds
+
     def missed(self, current: Candidate) -> dict[str, tuple[float, float]]:
         """(measured, budget) of every budget `current` was measured over."""
         return {b.resource: (current.measured[b.resource], b.budget) for b in self._measuring()
                 if b.resource in current.measured and current.measured[b.resource] > b.budget}
 
-    def cannot_shrink(self, current: Candidate) -> InfeasibleError:
-        """The error of an iterative strategy that reached the smallest network over a budget."""
+    def cannot_shrink(self, current: Candidate, family: Sequence[Candidate]) -> AtFloor:
+        """What an iterative strategy raises when no group can shrink any further: `holds` where
+        `current` still meets every budget as measured (estimated, for one only estimated), and
+        the strategy finishes it; else an InfeasibleError with both figures."""
+        estimated = all(current.resources[b.resource] <= b.budget for b in self.bounds if b.basis != "measured")
+        holds = bool(self._measuring()) and estimated and not self.verify(current, family)
         figures = "; ".join(
             f"{b.resource} {current.resources[b.resource]:.4g} {b.unit}"
             + (f" (measured {current.measured[b.resource]:.4g})" if b.resource in current.measured else "")
             + f" against {b.budget:.4g}" for b in self.bounds)
-        return InfeasibleError(f"iteration {current.iteration}: no channel group can shrink any further, yet not every "
-                               f"budget is met ({figures}); relax them")
+        return AtFloor(f"iteration {current.iteration}: no channel group can shrink any further, yet not every budget "
+                       f"is met ({figures}); relax them", holds)
 
     def catch_up(self) -> None:
         """Add again every calibration a stopped run had added (its measurements are in the table):

@@ -43,6 +43,7 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import replace
 from pathlib import Path
@@ -56,7 +57,7 @@ from netopt.bridge import trace
 from netopt.errors import InfeasibleError
 from netopt.objectives.base import Evaluation, Objective
 from netopt.runs.files import save_tensors
-from netopt.strategies._engine import Ask, Engine, Serial, named_failure, seed_for
+from netopt.strategies._engine import Ask, AtFloor, Engine, Serial, named_failure, seed_for
 from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy
 from netopt.strategies.progressive import largest_meeting, smallest_step
 from netopt.strategies.settings import NetAdaptV2Settings
@@ -172,18 +173,20 @@ class NetAdaptV2(Strategy):
         history = engine.log.proposals(family) if engine.log else []
         current = family[-1]
         bar = tqdm(desc="NetAdaptV2", unit="iteration", disable=None if self.progress is None else not self.progress)
-        if engine.log and engine.log.members():
-            engine.catch_up()  # the calibrations the stopped run had added
+        engine.catch_up()  # the calibrations a stopped run had added
         while True:
-            if engine.met(current.resources):
-                current, holds = engine.verified(current, family)  # measured end to end, where it can be
-                if holds:
-                    break
-                bar.set_postfix({r: f"measured {v:.4g}/{b:.4g}" for r, (v, b) in engine.missed(current).items()})
+            current, settled = engine.settled(current, family, bar)
+            if settled:
+                break
             if current.iteration >= self.max_iterations:
                 raise InfeasibleError(f"budgets not met after {self.max_iterations} iterations; raise max_iterations "
                                       "or the schedules' initial reductions")
-            proposals, picked, module = self._iterate(engine, supernet, current)
+            try:
+                proposals, picked, module = self._iterate(engine, supernet, current, family)
+            except AtFloor as floor:
+                if floor.holds:  # the estimates aimed lower than the measurement needs
+                    break
+                raise
             history += proposals
             assert picked.score is not None
             current = Candidate(current.iteration + 1, problem.traced.network.with_widths(picked.widths), module,
@@ -237,13 +240,13 @@ class NetAdaptV2(Strategy):
 
     # --- multi-layer coordinate descent --------------------------------------------------------
 
-    def _iterate(self, engine: Engine, supernet: Traced, current: Candidate) -> tuple[list[Proposal], Proposal,
-                                                                                         nn.Module]:
+    def _iterate(self, engine: Engine, supernet: Traced, current: Candidate,
+                 family: Sequence[Candidate]) -> tuple[list[Proposal], Proposal, nn.Module]:
         i, bounds = current.iteration, engine.bounds
         targets = engine.targets(i, current.resources)
         plans = self._plans(current, bounds, targets, i)
         if not plans:
-            raise engine.cannot_shrink(current)
+            raise engine.cannot_shrink(current, family)
         told = engine.score([Ask(i, group, network.widths, resources, supernet, network.widths,
                                  seed_for(self.seed, i, group)) for group, network, resources in plans])
         proposals = [t.proposal for t in told]

@@ -25,7 +25,7 @@ from netopt.bridge import trace
 from netopt.constraints import Bound
 from netopt.errors import InfeasibleError
 from netopt.ir import Network
-from netopt.strategies._engine import Ask, Engine, Serial, seed_for
+from netopt.strategies._engine import Ask, AtFloor, Engine, Serial, seed_for
 from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy, changed
 from netopt.strategies.settings import ProgressiveBarrierSettings, SelectionRule
 
@@ -79,18 +79,20 @@ class ProgressiveBarrier(Strategy):
         history = engine.log.proposals(family) if engine.log else []
         current = family[-1]
         bar = tqdm(desc="adapting", unit="iteration", disable=None if self.progress is None else not self.progress)
-        if engine.log and engine.log.members():
-            engine.catch_up()  # the calibrations the stopped run had added
+        engine.catch_up()  # the calibrations a stopped run had added
         while True:
-            if engine.met(current.resources):
-                current, holds = engine.verified(current, family)  # measured end to end, where it can be
-                if holds:
-                    break
-                bar.set_postfix({r: f"measured {v:.4g}/{b:.4g}" for r, (v, b) in engine.missed(current).items()})
+            current, settled = engine.settled(current, family, bar)
+            if settled:
+                break
             if current.iteration >= self.max_iterations:
                 raise InfeasibleError(f"budgets not met after {self.max_iterations} iterations; raise max_iterations "
                                       "or the schedules' initial reductions")
-            proposals, picked, module = self._iterate(engine, current)
+            try:
+                proposals, picked, module = self._iterate(engine, current, family)
+            except AtFloor as floor:
+                if floor.holds:  # the estimates aimed lower than the measurement needs
+                    break
+                raise
             history += proposals
             current = Candidate(current.iteration + 1, problem.traced.network.with_widths(picked.widths), module,
                                 _scored(picked), picked.resources)
@@ -113,12 +115,13 @@ class ProgressiveBarrier(Strategy):
         engine.save_member(start, None)
         return start
 
-    def _iterate(self, engine: Engine, current: Candidate) -> tuple[list[Proposal], Proposal, nn.Module]:
+    def _iterate(self, engine: Engine, current: Candidate,
+                 family: Sequence[Candidate]) -> tuple[list[Proposal], Proposal, nn.Module]:
         i, bounds = current.iteration, engine.bounds
         targets = engine.targets(i, current.resources)
         plans = self._plans(bounds, current, targets)
         if not plans:
-            raise engine.cannot_shrink(current)
+            raise engine.cannot_shrink(current, family)
         traced = trace(current.module, engine.problem.traced.example_input(), step=engine.network.step)
         told = engine.score([Ask(i, p.group, p.network.widths, p.resources, traced,
                                     changed(p.group, p.network.widths, traced.network), seed_for(self.seed, i, p.group))
