@@ -55,7 +55,6 @@ __all__ = ["Engine", "AtFloor", "Ask", "Told", "Serial", "Clock", "BudgetWarning
 LOG = logging.getLogger("netopt.progress")
 
 
-
 class AtFloor(InfeasibleError):
     """No channel group can shrink any further; `holds`: the network meets every budget as measured."""
 
