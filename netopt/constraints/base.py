@@ -155,6 +155,8 @@ class Bound:
     def met(self, value: float) -> bool:
         return value <= self.budget
 
-    def target(self, iteration: int, previous: float) -> float:
-        """Tightened bound for iteration i (Eq. 2: Res(Net_{i-1}) - dR_i), never below budget."""
-        return max(previous - self.constraint.schedule.reduction(iteration, self.initial), self.budget)
+    def target(self, iteration: int, previous: float, floor: float | None = None) -> float:
+        """Tightened bound for iteration i (Eq. 2: Res(Net_{i-1}) - dR_i), never below `floor`
+        (the budget, unless a strategy aims lower)."""
+        return max(previous - self.constraint.schedule.reduction(iteration, self.initial),
+                   self.budget if floor is None else floor)

@@ -212,8 +212,8 @@ class Engine:
             self._save_calibrations()
         self._applied = {r: 0 for r in self._calibrations}  # recorded additions this process has made again
         self.aims: dict[str, float] = {}  # budgets that estimates must meet with a margin (see `aim`)
-        self.measured_over: dict[str, dict[str, float]] = {}
-        """Networks (by IR text) measured over a budget: their measured figures replace estimates."""
+        self.measured_over: dict[Network, dict[str, float]] = {}
+        """Networks measured over a budget: their measured figures replace estimates."""
         self.short_term_steps, self.seed = short_term_steps, seed
         self.executor = executor or Serial()
         if not isinstance(self.executor, (Serial, ThreadPoolExecutor)):
@@ -234,7 +234,7 @@ class Engine:
     def resources(self, network: Network) -> dict[str, float]:
         """Each resource estimated, or as measured where `network` was measured over a budget."""
         estimated = {b.resource: b.estimate(network) for b in self.bounds}
-        return {**estimated, **self.measured_over.get(network.to_json(), {})} if self.measured_over else estimated
+        return {**estimated, **self.measured_over.get(network, {})} if self.measured_over else estimated
 
     def aim(self, bound: Bound) -> float:
         """What estimates must meet for `bound`: its budget, or less where a network the estimate
@@ -245,12 +245,8 @@ class Engine:
     def targets(self, iteration: int, resources: dict[str, float]) -> dict[str, float]:
         """Eq. 2: each resource still over budget tightened by its schedule for `iteration`; one
         within budget may not rise above it."""
-        out = {}
-        for b in self.bounds:
-            aim, now = self.aim(b), resources[b.resource]
-            step = b.constraint.schedule.reduction(iteration, b.initial)
-            out[b.resource] = max(now - step, aim) if now > aim else aim
-        return out
+        return {b.resource: b.target(iteration, resources[b.resource], self.aim(b))
+                if resources[b.resource] > self.aim(b) else self.aim(b) for b in self.bounds}
 
     def met(self, resources: dict[str, float]) -> bool:
         """Every budget met by these estimates (an iterative strategy's stopping rule)."""
@@ -394,7 +390,7 @@ class Engine:
                 LOG.info("%s measures %.4g %s against its budget %.4g (estimated %.4g): lookup table recalibrated",
                          b.resource, value, b.unit, b.budget, candidate.resources.get(b.resource, float("nan")))
         if misses:
-            self.measured_over[candidate.network.to_json()] = misses
+            self.measured_over[candidate.network] = misses
         return misses
 
     def verified(self, current: Candidate, family: Sequence[Candidate]) -> tuple[Candidate, bool]:
