@@ -41,8 +41,9 @@ BEFORE_RUN = frozenset({"app.json"})
 """What an application may write into a run directory before the run starts (its own config)."""
 
 FORMAT_VERSION = 2
-CALIBRATIONS = "calibrations.json"
 """Version of the run directory's own files (see the module docstring)."""
+CALIBRATIONS = "calibrations.json"
+"""The lookup-table calibrations a run started with and the points it added since (resumed as pinned)."""
 VERSION_KEY = "format_version"
 
 
