@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench paper clean
 
 # The real model libraries the coverage suite traces, without their dependencies: torchvision's
 # would replace the CPU torch with a CUDA build (see netopt/testing/peers.py).
@@ -35,6 +35,10 @@ bench: $(STAMP)
 	$(PIP) install --quiet -c constraints.txt -e '.[dev,dask,postgres,bench]'
 	$(PY) benchmarks/bench_materialize.py
 	$(PY) benchmarks/bench_coverage.py
+
+# The NetAdapt paper's findings at CPU scale (benchmarks/paper/README.md): resumable, kept in runs/paper.
+paper: $(STAMP)
+	$(PY) benchmarks/paper/paper.py all
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
