@@ -19,7 +19,8 @@ import math
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +36,21 @@ DEFAULT = "latency-50"
 """The default run: latency budget 50% of the start as measured, the default schedule."""
 
 
-def _plt() -> Any:
+@contextmanager
+def _figure(path: Path, size: tuple[float, float] = (5, 3.6), columns: int = 1) -> Iterator[Any]:
+    """Axes to draw on (a tuple of `columns` of them if more than one), saved to `path` at the end."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt
+    fig, axes = plt.subplots(1, columns, figsize=size, dpi=120)
+    try:
+        yield axes
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
 
 
 def _acc(value: float, n: int) -> str:
@@ -142,6 +151,13 @@ def table1(bench: Bench) -> str:
     ])
     figures = {"latency_ms": latency, "test": acc, "match": match, "gap": gap, "noise": noise,
                "macs": {name: macs(net) for name, net in compared.items()}, "holds": holds}
+    with _figure(bench.out / "table1.png") as ax:
+        for name, net in compared.items():
+            ax.errorbar([latency[name] / start], [acc[name]], yerr=[standard_error(acc[name], n)], fmt="o" if
+                        name == "latency-guided" else "s", capsize=3, label=f"{name} ({macs(net) / 1e6:.2f}M MACs)")
+        ax.set(xlabel="measured latency (share of the start)", ylabel="test accuracy",
+               title="Table 1: latency-guided against MAC-guided")
+        ax.legend(fontsize=8)
     return _save(bench, "table1", figures, text)
 
 
@@ -153,15 +169,11 @@ def fig8(bench: Bench) -> str:
     n = bench.test_examples
     runs = {f"{bench.scale.short_term_steps} steps (default)": bench.adapt(DEFAULT),
             "0 steps": bench.adapt("latency-50-no-short-term", short_term_steps=0)}
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
-    for label, result in runs.items():
-        ax.plot([c.iteration for c in result.family], [c.accuracy for c in result.family], "o-", ms=3, label=label)
-    ax.set(xlabel="iteration", ylabel="holdout accuracy", title="Fig. 8: short-term fine-tuning")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(bench.out / "fig8.png")
-    plt.close(fig)
+    with _figure(bench.out / "fig8.png") as ax:
+        for label, result in runs.items():
+            ax.plot([c.iteration for c in result.family], [c.accuracy for c in result.family], "o-", ms=3, label=label)
+        ax.set(xlabel="iteration", ylabel="holdout accuracy", title="Fig. 8: short-term fine-tuning")
+        ax.legend(fontsize=8)
     tuned = bench.long_term({"fig8-default": runs[next(iter(runs))].family[-1].module,
                              "fig8-none": runs["0 steps"].family[-1].module})
     rows = []
@@ -199,15 +211,11 @@ def fig9(bench: Bench) -> str:
     names = {f"fig9-final-{k}": k for k in bench.scale.long_term_curve}
     tuned = bench.long_term(dict.fromkeys(names, final), each=names)
     curve = {k: tuned[name] for name, k in names.items()}
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
     steps = list(curve)
     tests = [curve[s]["test"] for s in steps]
-    ax.errorbar(steps, tests, yerr=[standard_error(t, n) for t in tests], fmt="o-", ms=3, capsize=3)
-    ax.set(xlabel="long-term fine-tuning steps", ylabel="test accuracy", title="Fig. 9: long-term fine-tuning")
-    fig.tight_layout()
-    fig.savefig(bench.out / "fig9.png")
-    plt.close(fig)
+    with _figure(bench.out / "fig9.png") as ax:
+        ax.errorbar(steps, tests, yerr=[standard_error(t, n) for t in tests], fmt="o-", ms=3, capsize=3)
+        ax.set(xlabel="long-term fine-tuning steps", ylabel="test accuracy", title="Fig. 9: long-term fine-tuning")
     base = curve[steps[0]]["test"]
     rows = [[str(s), f"{curve[s]['holdout']:.4f}", _acc(curve[s]["test"], n), f"{curve[s]['test'] - base:+.4f}"]
             for s in steps]
@@ -270,6 +278,14 @@ def table2(bench: Bench) -> str:
         f"{', '.join(str(c['iterations']) for c in coarser)} iterations against {default['iterations']}, with test "
         f"accuracy {', '.join(format(c['test'], '.4f') for c in coarser)} against {default['test']:.4f}.",
     ])
+    with _figure(bench.out / "table2.png", (7, 3.2), columns=2) as (left, right):
+        labels = [f"{figures[k]['initial']}/{figures[k]['decay']:g}" for k in results]
+        left.bar(labels, [figures[k]["wall_s"] for k in results])
+        left.set(ylabel="search wall time (s)", title="search time")
+        tests = [figures[k]["test"] for k in results]
+        right.errorbar(labels, tests, yerr=[standard_error(t, n) for t in tests], fmt="o", capsize=3)
+        right.set(ylabel="test accuracy", title="accuracy")
+        left.figure.suptitle("Table 2: initial reduction / decay")
     return _save(bench, "table2", figures, text)
 
 
@@ -297,16 +313,13 @@ def headline(bench: Bench, model: str = "MobileNetV1") -> str:
     # speed-up = the multiplier's latency / NetAdapt's, in either reading
     forward = {k: (m, theirs[m][0] / ours[k][0]) if m else None for k, m in fastest_as_accurate(ours, theirs).items()}
     backward = {k: (m, theirs[k][0] / ours[m][0]) if m else None for k, m in fastest_as_accurate(theirs, ours).items()}
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
-    for label, points, style in (("NetAdapt", ours, "o-"), ("width multiplier", theirs, "s--")):
-        pts = sorted(points.values())
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, ms=4, label=label)
-    ax.set(xlabel="measured latency (ms)", ylabel="test accuracy", title=f"Fig. 5-7: {model}, NetAdapt and multipliers")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(bench.out / "headline.png")
-    plt.close(fig)
+    with _figure(bench.out / "headline.png") as ax:
+        for label, points, style in (("NetAdapt", ours, "o-"), ("width multiplier", theirs, "s--")):
+            pts = sorted(points.values())
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, ms=4, label=label)
+        ax.set(xlabel="measured latency (ms)", ylabel="test accuracy",
+               title=f"Fig. 5-7: {model}, NetAdapt and multipliers")
+        ax.legend(fontsize=8)
 
     def rows(points: dict[str, tuple[float, float]], match: dict[str, tuple[str, float] | None],
              other: dict[str, tuple[float, float]]) -> list[list[str]]:
@@ -377,18 +390,14 @@ def fig10(bench: Bench) -> str:
     ids = [g.id for g in start.groups]
     kept = {g: final.widths[g] / start.widths[g] for g in ids}
     uniform = {g: multiplier.widths[g] / start.widths[g] for g in ids}
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.4 * len(ids)), 3.6), dpi=120)
-    pos = range(len(ids))
-    ax.bar([p - 0.27 for p in pos], [start.widths[g] for g in ids], 0.27, label="start")
-    ax.bar(list(pos), [multiplier.widths[g] for g in ids], 0.27, label=f"multiplier {nearest}")
-    ax.bar([p + 0.27 for p in pos], [final.widths[g] for g in ids], 0.27, label="NetAdapt")
-    ax.set_xticks(list(pos), ids, rotation=70, fontsize=7)
-    ax.set(ylabel="channels", title="Fig. 10: channels per layer")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(bench.out / "fig10.png")
-    plt.close(fig)
+    with _figure(bench.out / "fig10.png", (max(5.0, 0.4 * len(ids)), 3.6)) as ax:
+        pos = range(len(ids))
+        ax.bar([p - 0.27 for p in pos], [start.widths[g] for g in ids], 0.27, label="start")
+        ax.bar(list(pos), [multiplier.widths[g] for g in ids], 0.27, label=f"multiplier {nearest}")
+        ax.bar([p + 0.27 for p in pos], [final.widths[g] for g in ids], 0.27, label="NetAdapt")
+        ax.set_xticks(list(pos), ids, rotation=70, fontsize=7)
+        ax.set(ylabel="channels", title="Fig. 10: channels per layer")
+        ax.legend(fontsize=8)
     rows = [[g, str(start.widths[g]), str(multiplier.widths[g]), str(final.widths[g]), f"{kept[g]:.0%}"]
             for g in ids]
     spread_na = statistics.pstdev(kept.values())
