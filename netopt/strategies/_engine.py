@@ -26,12 +26,12 @@ import pickle
 import time
 import warnings
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from tqdm import tqdm
@@ -53,6 +53,7 @@ __all__ = ["Engine", "AtFloor", "Ask", "Told", "Serial", "Clock", "BudgetWarning
            "named_failure", "sendable"]
 
 LOG = logging.getLogger("netopt.progress")
+T = TypeVar("T")
 
 
 class AtFloor(InfeasibleError):
@@ -414,6 +415,25 @@ class Engine:
         if not holds:
             bar.set_postfix({r: f"measured {v:.4g}/{b:.4g}" for r, (v, b) in self.missed(current).items()})
         return current, holds
+
+    def turn(self, current: Candidate, family: Sequence[Candidate], bar: tqdm[Any], max_iterations: int,
+             iterate: Callable[[Candidate], T]) -> tuple[Candidate, T | None]:
+        """One turn of an iterative strategy's loop: (current, None) once it is finished (`settled`,
+        or at the smallest network within budget as measured); else (current, `iterate(current)`),
+        `current` being the measured copy after a measured miss. Past `max_iterations`, or at the
+        smallest network over a budget, InfeasibleError."""
+        current, settled = self.settled(current, family, bar)
+        if settled:
+            return current, None
+        if current.iteration >= max_iterations:
+            raise InfeasibleError(f"budgets not met after {max_iterations} iterations; raise max_iterations or the "
+                                  "schedules' initial reductions")
+        try:
+            return current, iterate(current)
+        except AtFloor as floor:
+            if floor.holds:  # the estimates aimed lower than the measurement needs
+                return current, None
+            raise
 
     def missed(self, current: Candidate) -> dict[str, tuple[float, float]]:
         """(measured, budget) of every budget `current` was measured over."""

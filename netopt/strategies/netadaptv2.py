@@ -54,10 +54,9 @@ import torch
 from tqdm import tqdm
 
 from netopt.bridge import trace
-from netopt.errors import InfeasibleError
 from netopt.objectives.base import Evaluation, Objective
 from netopt.runs.files import save_tensors
-from netopt.strategies._engine import Ask, AtFloor, Engine, Serial, named_failure, seed_for
+from netopt.strategies._engine import Ask, Engine, Serial, named_failure, seed_for
 from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy
 from netopt.strategies.progressive import largest_meeting, smallest_step
 from netopt.strategies.settings import NetAdaptV2Settings
@@ -175,18 +174,11 @@ class NetAdaptV2(Strategy):
         bar = tqdm(desc="NetAdaptV2", unit="iteration", disable=None if self.progress is None else not self.progress)
         engine.catch_up()  # the calibrations a stopped run had added
         while True:
-            current, settled = engine.settled(current, family, bar)
-            if settled:
+            current, step = engine.turn(current, family, bar, self.max_iterations,
+                                        lambda now: self._iterate(engine, supernet, now, family))
+            if step is None:
                 break
-            if current.iteration >= self.max_iterations:
-                raise InfeasibleError(f"budgets not met after {self.max_iterations} iterations; raise max_iterations "
-                                      "or the schedules' initial reductions")
-            try:
-                proposals, picked, module = self._iterate(engine, supernet, current, family)
-            except AtFloor as floor:
-                if floor.holds:  # the estimates aimed lower than the measurement needs
-                    break
-                raise
+            proposals, picked, module = step
             history += proposals
             assert picked.score is not None
             current = Candidate(current.iteration + 1, problem.traced.network.with_widths(picked.widths), module,

@@ -23,9 +23,8 @@ from tqdm import tqdm
 
 from netopt.bridge import trace
 from netopt.constraints import Bound
-from netopt.errors import InfeasibleError
 from netopt.ir import Network
-from netopt.strategies._engine import Ask, AtFloor, Engine, Serial, seed_for
+from netopt.strategies._engine import Ask, Engine, Serial, seed_for
 from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy, changed
 from netopt.strategies.settings import ProgressiveBarrierSettings, SelectionRule
 
@@ -81,18 +80,11 @@ class ProgressiveBarrier(Strategy):
         bar = tqdm(desc="adapting", unit="iteration", disable=None if self.progress is None else not self.progress)
         engine.catch_up()  # the calibrations a stopped run had added
         while True:
-            current, settled = engine.settled(current, family, bar)
-            if settled:
+            current, step = engine.turn(current, family, bar, self.max_iterations,
+                                        lambda now: self._iterate(engine, now, family))
+            if step is None:
                 break
-            if current.iteration >= self.max_iterations:
-                raise InfeasibleError(f"budgets not met after {self.max_iterations} iterations; raise max_iterations "
-                                      "or the schedules' initial reductions")
-            try:
-                proposals, picked, module = self._iterate(engine, current, family)
-            except AtFloor as floor:
-                if floor.holds:  # the estimates aimed lower than the measurement needs
-                    break
-                raise
+            proposals, picked, module = step
             history += proposals
             current = Candidate(current.iteration + 1, problem.traced.network.with_widths(picked.widths), module,
                                 _scored(picked), picked.resources)
