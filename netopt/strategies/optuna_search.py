@@ -356,7 +356,7 @@ class _SharedStudy:
                 time.sleep(NAMELESS)
                 running = self._running()
             retried = {t.user_attrs.get(RETRY_OF) for t in self.study.get_trials(deepcopy=False)}
-            lost = [t for t in running if _gone(str(t.user_attrs[OWNER])) if OWNER in t.user_attrs] + [
+            lost = [t for t in running if OWNER in t.user_attrs and _gone(str(t.user_attrs[OWNER]))] + [
                 t for t in running if OWNER not in t.user_attrs and _age(t) >= NAMELESS]
             for t in lost:
                 try:
