@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 import netopt
+from netopt.app.reports import summary
+from netopt.bridge import build
 from netopt.constraints import EnergyConstraint, LatencyConstraint, MACsConstraint, ReductionSchedule
 from netopt.errors import ConfigError, InfeasibleError, LookupTableError, ObjectiveError
 from netopt.lut import Calibration, LookupTable, structure_key
@@ -131,6 +133,28 @@ def test_every_strategy_meets_the_budget_as_measured_though_its_table_estimates_
     assert len(lut.calibration(tr.network).points) > before  # type: ignore[union-attr]  # what it measured was added
     open_loop = 0.7 * measured  # the biased table's figure for the same network: it would have stopped far higher
     assert open_loop < budget
+
+
+class Drifting(Device):
+    """Device on a machine that slows down as it works: every measurement 0.3% slower than the last."""
+
+    def measure(self, module: nn.Module, example_input: torch.Tensor) -> Measurement:
+        m = Device.measure(self, module, example_input)
+        return summarize([m.median * (1 + 0.003 * self.calls)] * 5, "ms", self.fingerprint.key)
+
+
+def test_a_relative_budget_is_checked_side_by_side_with_the_start_so_the_machines_drift_cancels(
+        tmp_path: Path) -> None:
+    tr = traced()
+    lut = LookupTable.open(tmp_path / "lut.sqlite", Drifting())
+    result = ProgressiveBarrier(short_term_steps=0, long_term_steps=0).run(latency_problem(lut, tr))
+    final = result.final
+    true = [Device().measure(build(n), tr.example_input()).median for n in (final.network, tr.network)]
+    assert final.measured["latency"] / result.starts["latency"] <= 0.5 and true[0] / true[1] <= 0.5
+    assert true[0] / true[1] > 0.42, "not shrunk further than the budget needs: the drift is not taken for a miss"
+    kept = lut.measured(tr, [final.network])[0].median  # measured minutes after the start was
+    assert kept / result.starts["latency"] > 0.5, "a figure kept from another minute would have missed"
+    assert "% of the start measured side by side" in summary(result)
 
 
 def test_iterations_continue_from_the_measured_figure_and_a_resumed_run_gives_the_same_result(tmp_path: Path) -> None:

@@ -26,7 +26,10 @@ def _budget(result: Result, resource: str) -> str:
         return ""
     basis = {"measured": "checked as measured", "estimated": "checked as estimated"}.get(result.basis.get(resource, ""),
                                                                                          "")
-    return f"; budget {result.budgets[resource]:.4g}{', ' + basis if basis else ''}"
+    share = ""
+    if resource in result.starts and resource in result.final.measured:
+        share = f", {result.final.measured[resource] / result.starts[resource]:.1%} of the start measured side by side"
+    return f"; budget {result.budgets[resource]:.4g}{', ' + basis if basis else ''}{share}"
 
 
 def summary(result: Result) -> str:

@@ -39,7 +39,7 @@ from netopt.lut.pgstore import PostgresStore, is_postgres_url
 from netopt.lut.probe import overhead_module, unit_module, unmeasurable_ops
 from netopt.lut.store import Calibration, Store
 from netopt.lut.units import Unit, units
-from netopt.measure.base import Backend, Fingerprint, Measurement, NoisyMeasurementWarning, steady
+from netopt.measure.base import MEASURED_PASSES, Backend, Fingerprint, Measurement, NoisyMeasurementWarning, steady
 
 if TYPE_CHECKING:
     import torch
@@ -52,9 +52,6 @@ __all__ = ["LookupTable", "structure_key", "random_variants", "CALIBRATION_NETWO
 OVERHEAD = "overhead"
 CALIBRATION_NETWORKS = 16
 """Whole networks `calibrate` measures at most (each ~50 timed runs, twice)."""
-MEASURED_PASSES = 3
-"""Rounds over the networks `measured` takes (the lowest median kept): a figure kept for good
-checks budgets, so one burst of load must not decide it."""
 CALIBRATED = 0.03
 """Neighbouring calibration networks whose ratios measured / layer sum differ by less than this
 need no network between them."""

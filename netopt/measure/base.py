@@ -207,6 +207,12 @@ class Estimator(Protocol):
         ...
 
 
+MEASURED_PASSES = 3
+"""Rounds over the networks a figure that checks a budget takes (the lowest median kept): a
+table's kept figures and a verification's side-by-side ones, so one burst of load must not
+decide it."""
+
+
 @runtime_checkable
 class MeasuringEstimator(Estimator, Protocol):
     """An estimator that can also measure whole networks end to end (a lookup table, on its

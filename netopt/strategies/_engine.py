@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from netopt.constraints import Bound
 from netopt.errors import ConfigError, InfeasibleError, NetoptError, ObjectiveError, first_line
-from netopt.measure.base import MeasuringEstimator
+from netopt.measure.base import MEASURED_PASSES, MeasuringEstimator
 from netopt.runs import RunDir, RunError
 from netopt.strategies._log import RunLog
 from netopt.strategies.base import Candidate, Problem, Proposal, Result, check_feasible
@@ -339,10 +339,7 @@ class Engine:
         """A run that had finished before: its result, read back whole."""
         if not (self.log and self.log.has_final()):
             return None
-        result = self.log.result(self.problem, strategy)
-        result.budgets = {b.resource: b.budget for b in self.bounds}  # what over_budget reads
-        result.basis = {b.resource: b.basis for b in self.bounds}
-        return result
+        return self._budgets(self.log.result(self.problem, strategy))
 
     def save_member(self, member: Candidate, group: str | None) -> None:
         if self.log:
@@ -360,16 +357,24 @@ class Engine:
                 final.accuracy = self.problem.objective.long_term(final.module, long_term_steps, self.seed).score
             final.test_accuracy = self.problem.objective.test(final.module)
         self.clock.objective += time.perf_counter() - started
-        final.measured = measure(self.bounds, self.problem.traced, final.network)  # the table's clock counts it
+        # the table's clock counts it; a budget checked by measurement keeps its verification's figure
+        final.measured = {**measure(self.bounds, self.problem.traced, final.network), **chosen.measured}
         if self.log:
             self.log.save_final(final, self.problem.traced.example_input())
         return final
 
     def result(self, strategy: str, final: Candidate, family: list[Candidate], history: list[Proposal],
                training_steps: int) -> Result:
-        return Result(final, family, history, training_steps, self.clock.timings(), strategy=strategy,
-                      start=self.network, budgets={b.resource: b.budget for b in self.bounds},
-                      basis={b.resource: b.basis for b in self.bounds})
+        return self._budgets(Result(final, family, history, training_steps, self.clock.timings(), strategy=strategy,
+                                    start=self.network))
+
+    def _budgets(self, result: Result) -> Result:
+        """`result` with its budgets, their bases and the measured starts (what over_budget and
+        the summary read)."""
+        result.budgets = {b.resource: b.budget for b in self.bounds}
+        result.basis = {b.resource: b.basis for b in self.bounds}
+        result.starts = {b.resource: b.measured_start for b in self.bounds if b.measured_start is not None}
+        return result
 
     # --- budgets as measured -------------------------------------------------------------------
 
@@ -383,16 +388,31 @@ class Engine:
         (empty: every budget holds as measured)."""
         misses: dict[str, float] = {}
         for b in self._measuring():
-            value = _table(b).measured(self.problem.traced, [candidate.network])[0].median
+            value = self.measure_now(b, candidate.network)
             candidate.measured[b.resource] = value
             if value > b.budget and b.resource not in self.soft:
                 misses[b.resource] = value
-                self._recalibrate(b, [*(m.network for m in members), candidate.network])
+                self._recalibrate(b, [*(m.network for m in members), candidate.network], value)
                 LOG.info("%s measures %.4g %s against its budget %.4g (estimated %.4g): lookup table recalibrated",
                          b.resource, value, b.unit, b.budget, candidate.resources.get(b.resource, float("nan")))
         if misses:
             self.measured_over[candidate.network] = misses
         return misses
+
+    def measure_now(self, bound: Bound, network: Network) -> float:
+        """`network`'s figure for a budget checked by measurement. Against a relative budget it is
+        measured now side by side with the start (interleaved rounds, as `measure_networks`
+        does) and given as their ratio times the start's measurement at binding: the machine's
+        drift between minutes, which differs from network to network (up to 50% over tens of
+        minutes on a busy CPU), cancels, and "50%" means half the start's time measured in the
+        same minute. Against an absolute budget, as the table keeps it."""
+        table = _table(bound)
+        if bound.measured_start is None:
+            return table.measured(self.problem.traced, [network])[0].median
+        started = time.perf_counter()
+        start, now = table.measure_networks(self.problem.traced, [self.network, network], passes=MEASURED_PASSES)
+        self.clock.measured += time.perf_counter() - started
+        return bound.measured_start * now.median / start.median
 
     def verified(self, current: Candidate, family: Sequence[Candidate]) -> tuple[Candidate, bool]:
         """(current, True) when `current` meets every budget as measured too; else a copy of it
@@ -460,21 +480,28 @@ class Engine:
             for widths in self._calibrations.get(b.resource, {}).get("added", [])[self._applied.get(b.resource, 0):]:
                 self._recalibrate(b, [self.network.with_widths(w) for w in widths])
 
-    def _recalibrate(self, bound: Bound, nets: Sequence[Network]) -> None:
-        """Add `nets` (the last: the one that missed) to the table's calibration; where the new
-        calibration still estimates that network below its measurement, aim lower by that ratio."""
+    def _recalibrate(self, bound: Bound, nets: Sequence[Network], measured: float | None = None) -> None:
+        """Add `nets` (the last: the one that missed, measuring `measured` in its verification)
+        to the table's calibration; where the new calibration still estimates that network below
+        its measurement, aim lower by that ratio. A resumed run's additions come back with the
+        figures recorded then."""
         table = _table(bound)
         table.recalibrate(self.problem.traced, nets)
-        measured = table.measured(self.problem.traced, [nets[-1]])[0].median
-        self.aims[bound.resource] = bound.budget / max(1.0, measured / max(bound.estimate(nets[-1]), 1e-12))
         record = self._calibrations.setdefault(bound.resource, {"points": (), "added": []})
         done, added, widths = self._applied.get(bound.resource, 0), record["added"], [n.widths for n in nets]
-        if done < len(added) and added[done] == widths:
-            self._applied[bound.resource] = done + 1  # a stopped run's, made again
-            return
-        del added[done:]  # a resumed run that went another way from here on
-        added.append(widths)
+        figures = record.setdefault("verified", [None] * len(added))
+        again = done < len(added) and added[done] == widths  # a stopped run's, made again
+        if again and measured is None and done < len(figures):
+            measured = figures[done]
+        if measured is None:  # recorded before verifications kept their figures
+            measured = table.measured(self.problem.traced, [nets[-1]])[0].median
+        self.aims[bound.resource] = bound.budget / max(1.0, measured / max(bound.estimate(nets[-1]), 1e-12))
         self._applied[bound.resource] = done + 1
+        if again:
+            return
+        del added[done:], figures[done:]  # a resumed run that went another way from here on
+        added.append(widths)
+        figures.append(measured)
         self._save_calibrations()
 
     def _save_calibrations(self) -> None:
@@ -498,6 +525,8 @@ def _pinned(problem: Problem, run_dir: str | Path) -> dict[str, Any]:
                 points = [(float(x), float(y)) for x, y in record[c.resource]["points"]]
                 if not points or not all(isinstance(w, dict) for step in record[c.resource]["added"] for w in step):
                     raise ValueError("no calibration points" if not points else "added networks are not widths")
+                if not all(v is None or isinstance(v, float | int) for v in record[c.resource].get("verified", [])):
+                    raise ValueError("verified figures are not numbers")
                 c.estimator.pin(problem.traced.network, points)
     except (KeyError, TypeError, ValueError) as exc:
         raise RunError(f"{Path(run_dir) / RunDir.CALIBRATIONS} is damaged ({first_line(exc, 80)}); it holds the "

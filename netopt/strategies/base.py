@@ -97,6 +97,9 @@ class Result:
     basis: dict[str, str] = field(default_factory=dict)
     """Each budget's basis: "measured" (a relative budget resolved against the start's end-to-end
     measurement, and the final network checked end to end) or "estimated" (the estimator alone)."""
+    starts: dict[str, float] = field(default_factory=dict)
+    """Each relative measured budget's start, measured end to end when it was bound. The final's
+    measured figure is this times its ratio to the start measured side by side, in one minute."""
 
     @property
     def over_budget(self) -> dict[str, float]:
