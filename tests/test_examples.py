@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -53,6 +55,7 @@ def test_cli_agent_serves_on_loopback_until_stopped() -> None:
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_adapt_mnist_example_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     script = ROOT / "examples" / "adapt_mnist.py"
     run = tmp_path / "run"
@@ -70,6 +73,7 @@ def test_adapt_mnist_example_runs_end_to_end_and_resumes(tmp_path: Path) -> None
     assert again.stdout.split(line)[1].split("\n")[0] == first.stdout.split(line)[1].split("\n")[0]
 
 
+@pytest.mark.slow
 def test_netopt_adapt_runs_the_main_job_at_tiny_size_and_resumes(tmp_path: Path) -> None:
     config = tmp_path / "tiny.toml"
     config.write_text(f"""
@@ -130,11 +134,11 @@ def test_denoising_example_adapts_a_users_encoder_decoder_on_psnr(tmp_path: Path
     loop and a non-accuracy metric, through FunctionObjective, under latency and energy budgets."""
     run = tmp_path / "run"
     args = [sys.executable, str(ROOT / "examples" / "denoise_digits.py"), "--run", str(run), "--size", "16",
-            "--width", "16", "--pretrain", "20", "--short", "2", "--long", "3", "--latency", "80%"]
+            "--width", "16", "--pretrain", "20", "--short", "2", "--long", "3", "--latency", "90%"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "PSNR on holdout: start" in done.stdout and "netopt.load(run) computes what the final network" in done.stdout
-    line = done.stdout.split("latency: ")[1].splitlines()[0]  # a network this small is mostly call costs: 80%
+    line = done.stdout.split("latency: ")[1].splitlines()[0]  # call costs: its floor measured 81% here
     measured, budget = (float(line.split(word)[1].split()[0].rstrip(",")) for word in ("measured ", "budget "))
     assert measured <= budget and line.endswith("checked as measured")
     energy = float(done.stdout.split("energy: ")[1].split("%")[0])
