@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench paper clean
+.PHONY: demo test test-all bench paper clean
 
 # The real model libraries the coverage suite traces, without their dependencies: torchvision's
 # would replace the CPU torch with a CUDA build (see netopt/testing/peers.py).
@@ -26,7 +26,15 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) -m netopt.cli adapt examples/demo.toml $$(test -f runs/demo/config.json && echo --resume)
 
+# The default suite leaves out the tests marked slow (whole runs of the examples, the README's
+# adapting snippets, the CLI on a cluster): each has a faster sibling that covers its behaviour.
 test: $(STAMP)
+	$(PY) -m ruff check netopt tests benchmarks examples
+	$(PY) -m mypy
+	$(PY) -m pytest -q -m "not slow"
+
+# Everything, the slow end-to-end runs too (about three times as long).
+test-all: $(STAMP)
 	$(PY) -m ruff check netopt tests benchmarks examples
 	$(PY) -m mypy
 	$(PY) -m pytest -q

@@ -212,6 +212,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
                           env=env)
 
 
+@pytest.mark.slow
 def test_the_cli_runs_on_a_cluster_and_on_local_workers_with_the_serial_result(client: Any, tmp_path: Path) -> None:
     runs = {}
     for name, extra in (("serial", []), ("dask", ["--dask", client.scheduler.address]), ("pool", ["--workers", "2"])):

@@ -229,6 +229,7 @@ def test_calibration_stays_within_its_stated_number_of_networks(tmp_path: Path) 
         lut.calibrate(tr, max_networks=1)
 
 
+@pytest.mark.slow
 def test_on_onnx_runtime_the_final_network_is_checked_end_to_end(tmp_path: Path) -> None:
     """A network this small is mostly call costs (its smallest variant measures 70-90% of it), so
     the budget lies half way between the two as this machine measures them now."""

@@ -15,6 +15,7 @@ from netopt.lut.table import random_variants
 from netopt.lut.units import units
 
 
+@pytest.mark.slow
 def test_four_processes_fill_one_postgres_table_each_signature_measured_once(pg: Server) -> None:
     url = pg.create_database("lut_four")
     with mp.get_context("spawn").Pool(4) as pool:

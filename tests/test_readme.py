@@ -51,6 +51,7 @@ def test_the_readme_has_the_snippets_this_test_runs() -> None:
     assert len(found) == 6, [s.splitlines()[0] for s in found]
 
 
+@pytest.mark.slow
 def test_what_is_here_and_measuring(tmp_path: Path) -> None:
     ir, measuring = snippets()[0], snippets()[3]
     code = tiny(ir, {"224, 224": "32, 32", "width=1.0": "width=0.5"}) + "\n" + tiny(measuring, {
@@ -59,6 +60,7 @@ def test_what_is_here_and_measuring(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_adapting(tmp_path: Path) -> None:
     code = tiny(snippets()[1], {"pretrained_mnist(width=0.5, size=32)":
                                 "pretrained_mnist(width=0.5, size=32, steps=20)",
@@ -71,6 +73,7 @@ def test_adapting(tmp_path: Path) -> None:
     assert done.stdout.strip().endswith("NetoptNetwork")  # a module rebuilt from the run directory alone
 
 
+@pytest.mark.slow
 def test_adapting_your_own_model(tmp_path: Path) -> None:
     examples = ROOT / "examples"
     train = run("import own_model; from pathlib import Path; own_model.train_checkpoint(Path('runs/digits_cnn.pt'), "

@@ -80,7 +80,7 @@ def _storages(tmp_path: Path, pg: Server | None) -> str:
     return pg.create_database(f"study_{uuid.uuid4().hex[:8]}")  # one each: killed sessions linger on the server
 
 
-@pytest.mark.parametrize("backend", ["journal", "postgresql"])
+@pytest.mark.parametrize("backend", [pytest.param("journal", marks=pytest.mark.slow), "postgresql"])
 def test_four_processes_fill_one_study_without_losing_or_repeating_a_trial(tmp_path: Path, backend: str,
                                                                           request: pytest.FixtureRequest) -> None:
     storage = _storages(tmp_path, request.getfixturevalue("pg") if backend == "postgresql" else None)
@@ -91,7 +91,7 @@ def test_four_processes_fill_one_study_without_losing_or_repeating_a_trial(tmp_p
     assert result.final.accuracy == max(p.score for p in result.history if p.score is not None)
 
 
-@pytest.mark.parametrize("backend", ["journal", "postgresql"])
+@pytest.mark.parametrize("backend", ["journal", pytest.param("postgresql", marks=pytest.mark.slow)])
 def test_all_workers_killed_mid_trial_then_resumed_lose_nothing(tmp_path: Path, backend: str,
                                                                 request: pytest.FixtureRequest) -> None:
     storage = _storages(tmp_path, request.getfixturevalue("pg") if backend == "postgresql" else None)
