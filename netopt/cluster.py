@@ -37,7 +37,7 @@ from netopt.errors import ConfigError, ObjectiveError, first_line
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["DaskExecutor", "CONNECT_TIMEOUT", "SlowWorkerWarning", "dask_client"]
+__all__ = ["DaskExecutor", "CONNECT_TIMEOUT", "QUIET", "SlowWorkerWarning", "dask_client"]
 
 LOG = logging.getLogger("netopt.progress")
 
@@ -49,6 +49,21 @@ SPAWN_ENVIRON, TRIM = "distributed.nanny.pre-spawn-environ", "MALLOC_TRIM_THRESH
 """Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which turns glibc's dynamic mmap
 threshold off: every tensor over 128 KiB is then mmapped and unmapped, and a torch training step
 takes about twice as long (measured in benchmarks/bench_scale.py). netopt's own clusters go without it."""
+
+
+QUIET: dict[str, Any] = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.scheduler.work-stealing": False,
+    "distributed.admin.system-monitor.interval": "5s",
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.admin.tick.interval": "1s",
+}
+"""Dask settings for workers that each run one proposal at a time, in seconds to minutes: no
+statistical profiler (it samples every thread's stack every 10 ms, beside torch), no work
+stealing (proposals are alike; queued on the scheduler they go to whichever worker frees first),
+and the system and memory monitors and the event-loop tick at seconds, not milliseconds.
+`DaskExecutor.local` starts its workers with them (`quiet=False`: Dask's defaults); set them in
+your workers' Dask config on a cluster of your own."""
 
 
 class SlowWorkerWarning(UserWarning):
@@ -104,13 +119,14 @@ class DaskExecutor(Executor):
             raise
 
     @classmethod
-    def local(cls, workers: int, threads_per_worker: int = 1) -> DaskExecutor:
-        """An executor on a `LocalCluster` of `workers` processes on loopback (one thread each)."""
+    def local(cls, workers: int, threads_per_worker: int = 1, quiet: bool = True) -> DaskExecutor:
+        """An executor on a `LocalCluster` of `workers` processes on loopback (one thread each),
+        with Dask's `QUIET` settings unless `quiet=False`."""
         import dask
 
         distributed = _distributed()
         environ = {k: v for k, v in dask.config.get(SPAWN_ENVIRON, {}).items() if k != TRIM}
-        with dask.config.set({SPAWN_ENVIRON: environ}):  # see TRIM
+        with dask.config.set({SPAWN_ENVIRON: environ, **(QUIET if quiet else {})}):  # see TRIM; the nannies pass it on
             cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
                                                processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0")
         client = distributed.Client(cluster)
