@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 import netopt
-from netopt.cluster import SPAWN_ENVIRON, TRIM, DaskExecutor, SlowWorkerWarning
+from netopt.cluster import QUIET, SPAWN_ENVIRON, TRIM, DaskExecutor, SlowWorkerWarning
 from netopt.constraints import MACsConstraint, ReductionSchedule
 from netopt.data import mnist
 from netopt.errors import ConfigError
@@ -119,6 +119,18 @@ class DiesOnce(Accuracy):
             Path(self.marker).write_text(str(os.getpid()))
             os._exit(1)
         return super().short_term(module, steps, seed)
+
+
+def test_a_local_cluster_starts_its_workers_quiet_and_without_the_malloc_trim() -> None:
+    executor = DaskExecutor.local(2)
+    try:
+        settings = executor.client.run(lambda: {k: dask.config.get(k) for k in QUIET})
+        assert list(settings.values()) == [QUIET, QUIET]
+        assert set(executor.client.run(os.environ.get, TRIM).values()) == {None}
+        extensions = executor.client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.extensions))
+        assert "stealing" not in extensions
+    finally:
+        executor.shutdown()
 
 
 def test_a_worker_that_dies_mid_proposal_costs_only_a_rerun(client: Any, tmp_path: Path) -> None:
