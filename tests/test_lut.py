@@ -152,11 +152,13 @@ def test_calibration_fits_the_cost_monotone_and_lets_the_ratio_fall() -> None:
     from netopt.lut import Calibration
 
     cal = Calibration.fit([(2.0, 1.6), (1.0, 1.2), (3.0, 2.1), (4.0, 2.0)])  # ratios 1.2, 0.8, 0.7, 0.5
-    assert [round(x * r, 3) for x, r in zip(*cal.knots, strict=True)] == [1.2, 1.6, 2.05, 2.05]  # isotonic in cost
+    x, ratios = cal.knots
+    assert [round(a * r, 3) for a, r in zip(x, ratios, strict=True)] == [1.2, 1.6, 2.05]  # isotonic in cost
+    assert list(x) == [1.0, 2.0, 3.5]  # the pooled pair (3, 2.1), (4, 2.0): one knot at its centroid
     assert cal.apply(0.5) == pytest.approx(0.6)  # the smallest network's ratio below it
     assert cal.apply(1.5) == pytest.approx(1.4)  # interpolated between networks
-    assert cal.apply(8.0) == pytest.approx(8.0 * 2.05 / 4.0)  # the largest's ratio above it
+    assert cal.apply(8.0) == pytest.approx(8.0 * 2.05 / 3.5)  # the last knot's ratio above it
     values = [cal.apply(v / 10) for v in range(1, 80)]
-    assert values == sorted(values)
+    assert all(a < b for a, b in zip(values, values[1:])), values  # strictly: no flat stretch to shrink along
     more = cal.with_points([(2.0, 1.9), (2.5, 2.0)])  # a point at a layer sum already held replaces it
     assert dict(more.points) == {1.0: 1.2, 2.0: 1.9, 2.5: 2.0, 3.0: 2.1, 4.0: 2.0}

@@ -46,7 +46,9 @@ class Calibration:
     """The whole-network cost as a non-decreasing function of the layer sum, from whole networks.
 
     Isotonic regression of the measured cost on the layer sum, interpolated linearly between the
-    calibration networks and extended beyond the ends at their ratio measured / layer sum. The
+    calibration networks (a block of networks the regression pooled counts as one, at its mean
+    layer sum: the estimate rises strictly with the layer sum) and extended beyond the ends at
+    their ratio measured / layer sum. The
     ratio itself may fall with size (the runtime's fixed costs weigh most in small networks) or
     rise (big variants spill their weights out of cache and run relatively slower than their
     layers measured alone): only the cost must not fall as the layer sum grows, so that every
@@ -80,7 +82,12 @@ class Calibration:
         if cached is not None:
             return cached  # type: ignore[no-any-return]
         x = np.array([p[0] for p in self.points])
-        y = isotonic_regression(np.array([p[1] for p in self.points])).x
+        fit = isotonic_regression(np.array([p[1] for p in self.points]))
+        # each pooled block (networks whose measurements fell out of order) becomes one knot at its
+        # centroid: interpolating between the block's own layer sums would be flat there, and a
+        # strategy could then shrink a network without its estimate moving
+        blocks = zip(fit.blocks[:-1], fit.blocks[1:], strict=True)
+        x, y = map(np.array, zip(*((x[a:b].mean(), fit.x[a]) for a, b in blocks), strict=True))
         object.__setattr__(self, "_fit", (x, y))  # frozen value, derived once
         return x, y
 
