@@ -8,6 +8,7 @@ A file that is not a netopt lookup table, or is corrupted, is refused and never 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -86,7 +87,7 @@ class Calibration:
         # each pooled block (networks whose measurements fell out of order) becomes one knot at its
         # centroid: interpolating between the block's own layer sums would be flat there, and a
         # strategy could then shrink a network without its estimate moving
-        blocks = zip(fit.blocks[:-1], fit.blocks[1:], strict=True)
+        blocks = itertools.pairwise(fit.blocks)
         x, y = map(np.array, zip(*((x[a:b].mean(), fit.x[a]) for a, b in blocks), strict=True))
         object.__setattr__(self, "_fit", (x, y))  # frozen value, derived once
         return x, y
