@@ -49,12 +49,11 @@ class Calibration:
     Isotonic regression of the measured cost on the layer sum, interpolated linearly between the
     calibration networks (a block of networks the regression pooled counts as one, at its mean
     layer sum: the estimate rises strictly with the layer sum) and extended beyond the ends at
-    their ratio measured / layer sum. The
-    ratio itself may fall with size (the runtime's fixed costs weigh most in small networks) or
-    rise (big variants spill their weights out of cache and run relatively slower than their
-    layers measured alone): only the cost must not fall as the layer sum grows, so that every
-    strategy can rely on a smaller network never being estimated dearer (see
-    benchmarks/bench_lut.py).
+    their ratio measured / layer sum. The ratio itself may fall with size (the runtime's fixed
+    costs weigh most in small networks) or rise (big variants spill their weights out of cache
+    and run relatively slower than their layers measured alone): only the cost must not fall as
+    the layer sum grows, so that every strategy can rely on a smaller network never being
+    estimated dearer (see benchmarks/bench_lut.py).
     """
 
     points: tuple[tuple[float, float], ...]  # (layer sum, measured end to end), by layer sum
