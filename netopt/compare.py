@@ -241,7 +241,7 @@ def _load_row(folder: Path) -> Row | None:
 
 
 def _measure_side_by_side(problem: Problem, rows: list[Row]) -> None:
-    """Measure the finals of one budget (and the start, for speed-ups) in interleaved rounds."""
+    """Measure the finals of one budget (and the start, for speed-ups) side by side, call by call in turn."""
     table = problem.constraints[0].estimator
     done = [r for r in rows if not r.error]
     if not isinstance(table, MeasuringEstimator) or not done:

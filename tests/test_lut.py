@@ -61,7 +61,7 @@ def test_second_run_on_the_same_platform_measures_nothing(tmp_path: Path) -> Non
     traced = tiny()
     first = LookupTable.open(tmp_path / "lut.sqlite", backend())
     estimate = first.layer_sum(traced.network)
-    assert first.measurements == len({u.signature for u in units(traced.network)}) + 1  # + overhead
+    assert first.measurements == len({u.signature for u in units(traced.network)}) + 2  # + overhead, yardstick
     first.close()
     second = LookupTable.open(tmp_path / "lut.sqlite", backend())
     assert second.layer_sum(traced.network) == estimate
@@ -95,8 +95,8 @@ def test_four_processes_fill_one_table_without_loss_or_duplicates(tmp_path: Path
     traced = tiny()
     wanted = {u.signature for s in (0, 1) for net in random_variants(traced.network, 3, seed=s) for u in units(net)}
     lut = LookupTable.open(path, backend())
-    assert set(lut.store.signatures()) == wanted | {"overhead"}
-    assert sum(counts) == len(wanted) + 1  # each signature measured by exactly one process
+    assert set(lut.store.signatures()) == wanted | {"overhead", "yardstick"}
+    assert sum(counts) == len(wanted) + 2  # each signature measured by exactly one process
 
 
 def test_calibration_is_stored_and_fidelity_reports(tmp_path: Path) -> None:
@@ -148,17 +148,22 @@ def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
         LookupTable.open(tmp_path / "nope" / "lut.sqlite", backend())
 
 
-def test_calibration_fits_the_cost_monotone_and_lets_the_ratio_fall() -> None:
+def test_calibration_fits_a_rising_line_and_lets_the_ratio_fall() -> None:
     from netopt.lut import Calibration
 
-    cal = Calibration.fit([(2.0, 1.6), (1.0, 1.2), (3.0, 2.1), (4.0, 2.0)])  # ratios 1.2, 0.8, 0.7, 0.5
-    x, ratios = cal.knots
-    assert [round(a * r, 3) for a, r in zip(x, ratios, strict=True)] == [1.2, 1.6, 2.05]  # isotonic in cost
-    assert list(x) == [1.0, 2.0, 3.5]  # the pooled pair (3, 2.1), (4, 2.0): one knot at its centroid
-    assert cal.apply(0.5) == pytest.approx(0.6)  # the smallest network's ratio below it
-    assert cal.apply(1.5) == pytest.approx(1.4)  # interpolated between networks
-    assert cal.apply(8.0) == pytest.approx(8.0 * 2.05 / 3.5)  # the last knot's ratio above it
+    exact = Calibration.fit([(2.0, 1.6), (1.0, 1.0), (4.0, 2.8), (3.0, 2.2)])  # cost = 0.4 + 0.6 * layer sum
+    assert exact.line == pytest.approx((0.4, 0.6))
+    x, ratios = exact.knots
+    assert list(x) == [1.0, 2.0, 3.0, 4.0] and list(ratios) == sorted(ratios, reverse=True)  # fixed costs weigh less
+    assert exact.apply(0.5) == pytest.approx(0.5)  # below the smallest network: its ratio, 1.0
+    assert exact.apply(8.0) == pytest.approx(5.2)  # the line beyond the biggest
+    cal = Calibration.fit([(2.0, 1.6), (1.0, 1.2), (3.0, 2.1), (4.0, 2.0)])  # measured out of order: scatter
+    intercept, slope = cal.line
+    assert intercept > 0 and slope > 0
+    assert all(abs(cal.error(x, y)) < 0.12 for x, y in cal.points)  # a line through the scatter, not through each
     values = [cal.apply(v / 10) for v in range(1, 80)]
     assert all(a < b for a, b in itertools.pairwise(values)), values  # strictly: no flat stretch to shrink along
+    spilling = Calibration.fit([(1.0, 1.0), (2.0, 2.3), (3.0, 3.6)])  # the ratio rises: cache spill
+    assert spilling.line[0] < 0 and spilling.apply(3.0) / 3.0 > spilling.apply(1.0)
     more = cal.with_points([(2.0, 1.9), (2.5, 2.0)])  # a point at a layer sum already held replaces it
     assert dict(more.points) == {1.0: 1.2, 2.0: 1.9, 2.5: 2.0, 3.0: 2.1, 4.0: 2.0}

@@ -9,7 +9,7 @@ from netopt.bridge.build import FACTORIES, make_layer
 from netopt.ir import Network, OpKind
 from netopt.lut.units import FREE, Unit
 
-__all__ = ["unit_module", "overhead_module"]
+__all__ = ["unit_module", "overhead_module", "yardstick_module"]
 
 
 class UnitModule(nn.Module):
@@ -52,3 +52,22 @@ class _Tiny(nn.Module):
 def overhead_module() -> tuple[nn.Module, Tensor]:
     """The cheapest model a runtime still has to run: its latency is the per-call overhead."""
     return _Tiny().eval(), torch.randn(1, 1)
+
+
+class _Yardstick(nn.Module):
+    """A small inverted-residual block (1x1, depthwise 3x3, 1x1): the fixed unit every other
+    unit is measured beside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(16, 48, 1), nn.ReLU(), nn.Conv2d(48, 48, 3, padding=1, groups=48),
+                                  nn.ReLU(), nn.Conv2d(48, 16, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
+def yardstick_module() -> tuple[nn.Module, Tensor]:
+    """The lookup table's yardstick (the same weights and input in every process)."""
+    torch.manual_seed(0)
+    return _Yardstick().eval(), torch.randn(1, 16, 28, 28)

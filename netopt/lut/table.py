@@ -1,17 +1,23 @@
 """`LookupTable`: layer-wise costs measured once per platform, summed and calibrated.
 
-Calibration, in two steps (figures in benchmarks/bench_lut.py and the README):
+Calibration, in three steps (figures in benchmarks/bench_lut.py and the README):
 1. Units, not ops: a conv is measured together with the BatchNorm and activation that the
    runtime fuses into it, so the sum sees the runtime's fusions.
 2. Per-call overhead: every stand-alone measurement pays the runtime's fixed cost of one call
    (session run, input binding), which the whole network pays once. It is measured on the
    cheapest model there is and taken off each unit: layer_sum = overhead + sum(unit - overhead).
 3. A correction fitted on whole-network measurements of the network being searched
-   (`calibrate`): the measured cost as a non-decreasing function of the layer sum (isotonic
-   regression, interpolated), stored per structure. Calibration chooses its own networks, more
-   where the ratio measured / layer sum changes, within a stated number of measurements; a
-   strategy whose final network misses a budget when measured adds what it measured
-   (`recalibrate`). See `Calibration`.
+   (`calibrate`): the measured cost as a rising line in the layer sum, stored per structure.
+   Calibration chooses its own networks, more where the line fits worst, within a stated
+   number of measurements; a strategy whose final network misses a budget when measured adds
+   what it measured (`recalibrate`). See `Calibration`.
+
+Side by side, at fixed levels: where the backend can time several models call by call in turn
+(`Backend.measure_together`), units are measured in batches beside a fixed yardstick unit and
+expressed at the yardstick's first level, and whole networks beside the structure's full
+network, at its first level. On a shared machine a model's time moves by 40-60% within a
+minute, its ratio to a model timed beside it by a few percent: so a unit measured now adds up
+with one measured an hour ago, and a calibration fitted in one minute holds in the next.
 
 A structure without a calibration is never estimated: `estimate` raises, naming `calibrate`.
 Whole networks measured end to end are kept in the table beside the units (`measured`), so
@@ -27,7 +33,7 @@ import itertools
 import random
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,10 +42,18 @@ from tqdm import tqdm
 from netopt.errors import LookupTableError
 from netopt.ir import Network
 from netopt.lut.pgstore import PostgresStore, is_postgres_url
-from netopt.lut.probe import overhead_module, unit_module, unmeasurable_ops
+from netopt.lut.probe import overhead_module, unit_module, unmeasurable_ops, yardstick_module
 from netopt.lut.store import Calibration, Store
 from netopt.lut.units import Unit, units
-from netopt.measure.base import MEASURED_PASSES, Backend, Fingerprint, Measurement, NoisyMeasurementWarning, steady
+from netopt.measure.base import (
+    MEASURED_PASSES,
+    Backend,
+    Fingerprint,
+    Measurement,
+    NoisyMeasurementWarning,
+    steady,
+    summarize,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -50,11 +64,13 @@ if TYPE_CHECKING:
 __all__ = ["LookupTable", "structure_key", "random_variants", "CALIBRATION_NETWORKS"]
 
 OVERHEAD = "overhead"
+YARDSTICK = "yardstick"
+UNIT_BATCH = 24
+"""Units measured side by side with the yardstick in one window."""
 CALIBRATION_NETWORKS = 16
 """Whole networks `calibrate` measures at most (each ~50 timed runs, twice)."""
 CALIBRATED = 0.03
-"""Neighbouring calibration networks whose ratios measured / layer sum differ by less than this
-need no network between them."""
+"""Calibration networks the fitted line misses by less than this need no network beside them."""
 
 
 def structure_key(net: Network) -> str:
@@ -91,6 +107,7 @@ class LookupTable:
         self._signatures: dict[Unit, str] = {}
         self._structures: dict[tuple[object, ...], str] = {}
         self._calibrations: dict[str, Calibration | None] = {}  # by structure; a pinned one is never re-read
+        self._levels: dict[str, float] = {}
 
     @classmethod
     def open(cls, path: str | Path, backend: Backend, calibration_networks: int = CALIBRATION_NETWORKS) -> LookupTable:
@@ -114,9 +131,22 @@ class LookupTable:
     def overhead(self) -> float:
         """The backend's fixed cost of one call, in `unit`."""
         if OVERHEAD not in self._mins:
-            measured = self._ensure_one(OVERHEAD, {"overhead": True}, lambda: self.backend.measure(*overhead_module()))
-            self._mins[OVERHEAD] = measured.min
+            self._known([OVERHEAD])
+            self._measure_units({OVERHEAD: ({"overhead": True}, overhead_module)})
         return self._mins[OVERHEAD]
+
+    def yardstick(self) -> float | None:
+        """The median of the yardstick unit the first time this table measured it alone: the
+        level every unit is expressed at (None where the backend cannot measure side by side)."""
+        if not self.backend.interleaves:
+            return None
+        if YARDSTICK not in self._levels:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NoisyMeasurementWarning)
+                measured = self._ensure_one(YARDSTICK, {"yardstick": True},
+                                            lambda: steady(lambda: self.backend.measure(*yardstick_module())))
+            self._levels[YARDSTICK] = measured.median
+        return self._levels[YARDSTICK]
 
     def signature(self, unit: Unit) -> str:
         if unit not in self._signatures:
@@ -136,15 +166,66 @@ class LookupTable:
             for u in units(net):
                 todo.setdefault(self.signature(u), (net, u))
         self._known(todo)
-        missing = sorted(s for s in todo if s not in self._mins)
-        bar = tqdm(missing, desc=progress or "measuring layers", unit="layer", disable=None, leave=False)
+        self._measure_units({sig: (u.describe(), functools.partial(unit_module, net, u))
+                             for sig, (net, u) in sorted(todo.items()) if sig not in self._mins}, progress)
+
+    def _measure_units(self, todo: dict[str, tuple[dict[str, object], Callable[[], tuple[nn.Module, torch.Tensor]]]],
+                       progress: str | None = None) -> None:
+        """Measure the units of `todo` (signature: description, builder) that no process has
+        measured, `UNIT_BATCH` at a time side by side with the yardstick, each expressed at the
+        yardstick's first level (`Measurement.scaled`): a unit measured now and one measured an
+        hour ago, under another load, add up. Several processes share the work through claims;
+        a unit another process claimed is waited for."""
+        pending = [s for s in todo if s not in self._mins]
+        if not pending:
+            return
+        level = self.yardstick()
+        bar = tqdm(total=len(pending), desc=progress or "measuring layers", unit="layer", disable=None, leave=False)
+        deadline = time.monotonic() + self.wait_timeout
         with warnings.catch_warnings():  # units run for microseconds: their spread is expected; the min is kept
             warnings.simplefilter("ignore", NoisyMeasurementWarning)
-            for sig in bar:
-                net, u = todo[sig]
-                measured = self._ensure_one(sig, u.describe(),
-                                            lambda net=net, u=u: self.backend.measure(*unit_module(net, u)))
-                self._mins[sig] = measured.min
+            while pending:
+                self._known(pending)
+                claimed: list[str] = []
+                for sig in pending:
+                    if sig not in self._mins and len(claimed) < UNIT_BATCH and self.store.claim(sig):
+                        claimed.append(sig)
+                if claimed:
+                    try:
+                        taken = self._measure_beside_yardstick([todo[sig][1]() for sig in claimed], level)
+                    except BaseException:
+                        for sig in claimed:
+                            self.store.release(sig)
+                        raise
+                    for sig, m in zip(claimed, taken, strict=True):
+                        self.store.put(sig, todo[sig][0], m)
+                        self._mins[sig] = m.min
+                    self.measurements += len(claimed)
+                    deadline = time.monotonic() + self.wait_timeout
+                else:
+                    self._known(pending)
+                    if any(sig not in self._mins for sig in pending):
+                        if time.monotonic() > deadline:
+                            waiting = next(sig for sig in pending if sig not in self._mins)
+                            raise LookupTableError(
+                                f"waited {self.wait_timeout:.0f} s for another process to measure layer {waiting}; "
+                                "it may be stuck: stop it or raise wait_timeout")
+                        time.sleep(0.02)
+                done = [sig for sig in pending if sig in self._mins]
+                bar.update(len(done))
+                pending = [sig for sig in pending if sig not in self._mins]
+        bar.close()
+
+    def _measure_beside_yardstick(self, items: Sequence[tuple[nn.Module, torch.Tensor]],
+                                  level: float | None) -> list[Measurement]:
+        started = time.perf_counter()
+        try:
+            if level is None:  # the backend measures one model at a time
+                return [self.backend.measure(m, x) for m, x in items]
+            now, *taken = self.backend.measure_together([yardstick_module(), *items])
+            return [m.scaled(level / now.median) for m in taken]
+        finally:
+            self.measure_seconds += time.perf_counter() - started
 
     def _ensure_one(self, sig: str, description: dict[str, object], measure: object) -> Measurement:
         deadline = time.monotonic() + self.wait_timeout
@@ -247,45 +328,65 @@ class LookupTable:
     def measure_networks(self, traced: Traced, nets: Sequence[Network], passes: int = 2) -> list[Measurement]:
         """End-to-end measurements of `nets`, materialized from `traced`, taken now.
 
-        Every network is measured in `passes` rounds over the whole list (again at once if a
-        round is noisy), and the round with the lowest median kept: load from other tenants
-        only ever slows a run down, and rounds apart in time rarely both meet it.
+        All the networks are measured side by side (call by call in turn, where the backend can:
+        `Backend.measure_together`), in `passes` windows, and each network's samples pooled over
+        them: every figure is taken under the same load as the others, so that their ratios hold
+        where the machine's speed moves (a window's load slows all of them alike).
         """
-        modules = [traced.materialize(net) for net in nets]
         x = traced.example_input()
-        best: list[Measurement | None] = [None] * len(nets)
-        rounds = [(p, i) for p in range(passes) for i in range(len(nets))]
-        with warnings.catch_warnings(record=True) as noisy:
-            warnings.simplefilter("always", NoisyMeasurementWarning)
-            for _, i in tqdm(rounds, desc="measuring networks", disable=None if len(rounds) > 2 else True,
-                             leave=False):
-                m = steady(functools.partial(self.backend.measure, modules[i], x))
-                current = best[i]
-                if current is None or m.median < current.median:
-                    best[i] = m
-        kept = [m for m in best if m is not None]
-        for w in noisy:
-            if not issubclass(w.category, NoisyMeasurementWarning):
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        if any(m.noisy for m in kept):  # one line for the lot, not one per round
+        items = [(traced.materialize(net), x) for net in nets]
+        pooled: list[list[float]] = [[] for _ in nets]
+        always_noisy = [True] * len(nets)
+        fingerprint = ""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NoisyMeasurementWarning)
+            for p in tqdm(range(passes), desc="measuring networks", disable=None if len(nets) > 2 else True,
+                          leave=False):
+                for i, m in enumerate(self.backend.measure_together(items, seed=p)):
+                    pooled[i].extend(m.samples)
+                    always_noisy[i] = always_noisy[i] and m.noisy
+                    fingerprint = m.fingerprint
+            kept = [summarize(samples, self.unit, fingerprint) for samples in pooled]
+        if any(always_noisy):  # one line for the lot, not one per window
             worst = max(m.iqr_ratio for m in kept)
-            warnings.warn(f"{sum(m.noisy for m in kept)} of {len(kept)} whole-network measurements stayed noisy "
-                          f"(IQR/median up to {worst:.0%}) in their best of {passes} rounds: the machine is busy; "
-                          "their medians are kept", NoisyMeasurementWarning, stacklevel=2)
+            warnings.warn(f"{sum(always_noisy)} of {len(kept)} whole-network measurements stayed noisy in all "
+                          f"{passes} windows (IQR/median up to {worst:.0%}): the machine is busy; their medians are "
+                          "kept", NoisyMeasurementWarning, stacklevel=2)
         return kept
 
     def measured(self, traced: Traced, nets: Sequence[Network]) -> list[Measurement]:
         """End-to-end measurements of `nets` as the table keeps them: each network is measured
-        once (those not held yet side by side in 3 rounds, as `measure_networks` does) and read
-        back from then on, in this process, in others sharing the table, and after a resume."""
+        once and read back from then on, in this process, in others sharing the table, and after
+        a resume. Those not held yet are measured side by side with the full network (in
+        `MEASURED_PASSES` windows, as `measure_networks` does) and expressed at the level the
+        full network was kept at when it was first measured, so that figures taken an hour
+        apart, under other loads, compare."""
         sigs = [network_signature(n) for n in nets]
         found = self.store.get_many(sorted(set(sigs)))
         todo = {s: n for s, n in zip(sigs, nets, strict=True) if s not in found}
         if todo:
             started = time.perf_counter()
-            taken = self.measure_networks(traced, list(todo.values()), passes=MEASURED_PASSES)
-            for (sig, net), m in zip(todo.items(), taken, strict=True):
-                self.store.put(sig, {"network": self.structure(net), "widths": net.widths}, m)
+            full = traced.network.at_full_width()
+            anchor = network_signature(full)
+            if self.backend.interleaves:
+                # one network at a time beside the full network: a small network's figure depends
+                # on its company (timed among 30 others it runs from a cold cache, 10% slower)
+                kept = self.store.get(anchor)
+                others = [n for s, n in todo.items() if s != anchor]
+                batch: list[Network] = []
+                taken: list[Measurement] = []
+                if kept is None:  # the first figure of this structure: the level of all that follow
+                    first = self.measure_networks(traced, [full, *others[:1]], passes=MEASURED_PASSES)
+                    kept, batch, taken, others = first[0], [full, *others[:1]], first, others[1:]
+                for net in others:
+                    now = self.measure_networks(traced, [full, net], passes=MEASURED_PASSES)
+                    batch.append(net)
+                    taken.append(now[1].scaled(kept.median / now[0].median))
+            else:  # measured one at a time: nothing to anchor to
+                batch = list(todo.values())
+                taken = self.measure_networks(traced, batch, passes=MEASURED_PASSES)
+            for net, m in zip(batch, taken, strict=True):
+                self.store.put(network_signature(net), {"network": self.structure(net), "widths": net.widths}, m)
             self.measure_seconds += time.perf_counter() - started
             found = self.store.get_many(sorted(set(sigs)))  # another process's figure, where it came first
         return [found[s] for s in sigs]
@@ -295,37 +396,38 @@ class LookupTable:
 
         It starts from the full network, the smallest one (every group at its minimum: searches
         under tight budgets go that low) and three variants between (global fractions 1/4, 1/2,
-        3/4, each group jittered), plus one with half its residual branches removed where the
-        network has any. Then, while fewer than `max_networks` are measured, it adds a variant
-        half way (in width) between the two neighbours, by layer sum, whose ratios measured /
-        layer sum differ most, until no two differ by more than 3%. Measurements are kept in
-        the table as they are taken, so an interrupted calibration resumes where it stopped; the
-        calibration itself is written once, at the end. `max_networks` defaults to the table's
-        `calibration_networks` (16)."""
+        3/4, each group jittered). Then, while fewer than `max_networks` are measured, it fits
+        the line (`Calibration`) and adds a variant half way (in width) between the neighbours
+        it fits worst (their errors, weighted by how far apart they are), until every network
+        is fitted within 3%. All are measured side by side with the full network and kept in
+        the table as they are taken, so an interrupted calibration resumes where it stopped;
+        the calibration itself is written once, at the end. `max_networks` defaults to the
+        table's `calibration_networks` (16).
+
+        Networks with residual branches removed are not among them: they pay less per layer
+        than their layer sum says (MobileNetV3: 1.17 against 1.28-1.35 for width variants), and
+        a line through both fitted neither; their estimates are a little high (safe) until a
+        strategy's measured final joins the calibration (`recalibrate`)."""
         max_networks = self.calibration_networks if max_networks is None else max_networks
         if max_networks < 2:
             raise LookupTableError(f"calibrate(max_networks={max_networks}) needs at least 2 networks (the full "
-                                   "and the smallest), and fits the ratio better with more; the default is "
+                                   "and the smallest), and fits the line better with more; the default is "
                                    f"{CALIBRATION_NETWORKS}")
         net = traced.network
         placed = [(1.0, net), (0.0, _at_fraction(net, 0.0, seed))]
         placed += [(f, _at_fraction(net, f, seed + k)) for k, f in enumerate((0.5, 0.25, 0.75), 1)]
         placed = placed[:max_networks]
-        extra = [_half_bypassed(net)] if net.bypassable and len(placed) < max_networks else []
         bar = tqdm(total=max_networks, desc="calibrating", unit="network", disable=None, leave=False)
-        points = self._points(traced, [n for _, n in placed] + extra)
+        points = self._points(traced, [n for _, n in placed])
         bar.update(len(points))
-        curve = points[:len(placed)]  # the fraction-placed networks: where new ones go
         fractions = [f for f, _ in placed]
         while len(points) < max_networks:
-            split = _widest_step(curve, fractions)
+            split = _worst_fitted(points, fractions, Calibration.fit(points))
             if split is None:
                 break
-            low, high = split
-            f = (fractions[low] + fractions[high]) / 2
+            f = (fractions[split[0]] + fractions[split[1]]) / 2
             (point,) = self._points(traced, [_at_fraction(net, f, seed + len(points))])
             points.append(point)
-            curve.append(point)
             fractions.append(f)
             bar.update()
         bar.close()
@@ -366,24 +468,22 @@ def _at_fraction(net: Network, fraction: float, seed: int) -> Network:
     return net.with_widths(widths)
 
 
-def _half_bypassed(net: Network) -> Network:
-    """The full network with every other residual branch removed (from the first)."""
-    groups = [g.id for g in net.groups if g.bypass]
-    return net.at_full_width().with_widths({g: 0 for g in groups[::2]})
-
-
-def _widest_step(points: Sequence[tuple[float, float]], fractions: Sequence[float]) -> tuple[int, int] | None:
-    """The neighbours by layer sum whose ratios measured / layer sum differ most (and by more
-    than CALIBRATED), as indices into `points`; None where no such pair can be split further."""
-    order = sorted(range(len(points)), key=lambda k: points[k][0])
-    best, step = None, CALIBRATED
+def _worst_fitted(points: Sequence[tuple[float, float]], fractions: Sequence[float],
+                  cal: Calibration) -> tuple[int, int] | None:
+    """The neighbours in width whose errors under `cal`, weighted by the width between them,
+    are largest, as indices into `points`; None where every network is fitted within
+    CALIBRATED or no pair can be split further."""
+    errors = [abs(cal.error(x, y)) for x, y in points]
+    if max(errors) <= CALIBRATED:
+        return None
+    order = sorted(range(len(points)), key=lambda k: fractions[k])
+    best, score = None, 0.0
     for a, b in itertools.pairwise(order):
-        if abs(fractions[a] - fractions[b]) < 0.02:
-            continue  # too close in width for a network between them
-        ra, rb = points[a][1] / points[a][0], points[b][1] / points[b][0]
-        change = abs(rb / ra - 1.0)
-        if change > step:
-            best, step = (a, b), change
+        gap = fractions[b] - fractions[a]
+        if gap < 0.02 or max(errors[a], errors[b]) <= CALIBRATED:
+            continue  # too close in width for a network between them, or fitted already
+        if (errors[a] + errors[b]) * gap > score:
+            best, score = (a, b), (errors[a] + errors[b]) * gap
     return best
 
 

@@ -105,6 +105,12 @@ class Measurement:
     def noisy(self) -> bool:
         return self.iqr_ratio > NOISY_IQR
 
+    def scaled(self, factor: float) -> Measurement:
+        """The same samples times `factor`: a figure taken side by side with a reference,
+        expressed at the level the reference was measured at first."""
+        return Measurement(self.unit, tuple(s * factor for s in self.samples), self.median * factor,
+                           self.min * factor, self.p90 * factor, self.iqr * factor, self.fingerprint)
+
     def to_dict(self) -> dict[str, Any]:
         return {"unit": self.unit, "samples": list(self.samples), "median": self.median, "min": self.min,
                 "p90": self.p90, "iqr": self.iqr, "fingerprint": self.fingerprint}
@@ -186,6 +192,29 @@ class Backend(ABC):
     def measure(self, module: nn.Module, example_input: torch.Tensor) -> Measurement:
         """Measure the whole module on inputs shaped like `example_input`."""
 
+    def runner(self, module: nn.Module, example_input: torch.Tensor) -> Callable[[], object] | None:
+        """`module` prepared to run once per call (its session built, its input bound), for
+        `measure_together`; None (the default) where this backend measures one model at a time."""
+        return None
+
+    @property
+    def interleaves(self) -> bool:
+        """Whether `measure_together` times its models call by call in turn (a `runner` exists)."""
+        return type(self).runner is not Backend.runner
+
+    def measure_together(self, items: Sequence[tuple[nn.Module, torch.Tensor]], seed: int = 0) -> list[Measurement]:
+        """Measure several modules side by side: call by call in turn where this backend has a
+        `runner`, so that every figure is taken under the same load and the ratios between them
+        hold even where the machine's speed moves; else one after another."""
+        if not self.interleaves or len(items) < 2:
+            return [self.measure(m, x) for m, x in items]
+        from netopt.measure.timing import time_interleaved
+
+        runs = [self.runner(m, x) for m, x in items]
+        settings = getattr(self, "settings", None) or MeasureSettings()
+        return time_interleaved([r for r in runs if r is not None], settings, self.fingerprint.key,
+                                f"{len(items)} models side by side", seed)
+
     def close(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
         """Release sessions, connections or threads (optional)."""
 
@@ -208,9 +237,9 @@ class Estimator(Protocol):
 
 
 MEASURED_PASSES = 3
-"""Rounds over the networks a figure that checks a budget takes (the lowest median kept): a
-table's kept figures and a verification's side-by-side ones, so one burst of load must not
-decide it."""
+"""Windows over the networks a figure that checks a budget takes (each network's samples pooled
+over them): a table's kept figures and a verification's side-by-side ones, so one burst of load
+must not decide it."""
 
 
 @runtime_checkable

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import threading
 import warnings
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -99,8 +100,8 @@ class OnnxRuntimeCPU(Backend):
             first = first_line(exc)
             raise MeasurementError(f"ONNX Runtime refused the model: {first}") from exc
 
-    def measure_onnx(self, model: bytes, input_shape: tuple[int, ...], what: str = "onnx model") -> Measurement:
-        """Time an ONNX model (bytes) on a random input of `input_shape`."""
+    def prepared(self, model: bytes, input_shape: tuple[int, ...], what: str = "onnx model") -> Callable[[], object]:
+        """One call of an ONNX model (bytes) on a random input of `input_shape`, run once already."""
         session = self.session(model)
         name = session.get_inputs()[0].name
         feed = {name: np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)}
@@ -111,7 +112,15 @@ class OnnxRuntimeCPU(Backend):
             raise MeasurementError(
                 f"ONNX Runtime could not run {what} on an input of shape {input_shape}: {first}"
             ) from exc
-        return time_calls(lambda: session.run(None, feed), self.settings, self.fingerprint.key, what)
+        return lambda: session.run(None, feed)
+
+    def measure_onnx(self, model: bytes, input_shape: tuple[int, ...], what: str = "onnx model") -> Measurement:
+        """Time an ONNX model (bytes) on a random input of `input_shape`."""
+        return time_calls(self.prepared(model, input_shape, what), self.settings, self.fingerprint.key, what)
+
+    def runner(self, module: nn.Module, example_input: torch.Tensor) -> Callable[[], object]:
+        model = export_onnx(module, example_input, self.ort.exporter)
+        return self.prepared(model, tuple(example_input.shape), type(module).__name__)
 
     def measure(self, module: nn.Module, example_input: torch.Tensor) -> Measurement:
         model = export_onnx(module, example_input, self.ort.exporter)

@@ -1,13 +1,20 @@
-"""The timing loop every latency backend shares: warm up, then time until runs and seconds suffice."""
+"""The timing loops every latency backend shares: warm up, then time until runs and seconds suffice.
+
+`time_calls` times one model; `time_interleaved` times several call by call in turn, so that
+all of them run under the same load and the ratios between their figures hold where the
+machine's speed does not (on a shared 2-core VM, a network's median moves by 40-60% within a
+minute while its ratio to another network measured call by call beside it moves by 5%).
+"""
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from netopt.measure.base import Measurement, MeasureSettings, summarize
 
-__all__ = ["time_calls"]
+__all__ = ["time_calls", "time_interleaved"]
 
 
 def time_calls(run: Callable[[], object], settings: MeasureSettings, fingerprint: str = "",
@@ -32,3 +39,29 @@ def time_calls(run: Callable[[], object], settings: MeasureSettings, fingerprint
             sync()
         samples.append((time.perf_counter_ns() - t0) / 1e6)
     return summarize(samples, "ms", fingerprint, what)
+
+
+def time_interleaved(runs: Sequence[Callable[[], object]], settings: MeasureSettings, fingerprint: str = "",
+                     what: str = "measurement", seed: int = 0) -> list[Measurement]:
+    """Milliseconds per call of each of `runs`, timed in cycles that call every one of them
+    once, each cycle in a new order (so that no run always follows the same neighbour).
+
+    Each run gets the protocol of `settings` as if timed alone: at least `runs` cycles, and
+    cycles until each has had `min_seconds` of its own on average; at most `max_runs` cycles.
+    """
+    for run in runs:
+        for _ in range(settings.warmup):
+            run()
+    samples: list[list[float]] = [[] for _ in runs]
+    order = list(range(len(runs)))
+    rng = random.Random(seed)
+    wanted = settings.min_seconds * len(runs)
+    cycles, start = 0, time.perf_counter()
+    while cycles < settings.max_runs and (cycles < settings.runs or time.perf_counter() - start < wanted):
+        rng.shuffle(order)
+        for i in order:
+            t0 = time.perf_counter_ns()
+            runs[i]()
+            samples[i].append((time.perf_counter_ns() - t0) / 1e6)
+        cycles += 1
+    return [summarize(s, "ms", fingerprint, what) for s in samples]

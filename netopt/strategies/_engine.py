@@ -403,11 +403,11 @@ class Engine:
 
     def measure_now(self, bound: Bound, network: Network) -> float:
         """`network`'s figure for a budget checked by measurement. Against a relative budget it is
-        measured now side by side with the start (interleaved rounds, as `measure_networks`
-        does) and given as their ratio times the start's measurement at binding: the machine's
-        drift between minutes, which differs from network to network (up to 50% over tens of
-        minutes on a busy CPU), cancels, and "50%" means half the start's time measured in the
-        same minute. Against an absolute budget, as the table keeps it."""
+        measured now side by side with the start (call by call in turn, in 3 windows, as
+        `measure_networks` does) and given as their ratio times the start's measurement at
+        binding: the machine's drift between minutes (40-60% within a minute on a busy shared
+        CPU) cancels, and "50%" means half the start's time measured under the same load.
+        Against an absolute budget, as the table keeps it (at the full network's first level)."""
         table = _table(bound)
         if bound.measured_start is None:
             return table.measured(self.problem.traced, [network])[0].median
