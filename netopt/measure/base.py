@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import statistics
+import time
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +41,7 @@ __all__ = [
     "settings_from",
     "steady",
     "summarize",
+    "time_interleaved",
 ]
 
 NOISY_IQR = 0.10
@@ -208,8 +211,6 @@ class Backend(ABC):
         hold even where the machine's speed moves; else one after another."""
         if not self.interleaves or len(items) < 2:
             return [self.measure(m, x) for m, x in items]
-        from netopt.measure.timing import time_interleaved
-
         runs = [self.runner(m, x) for m, x in items]
         settings = getattr(self, "settings", None) or MeasureSettings()
         return time_interleaved([r for r in runs if r is not None], settings, self.fingerprint.key,
@@ -278,3 +279,29 @@ class MeasuringEstimator(Estimator, Protocol):
     def pin(self, net: Network, points: Sequence[Sequence[float]]) -> None:
         """Use the calibration of `points` for `net`'s structure in this process (a resumed run's own)."""
         ...
+
+
+def time_interleaved(runs: Sequence[Callable[[], object]], settings: MeasureSettings, fingerprint: str = "",
+                     what: str = "measurement", seed: int = 0) -> list[Measurement]:
+    """Milliseconds per call of each of `runs`, timed in cycles that call every one of them
+    once, each cycle in a new order (so that no run always follows the same neighbour).
+
+    Each run gets the protocol of `settings` as if timed alone: at least `runs` cycles, and
+    cycles until each has had `min_seconds` of its own on average; at most `max_runs` cycles.
+    """
+    for run in runs:
+        for _ in range(settings.warmup):
+            run()
+    samples: list[list[float]] = [[] for _ in runs]
+    order = list(range(len(runs)))
+    rng = random.Random(seed)
+    wanted = settings.min_seconds * len(runs)
+    cycles, start = 0, time.perf_counter()
+    while cycles < settings.max_runs and (cycles < settings.runs or time.perf_counter() - start < wanted):
+        rng.shuffle(order)
+        for i in order:
+            t0 = time.perf_counter_ns()
+            runs[i]()
+            samples[i].append((time.perf_counter_ns() - t0) / 1e6)
+        cycles += 1
+    return [summarize(s, "ms", fingerprint, what) for s in samples]

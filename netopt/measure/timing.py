@@ -8,11 +8,10 @@ minute while its ratio to another network measured call by call beside it moves 
 
 from __future__ import annotations
 
-import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-from netopt.measure.base import Measurement, MeasureSettings, summarize
+from netopt.measure.base import Measurement, MeasureSettings, summarize, time_interleaved
 
 __all__ = ["time_calls", "time_interleaved"]
 
@@ -40,28 +39,3 @@ def time_calls(run: Callable[[], object], settings: MeasureSettings, fingerprint
         samples.append((time.perf_counter_ns() - t0) / 1e6)
     return summarize(samples, "ms", fingerprint, what)
 
-
-def time_interleaved(runs: Sequence[Callable[[], object]], settings: MeasureSettings, fingerprint: str = "",
-                     what: str = "measurement", seed: int = 0) -> list[Measurement]:
-    """Milliseconds per call of each of `runs`, timed in cycles that call every one of them
-    once, each cycle in a new order (so that no run always follows the same neighbour).
-
-    Each run gets the protocol of `settings` as if timed alone: at least `runs` cycles, and
-    cycles until each has had `min_seconds` of its own on average; at most `max_runs` cycles.
-    """
-    for run in runs:
-        for _ in range(settings.warmup):
-            run()
-    samples: list[list[float]] = [[] for _ in runs]
-    order = list(range(len(runs)))
-    rng = random.Random(seed)
-    wanted = settings.min_seconds * len(runs)
-    cycles, start = 0, time.perf_counter()
-    while cycles < settings.max_runs and (cycles < settings.runs or time.perf_counter() - start < wanted):
-        rng.shuffle(order)
-        for i in order:
-            t0 = time.perf_counter_ns()
-            runs[i]()
-            samples[i].append((time.perf_counter_ns() - t0) / 1e6)
-        cycles += 1
-    return [summarize(s, "ms", fingerprint, what) for s in samples]
