@@ -69,8 +69,20 @@ UNIT_BATCH = 24
 """Units measured side by side with the yardstick in one window."""
 CALIBRATION_NETWORKS = 16
 """Whole networks `calibrate` measures at most (each ~50 timed runs, twice)."""
+Builder = Callable[[], tuple["nn.Module", "torch.Tensor"]]
+"""Builds a unit's module and its input, when the unit is measured."""
 CALIBRATED = 0.03
 """Calibration networks the fitted line misses by less than this need no network beside them."""
+CALIBRATION_LEAST = 8
+"""Whole networks `calibrate` measures at least: five that agree can all share one bias (the
+units measured for them in the same few windows), which the searched networks, whose units are
+measured later, do not (ResNet-18: 97% of variants within 10% on 5, figures in the README)."""
+JITTER = 0.1
+"""How far each group's width fraction in a calibration network strays from the network's, so
+that the networks are not all uniform (searches visit networks whose groups differ). Wider
+(0.2) puts the small ones' groups at their minimum in bunches: on MobileNetV1 those scattered
+by ±15% around any line, calibration spent its networks there, and 80% of variants fell within
+10% against 100% at 0.1 (benchmarks/bench_lut.py)."""
 
 
 def structure_key(net: Network) -> str:
@@ -107,7 +119,7 @@ class LookupTable:
         self._signatures: dict[Unit, str] = {}
         self._structures: dict[tuple[object, ...], str] = {}
         self._calibrations: dict[str, Calibration | None] = {}  # by structure; a pinned one is never re-read
-        self._levels: dict[str, float] = {}
+        self._level: float | None = None  # the yardstick's first median, once read
 
     @classmethod
     def open(cls, path: str | Path, backend: Backend, calibration_networks: int = CALIBRATION_NETWORKS) -> LookupTable:
@@ -131,7 +143,6 @@ class LookupTable:
     def overhead(self) -> float:
         """The backend's fixed cost of one call, in `unit`."""
         if OVERHEAD not in self._mins:
-            self._known([OVERHEAD])
             self._measure_units({OVERHEAD: ({"overhead": True}, overhead_module)})
         return self._mins[OVERHEAD]
 
@@ -140,13 +151,12 @@ class LookupTable:
         level every unit is expressed at (None where the backend cannot measure side by side)."""
         if not self.backend.interleaves:
             return None
-        if YARDSTICK not in self._levels:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NoisyMeasurementWarning)
-                measured = self._ensure_one(YARDSTICK, {"yardstick": True},
-                                            lambda: steady(lambda: self.backend.measure(*yardstick_module())))
-            self._levels[YARDSTICK] = measured.median
-        return self._levels[YARDSTICK]
+        if self._level is None:
+            self._measure_units({YARDSTICK: ({"yardstick": True}, yardstick_module)}, measure=self._measure_alone)
+            found = self.store.get(YARDSTICK)
+            assert found is not None, "the yardstick was just measured, or waited for"
+            self._level = found.median
+        return self._level
 
     def signature(self, unit: Unit) -> str:
         if unit not in self._signatures:
@@ -165,91 +175,67 @@ class LookupTable:
         for net in nets:
             for u in units(net):
                 todo.setdefault(self.signature(u), (net, u))
-        self._known(todo)
         self._measure_units({sig: (u.describe(), functools.partial(unit_module, net, u))
-                             for sig, (net, u) in sorted(todo.items()) if sig not in self._mins}, progress)
+                             for sig, (net, u) in sorted(todo.items())}, progress)
 
-    def _measure_units(self, todo: dict[str, tuple[dict[str, object], Callable[[], tuple[nn.Module, torch.Tensor]]]],
-                       progress: str | None = None) -> None:
+    def _measure_units(self, todo: dict[str, tuple[dict[str, object], Builder]], progress: str | None = None,
+                       measure: Callable[[list[tuple[nn.Module, torch.Tensor]]], list[Measurement]] | None = None,
+                       ) -> None:
         """Measure the units of `todo` (signature: description, builder) that no process has
         measured, `UNIT_BATCH` at a time side by side with the yardstick, each expressed at the
-        yardstick's first level (`Measurement.scaled`): a unit measured now and one measured an
-        hour ago, under another load, add up. Several processes share the work through claims;
-        a unit another process claimed is waited for."""
+        yardstick's first level (`Measurement.scaled`), unless told how (`measure`): a unit
+        measured now and one measured an hour ago, under another load, add up. Several processes
+        share the work through claims; a unit another process claimed is waited for."""
+        self._known(todo)
         pending = [s for s in todo if s not in self._mins]
         if not pending:
             return
-        level = self.yardstick()
+        measure = measure or functools.partial(self._measure_beside_yardstick, level=self.yardstick())
         bar = tqdm(total=len(pending), desc=progress or "measuring layers", unit="layer", disable=None, leave=False)
         deadline = time.monotonic() + self.wait_timeout
         with warnings.catch_warnings():  # units run for microseconds: their spread is expected; the min is kept
             warnings.simplefilter("ignore", NoisyMeasurementWarning)
             while pending:
-                self._known(pending)
                 claimed: list[str] = []
                 for sig in pending:
-                    if sig not in self._mins and len(claimed) < UNIT_BATCH and self.store.claim(sig):
+                    if len(claimed) < UNIT_BATCH and self.store.claim(sig):
                         claimed.append(sig)
                 if claimed:
+                    started = time.perf_counter()
                     try:
-                        taken = self._measure_beside_yardstick([todo[sig][1]() for sig in claimed], level)
+                        taken = measure([todo[sig][1]() for sig in claimed])
                     except BaseException:
                         for sig in claimed:
                             self.store.release(sig)
                         raise
+                    finally:
+                        self.measure_seconds += time.perf_counter() - started
                     for sig, m in zip(claimed, taken, strict=True):
                         self.store.put(sig, todo[sig][0], m)
                         self._mins[sig] = m.min
                     self.measurements += len(claimed)
                     deadline = time.monotonic() + self.wait_timeout
+                elif time.monotonic() > deadline:
+                    raise LookupTableError(
+                        f"waited {self.wait_timeout:.0f} s for another process to measure layer {pending[0]}; "
+                        "it may be stuck: stop it or raise wait_timeout")
                 else:
-                    self._known(pending)
-                    if any(sig not in self._mins for sig in pending):
-                        if time.monotonic() > deadline:
-                            waiting = next(sig for sig in pending if sig not in self._mins)
-                            raise LookupTableError(
-                                f"waited {self.wait_timeout:.0f} s for another process to measure layer {waiting}; "
-                                "it may be stuck: stop it or raise wait_timeout")
-                        time.sleep(0.02)
-                done = [sig for sig in pending if sig in self._mins]
-                bar.update(len(done))
-                pending = [sig for sig in pending if sig not in self._mins]
+                    time.sleep(0.02)
+                self._known(pending)  # what this process and the others measured meanwhile
+                left = [sig for sig in pending if sig not in self._mins]
+                bar.update(len(pending) - len(left))
+                pending = left
         bar.close()
 
     def _measure_beside_yardstick(self, items: Sequence[tuple[nn.Module, torch.Tensor]],
                                   level: float | None) -> list[Measurement]:
-        started = time.perf_counter()
-        try:
-            if level is None:  # the backend measures one model at a time
-                return [self.backend.measure(m, x) for m, x in items]
-            now, *taken = self.backend.measure_together([yardstick_module(), *items])
-            return [m.scaled(level / now.median) for m in taken]
-        finally:
-            self.measure_seconds += time.perf_counter() - started
+        if level is None:  # the backend measures one model at a time
+            return [self.backend.measure(m, x) for m, x in items]
+        now, *taken = self.backend.measure_together([yardstick_module(), *items])
+        return [m.scaled(level / now.median) for m in taken]
 
-    def _ensure_one(self, sig: str, description: dict[str, object], measure: object) -> Measurement:
-        deadline = time.monotonic() + self.wait_timeout
-        while True:
-            found = self.store.get(sig)
-            if found is not None:
-                return found
-            if self.store.claim(sig):
-                started = time.perf_counter()
-                try:
-                    result: Measurement = measure()  # type: ignore[operator]
-                except BaseException:
-                    self.store.release(sig)
-                    raise
-                self.measure_seconds += time.perf_counter() - started
-                self.store.put(sig, description, result)
-                self.measurements += 1
-                return result
-            if time.monotonic() > deadline:
-                raise LookupTableError(
-                    f"waited {self.wait_timeout:.0f} s for another process to measure layer {sig}; "
-                    "it may be stuck: stop it or raise wait_timeout"
-                )
-            time.sleep(0.02)
+    def _measure_alone(self, items: Sequence[tuple[nn.Module, torch.Tensor]]) -> list[Measurement]:
+        return [steady(functools.partial(self.backend.measure, m, x)) for m, x in items]
 
     def prebuild(self, net: Network, points_per_group: int = 4) -> int:
         """Measure every unit of `net` over a grid of widths (each group at `points_per_group`
@@ -368,23 +354,18 @@ class LookupTable:
             started = time.perf_counter()
             full = traced.network.at_full_width()
             anchor = network_signature(full)
-            if self.backend.interleaves:
-                # one network at a time beside the full network: a small network's figure depends
-                # on its company (timed among 30 others it runs from a cold cache, 10% slower)
-                kept = self.store.get(anchor)
-                others = [n for s, n in todo.items() if s != anchor]
-                batch: list[Network] = []
-                taken: list[Measurement] = []
-                if kept is None:  # the first figure of this structure: the level of all that follow
-                    first = self.measure_networks(traced, [full, *others[:1]], passes=MEASURED_PASSES)
-                    kept, batch, taken, others = first[0], [full, *others[:1]], first, others[1:]
-                for net in others:
-                    now = self.measure_networks(traced, [full, net], passes=MEASURED_PASSES)
-                    batch.append(net)
-                    taken.append(now[1].scaled(kept.median / now[0].median))
-            else:  # measured one at a time: nothing to anchor to
+            others = [n for s, n in todo.items() if s != anchor]
+            kept = self.store.get(anchor) if self.backend.interleaves else None
+            if not self.backend.interleaves:  # measured one at a time: nothing to anchor to
                 batch = list(todo.values())
                 taken = self.measure_networks(traced, batch, passes=MEASURED_PASSES)
+            elif kept is None:  # the first figure of this structure: the level of all that follow
+                batch = [full, *others]
+                taken = self.measure_networks(traced, batch, passes=MEASURED_PASSES)
+            else:
+                batch = others
+                now_full, *taken = self.measure_networks(traced, [full, *others], passes=MEASURED_PASSES)
+                taken = [m.scaled(kept.median / now_full.median) for m in taken]
             for net, m in zip(batch, taken, strict=True):
                 self.store.put(network_signature(net), {"network": self.structure(net), "widths": net.widths}, m)
             self.measure_seconds += time.perf_counter() - started
@@ -396,12 +377,14 @@ class LookupTable:
 
         It starts from the full network, the smallest one (every group at its minimum: searches
         under tight budgets go that low) and three variants between (global fractions 1/4, 1/2,
-        3/4, each group jittered). Then, while fewer than `max_networks` are measured, it fits
-        the line (`Calibration`) and adds a variant half way (in width) between the neighbours
-        it fits worst (their errors, weighted by how far apart they are), until every network
-        is fitted within 3%. All are measured side by side with the full network and kept in
-        the table as they are taken, so an interrupted calibration resumes where it stopped;
-        the calibration itself is written once, at the end. `max_networks` defaults to the
+        3/4, each group jittered by up to ±`JITTER`). Then, while fewer than `max_networks` are
+        measured, it fits the line (`Calibration`) and adds a variant half way (in width)
+        between the neighbours it fits worst (their errors, weighted by how far apart they
+        are), until every network is fitted within 3% and at least `CALIBRATION_LEAST` are
+        measured (short of that, half way across the widest gap). All are measured side by
+        side with the full network and kept in the table as they are taken, so an interrupted
+        calibration resumes where it stopped; the calibration itself is written once, at the
+        end. `max_networks` defaults to the
         table's `calibration_networks` (16).
 
         Networks with residual branches removed are not among them: they pay less per layer
@@ -423,6 +406,8 @@ class LookupTable:
         fractions = [f for f, _ in placed]
         while len(points) < max_networks:
             split = _worst_fitted(points, fractions, Calibration.fit(points))
+            if split is None and len(points) < CALIBRATION_LEAST:
+                split = _widest_gap(fractions)
             if split is None:
                 break
             f = (fractions[split[0]] + fractions[split[1]]) / 2
@@ -456,13 +441,13 @@ class LookupTable:
 
 def _at_fraction(net: Network, fraction: float, seed: int) -> Network:
     """The network at a global width fraction (0: every group at its minimum, 1: the full
-    network), each group jittered by up to ±0.1 in between."""
+    network), each group jittered by up to ±`JITTER` in between."""
     if fraction >= 1.0:
         return net.at_full_width()
     rng = random.Random(seed)
     widths = {}
     for g in net.groups:
-        share = 0.0 if fraction <= 0.0 else min(1.0, max(0.0, fraction + rng.uniform(-0.1, 0.1)))
+        share = 0.0 if fraction <= 0.0 else min(1.0, max(0.0, fraction + rng.uniform(-JITTER, JITTER)))
         valid = g.valid_widths()
         widths[g.id] = valid[0] if share == 0.0 else _nearest(valid, g.min_width + share * (g.full_width - g.min_width))
     return net.with_widths(widths)
@@ -485,6 +470,13 @@ def _worst_fitted(points: Sequence[tuple[float, float]], fractions: Sequence[flo
         if (errors[a] + errors[b]) * gap > score:
             best, score = (a, b), (errors[a] + errors[b]) * gap
     return best
+
+
+def _widest_gap(fractions: Sequence[float]) -> tuple[int, int] | None:
+    """The neighbours in width furthest apart, as indices into `fractions` (None: too close to split)."""
+    order = sorted(range(len(fractions)), key=lambda k: fractions[k])
+    a, b = max(itertools.pairwise(order), key=lambda p: fractions[p[1]] - fractions[p[0]])
+    return (a, b) if fractions[b] - fractions[a] >= 0.02 else None
 
 
 def random_variants(net: Network, count: int, seed: int = 0) -> list[Network]:
