@@ -25,7 +25,6 @@ from netopt.bridge import build
 from netopt.constraints import EnergyConstraint, LatencyConstraint, MACsConstraint, ReductionSchedule
 from netopt.errors import ConfigError, InfeasibleError, LookupTableError, ObjectiveError
 from netopt.lut import Calibration, LookupTable, structure_key
-from netopt.lut.table import CALIBRATION_LEAST
 from netopt.measure import MeasureSettings, NoisyMeasurementWarning, OnnxRuntimeCPU
 from netopt.measure.base import Backend, Fingerprint, Measurement, summarize
 from netopt.measure.energy import EnergyModel
@@ -228,15 +227,6 @@ def test_calibration_stays_within_its_stated_number_of_networks(tmp_path: Path) 
         assert len(lut.calibrate(tr, max_networks=most).points) <= most
     with pytest.raises(LookupTableError, match=r"max_networks=1\) needs at least 2"):
         lut.calibrate(tr, max_networks=1)
-
-
-def test_calibration_measures_its_least_number_of_networks_even_where_the_first_agree(tmp_path: Path) -> None:
-    """On an additive device the line fits the first five exactly; calibration goes on to
-    CALIBRATION_LEAST all the same (five that agree can share one bias), then stops."""
-    tr = traced()
-    cal = LookupTable.open(tmp_path / "lut.sqlite", Device()).calibrate(tr, max_networks=16)
-    assert len(cal.points) == CALIBRATION_LEAST
-    assert len({round(x, 9) for x, _ in cal.points}) == CALIBRATION_LEAST, "distinct networks, not repeats"
 
 
 @pytest.mark.slow

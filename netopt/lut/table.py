@@ -73,16 +73,6 @@ Builder = Callable[[], tuple["nn.Module", "torch.Tensor"]]
 """Builds a unit's module and its input, when the unit is measured."""
 CALIBRATED = 0.03
 """Calibration networks the fitted line misses by less than this need no network beside them."""
-CALIBRATION_LEAST = 8
-"""Whole networks `calibrate` measures at least: five that agree can all share one bias (the
-units measured for them in the same few windows), which the searched networks, whose units are
-measured later, do not (ResNet-18: 97% of variants within 10% on 5, figures in the README)."""
-JITTER = 0.1
-"""How far each group's width fraction in a calibration network strays from the network's, so
-that the networks are not all uniform (searches visit networks whose groups differ). Wider
-(0.2) puts the small ones' groups at their minimum in bunches: on MobileNetV1 those scattered
-by ±15% around any line, calibration spent its networks there, and 80% of variants fell within
-10% against 100% at 0.1 (benchmarks/bench_lut.py)."""
 
 
 def structure_key(net: Network) -> str:
@@ -354,18 +344,23 @@ class LookupTable:
             started = time.perf_counter()
             full = traced.network.at_full_width()
             anchor = network_signature(full)
-            others = [n for s, n in todo.items() if s != anchor]
-            kept = self.store.get(anchor) if self.backend.interleaves else None
-            if not self.backend.interleaves:  # measured one at a time: nothing to anchor to
+            if self.backend.interleaves:
+                # one network at a time beside the full network: a small network's figure depends
+                # on its company (timed among 30 others it runs from a cold cache, 10% slower)
+                kept = self.store.get(anchor)
+                others = [n for s, n in todo.items() if s != anchor]
+                batch: list[Network] = []
+                taken: list[Measurement] = []
+                if kept is None:  # the first figure of this structure: the level of all that follow
+                    first = self.measure_networks(traced, [full, *others[:1]], passes=MEASURED_PASSES)
+                    kept, batch, taken, others = first[0], [full, *others[:1]], first, others[1:]
+                for net in others:
+                    now = self.measure_networks(traced, [full, net], passes=MEASURED_PASSES)
+                    batch.append(net)
+                    taken.append(now[1].scaled(kept.median / now[0].median))
+            else:  # measured one at a time: nothing to anchor to
                 batch = list(todo.values())
                 taken = self.measure_networks(traced, batch, passes=MEASURED_PASSES)
-            elif kept is None:  # the first figure of this structure: the level of all that follow
-                batch = [full, *others]
-                taken = self.measure_networks(traced, batch, passes=MEASURED_PASSES)
-            else:
-                batch = others
-                now_full, *taken = self.measure_networks(traced, [full, *others], passes=MEASURED_PASSES)
-                taken = [m.scaled(kept.median / now_full.median) for m in taken]
             for net, m in zip(batch, taken, strict=True):
                 self.store.put(network_signature(net), {"network": self.structure(net), "widths": net.widths}, m)
             self.measure_seconds += time.perf_counter() - started
@@ -377,14 +372,12 @@ class LookupTable:
 
         It starts from the full network, the smallest one (every group at its minimum: searches
         under tight budgets go that low) and three variants between (global fractions 1/4, 1/2,
-        3/4, each group jittered by up to ±`JITTER`). Then, while fewer than `max_networks` are
-        measured, it fits the line (`Calibration`) and adds a variant half way (in width)
-        between the neighbours it fits worst (their errors, weighted by how far apart they
-        are), until every network is fitted within 3% and at least `CALIBRATION_LEAST` are
-        measured (short of that, half way across the widest gap). All are measured side by
-        side with the full network and kept in the table as they are taken, so an interrupted
-        calibration resumes where it stopped; the calibration itself is written once, at the
-        end. `max_networks` defaults to the
+        3/4, each group jittered). Then, while fewer than `max_networks` are measured, it fits
+        the line (`Calibration`) and adds a variant half way (in width) between the neighbours
+        it fits worst (their errors, weighted by how far apart they are), until every network
+        is fitted within 3%. All are measured side by side with the full network and kept in
+        the table as they are taken, so an interrupted calibration resumes where it stopped;
+        the calibration itself is written once, at the end. `max_networks` defaults to the
         table's `calibration_networks` (16).
 
         Networks with residual branches removed are not among them: they pay less per layer
@@ -406,8 +399,6 @@ class LookupTable:
         fractions = [f for f, _ in placed]
         while len(points) < max_networks:
             split = _worst_fitted(points, fractions, Calibration.fit(points))
-            if split is None and len(points) < CALIBRATION_LEAST:
-                split = _widest_gap(fractions)
             if split is None:
                 break
             f = (fractions[split[0]] + fractions[split[1]]) / 2
@@ -441,13 +432,13 @@ class LookupTable:
 
 def _at_fraction(net: Network, fraction: float, seed: int) -> Network:
     """The network at a global width fraction (0: every group at its minimum, 1: the full
-    network), each group jittered by up to ±`JITTER` in between."""
+    network), each group jittered by up to ±0.1 in between."""
     if fraction >= 1.0:
         return net.at_full_width()
     rng = random.Random(seed)
     widths = {}
     for g in net.groups:
-        share = 0.0 if fraction <= 0.0 else min(1.0, max(0.0, fraction + rng.uniform(-JITTER, JITTER)))
+        share = 0.0 if fraction <= 0.0 else min(1.0, max(0.0, fraction + rng.uniform(-0.1, 0.1)))
         valid = g.valid_widths()
         widths[g.id] = valid[0] if share == 0.0 else _nearest(valid, g.min_width + share * (g.full_width - g.min_width))
     return net.with_widths(widths)
@@ -470,13 +461,6 @@ def _worst_fitted(points: Sequence[tuple[float, float]], fractions: Sequence[flo
         if (errors[a] + errors[b]) * gap > score:
             best, score = (a, b), (errors[a] + errors[b]) * gap
     return best
-
-
-def _widest_gap(fractions: Sequence[float]) -> tuple[int, int] | None:
-    """The neighbours in width furthest apart, as indices into `fractions` (None: too close to split)."""
-    order = sorted(range(len(fractions)), key=lambda k: fractions[k])
-    a, b = max(itertools.pairwise(order), key=lambda p: fractions[p[1]] - fractions[p[0]])
-    return (a, b) if fractions[b] - fractions[a] >= 0.02 else None
 
 
 def random_variants(net: Network, count: int, seed: int = 0) -> list[Network]:

@@ -283,17 +283,11 @@ class MeasuringEstimator(Estimator, Protocol):
 
 def time_interleaved(runs: Sequence[Callable[[], object]], settings: MeasureSettings, fingerprint: str = "",
                      what: str = "measurement", seed: int = 0) -> list[Measurement]:
-    """Milliseconds per call of each of `runs`, timed in cycles that visit every one of them
+    """Milliseconds per call of each of `runs`, timed in cycles that call every one of them
     once, each cycle in a new order (so that no run always follows the same neighbour).
 
-    A visit calls the run twice and times the second call: the first brings its weights and
-    buffers back into the caches its predecessor took, so each figure is the run's own, as if
-    it were timed alone, whatever its company. Timed straight after a large model, a small one
-    runs from cold caches: on ResNet-18's units a small unit took 1.5-2.5x its own time, and its
-    ratio to a unit beside it moved by 38% from one window's company to another's (2.6% with
-    the warm call; benchmarks/bench_lut.py). Each run gets the protocol of `settings` as if timed
-    alone: at least `runs` cycles, and cycles until each has had `min_seconds` of its own timed
-    calls on average; at most `max_runs` cycles.
+    Each run gets the protocol of `settings` as if timed alone: at least `runs` cycles, and
+    cycles until each has had `min_seconds` of its own on average; at most `max_runs` cycles.
     """
     for run in runs:
         for _ in range(settings.warmup):
@@ -302,15 +296,12 @@ def time_interleaved(runs: Sequence[Callable[[], object]], settings: MeasureSett
     order = list(range(len(runs)))
     rng = random.Random(seed)
     wanted = settings.min_seconds * len(runs)
-    cycles, timed = 0, 0.0
-    while cycles < settings.max_runs and (cycles < settings.runs or timed < wanted):
+    cycles, start = 0, time.perf_counter()
+    while cycles < settings.max_runs and (cycles < settings.runs or time.perf_counter() - start < wanted):
         rng.shuffle(order)
         for i in order:
-            runs[i]()  # warm: this run's caches, not its predecessor's
             t0 = time.perf_counter_ns()
             runs[i]()
-            took = (time.perf_counter_ns() - t0) / 1e6
-            samples[i].append(took)
-            timed += took / 1e3
+            samples[i].append((time.perf_counter_ns() - t0) / 1e6)
         cycles += 1
     return [summarize(s, "ms", fingerprint, what) for s in samples]
