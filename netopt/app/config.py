@@ -314,7 +314,7 @@ def load_config(path: str | Path, kind: type[AdaptConfig] = AdaptConfig) -> Adap
         return kind(**data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
+        field = ".".join(str(p) if str(p).isprintable() else repr(p) for p in err["loc"])  # a key "\n": one line
         message = str(err["msg"]).removeprefix("Value error, ")
         if not field:  # a rule across tables: its message names the field itself
             raise ConfigError(f"{path}: {message}") from None
