@@ -69,9 +69,10 @@ class Drifting(Backend):
         ms = cost(module)
         return lambda: spin(ms * self.speed)
 
-    def measure_together(self, items: Sequence[tuple[nn.Module, torch.Tensor]], seed: int = 0) -> list[Measurement]:
+    def measure_together(self, items: Sequence[tuple[nn.Module, torch.Tensor]], seed: int = 0,
+                         warm: bool = False) -> list[Measurement]:
         self._window()
-        return super().measure_together(items, seed)
+        return super().measure_together(items, seed, warm)
 
 
 def traced() -> netopt.Traced:
@@ -88,6 +89,37 @@ def test_interleaved_timing_calls_every_run_once_a_cycle_in_changing_orders() ->
     cycles = [timed[k:k + 4] for k in range(0, len(timed), 4)]
     assert all(sorted(c) == [0, 1, 2, 3] for c in cycles)
     assert len({tuple(c) for c in cycles}) > 1  # not always the same neighbours
+
+
+class Crowded:
+    """Runs that pay for the caches their predecessor took: a call after another run's costs
+    its own time plus half the predecessor's (a large model evicts more)."""
+
+    def __init__(self) -> None:
+        self.last: int | None = None
+        self.costs: list[float] = []
+
+    def run(self, ms: float) -> Callable[[], None]:
+        me = len(self.costs)
+        self.costs.append(ms)
+
+        def call() -> None:
+            penalty = 0.0 if self.last in (None, me) else 0.5 * self.costs[self.last]  # type: ignore[index]
+            self.last = me
+            spin(ms + penalty)
+
+        return call
+
+
+def test_warm_visits_time_each_run_from_its_own_caches_whatever_its_company() -> None:
+    device = Crowded()
+    small, large = device.run(0.2), device.run(2.0)
+    settings = MeasureSettings(warmup=1, runs=10, min_seconds=0.0)
+    cold = time_interleaved([small, large], settings)
+    warm = time_interleaved([small, large], settings, warm=True)
+    # each timed straight after the other: 1.2 ms and 2.1 ms, 1.75x; their own: 10x
+    assert cold[1].median / cold[0].median < 3
+    assert warm[1].median / warm[0].median == pytest.approx(10.0, rel=0.1)
 
 
 def test_kept_figures_measured_apart_in_time_compare_as_if_side_by_side(tmp_path: Path) -> None:

@@ -172,8 +172,10 @@ class LookupTable:
                        measure: Callable[[list[tuple[nn.Module, torch.Tensor]]], list[Measurement]] | None = None,
                        ) -> None:
         """Measure the units of `todo` (signature: description, builder) that no process has
-        measured, `UNIT_BATCH` at a time side by side with the yardstick, each expressed at the
-        yardstick's first level (`Measurement.scaled`), unless told how (`measure`): a unit
+        measured, `UNIT_BATCH` at a time side by side with the yardstick, each visit warm
+        (`time_interleaved`: the yardstick timed after a large unit would run from cold caches,
+        and the scale would follow the batch's company), each expressed at the yardstick's first
+        level (`Measurement.scaled`), unless told how (`measure`): a unit
         measured now and one measured an hour ago, under another load, add up. Several processes
         share the work through claims; a unit another process claimed is waited for."""
         self._known(todo)
@@ -221,7 +223,7 @@ class LookupTable:
                                   level: float | None) -> list[Measurement]:
         if level is None:  # the backend measures one model at a time
             return [self.backend.measure(m, x) for m, x in items]
-        now, *taken = self.backend.measure_together([yardstick_module(), *items])
+        now, *taken = self.backend.measure_together([yardstick_module(), *items], warm=True)
         return [m.scaled(level / now.median) for m in taken]
 
     def _measure_alone(self, items: Sequence[tuple[nn.Module, torch.Tensor]]) -> list[Measurement]:
