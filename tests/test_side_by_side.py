@@ -160,6 +160,45 @@ def test_units_measured_in_different_windows_are_at_one_level(tmp_path: Path) ->
     assert lut.layer_sum(nets[1]) < lut.layer_sum(nets[0])
 
 
+class Bursty(Drifting):
+    """Bursts of load that slow a share of the calls in a window 3x, another share each window
+    (none, then 70%): medians move with the share, minimums do not (40 runs: every model has
+    calls the burst spared)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.settings = MeasureSettings(warmup=1, runs=40, min_seconds=0.0)
+
+    def _window(self) -> None:
+        self.windows += 1
+        self.share = 0.7 * (self.windows % 2)
+        self.calls = 0
+
+    def runner(self, module: nn.Module, example_input: torch.Tensor) -> Callable[[], object]:
+        ms = cost(module)
+
+        def call() -> None:
+            self.calls += 1
+            spin(ms * (3.0 if (self.calls * 0.618) % 1 < self.share else 1.0))
+
+        return call
+
+
+def test_a_burst_of_load_in_one_batch_does_not_move_its_units(tmp_path: Path) -> None:
+    tr = traced()
+    device = Bursty()
+    lut = LookupTable.open(tmp_path / "lut.sqlite", device)
+    nets = [tr.network, tr.network.scaled(0.5)]
+    shares = set()
+    for net in nets:  # one batch each, a share of 0 and one of 0.7: the yardstick's median moves 3x
+        lut.ensure([net])
+        shares.add(device.share)
+    assert shares == {0.0, 0.7}
+    levels = [lut.store.get(lut.signature(u)).min / cost(unit_module(net, u)[0])  # type: ignore[union-attr]
+              for net in nets for u in units(net)]
+    assert max(levels) / min(levels) < 1.1, "the minimum the table keeps is scaled by the yardstick's minimum"
+
+
 def test_a_backend_that_measures_one_model_at_a_time_is_not_anchored(tmp_path: Path) -> None:
     class OneAtATime(Drifting):
         runner = Backend.runner  # type: ignore[assignment]

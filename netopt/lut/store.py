@@ -28,7 +28,8 @@ from netopt.measure.base import Fingerprint, Measurement
 __all__ = ["Store", "Calibration", "FORMAT", "VERSION"]
 
 FORMAT = "netopt-lut"
-VERSION = 2
+VERSION = 3
+"""3: units at the yardstick's first minimum (2: at its median, which a batch's load moved)."""
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 SCHEMA = """

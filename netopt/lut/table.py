@@ -109,7 +109,7 @@ class LookupTable:
         self._signatures: dict[Unit, str] = {}
         self._structures: dict[tuple[object, ...], str] = {}
         self._calibrations: dict[str, Calibration | None] = {}  # by structure; a pinned one is never re-read
-        self._level: float | None = None  # the yardstick's first median, once read
+        self._level: float | None = None  # the yardstick's first minimum, once read
 
     @classmethod
     def open(cls, path: str | Path, backend: Backend, calibration_networks: int = CALIBRATION_NETWORKS) -> LookupTable:
@@ -137,7 +137,7 @@ class LookupTable:
         return self._mins[OVERHEAD]
 
     def yardstick(self) -> float | None:
-        """The median of the yardstick unit the first time this table measured it alone: the
+        """The minimum of the yardstick unit the first time this table measured it alone: the
         level every unit is expressed at (None where the backend cannot measure side by side)."""
         if not self.backend.interleaves:
             return None
@@ -145,7 +145,7 @@ class LookupTable:
             self._measure_units({YARDSTICK: ({"yardstick": True}, yardstick_module)}, measure=self._measure_alone)
             found = self.store.get(YARDSTICK)
             assert found is not None, "the yardstick was just measured, or waited for"
-            self._level = found.median
+            self._level = found.min
         return self._level
 
     def signature(self, unit: Unit) -> str:
@@ -175,9 +175,12 @@ class LookupTable:
         measured, `UNIT_BATCH` at a time side by side with the yardstick, each visit warm
         (`time_interleaved`: the yardstick timed after a large unit would run from cold caches,
         and the scale would follow the batch's company), each expressed at the yardstick's first
-        level (`Measurement.scaled`), unless told how (`measure`): a unit
-        measured now and one measured an hour ago, under another load, add up. Several processes
-        share the work through claims; a unit another process claimed is waited for."""
+        level (`Measurement.scaled`), unless told how (`measure`): a unit measured now and one
+        measured an hour ago, under another load, add up. Minimum to minimum: the table keeps a
+        unit's minimum, and scaling it by the yardstick's median let a burst of load in one batch
+        move the whole batch (MobileNetV3's layer sum moved 2.5-8% between two measurements of
+        the same units, 0.2-0.6% minimum to minimum). Several processes share the work through
+        claims; a unit another process claimed is waited for."""
         self._known(todo)
         pending = [s for s in todo if s not in self._mins]
         if not pending:
@@ -224,7 +227,7 @@ class LookupTable:
         if level is None:  # the backend measures one model at a time
             return [self.backend.measure(m, x) for m, x in items]
         now, *taken = self.backend.measure_together([yardstick_module(), *items], warm=True)
-        return [m.scaled(level / now.median) for m in taken]
+        return [m.scaled(level / now.min) for m in taken]
 
     def _measure_alone(self, items: Sequence[tuple[nn.Module, torch.Tensor]]) -> list[Measurement]:
         return [steady(functools.partial(self.backend.measure, m, x)) for m, x in items]
