@@ -190,7 +190,7 @@ def test_a_burst_of_load_in_one_batch_does_not_move_its_units(tmp_path: Path) ->
     lut = LookupTable.open(tmp_path / "lut.sqlite", device)
     nets = [tr.network, tr.network.scaled(0.5)]
     shares = set()
-    for net in nets:  # one batch each, a share of 0 and one of 0.7: the yardstick's median moves 3x
+    for net in nets:  # windows of shares 0 and 0.7 (the yardstick's median 1x, then 3x)
         lut.ensure([net])
         shares.add(device.share)
     assert shares == {0.0, 0.7}
