@@ -104,10 +104,10 @@ def test_calibration_is_stored_and_fidelity_reports(tmp_path: Path) -> None:
     lut = LookupTable.open(tmp_path / "lut.sqlite", backend())
     raw = lut.layer_sum(traced.network)
     cal = lut.calibrate(traced, max_networks=6)
-    assert 5 <= len(cal.points) <= 6 and all(r > 0 for r in cal.knots[1])  # the start, the smallest, 3 variants, ...
-    fitted = [r * x for x, r in zip(*cal.knots, strict=True)]
-    assert all(b >= a * (1 - 1e-9) for a, b in itertools.pairwise(fitted))  # the cost never falls with the layer sum
-    assert lut.estimate(traced.network) == pytest.approx(cal.apply(raw))
+    assert len(cal.points) == 6 and all(r > 0 for r in cal.knots[1])  # the start, the smallest, 4 variants
+    _, slope, per_weight = cal.plane
+    assert slope > 0 and per_weight >= 0  # the cost never falls with the layer sum or the weights
+    assert lut.estimate(traced.network) == pytest.approx(cal.apply(raw, lut.weights(traced.network)))
     assert LookupTable.open(tmp_path / "lut.sqlite", backend()).estimate(traced.network) == lut.estimate(traced.network)
     report = fidelity(lut, traced, variants=4)
     a = report.agreement()
@@ -167,3 +167,23 @@ def test_calibration_fits_a_rising_line_and_lets_the_ratio_fall() -> None:
     assert spilling.line[0] < 0 and spilling.apply(3.0) / 3.0 > spilling.apply(1.0)
     more = cal.with_points([(2.0, 1.9), (2.5, 2.0)])  # a point at a layer sum already held replaces it
     assert dict(more.points) == {1.0: 1.2, 2.0: 1.9, 2.5: 2.0, 3.0: 2.1, 4.0: 2.0}
+
+
+def test_calibration_prices_the_weights_where_they_vary_apart_from_the_layer_sum() -> None:
+    from netopt.lut import Calibration
+    from netopt.lut.store import stored_calibration
+
+    sums, weights = [1.0, 2.0, 2.0, 3.0, 4.0, 4.0], [0.5, 0.5, 2.0, 1.0, 1.0, 3.0]
+    exact = Calibration.fit([(x, 0.1 + 0.5 * x + 0.2 * w, w) for x, w in zip(sums, weights, strict=True)])
+    assert exact.weighted and exact.plane == pytest.approx((0.1, 0.5, 0.2))
+    assert exact.apply(3.0, 2.0) == pytest.approx(2.0)
+    with pytest.raises(LookupTableError, match="pass the network's weights"):
+        exact.apply(3.0)
+    alike = Calibration.fit([(x, 0.1 + 0.7 * x, 0.3 * x) for x in sums])  # weights follow the layer sum
+    assert not alike.weighted and alike.line == pytest.approx((0.1, 0.7))  # cannot be told apart: the line
+    old = Calibration.fit([(x, 0.1 + 0.7 * x) for x in sums])  # an older netopt's points: the line
+    assert not old.weighted and old.apply(2.0) == pytest.approx(1.5)
+    assert old.with_points([(5.0, 3.6, 9.0)]).points[-1] == (5.0, 3.6)  # added to it, a point loses its weights
+    assert stored_calibration(old.points) is None and stored_calibration(exact.points) == exact  # refitted when bound
+    with pytest.raises(LookupTableError, match=r"got .* of another length"):
+        Calibration.fit([(1.0, 1.0), (2.0, 2.0, 1.0)])

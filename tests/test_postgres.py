@@ -35,7 +35,8 @@ def test_calibrations_are_kept_and_other_platforms_refused(pg: Server) -> None:
     cal = lut.calibrate(traced, max_networks=4)
     again = LookupTable.open(url, backend())
     assert again.calibration(traced.network) == cal and again.estimate(traced.network) == lut.estimate(traced.network)
-    assert again.estimate(traced.network) == pytest.approx(cal.apply(lut.layer_sum(traced.network)))
+    assert again.estimate(traced.network) == pytest.approx(cal.apply(lut.layer_sum(traced.network),
+                                                                     lut.weights(traced.network)))
     with pytest.raises(LookupTableError, match=r"measured on another platform .*threads") as info:
         LookupTable.open(url, backend(threads=2))
     assert "\n" not in str(info.value)

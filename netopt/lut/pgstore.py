@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from netopt.errors import LookupTableError, first_line
-from netopt.lut.store import FORMAT, VERSION, Calibration, claim_held, process_owner
+from netopt.lut.store import FORMAT, VERSION, Calibration, claim_held, process_owner, stored_calibration
 from netopt.measure.base import Fingerprint, Measurement
 
 __all__ = ["PostgresStore", "is_postgres_url", "redacted"]
@@ -170,7 +170,7 @@ class PostgresStore:
                               (structure,)).fetchone()
         if row is None:
             return None
-        return Calibration(tuple((float(x), float(y)) for x, y in json.loads(row[0])))
+        return stored_calibration(json.loads(row[0]))
 
     def put_calibration(self, structure: str, calibration: Calibration) -> None:
         with self._write() as db:

@@ -25,7 +25,7 @@ from scipy.optimize import lsq_linear
 from netopt.errors import LookupTableError
 from netopt.measure.base import Fingerprint, Measurement
 
-__all__ = ["Store", "Calibration", "FORMAT", "VERSION"]
+__all__ = ["Store", "Calibration", "FORMAT", "VERSION", "stored_calibration"]
 
 FORMAT = "netopt-lut"
 VERSION = 3
@@ -44,52 +44,78 @@ CREATE TABLE IF NOT EXISTS calibrations (structure TEXT PRIMARY KEY, points TEXT
 
 @dataclass(frozen=True)
 class Calibration:
-    """The whole-network cost as a rising straight line in the layer sum, fitted on whole networks.
+    """The whole-network cost as a rising plane in the layer sum and the weights, fitted on
+    whole networks.
 
-    cost = intercept + slope * layer sum, least squares in relative error (every network counts
-    alike, small or big), the slope kept positive so that a smaller network is never estimated
-    dearer; below the smallest calibration network, its ratio cost / layer sum. The intercept
-    takes what the whole network pays once or per layer beyond its units measured alone (a
-    positive one: the ratio falls with size, fixed costs weighing most in small networks; a
-    negative one: the ratio rises, big variants spilling out of cache).
+    cost = intercept + slope * layer sum + per_weight * weights (millions of parameters), least
+    squares in relative error (every network counts alike, small or big), slope and per_weight
+    kept positive so that a smaller network is never estimated dearer; below the smallest
+    calibration network, the intercept shrinks with the layer sum. The intercept takes what the
+    whole network pays once or per layer beyond its units measured alone (a positive one: the
+    ratio falls with size, fixed costs weighing most in small networks; a negative one: the
+    ratio rises, big variants spilling out of cache).
 
-    A line, not a curve through every network: calibration networks measured side by side still
-    scatter by a few percent around any smooth curve, and an interpolating fit (isotonic
+    The weights, because a unit is timed warm, its weights in cache, and a network among other
+    work is not: it fetches its weights anew each call. They are priced only where they fit
+    networks held out of the fit better than the line does. Two MobileNetV1 variants of one layer
+    sum at 128 px, one with 0.25 M weights and one with 0.56 M (its classifier and last layers
+    wider), ran alike alone (625 us each) and 0.99x and 1.24x their layer sums beside the full
+    network; a line in the layer sum, fitted on networks shrunk evenly, put small variants
+    shrunk unevenly 10-16% low. Where the calibration networks' weights follow their layer sum
+    (all shrunk alike), the weights cannot be told apart and the fit is the line alone.
+
+    A plane, not a surface through every network: calibration networks measured side by side
+    still scatter by a few percent around any smooth curve, and an interpolating fit (isotonic
     regression, as before) followed that scatter: on MobileNetV3 at 128 px it put 37-80% of new
     variants within ±10%, the line on the same points 90-97% (benchmarks/bench_lut.py).
+
+    A calibration of an older netopt holds (layer sum, measured) points only: it is the line.
     """
 
-    points: tuple[tuple[float, float], ...]  # (layer sum, measured end to end), by layer sum
+    points: tuple[tuple[float, ...], ...]  # (layer sum, measured end to end, weights in M), by layer sum
 
     @classmethod
-    def fit(cls, points: Sequence[tuple[float, float]]) -> Calibration:
-        ordered = tuple(sorted((float(x), float(y)) for x, y in points if x > 0))
+    def fit(cls, points: Sequence[Sequence[float]]) -> Calibration:
+        ordered = tuple(sorted(tuple(float(v) for v in p) for p in points if p[0] > 0))
         if not ordered:
             raise LookupTableError("calibration needs at least one network with a positive layer sum")
+        if len({len(p) for p in ordered}) > 1 or len(ordered[0]) not in (2, 3):
+            raise LookupTableError(f"calibration points are (layer sum, measured, weights), got {ordered[0]!r} and "
+                                   "others of another length; refit it with lut.calibrate(traced)")
         return cls(ordered)
 
-    def with_points(self, points: Sequence[tuple[float, float]]) -> Calibration:
-        """This calibration and more networks; a new point at a layer sum already held replaces it."""
-        new = {float(x): float(y) for x, y in points}
-        return Calibration.fit([*((x, y) for x, y in self.points if x not in new), *new.items()])
+    def with_points(self, points: Sequence[Sequence[float]]) -> Calibration:
+        """This calibration and more networks; a new point at a layer sum already held replaces it.
+        Added to a calibration of an older netopt (no weights), the new points lose theirs."""
+        width = len(self.points[0])
+        new = {float(p[0]): tuple(float(v) for v in p[:width]) for p in points}
+        return Calibration.fit([*(p for p in self.points if p[0] not in new), *new.values()])
+
+    @property
+    def weighted(self) -> bool:
+        """Whether the weights enter the fit (they vary apart from the layer sum)."""
+        return self.plane[2] > 0.0
 
     @property
     def line(self) -> tuple[float, float]:
-        """(intercept, slope) of the fitted cost."""
+        """(intercept, slope) of the fitted cost (the weights' share aside)."""
+        return self.plane[:2]
+
+    @property
+    def plane(self) -> tuple[float, float, float]:
+        """(intercept, slope, per_weight) of the fitted cost."""
         cached = self.__dict__.get("_fit")
         if cached is not None:
             return cached  # type: ignore[no-any-return]
         x = np.array([p[0] for p in self.points])
         y = np.array([p[1] for p in self.points])
+        w = np.array([p[2] for p in self.points]) if len(self.points[0]) == 3 else np.zeros_like(x)
         if len(set(x.tolist())) < 2:  # one layer sum: its ratio
-            fit = (0.0, float(np.mean(y / x)))
+            fit = (0.0, float(np.mean(y / x)), 0.0)
         else:
-            floor = 1e-3 * float(y.mean() / x.mean())
-            found = lsq_linear(np.stack([1 / y, x / y], axis=1), np.ones_like(y),
-                               bounds=([-np.inf, floor], [np.inf, np.inf]))
-            fit = (float(found.x[0]), float(found.x[1]))
-            if fit[0] + fit[1] * x[0] <= 0:  # a line through nothing it was fitted on: the ratio instead
-                fit = (0.0, float(np.exp(np.mean(np.log(y / x)))))
+            fit = _fitted(x, y, w if _apart(x, w) else None)
+            if fit[2] > 0.0 and _held_out(x, y, w) >= _held_out(x, y, None):
+                fit = _fitted(x, y, None)  # the weights' share fitted the scatter, not the networks
         object.__setattr__(self, "_fit", fit)  # frozen value, derived once
         return fit
 
@@ -97,18 +123,62 @@ class Calibration:
     def knots(self) -> tuple[np.ndarray, np.ndarray]:
         """The layer sums of the calibration networks and the fitted ratio cost / layer sum there."""
         x = np.array([p[0] for p in self.points])
-        return x, np.array([self.apply(v) for v in x]) / x
+        return x, np.array([self.apply(*p[:1], *p[2:]) for p in self.points]) / x
 
-    def apply(self, layer_sum: float) -> float:
-        intercept, slope = self.line
-        smallest = self.points[0][0]
-        if layer_sum < smallest:
-            return float(layer_sum * (intercept / smallest + slope))
-        return float(intercept + slope * layer_sum)
+    def apply(self, layer_sum: float, weights: float | None = None) -> float:
+        """The estimated cost of a network of `layer_sum` with `weights` millions of parameters
+        (needed where the weights enter the fit)."""
+        intercept, slope, per_weight = self.plane
+        if per_weight > 0.0 and weights is None:
+            raise LookupTableError("this calibration prices the weights: pass the network's weights (millions of "
+                                   "parameters) with its layer sum")
+        fixed = intercept if layer_sum >= self.points[0][0] else intercept * layer_sum / self.points[0][0]
+        return float(fixed + slope * layer_sum + per_weight * (weights or 0.0))
 
-    def error(self, layer_sum: float, measured: float) -> float:
-        """(estimate - measured) / measured for a network of `layer_sum` measured at `measured`."""
-        return self.apply(layer_sum) / measured - 1.0
+    def error(self, layer_sum: float, measured: float, weights: float | None = None) -> float:
+        """(estimate - measured) / measured for a network of `layer_sum` and `weights` measured at `measured`."""
+        return self.apply(layer_sum, weights) / measured - 1.0
+
+
+def _fitted(x: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> tuple[float, float, float]:
+    """(intercept, slope, per_weight) least squares in relative error, slope and per_weight
+    positive; without weights `w`, the line; through nothing it was fitted on, the ratio."""
+    floor = 1e-3 * float(y.mean() / x.mean())
+    columns = [1 / y, x / y] + ([w / y] if w is not None else [])
+    found = lsq_linear(np.stack(columns, axis=1), np.ones_like(y),
+                       bounds=([-np.inf, floor, 0.0][:len(columns)], [np.inf] * len(columns)))
+    fit = (float(found.x[0]), float(found.x[1]), float(found.x[2]) if w is not None else 0.0)
+    if np.any(fit[0] + fit[1] * x + fit[2] * (w if w is not None else 0.0) <= 0):
+        fit = (0.0, float(np.exp(np.mean(np.log(y / x)))), 0.0)
+    return fit
+
+
+def _held_out(x: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> float:
+    """Root mean square relative error of each network estimated by a fit on the others."""
+    errors = []
+    for i in range(len(x)):
+        rest = np.arange(len(x)) != i
+        a, b, c = _fitted(x[rest], y[rest], None if w is None else w[rest])
+        errors.append((a + b * x[i] + c * (0.0 if w is None else w[i])) / y[i] - 1)
+    return float(np.sqrt(np.mean(np.square(errors))))
+
+
+def _apart(x: np.ndarray, w: np.ndarray) -> bool:
+    """Whether weights `w` vary apart from layer sums `x`: at least 4 networks, and a line in `x`
+    leaves more than 2% of the weights' spread unexplained (else their share cannot be told)."""
+    if len(x) < 4 or np.ptp(w) <= 0:
+        return False
+    design = np.stack([np.ones_like(x), x], axis=1)
+    residual = w - design @ np.linalg.lstsq(design, w, rcond=None)[0]
+    return float(np.sum(residual**2) / np.sum((w - w.mean()) ** 2)) > 0.02
+
+
+def stored_calibration(points: Sequence[Sequence[float]]) -> Calibration | None:
+    """A table's calibration, read back; None for one of an older netopt (no weights in its points),
+    so that binding a constraint fits it again (its networks are kept in the table)."""
+    if not points or any(len(p) != 3 for p in points):
+        return None
+    return Calibration.fit(points)
 
 
 def process_owner() -> str:
@@ -243,7 +313,7 @@ class Store:
         row = self.db.execute("SELECT points FROM calibrations WHERE structure = ?", (structure,)).fetchone()
         if row is None:
             return None
-        return Calibration(tuple((float(x), float(y)) for x, y in json.loads(row[0])))
+        return stored_calibration(json.loads(row[0]))
 
     def put_calibration(self, structure: str, calibration: Calibration) -> None:
         with self._write() as db:

@@ -7,8 +7,9 @@ Calibration, in three steps (figures in benchmarks/bench_lut.py and the README):
    (session run, input binding), which the whole network pays once. It is measured on the
    cheapest model there is and taken off each unit: layer_sum = overhead + sum(unit - overhead).
 3. A correction fitted on whole-network measurements of the network being searched
-   (`calibrate`): the measured cost as a rising line in the layer sum, stored per structure.
-   Calibration chooses its own networks, more where the line fits worst, within a stated
+   (`calibrate`): the measured cost as a rising plane in the layer sum and the weights (a
+   network fetches its weights anew each call, a unit timed warm does not), stored per
+   structure. Calibration chooses its own networks, more where the fit is worst, within a stated
    number of measurements; a strategy whose final network misses a budget when measured adds
    what it measured (`recalibrate`). See `Calibration`.
 
@@ -41,6 +42,7 @@ from tqdm import tqdm
 
 from netopt.errors import LookupTableError
 from netopt.ir import Network
+from netopt.ir.costs import params
 from netopt.lut.pgstore import PostgresStore, is_postgres_url
 from netopt.lut.probe import overhead_module, unit_module, unmeasurable_ops, yardstick_module
 from netopt.lut.store import Calibration, Store
@@ -71,8 +73,11 @@ CALIBRATION_NETWORKS = 16
 """Whole networks `calibrate` measures at most (each ~50 timed runs, twice)."""
 Builder = Callable[[], tuple["nn.Module", "torch.Tensor"]]
 """Builds a unit's module and its input, when the unit is measured."""
+TILT = 0.25
+"""How far calibration networks lean by depth (`_at_fraction`): the deepest group this much
+wider than the global fraction and the first this much narrower, or the other way round."""
 CALIBRATED = 0.03
-"""Calibration networks the fitted line misses by less than this need no network beside them."""
+"""Calibration networks the fit misses by less than this need no network beside them."""
 
 
 def structure_key(net: Network) -> str:
@@ -271,6 +276,12 @@ class LookupTable:
         """The plain sum of stand-alone unit measurements, for comparison (no calibration)."""
         return sum(cost for _, cost in self._unit_mins(net))
 
+    @staticmethod
+    def weights(net: Network) -> float:
+        """`net`'s weights in millions of parameters: what a whole network fetches anew on each
+        call beyond its units timed warm (`Calibration`)."""
+        return params(net) / 1e6
+
     def structure(self, net: Network) -> str:
         """`structure_key(net)`, remembered: estimates ask for it thousands of times."""
         key = (net.nodes, net.input_shape, net.outputs, net.step)
@@ -288,7 +299,7 @@ class LookupTable:
     def pin(self, net: Network, points: Sequence[Sequence[float]]) -> None:
         """Estimate `net`'s structure with the calibration of `points` (a `Calibration.points`) in
         this process, whatever the table holds: a resumed run goes on with the one it started with."""
-        self._calibrations[self.structure(net)] = Calibration(tuple((float(x), float(y)) for x, y in points))
+        self._calibrations[self.structure(net)] = Calibration.fit(points)
 
     def estimate(self, net: Network) -> float:
         """Calibrated cost of `net` in `unit` (Estimator protocol); a structure never calibrated
@@ -300,7 +311,7 @@ class LookupTable:
                 f"the lookup table holds no calibration for this network's structure ({self.structure(net)}), and its "
                 "layer sum alone is biased (fused layers, per-call costs); call lut.calibrate(traced) once (it is kept "
                 "in the table; binding a constraint does it), or read lut.layer_sum(net) for the uncorrected sum")
-        return cal.apply(raw)
+        return cal.apply(raw, self.weights(net))
 
     def measure_module(self, module: nn.Module, example_input: torch.Tensor) -> Measurement:
         """One end-to-end measurement of `module` on this table's backend (MeasuringEstimator)."""
@@ -376,11 +387,13 @@ class LookupTable:
         """Fit the correction on end-to-end measurements of `traced` at widths this chooses.
 
         It starts from the full network, the smallest one (every group at its minimum: searches
-        under tight budgets go that low) and three variants between (global fractions 1/4, 1/2,
-        3/4, each group jittered). Then, while fewer than `max_networks` are measured, it fits
-        the line (`Calibration`) and adds a variant half way (in width) between the neighbours
-        it fits worst (their errors, weighted by how far apart they are), until every network
-        is fitted within 3%. All are measured side by side with the full network and kept in
+        under tight budgets go that low) and four variants between (global fractions 1/2, 1/4
+        twice, 3/4, each group jittered; the two at 1/4 tilted by depth, one each way, so that
+        networks of a like layer sum differ in their weights, which the fit prices apart). Then,
+        while fewer than `max_networks` are measured, it fits (`Calibration`) and adds a variant
+        half way (in width) between the neighbours it fits worst (their errors, weighted by how
+        far apart they are), tilted one way and then the other, until every network is fitted
+        within 3%. All are measured side by side with the full network and kept in
         the table as they are taken, so an interrupted calibration resumes where it stopped;
         the calibration itself is written once, at the end. `max_networks` defaults to the
         table's `calibration_networks` (16).
@@ -392,11 +405,12 @@ class LookupTable:
         max_networks = self.calibration_networks if max_networks is None else max_networks
         if max_networks < 2:
             raise LookupTableError(f"calibrate(max_networks={max_networks}) needs at least 2 networks (the full "
-                                   "and the smallest), and fits the line better with more; the default is "
+                                   "and the smallest), and fits better with more; the default is "
                                    f"{CALIBRATION_NETWORKS}")
         net = traced.network
         placed = [(1.0, net), (0.0, _at_fraction(net, 0.0, seed))]
-        placed += [(f, _at_fraction(net, f, seed + k)) for k, f in enumerate((0.5, 0.25, 0.75), 1)]
+        placed += [(f, _at_fraction(net, f, seed + k, tilt)) for k, (f, tilt) in
+                   enumerate(((0.5, 0.0), (0.25, TILT), (0.25, -TILT), (0.75, 0.0)), 1)]
         placed = placed[:max_networks]
         bar = tqdm(total=max_networks, desc="calibrating", unit="network", disable=None, leave=False)
         points = self._points(traced, [n for _, n in placed])
@@ -407,7 +421,8 @@ class LookupTable:
             if split is None:
                 break
             f = (fractions[split[0]] + fractions[split[1]]) / 2
-            (point,) = self._points(traced, [_at_fraction(net, f, seed + len(points))])
+            tilt = TILT if len(points) % 2 else -TILT  # deep layers wider, then shallow ones: weights apart
+            (point,) = self._points(traced, [_at_fraction(net, f, seed + len(points), tilt)])
             points.append(point)
             fractions.append(f)
             bar.update()
@@ -424,37 +439,43 @@ class LookupTable:
         final network when a measurement misses a budget the estimate met."""
         key = self.structure(traced.network)
         before = self.calibration(traced.network)
-        new = [(self.layer_sum(n), m.median) for n, m in zip(nets, self.measured(traced, nets), strict=True)]
+        new = [(self.layer_sum(n), m.median, self.weights(n))
+               for n, m in zip(nets, self.measured(traced, nets), strict=True)]
         cal = before.with_points(new) if before is not None else Calibration.fit(new)
         self.store.put_calibration(key, cal)
         self._calibrations[key] = cal
         return cal
 
-    def _points(self, traced: Traced, nets: Sequence[Network]) -> list[tuple[float, float]]:
+    def _points(self, traced: Traced, nets: Sequence[Network]) -> list[tuple[float, float, float]]:
         self.ensure(nets, progress="measuring layers for calibration")
-        return [(self.layer_sum(n), m.median) for n, m in zip(nets, self.measured(traced, nets), strict=True)]
+        return [(self.layer_sum(n), m.median, self.weights(n))
+                for n, m in zip(nets, self.measured(traced, nets), strict=True)]
 
 
-def _at_fraction(net: Network, fraction: float, seed: int) -> Network:
+def _at_fraction(net: Network, fraction: float, seed: int, tilt: float = 0.0) -> Network:
     """The network at a global width fraction (0: every group at its minimum, 1: the full
-    network), each group jittered by up to ±0.1 in between."""
+    network), each group jittered by up to ±0.1 in between, and tilted by depth: `tilt` more
+    for the deepest group, `tilt` less for the first (deep layers hold most of the weights and
+    little of the compute, so a tilted network has other weights at a like layer sum)."""
     if fraction >= 1.0:
         return net.at_full_width()
     rng = random.Random(seed)
     widths = {}
-    for g in net.groups:
-        share = 0.0 if fraction <= 0.0 else min(1.0, max(0.0, fraction + rng.uniform(-0.1, 0.1)))
+    depth = max(len(net.groups) - 1, 1)
+    for k, g in enumerate(net.groups):
+        lean = tilt * (2 * k / depth - 1)
+        share = 0.0 if fraction <= 0.0 else min(1.0, max(0.0, fraction + lean + rng.uniform(-0.1, 0.1)))
         valid = g.valid_widths()
         widths[g.id] = valid[0] if share == 0.0 else _nearest(valid, g.min_width + share * (g.full_width - g.min_width))
     return net.with_widths(widths)
 
 
-def _worst_fitted(points: Sequence[tuple[float, float]], fractions: Sequence[float],
+def _worst_fitted(points: Sequence[tuple[float, float, float]], fractions: Sequence[float],
                   cal: Calibration) -> tuple[int, int] | None:
     """The neighbours in width whose errors under `cal`, weighted by the width between them,
     are largest, as indices into `points`; None where every network is fitted within
     CALIBRATED or no pair can be split further."""
-    errors = [abs(cal.error(x, y)) for x, y in points]
+    errors = [abs(cal.error(*p)) for p in points]
     if max(errors) <= CALIBRATED:
         return None
     order = sorted(range(len(points)), key=lambda k: fractions[k])

@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from netopt.constraints import Bound
-from netopt.errors import ConfigError, InfeasibleError, NetoptError, ObjectiveError, first_line
+from netopt.errors import ConfigError, InfeasibleError, LookupTableError, NetoptError, ObjectiveError, first_line
 from netopt.measure.base import MEASURED_PASSES, MeasuringEstimator
 from netopt.runs import RunDir, RunError
 from netopt.strategies._log import RunLog
@@ -524,13 +524,13 @@ def _pinned(problem: Problem, run_dir: str | Path) -> dict[str, Any]:
     try:
         for c in problem.constraints:
             if c.resource in record and isinstance(c.estimator, MeasuringEstimator):
-                points = [(float(x), float(y)) for x, y in record[c.resource]["points"]]
+                points = [tuple(float(v) for v in p) for p in record[c.resource]["points"]]
                 if not points or not all(isinstance(w, dict) for step in record[c.resource]["added"] for w in step):
                     raise ValueError("no calibration points" if not points else "added networks are not widths")
                 if not all(v is None or isinstance(v, float | int) for v in record[c.resource].get("verified", [])):
                     raise ValueError("verified figures are not numbers")
                 c.estimator.pin(problem.traced.network, points)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, LookupTableError) as exc:
         raise RunError(f"{Path(run_dir) / RunDir.CALIBRATIONS} is damaged ({first_line(exc, 80)}); it holds the "
                        "calibrations the run estimated with: restore it, or start a new run") from None
     return record
