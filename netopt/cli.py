@@ -86,8 +86,9 @@ def lut_command(args: argparse.Namespace) -> int:
         return 0
     cal = lut.calibrate(traced, max_networks=args.calibration)
     ratios = ", ".join(f"{r:.2f}" for r in cal.knots[1])
+    weights = f"; weights fetched anew priced at {cal.plane[2]:.3g} {lut.unit} a million" if cal.weighted else ""
     print(f"calibration on {len(cal.points)} networks (at most {args.calibration}): measured / layer sum = {ratios} "
-          "(smallest to largest)")
+          f"(smallest to largest){weights}")
     report = fidelity(lut, traced, variants=args.variants)
     print(report.table())
     if args.plot:
