@@ -7,6 +7,7 @@ import multiprocessing as mp
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -181,6 +182,9 @@ def test_calibration_prices_the_weights_where_they_vary_apart_from_the_layer_sum
         exact.apply(3.0)
     alike = Calibration.fit([(x, 0.1 + 0.7 * x, 0.3 * x) for x in sums])  # weights follow the layer sum
     assert not alike.weighted and alike.line == pytest.approx((0.1, 0.7))  # cannot be told apart: the line
+    rng = np.random.default_rng(0)  # weights that cost nothing, in a scatter of ±5%: chance, not a price
+    scattered = [(x, (0.1 + 0.7 * x) * rng.uniform(0.95, 1.05), rng.uniform(0.1, 3.0)) for x in np.linspace(1, 4, 12)]
+    assert not Calibration.fit(scattered).weighted
     old = Calibration.fit([(x, 0.1 + 0.7 * x) for x in sums])  # an older netopt's points: the line
     assert not old.weighted and old.apply(2.0) == pytest.approx(1.5)
     assert old.with_points([(5.0, 3.6, 9.0)]).points[-1] == (5.0, 3.6)  # added to it, a point loses its weights
