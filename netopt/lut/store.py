@@ -57,13 +57,13 @@ class Calibration:
     ratio rises, big variants spilling out of cache).
 
     The weights, because a unit is timed warm, its weights in cache, and a network among other
-    work is not: it fetches its weights anew each call. They are priced only where they fit
-    the networks better than the line by more than chance (`_significant`). Two MobileNetV1 variants of one layer
+    work is not: it fetches its weights anew each call. Two MobileNetV1 variants of one layer
     sum at 128 px, one with 0.25 M weights and one with 0.56 M (its classifier and last layers
     wider), ran alike alone (625 us each) and 0.99x and 1.24x their layer sums beside the full
     network; a line in the layer sum, fitted on networks shrunk evenly, put small variants
-    shrunk unevenly 10-16% low. Where the calibration networks' weights follow their layer sum
-    (all shrunk alike), the weights cannot be told apart and the fit is the line alone.
+    shrunk unevenly 10-16% low. The weights are priced only where they vary apart from the
+    layer sum (`_apart`) and fit the networks better than the line by more than chance
+    (`_significant`); else the fit is the line alone.
 
     A plane, not a surface through every network: calibration networks measured side by side
     still scatter by a few percent around any smooth curve, and an interpolating fit (isotonic
@@ -156,10 +156,10 @@ def _fitted(x: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> tuple[float, 
 
 def _significant(x: np.ndarray, y: np.ndarray, w: np.ndarray, plane: tuple[float, float, float]) -> bool:
     """Whether `plane` fits the networks better than the line by more than chance: the nested
-    models' F-test on relative errors, at 1%. On MobileNetV1-0.5 at 32 px (calibration networks
-    of 35-100 us, scattered by up to 15%) the plane fitted them better by chance (p = 0.017) and
-    missed the search's networks by up to 21%, the line by 9%; on the real models at 128 px,
-    p < 0.003."""
+    models' F-test on relative errors, at 1% (the real models at 128 px: p < 0.003). It keeps
+    chance out, not networks unlike the calibration's: on `make demo`'s 32 px network the price
+    was significant (p = 0.0005) and still estimated NetAdapt's networks, early layers at full
+    width and the last ones shrunk, 5-11% low where the line fitted them within 4% (README)."""
     def squares(fit: tuple[float, float, float]) -> float:
         return float(np.sum(((fit[0] + fit[1] * x + fit[2] * w) / y - 1) ** 2))
 

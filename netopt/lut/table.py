@@ -311,7 +311,7 @@ class LookupTable:
                 f"the lookup table holds no calibration for this network's structure ({self.structure(net)}), and its "
                 "layer sum alone is biased (fused layers, per-call costs); call lut.calibrate(traced) once (it is kept "
                 "in the table; binding a constraint does it), or read lut.layer_sum(net) for the uncorrected sum")
-        return cal.apply(raw, self.weights(net))
+        return cal.apply(raw, self.weights(net) if cal.weighted else None)  # a search estimates thousands
 
     def measure_module(self, module: nn.Module, example_input: torch.Tensor) -> Measurement:
         """One end-to-end measurement of `module` on this table's backend (MeasuringEstimator)."""
