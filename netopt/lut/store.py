@@ -114,9 +114,10 @@ class Calibration:
         if len(set(x.tolist())) < 2:  # one layer sum: its ratio
             fit = (0.0, float(np.mean(y / x)), 0.0)
         else:
-            fit = _fitted(x, y, w if _apart(x, w) else None)
-            if fit[2] > 0.0 and not _significant(x, y, w, fit):
-                fit = _fitted(x, y, None)  # the weights' share fitted the scatter, not the networks
+            line = _fitted(x, y, None)
+            fit = _fitted(x, y, w) if _apart(x, w) else line
+            if fit[2] > 0.0 and not _significant(x, y, w, fit, line):
+                fit = line  # the weights' share fitted the scatter, not the networks
         object.__setattr__(self, "_fit", fit)  # frozen value, derived once
         return fit
 
@@ -124,7 +125,7 @@ class Calibration:
     def knots(self) -> tuple[np.ndarray, np.ndarray]:
         """The layer sums of the calibration networks and the fitted ratio cost / layer sum there."""
         x = np.array([p[0] for p in self.points])
-        return x, np.array([self.apply(*p[:1], *p[2:]) for p in self.points]) / x
+        return x, np.array([self.apply(p[0], p[2] if len(p) == 3 else None) for p in self.points]) / x
 
     def apply(self, layer_sum: float, weights: float | None = None) -> float:
         """The estimated cost of a network of `layer_sum` with `weights` millions of parameters
@@ -154,7 +155,8 @@ def _fitted(x: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> tuple[float, 
     return fit
 
 
-def _significant(x: np.ndarray, y: np.ndarray, w: np.ndarray, plane: tuple[float, float, float]) -> bool:
+def _significant(x: np.ndarray, y: np.ndarray, w: np.ndarray, plane: tuple[float, float, float],
+                 line: tuple[float, float, float]) -> bool:
     """Whether `plane` fits the networks better than the line by more than chance: the nested
     models' F-test on relative errors, at 1% (the real models at 128 px: p < 0.003). It keeps
     chance out, not networks unlike the calibration's: on `make demo`'s 32 px network the price
@@ -163,10 +165,10 @@ def _significant(x: np.ndarray, y: np.ndarray, w: np.ndarray, plane: tuple[float
     def squares(fit: tuple[float, float, float]) -> float:
         return float(np.sum(((fit[0] + fit[1] * x + fit[2] * w) / y - 1) ** 2))
 
-    line, found, free = squares(_fitted(x, y, None)), squares(plane), len(x) - 3
-    if free < 1 or line <= found:
+    worse, found, free = squares(line), squares(plane), len(x) - 3
+    if free < 1 or worse <= found:
         return False
-    return found <= 0.0 or float(f_distribution.sf((line - found) / (found / free), 1, free)) < 0.01
+    return found <= 0.0 or float(f_distribution.sf((worse - found) / (found / free), 1, free)) < 0.01
 
 
 def _apart(x: np.ndarray, w: np.ndarray) -> bool:
