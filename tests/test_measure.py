@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from netopt.errors import ConfigError, MeasurementError
-from netopt.measure import MeasureSettings, NoisyMeasurementWarning, OnnxRuntimeCPU, TorchEager
+from netopt.measure import MeasureSettings, NoisyMeasurementWarning, OnnxRuntimeCPU, TorchEager, onnxrt
 from netopt.measure.base import summarize
+from netopt.measure.onnxrt import export_onnx
 from netopt.measure.timing import time_calls
 from netopt.testing.backends import check_backend, small_model
 
@@ -45,9 +46,25 @@ def test_summary_statistics_and_the_noise_warning() -> None:
 
 
 def test_fingerprint_names_the_platform_and_changes_with_settings() -> None:
-    one, two = OnnxRuntimeCPU(threads=1).fingerprint, OnnxRuntimeCPU(threads=2).fingerprint
+    one, two = OnnxRuntimeCPU(threads=1).fingerprint, OnnxRuntimeCPU(threads=2, spinning=True).fingerprint
     assert {"backend", "onnxruntime", "cpu", "threads"} <= set(one.fields)
     assert one.key != two.key and one.diff(two) == ["threads: 1 != 2"]
+
+
+def test_threads_beyond_the_cores_wait_without_spinning(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onnxrt, "cores", lambda: 2)
+    spinning, quiet = OnnxRuntimeCPU(threads=2), OnnxRuntimeCPU(threads=4)
+    assert (spinning.ort.spins, quiet.ort.spins) == (True, False)
+    assert OnnxRuntimeCPU(threads=4, spinning=True).ort.spins
+    assert not OnnxRuntimeCPU(threads=2, spinning=False).ort.spins
+    # a table measured spinning keeps its key; one measured quiet is another platform
+    assert "spinning" not in spinning.fingerprint.fields
+    assert quiet.fingerprint.diff(OnnxRuntimeCPU(threads=4, spinning=True).fingerprint) == ["spinning: False != None"]
+    model = export_onnx(nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8))
+    entry = "session.intra_op.allow_spinning"
+    assert quiet.session(model).get_session_options().get_session_config_entry(entry) == "0"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # ORT's default: spin
+        spinning.session(model).get_session_options().get_session_config_entry(entry)
 
 
 def test_bad_settings_are_one_line_config_errors() -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from pathlib import Path
 
-__all__ = ["cpu_model"]
+__all__ = ["cores", "cpu_model"]
 
 
 @functools.cache
@@ -18,3 +19,10 @@ def cpu_model() -> str:
             if line.lower().startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def cores() -> int:
+    """The CPU cores this process may run on (its affinity where the OS keeps one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
