@@ -104,8 +104,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     warnings.simplefilter("ignore", NoisyMeasurementWarning)
     torch.set_num_threads(1)
-    print(f"# lookup-table fidelity on {', '.join(args.models)}; {args.variants} variants each, {args.rounds} "
-          f"rounds\n{OnnxRuntimeCPU(threads=1).fingerprint.describe()}\n", flush=True)
+    print(f"# lookup-table fidelity on {', '.join(args.models)}; {args.variants} variants each, "
+          f"{args.rounds} rounds", flush=True)
+    for threads in args.threads:  # spinning=False: more threads than cores
+        print(OnnxRuntimeCPU(threads=threads).fingerprint.describe(), flush=True)
+    print(flush=True)
     rows, results = [], []
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.tables or Path(scratch)

@@ -53,13 +53,16 @@ def test_fingerprint_names_the_platform_and_changes_with_settings() -> None:
 
 def test_threads_beyond_the_cores_wait_without_spinning(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(onnxrt, "cores", lambda: 2)
-    spinning, quiet = OnnxRuntimeCPU(threads=2), OnnxRuntimeCPU(threads=4)
-    assert (spinning.ort.spins, quiet.ort.spins) == (True, False)
-    assert OnnxRuntimeCPU(threads=4, spinning=True).ort.spins
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        spinning = OnnxRuntimeCPU(threads=2)
+    with pytest.warns(NoisyMeasurementWarning, match=r"^OnnxRuntimeCPU\(threads=4\) on 2 cores: .* at most 2 threads"):
+        quiet, forced = OnnxRuntimeCPU(threads=4), OnnxRuntimeCPU(threads=4, spinning=True)
+    assert (spinning.ort.spins, quiet.ort.spins, forced.ort.spins) == (True, False, True)
     assert not OnnxRuntimeCPU(threads=2, spinning=False).ort.spins
     # a table measured spinning keeps its key; one measured quiet is another platform
     assert "spinning" not in spinning.fingerprint.fields
-    assert quiet.fingerprint.diff(OnnxRuntimeCPU(threads=4, spinning=True).fingerprint) == ["spinning: False != None"]
+    assert quiet.fingerprint.diff(forced.fingerprint) == ["spinning: False != None"]
     model = export_onnx(nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8))
     entry = "session.intra_op.allow_spinning"
     assert quiet.session(model).get_session_options().get_session_config_entry(entry) == "0"

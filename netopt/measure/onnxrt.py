@@ -17,7 +17,14 @@ if TYPE_CHECKING:  # torch is needed to export, not to measure: an agent on a de
     from torch import nn
 
 from netopt.errors import MeasurementError, first_line
-from netopt.measure.base import Backend, Fingerprint, Measurement, MeasureSettings, settings_from
+from netopt.measure.base import (
+    Backend,
+    Fingerprint,
+    Measurement,
+    MeasureSettings,
+    NoisyMeasurementWarning,
+    settings_from,
+)
 from netopt.measure.platform import cores, cpu_model
 from netopt.measure.timing import time_calls
 
@@ -82,6 +89,11 @@ class OnnxRuntimeCPU(Backend):
     def __init__(self, threads: int = 1, settings: MeasureSettings | None = None, **ort: Any) -> None:
         self.ort = settings_from(OrtSettings, {"threads": threads, **ort}, "OnnxRuntimeCPU")
         self.settings = settings or MeasureSettings()
+        if self.ort.threads > cores():
+            warnings.warn(f"OnnxRuntimeCPU(threads={self.ort.threads}) on {cores()} cores: with more threads than "
+                          "cores a network's figure varies by 40% and more from one minute to the next, even side by "
+                          f"side (4 threads on 2 cores, waiting without spinning); measure with at most {cores()} "
+                          "threads here, or on a machine with the cores", NoisyMeasurementWarning, stacklevel=2)
 
     @property
     def fingerprint(self) -> Fingerprint:
