@@ -433,14 +433,23 @@ class LookupTable:
         self._calibrations[key] = cal
         return cal
 
-    def recalibrate(self, traced: Traced, nets: Sequence[Network]) -> Calibration:
+    def recalibrate(self, traced: Traced, nets: Sequence[Network],
+                    figures: Sequence[float | None] | None = None) -> Calibration:
         """Add end-to-end measurements of `nets` (measured now where the table holds none) to the
         calibration of their structure, and keep it: what a strategy does with its family and its
-        final network when a measurement misses a budget the estimate met."""
+        final network when a measurement misses a budget the estimate met, and with a network
+        whose estimate strays from its measurement. `figures`, one per network (None: the
+        table's), are measurements taken already at the level the table keeps the full network."""
         key = self.structure(traced.network)
         before = self.calibration(traced.network)
-        new = [(self.layer_sum(n), m.median, self.weights(n))
-               for n, m in zip(nets, self.measured(traced, nets), strict=True)]
+        figures = [None] * len(nets) if figures is None else list(figures)
+        if len(figures) != len(nets):
+            raise LookupTableError(f"recalibrate got {len(figures)} figures for {len(nets)} networks; give one per "
+                                   "network (None: the table measures it)")
+        todo = [n for n, f in zip(nets, figures, strict=True) if f is None]
+        taken = iter(m.median for m in self.measured(traced, todo)) if todo else iter(())
+        new = [(self.layer_sum(n), next(taken) if f is None else f, self.weights(n))
+               for n, f in zip(nets, figures, strict=True)]
         cal = before.with_points(new) if before is not None else Calibration.fit(new)
         self.store.put_calibration(key, cal)
         self._calibrations[key] = cal

@@ -274,8 +274,10 @@ class MeasuringEstimator(Estimator, Protocol):
         """Fit the correction for `traced`'s structure on whole-network measurements, and keep it."""
         ...
 
-    def recalibrate(self, traced: Traced, nets: Sequence[Network]) -> Any:
-        """Add the measurements of `nets` to the correction of their structure, and keep it."""
+    def recalibrate(self, traced: Traced, nets: Sequence[Network],
+                    figures: Sequence[float | None] | None = None) -> Any:
+        """Add the measurements of `nets` (`figures` where given, measured at the level the
+        table keeps the full network) to the correction of their structure, and keep it."""
         ...
 
     def pin(self, net: Network, points: Sequence[Sequence[float]]) -> None:

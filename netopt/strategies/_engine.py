@@ -13,8 +13,11 @@ Budgets hold when measured: where a constraint's estimator measures whole networ
 table), `verify` measures a strategy's chosen network end to end before it is finished, and
 when that misses the budget the estimate met, adds the measurements (the family's and the
 chosen one's) to the table's calibration; the strategy then goes on (further iterations,
-another choice). A run directory keeps the calibration its run started with and every one it
-added since, so that a resumed run estimates each proposal as the stopped one did.
+another choice). An iterative strategy also measures each network it goes on from (`track`),
+and one whose estimate strays joins the calibration at once: the estimates that steer the
+next iteration are the recalibrated table's. A run directory keeps the calibration its run
+started with, every network it added since and every one it tracked, so that a resumed run
+estimates each proposal as the stopped one did.
 """
 
 from __future__ import annotations
@@ -53,6 +56,12 @@ __all__ = ["Engine", "AtFloor", "Ask", "Told", "Serial", "Clock", "BudgetWarning
            "named_failure", "sendable"]
 
 LOG = logging.getLogger("netopt.progress")
+TRACKED = 0.05
+"""How far an iterative strategy's estimate may stray from its network's measurement before the
+table is recalibrated (`Engine.track`): half the ±10% an estimate is held to."""
+NEAR = 1.25
+"""An iterative strategy measures the networks it goes on from once their estimates come within
+this factor of the budget (`Engine.track`)."""
 T = TypeVar("T")
 
 
@@ -444,6 +453,7 @@ class Engine:
         or at the smallest network within budget as measured); else (current, `iterate(current)`),
         `current` being the measured copy after a measured miss. Past `max_iterations`, or at the
         smallest network over a budget, InfeasibleError."""
+        current = self.track(current)
         current, settled = self.settled(current, family, bar)
         if settled:
             return current, None
@@ -456,6 +466,37 @@ class Engine:
             if floor.holds:  # the estimates aimed lower than the measurement needs
                 return current, None
             raise
+
+    def track(self, current: Candidate) -> Candidate:
+        """The closed loop of an iterative strategy: measure the network it goes on from (after
+        the start, once each) for every budget checked by measurement that its estimate puts
+        within NEAR of the aim; where the estimate is further than TRACKED from the measurement,
+        add the network to the table's calibration (the calibration networks shrink every group
+        alike, a strategy's networks do not). The estimates that steer the next iteration are
+        then the recalibrated table's. Near the budget they decide where the strategy stops;
+        further off an error only moves the schedule's steps, and a measurement (2 s on ONNX
+        Runtime for a small network) would buy little. A resumed run does not measure again what
+        the stopped one measured: its additions came back with `catch_up`."""
+        bounds = self._measuring()
+        if current.iteration == 0 or not bounds:
+            return current
+        net = current.network
+        for b in bounds:
+            record = self._calibrations.setdefault(b.resource, {"points": (), "added": []})
+            tracked = record.setdefault("tracked", {})
+            estimated = b.estimate(net)
+            if str(current.iteration) in tracked or estimated > NEAR * self.aim(b):
+                continue
+            measured = tracked[str(current.iteration)] = self.measure_now(b, net)
+            if abs(measured / max(estimated, 1e-12) - 1) > TRACKED:
+                self._recalibrate(b, [net], measured, given=True)
+                LOG.info("iteration %d: %s measures %.4g %s, estimated %.4g: lookup table recalibrated",
+                         current.iteration, b.resource, measured, b.unit, estimated)
+        self._save_calibrations()
+        estimates = {b.resource: b.estimate(net) for b in bounds}
+        return dataclasses.replace(current, resources={**current.resources, **estimates,
+                                                       **self.measured_over.get(net, {})},
+                                   measured=dict(current.measured))
 
     def missed(self, current: Candidate) -> dict[str, tuple[float, float]]:
         """(measured, budget) of every budget `current` was measured over."""
@@ -482,28 +523,33 @@ class Engine:
             for widths in self._calibrations.get(b.resource, {}).get("added", [])[self._applied.get(b.resource, 0):]:
                 self._recalibrate(b, [self.network.with_widths(w) for w in widths])
 
-    def _recalibrate(self, bound: Bound, nets: Sequence[Network], measured: float | None = None) -> None:
-        """Add `nets` (the last: the one that missed, measuring `measured` in its verification)
-        to the table's calibration; where the new calibration still estimates that network below
-        its measurement, aim lower by that ratio. A resumed run's additions come back with the
-        figures recorded then."""
+    def _recalibrate(self, bound: Bound, nets: Sequence[Network], measured: float | None = None,
+                     given: bool = False) -> None:
+        """Add `nets` (the last: the one that missed, or strayed, measuring `measured`) to the
+        table's calibration, `given`: with `measured` as the last one's figure (it was measured
+        side by side with the start, so the machine's drift cancels) rather than the table's;
+        where the new calibration still estimates that network below its measurement, aim lower
+        by that ratio. A resumed run's additions come back with the figures recorded then."""
         table = _table(bound)
-        table.recalibrate(self.problem.traced, nets)
         record = self._calibrations.setdefault(bound.resource, {"points": (), "added": []})
         done, added, widths = self._applied.get(bound.resource, 0), record["added"], [n.widths for n in nets]
         figures = record.setdefault("verified", [None] * len(added))
+        givens = record.setdefault("given", [False] * len(added))
         again = done < len(added) and added[done] == widths  # a stopped run's, made again
-        if again and measured is None and done < len(figures):
-            measured = figures[done]
+        if again:
+            measured = figures[done] if measured is None and done < len(figures) else measured
+            given = done < len(givens) and givens[done]
+        table.recalibrate(self.problem.traced, nets, [*[None] * (len(nets) - 1), measured] if given else None)
         if measured is None:  # recorded before verifications kept their figures
             measured = table.measured(self.problem.traced, [nets[-1]])[0].median
         self.aims[bound.resource] = bound.budget / max(1.0, measured / max(bound.estimate(nets[-1]), 1e-12))
         self._applied[bound.resource] = done + 1
         if again:
             return
-        del added[done:], figures[done:]  # a resumed run that went another way from here on
+        del added[done:], figures[done:], givens[done:]  # a resumed run that went another way from here on
         added.append(widths)
         figures.append(measured)
+        givens.append(given)
         self._save_calibrations()
 
     def _save_calibrations(self) -> None:
@@ -529,8 +575,12 @@ def _pinned(problem: Problem, run_dir: str | Path) -> dict[str, Any]:
                     raise ValueError("no calibration points" if not points else "added networks are not widths")
                 if not all(v is None or isinstance(v, float | int) for v in record[c.resource].get("verified", [])):
                     raise ValueError("verified figures are not numbers")
+                if not all(isinstance(v, float | int) for v in record[c.resource].get("tracked", {}).values()):
+                    raise ValueError("tracked figures are not numbers")
+                if not all(isinstance(v, bool) for v in record[c.resource].get("given", [])):
+                    raise ValueError("given flags are not true or false")
                 c.estimator.pin(problem.traced.network, points)
-    except (KeyError, TypeError, ValueError, LookupTableError) as exc:
+    except (AttributeError, KeyError, TypeError, ValueError, LookupTableError) as exc:
         raise RunError(f"{Path(run_dir) / RunDir.CALIBRATIONS} is damaged ({first_line(exc, 80)}); it holds the "
                        "calibrations the run estimated with: restore it, or start a new run") from None
     return record
