@@ -220,6 +220,16 @@ def test_iterations_continue_from_the_measured_figure_and_a_resumed_run_gives_th
         assert resumed.final.network.widths == whole.final.network.widths
         assert [p.to_dict() for p in resumed.history] == [p.to_dict() for p in whole.history]
         assert resumed.final.measured == whole.final.measured
+    # a run begun before netopt tracked its networks resumes as it began: without tracking
+    with pytest.raises(ObjectiveError, match="killed"):
+        run("older", _Counting(tr, calls - 5))
+    path = tmp_path / "older" / "calibrations.json"
+    record = json.loads(path.read_text())
+    del record["latency"]["tracked"]
+    path.write_text(json.dumps(record))
+    older = run("older", resume=True)
+    assert "tracked" not in json.loads(path.read_text())["latency"]
+    assert older.final.measured["latency"] <= older.budgets["latency"]
 
 
 class _Counting(ParamsKept):

@@ -217,8 +217,8 @@ class Engine:
                        problem.traced)
         self.log = RunLog.open(run_dir, resume, config, problem) if run_dir is not None else None
         if self.log is not None and not self._calibrations:
-            self._calibrations = {b.resource: {"points": _table(b).calibration(self.network).points, "added": []}
-                                  for b in self._measuring()}
+            self._calibrations = {b.resource: {"points": _table(b).calibration(self.network).points, "added": [],
+                                               "tracked": {}} for b in self._measuring()}
             self._save_calibrations()
         self._applied = {r: 0 for r in self._calibrations}  # recorded additions this process has made again
         self.aims: dict[str, float] = {}  # budgets that estimates must meet with a margin (see `aim`)
@@ -482,9 +482,10 @@ class Engine:
             return current
         net = current.network
         for b in bounds:
-            record = self._calibrations.setdefault(b.resource, {"points": (), "added": []})
-            tracked = record.setdefault("tracked", {})
-            estimated = b.estimate(net)
+            record = self._calibrations.setdefault(b.resource, {"points": (), "added": [], "tracked": {}})
+            if "tracked" not in record:
+                continue  # a run begun before netopt tracked: resumed, it estimates as it began
+            tracked, estimated = record["tracked"], b.estimate(net)
             if str(current.iteration) in tracked or estimated > NEAR * self.aim(b):
                 continue
             measured = tracked[str(current.iteration)] = self.measure_now(b, net)
@@ -531,7 +532,7 @@ class Engine:
         where the new calibration still estimates that network below its measurement, aim lower
         by that ratio. A resumed run's additions come back with the figures recorded then."""
         table = _table(bound)
-        record = self._calibrations.setdefault(bound.resource, {"points": (), "added": []})
+        record = self._calibrations.setdefault(bound.resource, {"points": (), "added": [], "tracked": {}})
         done, added, widths = self._applied.get(bound.resource, 0), record["added"], [n.widths for n in nets]
         figures = record.setdefault("verified", [None] * len(added))
         givens = record.setdefault("given", [False] * len(added))
