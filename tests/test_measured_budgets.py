@@ -184,6 +184,7 @@ def test_a_relative_budget_is_checked_side_by_side_with_the_start_so_the_machine
     # joined it with their figures side by side with the start, at the start's level, drift-free
     record = json.loads((tmp_path / "run" / "calibrations.json").read_text())["latency"]
     assert record["added"] and all(record["given"]), "the drift is taken for a miss"
+    assert record["tracked"][str(final.iteration)] == final.measured["latency"]  # verified by that one measurement
     level = result.starts["latency"] / true(tr.network)
     points = {x: y for x, y, _ in lut.calibration(tr.network).points}  # type: ignore[union-attr]
     for (widths,), figure in zip(record["added"], record["verified"], strict=True):

@@ -224,6 +224,7 @@ class Engine:
         self.aims: dict[str, float] = {}  # budgets that estimates must meet with a margin (see `aim`)
         self.measured_over: dict[Network, dict[str, float]] = {}
         """Networks measured over a budget: their measured figures replace estimates."""
+        self._fresh: dict[tuple[str, Network], float] = {}  # this turn's tracked figures, for `verify`
         self.short_term_steps, self.seed = short_term_steps, seed
         self.executor = executor or Serial()
         if not isinstance(self.executor, (Serial, ThreadPoolExecutor)):
@@ -393,13 +394,15 @@ class Engine:
         return [b for b in self.bounds if b.basis == "measured"]
 
     def verify(self, candidate: Candidate, members: Sequence[Candidate] = ()) -> dict[str, float]:
-        """Measure `candidate` end to end for every budget checked by measurement (the figures go
-        in `candidate.measured`); for each hard budget it misses, add its measurement and the
+        """Measure `candidate` end to end for every budget checked by measurement (taking the
+        figure `track` measured this turn, where it did; the figures go in `candidate.measured`); for each hard budget it misses, add its measurement and the
         members' to that table's calibration. Returns the missed budgets' measured figures
         (empty: every budget holds as measured)."""
         misses: dict[str, float] = {}
         for b in self._measuring():
-            value = self.measure_now(b, candidate.network)
+            value = self._fresh.pop((b.resource, candidate.network), None)  # tracked this turn: once is enough
+            if value is None:
+                value = self.measure_now(b, candidate.network)
             candidate.measured[b.resource] = value
             if value > b.budget and b.resource not in self.soft:
                 misses[b.resource] = value
@@ -478,6 +481,7 @@ class Engine:
         Runtime for a small network) would buy little. A resumed run does not measure again what
         the stopped one measured: its additions came back with `catch_up`."""
         bounds = self._measuring()
+        self._fresh.clear()
         if current.iteration == 0 or not bounds:
             return current
         net = current.network
@@ -488,7 +492,7 @@ class Engine:
             tracked, estimated = record["tracked"], b.estimate(net)
             if str(current.iteration) in tracked or estimated > NEAR * self.aim(b):
                 continue
-            measured = tracked[str(current.iteration)] = self.measure_now(b, net)
+            measured = tracked[str(current.iteration)] = self._fresh[(b.resource, net)] = self.measure_now(b, net)
             if abs(measured / max(estimated, 1e-12) - 1) > TRACKED:
                 self._recalibrate(b, [net], measured, given=True)
                 LOG.info("iteration %d: %s measures %.4g %s, estimated %.4g: lookup table recalibrated",
