@@ -395,9 +395,10 @@ class Engine:
 
     def verify(self, candidate: Candidate, members: Sequence[Candidate] = ()) -> dict[str, float]:
         """Measure `candidate` end to end for every budget checked by measurement (taking the
-        figure `track` measured this turn, where it did; the figures go in `candidate.measured`); for each hard budget it misses, add its measurement and the
-        members' to that table's calibration. Returns the missed budgets' measured figures
-        (empty: every budget holds as measured)."""
+        figure `track` measured this turn, where it did; the figures go in `candidate.measured`);
+        for each hard budget it misses, add its measurement and the members' to that table's
+        calibration. Returns the missed budgets' measured figures (empty: every budget holds as
+        measured)."""
         misses: dict[str, float] = {}
         for b in self._measuring():
             value = self._fresh.pop((b.resource, candidate.network), None)  # tracked this turn: once is enough
