@@ -498,7 +498,8 @@ class Engine:
                 self._recalibrate(b, [net], measured, given=True)
                 LOG.info("iteration %d: %s measures %.4g %s, estimated %.4g: lookup table recalibrated",
                          current.iteration, b.resource, measured, b.unit, estimated)
-        self._save_calibrations()
+        if self._fresh:  # something was measured: keep its figure (a recalibration kept its own)
+            self._save_calibrations()
         estimates = {b.resource: b.estimate(net) for b in bounds}
         return dataclasses.replace(current, resources={**current.resources, **estimates,
                                                        **self.measured_over.get(net, {})},
