@@ -40,7 +40,7 @@ class OrtSettings(BaseModel):
     `spinning=None` (the default) spins, as ORT does, unless there are more threads than cores
     this process may use: then a thread that spins waiting for a descheduled one holds the core
     that one needs, and a network measures bimodally (4 threads on 2 cores: MobileNetV1 at
-    128 px 6.4-9.0 ms spinning, 2.6-3.4 ms not; 1 thread 3.9 ms)."""
+    128 px 6.4-9.0 ms spinning, 2.6-4.5 ms not; 1 thread 3.9-4.2 ms)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

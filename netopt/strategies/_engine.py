@@ -487,7 +487,7 @@ class Engine:
             return current
         net = current.network
         for b in bounds:
-            record = self._calibrations.setdefault(b.resource, {"points": (), "added": [], "tracked": {}})
+            record = self._record(b.resource)
             if "tracked" not in record:
                 continue  # a run begun before netopt tracked: resumed, it estimates as it began
             tracked, estimated = record["tracked"], b.estimate(net)
@@ -538,7 +538,7 @@ class Engine:
         where the new calibration still estimates that network below its measurement, aim lower
         by that ratio. A resumed run's additions come back with the figures recorded then."""
         table = _table(bound)
-        record = self._calibrations.setdefault(bound.resource, {"points": (), "added": [], "tracked": {}})
+        record = self._record(bound.resource)
         done, added, widths = self._applied.get(bound.resource, 0), record["added"], [n.widths for n in nets]
         figures = record.setdefault("verified", [None] * len(added))
         givens = record.setdefault("given", [False] * len(added))
@@ -558,6 +558,10 @@ class Engine:
         figures.append(measured)
         givens.append(given)
         self._save_calibrations()
+
+    def _record(self, resource: str) -> dict[str, Any]:
+        """The run's calibration record for `resource` (begun empty where the run has none yet)."""
+        return self._calibrations.setdefault(resource, {"points": (), "added": [], "tracked": {}})
 
     def _save_calibrations(self) -> None:
         """The calibration each table started with and the networks added since, in order."""
