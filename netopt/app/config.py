@@ -23,10 +23,11 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from netopt.constraints.amount import parse_amount
 from netopt.errors import ConfigError, first_line
+from netopt.frozen import Frozen
 from netopt.strategies.base import StrategySettings
 from netopt.strategies.settings import (
     GeometricSettings,
@@ -44,15 +45,11 @@ class ConfigWarning(UserWarning):
     """A config that is accepted, but probably not as meant (an empty file)."""
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
 FACTORY = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 """`package.module:callable`, the entry-point notation."""
 
 
-class _Factory(_Frozen):
+class _Factory(Frozen):
     """`factory = "package.module:callable"`, called with the keyword arguments `options`."""
 
     factory: str | None = None
@@ -93,14 +90,14 @@ class ObjectiveConfig(_Factory):
     `factory` ("package.module:callable", called with `options`) returning a netopt Objective."""
 
 
-class DataConfig(_Frozen):
+class DataConfig(Frozen):
     dataset: Literal["mnist"] = "mnist"
     holdout_per_class: int = Field(20, ge=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = 0
 
 
-class TrainingConfig(_Frozen):
+class TrainingConfig(Frozen):
     """The objective's trainer, and the fine-tuning budget every strategy is given (its defaults
     are the strategies' own)."""
 
@@ -123,12 +120,12 @@ class TrainingConfig(_Frozen):
         return value
 
 
-class ScheduleConfig(_Frozen):
+class ScheduleConfig(Frozen):
     initial: str | float = "4%"
     decay: float = Field(0.96, gt=0, le=1)
 
 
-class ConstraintConfig(_Frozen):
+class ConstraintConfig(Frozen):
     resource: Literal["latency", "energy", "memory", "macs", "params"]
     budget: str | float
     schedule: ScheduleConfig = ScheduleConfig()
@@ -184,14 +181,14 @@ else:
 own model; the training steps are set in `[training]`."""
 
 
-class LutConfig(_Frozen):
+class LutConfig(Frozen):
     path: str = "runs/lut-ort-cpu1.sqlite"
     threads: int = Field(1, ge=1)
     calibration: int = Field(16, ge=2, le=1000)
     """The most whole networks the table's calibration measures (once per structure)."""
 
 
-class AdaptConfig(_Frozen):
+class AdaptConfig(Frozen):
     """Everything `netopt adapt` needs; the defaults are the demo's."""
 
     run_dir: str = "runs/demo"
@@ -245,7 +242,7 @@ STRATEGIES = ("ProgressiveBarrier", "UniformWidth", "RandomSearch", "OptunaTPE",
 """`netopt compare`'s strategies: MnasNetTPE is Optuna's TPE maximizing MnasNet's soft reward."""
 
 
-class CompareSection(_Frozen):
+class CompareSection(Frozen):
     """Which strategies `netopt compare` runs, at which budgets of the first constraint."""
 
     strategies: list[Literal[STRATEGIES]] = Field(  # type: ignore[valid-type]

@@ -18,9 +18,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from netopt.errors import ConfigError
+from netopt.frozen import Frozen
 
 if TYPE_CHECKING:
     import torch
@@ -68,10 +69,9 @@ class NoisyMeasurementWarning(UserWarning):
     """A measurement whose spread (IQR/median) exceeds 10%: quote it with care."""
 
 
-class MeasureSettings(BaseModel):
+class MeasureSettings(Frozen):
     """The protocol: warm-ups, then at least `runs` timed runs and at least `min_seconds`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     warmup: int = Field(10, ge=1, description="untimed runs first (caches, allocator, JIT)")
     runs: int = Field(50, ge=5, description="minimum number of timed runs")

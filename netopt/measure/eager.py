@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from netopt.errors import MeasurementError
+from netopt.frozen import Frozen
 from netopt.measure.base import Backend, Fingerprint, Measurement, MeasureSettings, settings_from
 from netopt.measure.platform import cpu_model
 from netopt.measure.timing import time_calls
@@ -16,8 +17,7 @@ from netopt.measure.timing import time_calls
 __all__ = ["TorchEager", "EagerSettings"]
 
 
-class EagerSettings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class EagerSettings(Frozen):
 
     threads: int = Field(1, ge=1, le=256)
     device: Literal["cpu", "cuda"] = "cpu"

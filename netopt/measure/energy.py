@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from netopt.errors import MeasurementError
+from netopt.frozen import Frozen
 from netopt.ir import INPUT, Network, Node, OpKind, layer_macs, layer_params
 from netopt.ir.ops import ALIASING, MAC_OPS, RULES, EcaAttrs, Energy, OpaqueAttrs, PoolAttrs, ScalarAttrs, UpsampleAttrs
 from netopt.measure.base import Backend, Fingerprint, Measurement, MeasureSettings, settings_from, summarize
@@ -81,10 +82,10 @@ ENERGY_MODEL_VERSION = 1
 """Bump when a formula changes, so lookup tables keyed by the fingerprint are not mixed."""
 
 
-class EnergyCosts(BaseModel):
+class EnergyCosts(Frozen):
     """Energy of one access at each level, normalized to one MAC (Eyeriss / Yang et al. 2017)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(allow_inf_nan=False)
 
     mac: float = Field(1.0, gt=0, description="one multiply-accumulate (the unit)")
     rf: float = Field(1.0, gt=0, description="one register-file access inside a PE")
@@ -93,10 +94,10 @@ class EnergyCosts(BaseModel):
     dram: float = Field(200.0, gt=0, description="one off-chip DRAM access")
 
 
-class Accelerator(BaseModel):
+class Accelerator(Frozen):
     """The few facts about the hardware the access counts need (defaults: Eyeriss-like)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(allow_inf_nan=False)
 
     buffer_kib: float = Field(108.0, gt=0, description="global buffer size (Eyeriss: 108 KiB)")
     bytes_per_element: int = Field(2, ge=1, le=16, description="bytes of one datum (Eyeriss: 16 bit)")
@@ -370,10 +371,9 @@ _PACKAGE_ZONE = re.compile(r"intel-rapl:\d+")
 _NO_RAPL_HINT = "estimate energy analytically with netopt.measure.energy.EnergyModel instead"
 
 
-class RaplSettings(BaseModel):
+class RaplSettings(Frozen):
     """How many energy samples to take; each sample is one block of runs between two readings."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     samples: int = Field(5, ge=1, le=1000, description="blocks of timed runs, one energy sample each")
 

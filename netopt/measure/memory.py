@@ -8,16 +8,16 @@ live tensors for batch 1 running the nodes in order (`netopt.ir.activation_bytes
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from netopt.frozen import Frozen
 from netopt.ir import Network, activation_bytes, params
 from netopt.measure.base import Fingerprint, settings_from
 
 __all__ = ["MemoryModel", "MemorySettings"]
 
 
-class MemorySettings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class MemorySettings(Frozen):
 
     bytes_per_element: int = Field(4, ge=1, le=16, description="bytes of one weight or activation")
 

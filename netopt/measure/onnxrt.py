@@ -10,13 +10,14 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 if TYPE_CHECKING:  # torch is needed to export, not to measure: an agent on a device has no torch
     import torch
     from torch import nn
 
 from netopt.errors import MeasurementError, first_line
+from netopt.frozen import Frozen
 from netopt.measure.base import (
     Backend,
     Fingerprint,
@@ -33,7 +34,7 @@ __all__ = ["OnnxRuntimeCPU", "OrtSettings", "export_onnx", "settings_from"]
 OptLevel = Literal["disable", "basic", "extended", "all"]
 
 
-class OrtSettings(BaseModel):
+class OrtSettings(Frozen):
     """How ONNX Runtime runs: threads, whether they spin while they wait, and graph optimization
     level (ORT's default: all).
 
@@ -42,7 +43,6 @@ class OrtSettings(BaseModel):
     that one needs, and a network measures bimodally (4 threads on 2 cores: MobileNetV1 at
     128 px 6.4-9.0 ms spinning, 2.6-4.5 ms not; 1 thread 3.9-4.2 ms)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     threads: int = Field(1, ge=1, le=256)
     spinning: bool | None = None

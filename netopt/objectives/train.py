@@ -19,10 +19,11 @@ from contextlib import contextmanager, nullcontext
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from torch import nn
 
 from netopt.errors import ConfigError
+from netopt.frozen import Frozen
 from netopt.measure.base import settings_from
 
 __all__ = ["Phase", "Schedule", "Trainer", "TrainerSettings", "batches_of", "resolve_device"]
@@ -32,10 +33,9 @@ Phase = Literal["short", "long"]
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-class TrainerSettings(BaseModel):
+class TrainerSettings(Frozen):
     """SGD with momentum and weight decay (the paper's TF defaults: 4e-5 decay), and how it runs."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     lr: float = Field(0.01, gt=0.0, allow_inf_nan=False, description="learning rate (peak, for cosine)")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")

@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, StrictInt, ValidationError, field_validator
+from pydantic import StrictInt, ValidationError, field_validator
 
 from netopt.constraints import Bound, Constraint
 from netopt.errors import ConfigError, InfeasibleError
+from netopt.frozen import Frozen
 from netopt.ir import Network
 from netopt.measure.base import setting_error
 from netopt.objectives.base import Objective
@@ -115,12 +116,11 @@ class Result:
         return self.timings.get("framework", 0.0) / total if total else 0.0
 
 
-class StrategySettings(BaseModel):
+class StrategySettings(Frozen):
     """A strategy's settings: frozen, keyword-only, unknown names refused; the one source of its
     defaults. `config()` (what a run directory records and a resume checks) is derived from
     them, less the `RUNTIME` ones, which change how a run is carried out but not its result."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
     RUNTIME: ClassVar[frozenset[str]] = frozenset()
     TRAINING: ClassVar[frozenset[str]] = frozenset({"short_term_steps", "long_term_steps"})
     """The `[training]` steps of a config file this strategy takes."""

@@ -16,7 +16,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from netopt.frozen import Frozen
 
 if TYPE_CHECKING:
     from netopt.constraints import Bound
@@ -24,10 +26,9 @@ if TYPE_CHECKING:
 __all__ = ["MnasNetReward"]
 
 
-class MnasNetReward(BaseModel):
+class MnasNetReward(Frozen):
     """score x prod_j (Res_j / T_j)^w_j over the soft budgets (all of them by default)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     alpha: float = Field(-0.07, allow_inf_nan=False)
     """The exponent within budget (0: no reward for being smaller)."""
