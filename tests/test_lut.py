@@ -16,6 +16,7 @@ from netopt.errors import LookupTableError
 from netopt.ir import Builder, OpKind
 from netopt.lut import LookupTable, fidelity, random_variants, units
 from netopt.measure import MeasureSettings, NoisyMeasurementWarning, OnnxRuntimeCPU
+from netopt.measure.base import Backend, Fingerprint, Measurement, summarize
 from netopt.zoo import MobileNetV1
 
 QUICK = MeasureSettings(warmup=1, runs=5, min_seconds=0.0)
@@ -191,3 +192,41 @@ def test_calibration_prices_the_weights_where_they_vary_apart_from_the_layer_sum
     assert stored_calibration(old.points) is None and stored_calibration(exact.points) == exact  # refitted when bound
     with pytest.raises(LookupTableError, match=r"got .* of another length"):
         Calibration.fit([(1.0, 1.0), (2.0, 2.0, 1.0)])
+
+
+class Fixed(Backend):
+    """A deterministic "latency" (a call, a parameter, a layer): the backend tests/data/lut_v3.sqlite was filled on."""
+
+    unit = "ms"
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        return Fingerprint({"backend": "test-fixed"})
+
+    def measure(self, module: torch.nn.Module, example_input: torch.Tensor) -> Measurement:
+        params = sum(p.numel() for p in module.parameters())
+        layers = sum(1 for m in module.modules() if not list(m.children()))
+        return summarize([0.05 + 2e-5 * params + 1e-3 * layers] * 5, "ms", self.fingerprint.key)
+
+
+def two_convs() -> netopt.Traced:
+    """The network tests/data/lut_v3.sqlite was calibrated on (its weights do not matter, only its shapes)."""
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 4))
+    return netopt.trace(model.eval(), torch.zeros(1, 3, 8, 8))
+
+
+def test_a_table_written_by_netopt_of_format_3_opens_and_estimates_as_it_did(tmp_path: Path) -> None:
+    """tests/data/lut_v3.sqlite was written at commit 8440563 (meta rows `format` and `version`):
+    `calibrate(traced, max_networks=6)` on `Fixed`, then the four estimates below, as printed then."""
+    path = tmp_path / "lut.sqlite"
+    path.write_bytes((Path(__file__).parent / "data" / "lut_v3.sqlite").read_bytes())
+    traced = two_convs()
+    nets = [traced.network, *random_variants(traced.network, 3, seed=0)]
+    lut = LookupTable.open(path, Fixed())
+    assert [lut.estimate(n) for n in nets] == [0.26708, 0.21988, 0.11700000000000002, 0.18052]
+    assert [lut.layer_sum(n) for n in nets] == [0.26308000000000004, 0.21588000000000002, 0.11300000000000002, 0.17652]
+    assert lut.measurements == 0 and lut.store.count() == 27  # every figure read back, nothing measured again
+    assert len(lut.calibration(traced.network).points) == 6  # type: ignore[union-attr]
