@@ -177,10 +177,22 @@ def _is_opaque(m: nn.Module, qualname: str, opaque: tuple[Opaque, ...]) -> bool:
 def trace(
     model: nn.Module, example_input: torch.Tensor, *, opaque: Iterable[Opaque] = (), step: int = 8
 ) -> Traced:
-    """Trace `model` into the IR.
+    """Trace `model` into the IR, specialized to `example_input`'s shape; the start of every adaptation.
 
     `opaque` names submodules (qualified names or classes) to keep whole, at full width: use it
     for blocks the IR cannot model. `step` is the channel grid of every group (default 8).
+
+    >>> import torch, netopt
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+    ...                             torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10))
+    >>> traced = netopt.trace(model.eval(), torch.randn(1, 3, 32, 32))
+    >>> [(group.id, group.width) for group in traced.network.groups]
+    [('0', 16)]
+    >>> smaller = traced.materialize(traced.network.with_widths({"0": 8}))
+    >>> smaller(torch.randn(1, 3, 32, 32)).shape
+    torch.Size([1, 10])
+    >>> smaller.get_submodule("0")
+    Conv2d(3, 8, kernel_size=(3, 3), stride=(1, 1))
     """
     if not isinstance(model, nn.Module):
         raise TraceError(f"model must be a torch.nn.Module, got {type(model).__name__}; wrap a function in a "
