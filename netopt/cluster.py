@@ -47,8 +47,8 @@ CONNECT_TIMEOUT = 10.0
 _INLINE = (int, float, str, bool, bytes, type(None))
 SPAWN_ENVIRON, TRIM = "distributed.nanny.pre-spawn-environ", "MALLOC_TRIM_THRESHOLD_"
 """Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which turns glibc's dynamic mmap
-threshold off: every tensor over 128 KiB is then mmapped and unmapped, and a torch training step
-takes about twice as long (measured in benchmarks/bench_scale.py). netopt's own clusters go without it."""
+threshold off: every tensor over 128 KiB is then mmapped and unmapped, which slows torch training down
+(benchmarks/bench_scale.py measures by how much). netopt's own clusters go without it."""
 
 
 QUIET: dict[str, Any] = {

@@ -40,8 +40,7 @@ class OrtSettings(Frozen):
 
     `spinning=None` (the default) spins, as ORT does, unless there are more threads than cores
     this process may use: then a thread that spins waiting for a descheduled one holds the core
-    that one needs, and a network measures bimodally (4 threads on 2 cores: MobileNetV1 at
-    128 px 6.4-9.0 ms spinning, 2.6-4.5 ms not; 1 thread 3.9-4.2 ms)."""
+    that one needs, and a network measures bimodally (figures: docs/decisions.md)."""
 
 
     threads: int = Field(1, ge=1, le=256)
@@ -59,7 +58,7 @@ _EXPORT_LOCK = threading.Lock()  # torch.onnx.export keeps global state: one exp
 
 
 def export_onnx(module: nn.Module, example_input: torch.Tensor, exporter: str = "legacy") -> bytes:
-    """The module as ONNX bytes (legacy exporter: ~0.3 s; dynamo needs onnxscript, ~4 s)."""
+    """The module as ONNX bytes; the legacy exporter by default: it needs no onnxscript and is the faster."""
     import torch
 
     buffer = io.BytesIO()

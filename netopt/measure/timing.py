@@ -2,8 +2,8 @@
 
 `time_calls` times one model; `time_interleaved` times several call by call in turn, so that
 all of them run under the same load and the ratios between their figures hold where the
-machine's speed does not (on a shared 2-core VM, a network's median moves by 40-60% within a
-minute while its ratio to another network measured call by call beside it moves by 5%).
+machine's speed does not: on a shared machine a network's own figure drifts from minute to
+minute far more than its ratio to a network timed beside it (docs/measurement.md).
 """
 
 from __future__ import annotations
