@@ -147,7 +147,7 @@ def test_json_round_trip_and_format_errors() -> None:
     net = residual_net().with_widths({"conv2d1": 16})
     assert Network.from_json(net.to_json()) == net
     doc = json.loads(net.to_json())
-    doc["version"] = 99
+    doc["format_version"] = 99
     with pytest.raises(FormatError, match="version 99 is not supported"):
         Network.from_dict(doc)
     doc = json.loads(net.to_json())

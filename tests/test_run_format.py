@@ -35,7 +35,7 @@ def test_every_file_a_new_run_writes_carries_the_format_version(tmp_path: Path) 
     RandomSearch(trials=2, **PB).run(problem, run_dir=tmp_path / "run")
     assert versions(tmp_path / "run") == {FORMAT_VERSION}
     networks = [json.loads(p.read_text()) for p in (tmp_path / "run").rglob("network.json")]
-    assert networks and all(n["format"] == "netopt.ir.network" and "version" in n for n in networks)
+    assert networks and all(n["format"] == "netopt.ir.network" and "format_version" in n for n in networks)
 
 
 def test_a_stopped_run_of_the_first_format_resumes_to_what_a_fresh_run_gives(tmp_path: Path) -> None:

@@ -2,27 +2,28 @@
 
 A `Network` is a fixed structure (nodes at full width) plus the widths of its channel groups.
 `with_widths` returns a new Network that shares the structural analysis of its parent, so a
-search can derive thousands of candidates cheaply. Nothing here imports torch.
+search can derive thousands of candidates cheaply. Nothing here imports torch. The class keeps
+every method users call; the lint rules live in `checks`, the JSON form in `document`, and the
+checking of a width assignment in `widths`.
 """
 
 from __future__ import annotations
 
 import json
-import numbers
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from netopt.errors import FormatError, IRError, LintError, WidthError
+from netopt.errors import IRError, LintError, WidthError
+from netopt.ir import checks, document
 from netopt.ir.bypass import Branch, branches, reduce
-from netopt.ir.groups import INPUT, Analysis, ChannelGroup, Layout, analyze
+from netopt.ir.document import FORMAT, FORMAT_VERSION
+from netopt.ir.groups import Analysis, ChannelGroup, Layout, analyze
 from netopt.ir.node import Node
-from netopt.ir.ops import CONVOLUTIONS, RULES, Conv2dAttrs, ConvTranspose2dAttrs, OpKind, ScalarAttrs, attrs_from_dict
+from netopt.ir.ops import Conv2dAttrs, ConvTranspose2dAttrs, SliceAttrs
+from netopt.ir.widths import assigned, regrouped, slice_bounds
 
 __all__ = ["Node", "Network", "FORMAT", "FORMAT_VERSION"]
-
-FORMAT = "netopt.ir.network"
-FORMAT_VERSION = 1
 
 Shape = tuple[int, ...]
 
@@ -55,7 +56,7 @@ class Network:
         object.__setattr__(self, "input_shape", tuple(self.input_shape))
         object.__setattr__(self, "outputs", tuple(self.outputs))
         object.__setattr__(self, "width_overrides", tuple(sorted(self.width_overrides)))
-        problems = self._syntax_problems()
+        problems = checks.syntax_problems(self.nodes, self.input_shape, self.outputs, self.step)
         if problems:
             raise LintError(problems)
 
@@ -134,7 +135,7 @@ class Network:
             return by_id[gid]  # type: ignore[no-any-return]
         raise WidthError(
             f"unknown group {gid!r}: this network's prunable groups are "
-            f"{_preview(self.analysis.prunable)}; use an id from Network.groups"
+            f"{checks.preview(self.analysis.prunable)}; use an id from Network.groups"
         )
 
     def _group(self, gid: str, width: int) -> ChannelGroup:
@@ -148,20 +149,18 @@ class Network:
         )
 
     def with_widths(self, widths: Mapping[str, int]) -> Network:
-        """A new Network with the given groups at the given widths; others keep theirs."""
-        if not isinstance(widths, Mapping):
-            raise WidthError(f"widths must be a mapping {{group id: width}}, got {type(widths).__name__} {widths!r}; "
-                             "e.g. {net.groups[0].id: 16}")
-        merged = dict(self.width_overrides)
-        for gid, width in widths.items():
-            group = self.group(gid)
-            if isinstance(width, bool) or not isinstance(width, numbers.Real) or width != int(width):
-                raise WidthError(f"width {width!r} for group {gid!r} is not a whole number")
-            if not group.is_valid(int(width)):
-                raise WidthError(_width_message(group, int(width)))
-            merged[gid] = int(width)
-        full = self.full_widths
-        kept = tuple((g, w) for g, w in merged.items() if w != full[g])
+        """A new Network with the given groups at the given widths; others keep theirs.
+
+        >>> from netopt.ir import Builder
+        >>> b = Builder((3, 16, 16))
+        >>> net = b.build(b.linear(b.flatten(b.adaptive_avgpool(b.relu(b.conv(b.input, 32, 3)))), 10))
+        >>> net.widths
+        {'conv2d0': 32}
+        >>> smaller = net.with_widths({"conv2d0": 16})
+        >>> smaller.widths, smaller.shape("linear0")
+        ({'conv2d0': 16}, (10,))
+        """
+        kept = assigned(self.width_overrides, widths, self.group, self.full_widths)
         return replace(self, width_overrides=kept, _shared=self._shared, _local={})
 
     # --- channel-level bypass ---------------------------------------------------------------
@@ -192,14 +191,9 @@ class Network:
         cached = self._local.get("reduced")
         if cached is None:
             bare = Network(reduce(self.nodes, self.bypassed), self.input_shape, self.outputs, step=self.step)
-            moved: dict[str, str] = {}  # a group's id where its first producer was removed changes
-            for node in bare.nodes:
-                for old, new in zip(self.layout(node.name), bare.layout(node.name), strict=True):
-                    moved.setdefault(old.group, new.group)
-            prunable = set(bare.analysis.prunable)
-            cached = bare.with_widths({moved[g]: w for g, w in self.width_overrides
-                                       if g in moved and moved[g] in prunable})
-            self._local["reduced"] = cached
+            pairs = ((self.layout(n.name), bare.layout(n.name)) for n in bare.nodes)
+            cached = self._local["reduced"] = bare.with_widths(
+                regrouped(pairs, bare.analysis.prunable, self.width_overrides))
         return cached  # type: ignore[no-any-return]
 
     def scaled(self, fraction: float) -> Network:
@@ -242,204 +236,47 @@ class Network:
     def slice_bounds(self, name: str) -> tuple[int, int]:
         """Channels [start, stop) that slice node `name` takes from its input at the current
         widths (whole segments shrink; a cut segment is fixed at full width)."""
-        attrs = self.node(name).attrs
-        a, widths = self.analysis, dict(self.width_overrides)
-        start: int | None = None
-        stop = offset = current = 0
-        for seg in self.layout(self.node(name).inputs[0]):
-            full = a.info[seg.group].full_width * seg.inner
-            now = widths.get(seg.group, a.info[seg.group].full_width) * seg.inner
-            lo, hi = max(attrs.start, offset), min(attrs.stop, offset + full)
-            if lo < hi:
-                whole = lo == offset and hi == offset + full
-                start = (current if whole else current + lo - offset) if start is None else start
-                stop = current + now if whole else current + hi - offset
-            offset += full
-            current += now
-        return (start or 0), stop
+        node = self.node(name)
+        assert isinstance(node.attrs, SliceAttrs)
+        return slice_bounds(node.attrs, self.layout(node.inputs[0]), self.analysis, dict(self.width_overrides))
 
     # --- checks ---------------------------------------------------------------------------
 
-    def _syntax_problems(self) -> list[str]:
-        problems: list[str] = []
-        seen: set[str] = {INPUT}
-        for node in self.nodes:
-            problems += _node_problems(node, seen)
-            seen.add(node.name)
-        if not self.outputs:
-            problems.append("the network has no outputs; name at least one node in outputs")
-        problems += [
-            f"output {o!r} is not a node; name a node of the network" for o in self.outputs
-            if o not in seen or o == INPUT
-        ]
-        if len(self.input_shape) not in (1, 3) or any(d <= 0 for d in self.input_shape):
-            problems.append(
-                f"input_shape {self.input_shape} must be (C, H, W) or (F,) with positive sizes, "
-                "without the batch dimension"
-            )
-        if self.step < 1:
-            problems.append(f"step {self.step} must be >= 1 (the channel grid of every group)")
-        return problems
-
     def lint(self) -> None:
         """Check every invariant; raise `LintError` listing each broken one, with its fix."""
-        problems = self._syntax_problems()
+        problems = checks.syntax_problems(self.nodes, self.input_shape, self.outputs, self.step)
         if not problems:
             try:
                 _ = self.analysis
             except IRError as exc:
                 problems.append(str(exc))
         if not problems:
-            problems += self._width_problems() + self._shape_problems() + self._dead_nodes()
+            problems += checks.width_problems(self.width_overrides, self.analysis.prunable, self._group)
+            problems += checks.shape_problems(self.nodes, self.removed, self.shape, self.conv_groups)
+            problems += checks.dead_nodes(self.nodes, self.outputs)
         if problems:
             raise LintError(problems)
 
-    def _width_problems(self) -> list[str]:
-        problems = []
-        prunable = set(self.analysis.prunable)
-        for gid, width in self.width_overrides:
-            if gid not in prunable:
-                problems.append(f"width set for {gid!r}, which is not a prunable group")
-            elif not self._group(gid, width).is_valid(width):
-                problems.append(_width_message(self._group(gid, width), width))
-        return problems
-
-    def _shape_problems(self) -> list[str]:
-        problems = []
-        removed = self.removed
-        for node in self.nodes:
-            if node.name in removed:
-                continue
-            shape = self.shape(node.name)
-            if any(d <= 0 for d in shape):
-                problems.append(f"node {node.name!r} has output shape {shape}; every size must be > 0")
-            if node.op in CONVOLUTIONS:
-                g, c_in = self.conv_groups(node.name), self.shape(node.inputs[0])[0]
-                if c_in % g or shape[0] % g:
-                    problems.append(
-                        f"conv {node.name!r}: groups={g} does not divide in={c_in}/out={shape[0]}"
-                        " at these widths; use widths that are multiples of the group's blocks"
-                    )
-        return problems
-
-    def _dead_nodes(self) -> list[str]:
-        used = set(self.outputs)
-        for node in reversed(self.nodes):
-            if node.name in used:
-                used.update(node.inputs)
-        return [
-            f"node {n.name!r} feeds no output; remove it or add it to outputs"
-            for n in self.nodes if n.name not in used
-        ]
-
-    # --- serialization --------------------------------------------------------------------
+    # --- serialization (netopt.ir.document) -----------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "input_shape": list(self.input_shape),
-            "step": self.step,
-            "nodes": [
-                {"name": n.name, "op": n.op.value, "inputs": list(n.inputs), "attrs": asdict(n.attrs)}
-                for n in self.nodes
-            ],
-            "outputs": list(self.outputs),
-            "widths": dict(self.width_overrides),
-        }
+        """The network's JSON document (format `netopt.ir.network`, version under `format_version`)."""
+        return document.document(self)
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
+    def canonical_json(self) -> str:
+        """Text that identifies this network at its widths, fixed across format versions: hash it
+        for keys that must outlive a format change (lookup-table entries)."""
+        return document.canonical_json(self)
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Network:
-        _check_header(data)
-        try:
-            nodes = tuple(_node_from_dict(d) for d in data["nodes"])
-            net = cls(nodes, tuple(data["input_shape"]), tuple(data["outputs"]), step=int(data["step"]))
-            widths = {str(k): v for k, v in data.get("widths", {}).items()}
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FormatError(f"malformed network document: {exc!r}; re-export it with to_json()") from exc
+        """The network of a document of this or an older format version."""
+        net, widths = document.read(data, lambda p: (cls(p.nodes, p.input_shape, p.outputs, step=p.step), p.widths))
         return net.with_widths(widths)
 
     @classmethod
     def from_json(cls, text: str) -> Network:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise FormatError(f"network JSON does not parse: {exc}; is the file complete?") from exc
-        if not isinstance(data, dict):
-            raise FormatError("network JSON must be an object written by Network.to_json()")
-        return cls.from_dict(data)
-
-
-def _node_problems(node: Node, seen: set[str]) -> list[str]:
-    problems = []
-    rule = RULES[node.op]
-    if not node.name or node.name in seen:
-        why = "is reserved for the network input" if node.name == INPUT else "is used twice"
-        problems.append(f"node name {node.name!r} {why}; give every node a unique name")
-    missing = [i for i in node.inputs if i not in seen]
-    if missing:
-        problems.append(
-            f"node {node.name!r} reads {missing}, which are not defined before it; "
-            "list nodes in execution order"
-        )
-    if not isinstance(node.attrs, rule.attrs):
-        problems.append(
-            f"node {node.name!r} ({node.op.value}) has attrs {type(node.attrs).__name__}; "
-            f"it needs {rule.attrs.__name__}"
-        )
-    problems += _arity_problems(node)
-    return problems
-
-
-def _arity_problems(node: Node) -> list[str]:
-    n = len(node.inputs)
-    arity = RULES[node.op].arity
-    if isinstance(node.attrs, ScalarAttrs) and node.attrs.scalar is not None:
-        arity = 1
-    elif node.op in (OpKind.ADD, OpKind.MUL):
-        arity = 2
-    if (arity is None and n >= 1) or n == arity:
-        return []
-    want = "one or more" if arity is None else str(arity)
-    return [f"node {node.name!r} ({node.op.value}) takes {want} input(s), got {n}"]
-
-
-def _width_message(group: ChannelGroup, width: int) -> str:
-    valid = group.valid_widths(bypass=True)
-    zero = "; or 0, which removes its residual branch" if group.bypass else ""
-    return (
-        f"width {width} is invalid for group {group.id!r}: it must be between "
-        f"{group.min_width} and {group.full_width} and a multiple of {group.step} "
-        f"(or the full width{zero}); valid: {_preview(valid)}"
-    )
-
-
-def _preview(items: tuple[Any, ...], limit: int = 12) -> str:
-    shown = ", ".join(map(str, items[:limit]))
-    return f"[{shown}{', ...' if len(items) > limit else ''}]"
-
-
-def _check_header(data: Mapping[str, Any]) -> None:
-    if data.get("format") != FORMAT:
-        raise FormatError(
-            f"not a netopt network document (format {data.get('format')!r}, expected {FORMAT!r})"
-        )
-    if data.get("version") != FORMAT_VERSION:
-        raise FormatError(
-            f"network format version {data.get('version')!r} is not supported by this netopt "
-            f"(reads version {FORMAT_VERSION}); upgrade netopt or re-export the network"
-        )
-
-
-def _node_from_dict(d: Mapping[str, Any]) -> Node:
-    try:
-        op = OpKind(d["op"])
-    except ValueError:
-        known = ", ".join(k.value for k in OpKind)
-        raise FormatError(f"node {d.get('name')!r} has unknown op {d['op']!r}; known: {known}") from None
-    attrs = attrs_from_dict(RULES[op].attrs, dict(d.get("attrs", {})))
-    return Node(str(d["name"]), op, tuple(d["inputs"]), attrs)
-
+        return cls.from_dict(document.parse(text))
