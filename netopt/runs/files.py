@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from netopt.ir.versions import stamped
+
 __all__ = ["write_atomic", "write_json", "save_tensors", "append_line", "read_lines"]
 
 
@@ -40,8 +42,11 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def write_json(path: Path, value: Any) -> None:
-    write_atomic(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode())
+def write_json(path: Path, value: Any, version: int | None = None) -> None:
+    """`value` as JSON, atomically; with `version`, stamped as its `format_version` (the one
+    version key of netopt's files; leave it out for a document that carries its own)."""
+    doc = value if version is None else stamped(value, version)
+    write_atomic(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
 
 
 def save_tensors(path: Path, state: dict[str, torch.Tensor]) -> None:

@@ -11,9 +11,11 @@
 Every file is written atomically; the log is append-only and a line cut by a kill is ignored,
 so a run stopped at any point can be read, and resumed, from what is on disk.
 
-Format. Every JSON document (config, summaries) and every history line carries
-`"format_version"`; the IR documents (original.json, network.json) carry the IR's own format
-and version; weights and ONNX files belong to the summary beside them. Version 1 (netopt 0.1,
+Format. Every JSON document (config, summaries, calibrations) and every history line carries
+the run format's version under `"format_version"`; the IR documents (original.json,
+network.json) carry the IR's own version under the same key (`netopt.ir.FORMAT_VERSION`; a run
+written before keeps its IR documents as they are: they read); weights and ONNX files belong to
+the summary beside them. Version 1 (netopt 0.1,
 before the field existed) is migrated in place when the run is opened, each file atomically and
 config.json last, so a migration stopped half way is simply done again. A run of a newer
 version is refused.
@@ -33,6 +35,7 @@ from torch import nn
 from netopt.bridge import build
 from netopt.errors import NetoptError, first_line
 from netopt.ir import Network
+from netopt.ir.versions import VERSION_KEY, stamped, version_of
 from netopt.runs.files import append_line, read_lines, save_tensors, write_atomic, write_json
 
 __all__ = ["RunDir", "RunError", "load", "FORMAT_VERSION"]
@@ -44,22 +47,16 @@ FORMAT_VERSION = 2
 """Version of the run directory's own files (see the module docstring)."""
 CALIBRATIONS = "calibrations.json"
 """The lookup-table calibrations a run started with and the points it added since (resumed as pinned)."""
-VERSION_KEY = "format_version"
 
 
 def _stamped(doc: dict[str, Any]) -> dict[str, Any]:
-    return {**doc, VERSION_KEY: FORMAT_VERSION}
+    return stamped(doc, FORMAT_VERSION)
 
 
 def _unstamped(doc: dict[str, Any], where: Path) -> dict[str, Any]:
-    doc = dict(doc)
-    version = doc.pop(VERSION_KEY, 1)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise RunError(
-            f"{where} has run format version {version!r}, but this netopt reads up to {FORMAT_VERSION}; "
-            "upgrade netopt to resume or read it"
-        )
-    return doc
+    """`doc` without its version key; a newer run format than this netopt's is refused."""
+    version_of(doc, FORMAT_VERSION, f"{where} (a run)", "upgrade netopt to resume or read it", error=RunError)
+    return {k: v for k, v in doc.items() if k != VERSION_KEY}
 
 
 class RunError(NetoptError):
@@ -85,7 +82,7 @@ class RunDir:
             raise RunError(f"{run.path} already holds files; resume that run, or choose an empty folder")
         try:
             write_json(run.path / "original.json", original.to_dict())
-            write_json(run.path / "config.json", _stamped(config))  # written last: its presence marks a run
+            write_json(run.path / "config.json", config, FORMAT_VERSION)  # written last: its presence marks a run
         except OSError as exc:
             raise RunError(f"run directory {run.path} cannot be created ({exc.strerror}); give a folder you can "
                            "write (not below a file)") from None
@@ -114,8 +111,8 @@ class RunDir:
             lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in history)
             write_atomic(self.path / "history.jsonl", lines.encode())
         for summary in sorted(self.path.glob("*/*/summary.json")) + sorted(self.path.glob("final/summary.json")):
-            write_json(summary, _stamped(json.loads(summary.read_text())))
-        write_json(self.path / "config.json", _stamped(json.loads((self.path / "config.json").read_text())))
+            write_json(summary, json.loads(summary.read_text()), FORMAT_VERSION)
+        write_json(self.path / "config.json", json.loads((self.path / "config.json").read_text()), FORMAT_VERSION)
 
     def config(self) -> dict[str, Any]:
         return _unstamped(_read_json(self.path / "config.json"), self.path / "config.json")
@@ -134,7 +131,7 @@ class RunDir:
 
     def save_calibrations(self, record: dict[str, Any]) -> None:
         """The run's record of its lookup tables' calibrations (the engine's), replaced whole."""
-        write_json(self.path / CALIBRATIONS, _stamped(record))
+        write_json(self.path / CALIBRATIONS, record, FORMAT_VERSION)
 
     def calibrations(self) -> dict[str, Any]:
         """That record ({} for a run that has none)."""
@@ -168,7 +165,7 @@ class RunDir:
         folder = self.path / "family" / f"{iteration:04d}"
         save_tensors(folder / "weights.pt", module.state_dict())
         write_json(folder / "network.json", network.to_dict())
-        write_json(folder / "summary.json", _stamped(summary))  # last: a member with a summary is complete
+        write_json(folder / "summary.json", summary, FORMAT_VERSION)  # last: a member with a summary is complete
 
     def members(self) -> list[int]:
         folder = self.path / "family"
@@ -206,7 +203,7 @@ class RunDir:
         write_atomic(folder / "model.onnx", onnx)
         if program is not None:
             write_atomic(folder / "model.pt2", program)
-        write_json(folder / "summary.json", _stamped(summary))
+        write_json(folder / "summary.json", summary, FORMAT_VERSION)
 
     def _folder(self, which: int | str) -> Path:
         if which == "final":
