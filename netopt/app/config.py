@@ -26,17 +26,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from netopt.constraints.amount import parse_amount
+from netopt.constraints.registry import CONSTRAINTS
 from netopt.errors import ConfigError, first_line
 from netopt.frozen import Frozen
+from netopt.measure.registry import BACKENDS, latency_backends
 from netopt.strategies.base import StrategySettings
-from netopt.strategies.settings import (
-    GeometricSettings,
-    NetAdaptV2Settings,
-    OptunaSettings,
-    ProgressiveBarrierSettings,
-    RandomSearchSettings,
-    UniformWidthSettings,
-)
+from netopt.strategies.registry import STRATEGIES as REGISTERED
+from netopt.strategies.registry import variants
 
 __all__ = ["AdaptConfig", "CompareConfig", "ConfigWarning", "load_config", "STRATEGIES"]
 
@@ -126,12 +122,20 @@ class ScheduleConfig(Frozen):
 
 
 class ConstraintConfig(Frozen):
-    resource: Literal["latency", "energy", "memory", "macs", "params"]
+    resource: str
+    """A registered resource (`netopt.constraints.registry`): latency, energy, memory, macs, params."""
     budget: str | float
     schedule: ScheduleConfig = ScheduleConfig()
     basis: Literal["auto", "measured", "estimated"] = "auto"
     """What a relative budget resolves against: the start's end-to-end measurement where the
     resource is measured (latency, on the lookup table's backend), its estimate elsewhere."""
+
+    @field_validator("resource")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        if value not in CONSTRAINTS:
+            raise ValueError(str(CONSTRAINTS.unknown(value)))
+        return value
 
     @field_validator("budget", mode="before")
     @classmethod
@@ -153,39 +157,48 @@ class ConstraintConfig(Frozen):
         if budget.relative and budget.value > 1:
             raise ValueError(f"{self.resource} budget {self.budget!r} is above the starting network's cost, so it is "
                              "met before anything is adapted; give a share of at most 100%, e.g. \"50%\"")
-        if self.basis == "measured" and self.resource != "latency":
+        if self.basis == "measured" and not CONSTRAINTS[self.resource].measured:
+            measured = " and ".join(e.name for e in CONSTRAINTS if e.measured)
             raise ValueError(f"{self.resource} budget basis 'measured' needs a resource measured end to end; only "
-                             "latency is (on the lookup table's backend): use basis 'auto' or 'estimated'")
+                             f"{measured} is (on the lookup table's backend): use basis 'auto' or 'estimated'")
         return self
 
 
-SETTINGS: dict[str, type[StrategySettings]] = {
-    "ProgressiveBarrier": ProgressiveBarrierSettings,
-    "UniformWidth": UniformWidthSettings,
-    "RandomSearch": RandomSearchSettings,
-    "OptunaSearch": OptunaSettings,
-    "GeometricProgram": GeometricSettings,
-    "NetAdaptV2": NetAdaptV2Settings,
-}
-"""The strategies `netopt adapt` can run, by the `name` of the `[strategy]` table."""
+SETTINGS: dict[str, type[StrategySettings]] = {entry.name: entry.settings for entry in REGISTERED}
+"""The strategies `netopt adapt` can run, by the `name` of the `[strategy]` table (the registry's)."""
 
-_SECTIONS = tuple(create_model(f"{name}Section", __base__=model, name=(Literal[name], name))  # type: ignore[call-overload,arg-type]
-                  for name, model in SETTINGS.items())
+DEFAULT_STRATEGY = "ProgressiveBarrier"
+"""The strategy of a config without a `[strategy] name`: NetAdapt's."""
+
+_SECTIONS = {name: create_model(f"{name}Section", __base__=model, name=(Literal[name], name))  # type: ignore[call-overload,arg-type]
+             for name, model in SETTINGS.items()}
 
 if TYPE_CHECKING:
     class StrategyConfig(StrategySettings):
         name: str
 else:
-    StrategyConfig = Annotated[Union[_SECTIONS], Field(discriminator="name")]  # noqa: UP007
+    StrategyConfig = Annotated[Union[tuple(_SECTIONS.values())], Field(discriminator="name")]  # noqa: UP007
 """`[strategy]`: `name` (default "ProgressiveBarrier") and that strategy's settings, checked by its
 own model; the training steps are set in `[training]`."""
 
 
 class LutConfig(Frozen):
     path: str = "runs/lut-ort-cpu1.sqlite"
+    backend: str = "onnxruntime"
+    """The registered backend the latency table measures on (`netopt.measure.registry`)."""
     threads: int = Field(1, ge=1)
     calibration: int = Field(16, ge=2, le=1000)
     """The most whole networks the table's calibration measures (once per structure)."""
+
+    @field_validator("backend")
+    @classmethod
+    def _latency_backend(cls, value: str) -> str:
+        if value not in BACKENDS:
+            raise ValueError(str(BACKENDS.unknown(value)))
+        if value not in latency_backends():
+            raise ValueError(f"backend {value!r} prices {BACKENDS[value].resource} without timing whole networks; a "
+                             f"latency lookup table measures on one of {', '.join(map(repr, latency_backends()))}")
+        return value
 
 
 class AdaptConfig(Frozen):
@@ -200,15 +213,19 @@ class AdaptConfig(Frozen):
         default_factory=lambda: [ConstraintConfig(resource="latency", budget="50%"),
                                  ConstraintConfig(resource="energy", budget="60%")],
         min_length=1)
-    strategy: StrategyConfig = _SECTIONS[0]()  # type: ignore[assignment]  # ProgressiveBarrier's defaults
+    strategy: StrategyConfig = _SECTIONS[DEFAULT_STRATEGY]()  # type: ignore[assignment]  # NetAdapt's defaults
     lut: LutConfig = LutConfig()
 
     @model_validator(mode="before")
     @classmethod
     def _named_strategy(cls, data: Any) -> Any:
-        """A `[strategy]` table without a name is ProgressiveBarrier's (as before names existed)."""
-        if isinstance(data, dict) and isinstance(data.get("strategy"), dict) and "name" not in data["strategy"]:
-            return {**data, "strategy": {"name": "ProgressiveBarrier", **data["strategy"]}}
+        """A `[strategy]` table without a name is ProgressiveBarrier's (as before names existed); a
+        name the registry does not know is refused with the names it knows."""
+        if isinstance(data, dict) and isinstance(data.get("strategy"), dict):
+            if "name" not in data["strategy"]:
+                return {**data, "strategy": {"name": DEFAULT_STRATEGY, **data["strategy"]}}
+            if isinstance(data["strategy"]["name"], str) and data["strategy"]["name"] not in REGISTERED:
+                raise ValueError(f"strategy.name: {REGISTERED.unknown(data['strategy']['name'])}")
         return data
 
     @model_validator(mode="after")
@@ -237,9 +254,9 @@ class AdaptConfig(Frozen):
         return self
 
 
-STRATEGIES = ("ProgressiveBarrier", "UniformWidth", "RandomSearch", "OptunaTPE", "OptunaNSGA2", "GeometricProgram",
-              "NetAdaptV2", "MnasNetTPE")
-"""`netopt compare`'s strategies: MnasNetTPE is Optuna's TPE maximizing MnasNet's soft reward."""
+STRATEGIES = tuple(variants())
+"""`netopt compare`'s strategies, the registry's variants: MnasNetTPE is Optuna's TPE maximizing
+MnasNet's soft reward."""
 
 
 class CompareSection(Frozen):

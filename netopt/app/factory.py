@@ -8,24 +8,15 @@ import os
 import sys
 from collections.abc import Callable
 from concurrent.futures import Executor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from netopt.app.config import AdaptConfig, CompareConfig, ConstraintConfig
-from netopt.constraints import (
-    Constraint,
-    EnergyConstraint,
-    LatencyConstraint,
-    MACsConstraint,
-    MemoryConstraint,
-    ParamsConstraint,
-    ReductionSchedule,
-)
+from netopt.constraints import Constraint, ReductionSchedule
+from netopt.constraints.registry import CONSTRAINTS, EstimatorSources
 from netopt.errors import ConfigError, first_line
 from netopt.objectives.base import Evaluation, Objective
-from netopt.strategies import Problem, ProgressiveBarrier, RandomSearch, Strategy, UniformWidth
-from netopt.strategies.reward import MnasNetReward
-from netopt.strategies.settings import ProgressiveBarrierSettings
+from netopt.strategies import Problem, Strategy
+from netopt.strategies.registry import STRATEGIES, StrategyEntry, Variant, variants
 
 if TYPE_CHECKING:
     import torch
@@ -36,25 +27,11 @@ __all__ = ["build_problem", "strategy_makers", "make_strategy", "strategy_class"
 
 
 def _constraint(c: ConstraintConfig, config: AdaptConfig) -> Constraint:
+    """The registered resource's constraint, its estimator built from the `[lut]` table's values."""
+    sources = EstimatorSources(lut_path=config.lut.path, backend=config.lut.backend, threads=config.lut.threads,
+                               calibration=config.lut.calibration)
     schedule = ReductionSchedule(c.schedule.initial, c.schedule.decay)
-    if c.resource == "latency":
-        from netopt.lut import LookupTable
-        from netopt.measure import OnnxRuntimeCPU
-
-        Path(config.lut.path).parent.mkdir(parents=True, exist_ok=True)
-        lut = LookupTable.open(config.lut.path, OnnxRuntimeCPU(threads=config.lut.threads),
-                               calibration_networks=config.lut.calibration)
-        return LatencyConstraint(c.budget, lut, schedule, c.basis)  # binding calibrates it for the network
-    if c.resource == "energy":
-        from netopt.measure.energy import EnergyModel
-
-        return EnergyConstraint(c.budget, EnergyModel(), schedule)
-    if c.resource == "memory":
-        from netopt.measure.memory import MemoryModel
-
-        return MemoryConstraint(c.budget, MemoryModel(), schedule)
-    maker = MACsConstraint if c.resource == "macs" else ParamsConstraint
-    return maker(c.budget, schedule=schedule)
+    return CONSTRAINTS[c.resource].make(c.budget, schedule, sources, c.basis)  # binding a latency one calibrates
 
 
 def build_problem(config: AdaptConfig, workers: bool = False) -> Problem:
@@ -266,61 +243,37 @@ def make_strategy(config: AdaptConfig, executor: Executor | None = None) -> Stra
 
 
 def strategy_class(name: str) -> type[Strategy]:
-    """A strategy class by name; OptunaSearch and GeometricProgram import optuna and cvxpy: only when asked for."""
-    import netopt.strategies
-
-    return getattr(netopt.strategies, name)  # type: ignore[no-any-return]
+    """A registered strategy's class by name; OptunaSearch and GeometricProgram import optuna and
+    cvxpy: only when asked for."""
+    return STRATEGIES[name].load()
 
 
 def strategy_makers(config: CompareConfig, executor: Executor | None = None) -> dict[str, Callable[[int | None],
                                                                                                      Strategy]]:
-    """The config's strategies, each built from the search budget (training steps) it is given."""
+    """The config's strategies (the registry's variants), each built from the search budget
+    (training steps) it is given."""
+    known = variants()
+    return {name: _variant_maker(config, *known[name], executor) for name in config.compare.strategies}
+
+
+def _variant_maker(config: CompareConfig, entry: StrategyEntry, variant: Variant,
+                   executor: Executor | None) -> Callable[[int | None], Strategy]:
+    """A variant from the `[training]` steps its strategy takes, the seed, its fixed settings,
+    the `[strategy]` table's own where it names this strategy (`own`), and matched trials."""
     t = config.training
-    common: dict[str, Any] = {"short_term_steps": t.short_term_steps, "long_term_steps": t.long_term_steps,
-                              "seed": config.strategy.seed, **({"executor": executor} if executor else {})}
-    st = config.strategy if isinstance(config.strategy, ProgressiveBarrierSettings) else ProgressiveBarrierSettings()
-
-    def trials(steps: int | None) -> int:
-        """Networks a searching strategy may fine-tune for `steps` short-term training steps: the
-        nearest whole number, at least one (a search must score something); with no steps to
-        match (ProgressiveBarrier not run, or failed) or no short-term training, 20."""
-        if steps is None or t.short_term_steps == 0:
-            return 20
-        return max(1, round(steps / t.short_term_steps))
-
-    makers: dict[str, Callable[[int | None], Strategy]] = {
-        "ProgressiveBarrier": lambda _: ProgressiveBarrier(  # its steps follow its schedules, not a budget
-            selection=st.selection, max_iterations=st.max_iterations, block_size=st.block_size,
-            **common),  # type: ignore[arg-type]
-        "UniformWidth": lambda _: UniformWidth(**common),  # type: ignore[arg-type]
-        "RandomSearch": lambda n: RandomSearch(trials=trials(n), **common),  # type: ignore[arg-type]
-        "OptunaTPE": lambda n: _optuna("tpe", trials(n), common),
-        "OptunaNSGA2": lambda n: _optuna("nsga2", trials(n), common),
-        "GeometricProgram": lambda _: _geometric(common),
-        "NetAdaptV2": lambda _: _netadaptv2(config, common),
-        "MnasNetTPE": lambda n: _optuna("tpe", trials(n), common, reward=MnasNetReward()),
-    }
-    return {name: makers[name] for name in config.compare.strategies}
+    common: dict[str, Any] = {**{k: getattr(t, k) for k in entry.settings.TRAINING}, "seed": config.strategy.seed,
+                              **({"executor": executor} if executor else {}), **variant.settings}
+    if variant.own and config.strategy.name == entry.name:
+        common.update(config.strategy.model_dump(exclude={"name", "short_term_steps", "long_term_steps", "seed"}))
+    if not variant.matched:  # its steps follow its schedules or its super-network, not a budget
+        return lambda _: entry.make(**common)
+    return lambda steps: entry.make(trials=_trials(steps, t.short_term_steps), **common)
 
 
-def _optuna(sampler: str, trials: int, common: dict[str, Any], reward: MnasNetReward | None = None) -> Strategy:
-    from netopt.strategies.optuna_search import OptunaSearch  # imports optuna: only when asked for
-
-    return OptunaSearch(sampler=sampler, trials=trials, reward=reward, **common)  # type: ignore[arg-type]
-
-
-def _netadaptv2(config: CompareConfig, common: dict[str, Any]) -> Strategy:
-    """NetAdaptV2 with the [strategy] table's settings when it names NetAdaptV2, else its defaults;
-    its search is the super-network's training, not a matched number of fine-tuned proposals."""
-    from netopt.strategies import NetAdaptV2
-
-    own = config.strategy.model_dump(exclude={"name", "short_term_steps", "long_term_steps", "seed"}) \
-        if config.strategy.name == "NetAdaptV2" else {}
-    return NetAdaptV2(long_term_steps=common["long_term_steps"], seed=common["seed"], executor=common.get("executor"),
-                      **own)
-
-
-def _geometric(common: dict[str, Any]) -> Strategy:
-    from netopt.strategies.geometric import GeometricProgram  # imports cvxpy: only when asked for
-
-    return GeometricProgram(**common)  # type: ignore[arg-type]
+def _trials(steps: int | None, short_term_steps: int) -> int:
+    """Networks a searching strategy may fine-tune for `steps` short-term training steps: the
+    nearest whole number, at least one (a search must score something); with no steps to match
+    (ProgressiveBarrier not run, or failed) or no short-term training, 20."""
+    if steps is None or short_term_steps == 0:
+        return 20
+    return max(1, round(steps / short_term_steps))

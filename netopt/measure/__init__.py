@@ -1,7 +1,8 @@
 """Measurement backends: the numbers NetAdapt's direct metrics stand on.
 
 Only what a measuring device needs is imported eagerly (the agent runs where torch is not
-installed); the rest loads on first use.
+installed); the rest loads on first use. Every backend is registered once, by name, in
+`netopt.measure.registry` (`BACKENDS`).
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ if TYPE_CHECKING:
     from netopt.measure.energy import EnergyModel, RaplEnergy
     from netopt.measure.memory import MemoryModel
     from netopt.measure.onnxrt import OnnxRuntimeCPU, export_onnx
+    from netopt.measure.registry import BACKENDS, BackendEntry
     from netopt.measure.remote import RemoteBackend
 
 __all__ = [
+    "BACKENDS",
     "Backend",
+    "BackendEntry",
     "EnergyModel",
     "Estimator",
     "MeasuringEstimator",
@@ -44,6 +48,8 @@ __all__ = [
 ]
 
 _LAZY = {
+    "BACKENDS": "netopt.measure.registry",
+    "BackendEntry": "netopt.measure.registry",
     "TorchEager": "netopt.measure.eager",
     "OnnxRuntimeCPU": "netopt.measure.onnxrt",
     "export_onnx": "netopt.measure.onnxrt",
