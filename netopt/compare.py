@@ -14,7 +14,8 @@ and went between strategies.
       comparison.json, comparison.md, frontier.png
 
 Each finished strategy's row is written atomically, so `resume=True` (`--resume`) skips what
-is done and resumes what is not.
+is done and resumes what is not. row.json and comparison.json carry `format_version`; a row
+written before the key existed is version 1, and a newer one is refused.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 from netopt.constraints.amount import parse_amount
 from netopt.errors import InfeasibleError, first_line
 from netopt.ir import Network, macs, params
+from netopt.ir.versions import VERSION_KEY, version_of
 from netopt.measure.base import MeasuringEstimator
 from netopt.measure.energy import EnergyModel
 from netopt.measure.memory import MemoryModel
@@ -38,7 +40,10 @@ from netopt.report.tables import markdown_table
 from netopt.runs.files import write_atomic, write_json
 from netopt.strategies import Problem, Result, Strategy
 
-__all__ = ["Row", "Comparison", "compare", "hypervolume", "with_budget"]
+__all__ = ["Row", "Comparison", "compare", "hypervolume", "with_budget", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+"""Version of row.json and comparison.json."""
 
 MakeStrategy = Callable[[int | None], Strategy]
 """Builds a strategy given the search budget in training steps (None: no budget to match)."""
@@ -206,7 +211,7 @@ def compare(problem: Problem, budgets: Sequence[str | float], strategies: Mappin
             if row is None:
                 say(f"{label}: {name}")
                 row = _run_one(name, strategies[name](steps), at_budget, str(budget), folder, resume, long_term_steps)
-                write_json(folder / "row.json", asdict(row))
+                write_json(folder / "row.json", asdict(row), FORMAT_VERSION)
                 say(f"{label}: {name} " + (f"failed: {row.error}" if row.error else
                                            f"done in {row.search_seconds:.0f} s: holdout {row.holdout_accuracy:.4g}, "
                                            f"test {row.test_accuracy:.4g}, " + ", ".join(
@@ -217,7 +222,7 @@ def compare(problem: Problem, budgets: Sequence[str | float], strategies: Mappin
             rows.append(row)
         _measure_side_by_side(problem, [r for r in rows if r.budget == str(budget)])
     comparison = Comparison(first.resource, first.unit, _start_figures(problem, rows), rows)
-    write_json(out / "comparison.json", comparison.to_dict())
+    write_json(out / "comparison.json", comparison.to_dict(), FORMAT_VERSION)
     write_atomic(out / "comparison.md", (comparison.report() + "\n").encode())
     comparison.plot(out / "frontier.png")
     return comparison
@@ -236,8 +241,13 @@ def _run_one(name: str, strategy: Strategy, problem: Problem, label: str, folder
 
 
 def _load_row(folder: Path) -> Row | None:
+    """A finished strategy's row (None: not finished); one of a newer format is refused."""
     path = folder / "row.json"
-    return Row(**json.loads(path.read_text())) if path.is_file() else None
+    if not path.is_file():
+        return None
+    doc = json.loads(path.read_text())
+    version_of(doc, FORMAT_VERSION, str(path), f"upgrade netopt, or delete {folder} to run that strategy again")
+    return Row(**{k: v for k, v in doc.items() if k != VERSION_KEY})
 
 
 def _measure_side_by_side(problem: Problem, rows: list[Row]) -> None:

@@ -18,6 +18,7 @@ from netopt.app.config import AdaptConfig, CompareConfig
 from netopt.app.factory import build_problem, make_strategy, strategy_makers
 from netopt.app.reports import measure_family
 from netopt.errors import ConfigError
+from netopt.ir.versions import VERSION_KEY, version_of
 from netopt.runs.files import write_json
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ def torch_threads(n: int) -> Iterator[None]:
 
 APP_CONFIG = "app.json"
 """The whole config of a job, kept in its run directory: a resume must give the same."""
+APP_CONFIG_VERSION = 1
+"""Version of app.json (`format_version`; one written before the key existed is version 1)."""
 
 
 def same_config(config: AdaptConfig, resume: bool) -> None:
@@ -51,7 +54,7 @@ def same_config(config: AdaptConfig, resume: bool) -> None:
     current = _flat(config.model_dump(mode="json", exclude={"run_dir"}))
     started = Path(config.run_dir, "config.json").is_file()  # the run itself has begun
     if resume and started and path.is_file():
-        recorded = _flat(json.loads(path.read_text()))
+        recorded = _flat(_recorded(path))
         defaults = _flat(type(config)().model_dump(mode="json", exclude={"run_dir"}))  # fields newer than the run
         for key in sorted(set(recorded) | set(current)):
             was = recorded.get(key, defaults.get(key))
@@ -62,10 +65,18 @@ def same_config(config: AdaptConfig, resume: bool) -> None:
                     "new run_dir")
     elif resume == started:  # a new run (also after one that failed before it began), or a run from before app.json
         try:
-            write_json(path, config.model_dump(mode="json", exclude={"run_dir"}))
+            write_json(path, config.model_dump(mode="json", exclude={"run_dir"}), APP_CONFIG_VERSION)
         except OSError as exc:
             raise ConfigError(f"run_dir {config.run_dir} cannot be written ({exc.strerror}); give a folder you can "
                               "write (not a file, nor below one)") from None
+
+
+def _recorded(path: Path) -> dict[str, Any]:
+    """The config app.json holds, without its version key; a newer format is refused."""
+    doc = json.loads(path.read_text())
+    version_of(doc, APP_CONFIG_VERSION, str(path), "resume with the netopt that started the run, or give a new run_dir",
+               error=ConfigError)
+    return {k: v for k, v in doc.items() if k != VERSION_KEY}
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
