@@ -69,7 +69,7 @@ def test_loading_a_network_that_a_run_does_not_have_names_what_it_has(tmp_path: 
 
 
 def test_budgets_already_met_at_the_start_say_that_nothing_will_shrink() -> None:
-    from netopt.strategies._engine import BudgetWarning
+    from netopt.strategies.engine import BudgetWarning
 
     with pytest.warns(BudgetWarning, match="already met by the starting network"):
         RandomSearch(trials=1, short_term_steps=0, long_term_steps=0, progress=False).run(

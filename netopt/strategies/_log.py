@@ -95,12 +95,15 @@ class RunLog:
 
     def result(self, problem: Problem, strategy: str) -> Result:
         """A finished run read back whole: its family, every proposal, the final network."""
-        final = self.final(problem)
-        history = [Proposal(**{**r, "chosen": r["iteration"] == final.iteration}) for r in self.run.history()]
+        final, family = self.final(problem), self.family(problem)
+        if family and self.run.summary(family[0].iteration).get("group", "") is None:  # iterative: Net_0 first
+            history = self.proposals(family)
+        else:
+            history = [Proposal(**{**r, "chosen": r["iteration"] == final.iteration}) for r in self.run.history()]
         config = self.run.config()  # NetAdaptV2's super-network steps are training too
         used = sum(p.steps for p in history) + int(config.get("long_term_steps", 0)) + \
             int(config.get("supernet_steps", 0))
-        return Result(final, self.family(problem), history, used, strategy=strategy, start=self.run.original())
+        return Result(final, family, history, used, strategy=strategy, start=self.run.original())
 
     def final(self, problem: Problem) -> Candidate:
         s = self.run.summary("final")

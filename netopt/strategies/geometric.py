@@ -212,7 +212,7 @@ class GeometricProgram(WidthSearch):
         until the estimators say every budget is met."""
         resources = trials.resources(widths)
         while not trials.feasible(resources):
-            violated = [b for b in trials.bounds if resources[b.resource] > trials.engine.aim(b)]
+            violated = [b for b in trials.bounds if resources[b.resource] > trials.engine.budgets.aim(b)]
             best, best_ratio = None, 0.0
             for gid, probe in _moves(trials.network, widths, -1):
                 found = trials.resources(probe)

@@ -39,25 +39,23 @@ the paper's accuracy-latency gains come from ordered dropout and multi-layer des
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import time
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import Executor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from netopt.bridge import trace
 from netopt.objectives.base import Evaluation, Objective
 from netopt.runs.files import save_tensors
-from netopt.strategies._engine import Ask, Engine, Serial, named_failure, seed_for
-from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy
+from netopt.strategies.base import Candidate, Problem, Proposal, Result
+from netopt.strategies.engine import Ask, Engine, named_failure, seed_for
+from netopt.strategies.iterative import Iterative, Step, cannot_shrink
 from netopt.strategies.progressive import largest_meeting, smallest_step
 from netopt.strategies.settings import NetAdaptV2Settings
 from netopt.strategies.supernet import FirstChannels, OrderedDropout, ordered, recalibrate
@@ -71,7 +69,6 @@ if TYPE_CHECKING:
 
 __all__ = ["NetAdaptV2", "NetAdaptV2Settings", "CalibrationWarning", "BypassWarning"]
 
-LOG = logging.getLogger("netopt.progress")
 SUPERNET = "supernet.pt"
 
 
@@ -125,78 +122,74 @@ def _optional(objective: Any, method: str) -> Any:
     return missing
 
 
-class NetAdaptV2(Strategy):
+@dataclass(frozen=True)
+class _Supernet:
+    """The trained super-network, traced so that sub-networks keep the first k channels, and the
+    seconds its training took."""
+
+    traced: Traced
+    seconds: float
+
+
+class NetAdaptV2(Iterative):
     """NetAdaptV2 for m resources (see the module docstring).
 
     Settings (`NetAdaptV2Settings`): supernet_steps, samples, layers, sandwich, bypass, bn_batches,
-    reward, long_term_steps, seed, max_iterations."""
+    reward, long_term_steps, seed, max_iterations.
+
+    >>> import netopt
+    >>> from netopt.testing.contract import small_network
+    >>> from netopt.testing.problems import joint_problem
+    >>> problem = joint_problem(small_network(), macs="60%", memory="90%")
+    >>> result = netopt.NetAdaptV2(supernet_steps=1, samples=3, long_term_steps=1, progress=False).run(problem)
+    >>> [part in result.timings for part in ("supernet_training", "sample_evaluation", "final_training")]
+    [True, True, True]
+    """
 
     name = "NetAdaptV2"
+    label = "NetAdaptV2"
     Settings = NetAdaptV2Settings
     settings: NetAdaptV2Settings
-
-    def __init__(self, *, executor: Executor | None = None, progress: bool | None = None, **settings: Any) -> None:
-        super().__init__(**settings)
-        self.executor = self._executor(executor) or Serial()
-        self.progress = progress
 
     def training_budget(self, problem: Problem) -> int:
         """The super-network's steps and the final network's: samples are not trained."""
         return self.supernet_steps + self.long_term_steps
 
-    def run(self, problem: Problem, run_dir: str | Path | None = None, resume: bool = False) -> Result:
-        objective = problem.objective
-        scored = replace(problem, objective=_SuperScored(objective, self.bn_batches))  # type: ignore[arg-type]
-        engine = Engine(scored, self.config(), short_term_steps=0, seed=self.seed, run_dir=run_dir, resume=resume,
-                        executor=self.executor, bypass=self.bypass)
-        done = engine.finished(self.name)
-        if done is not None:
-            return done
+    def _engine(self, problem: Problem, run_dir: str | Path | None, resume: bool) -> Engine:
+        scored = replace(problem, objective=_SuperScored(problem.objective, self.bn_batches))  # type: ignore[arg-type]
+        return Engine(scored, self.config(), short_term_steps=0, seed=self.seed, run_dir=run_dir, resume=resume,
+                      executor=self.executor, bypass=self.bypass)
+
+    def _prepare(self, engine: Engine) -> _Supernet:
+        """Warn about what will not work as asked, then train (or read back) the super-network."""
         if self.bypass and not engine.network.bypassable:
             warnings.warn("bypass=True, but this network has no residual branch whose layers could be removed (no "
                           "add with a shortcut around them); NetAdaptV2 runs without bypass", BypassWarning,
-                          stacklevel=2)
+                          stacklevel=3)
+        objective = engine.problem.objective.objective  # type: ignore[attr-defined]
         if self.bn_batches:
             try:
                 _optional(objective, "calibration_inputs")(1, self.seed)
             except NotImplementedError:
                 warnings.warn(f"{type(objective).__name__} gives no training inputs (calibration_inputs): sub-networks "
                               "are scored with the super-network's BatchNorm statistics, which fit the full network; "
-                              "give FunctionObjective a calibration function", CalibrationWarning, stacklevel=2)
+                              "give FunctionObjective a calibration function", CalibrationWarning, stacklevel=3)
         started = time.perf_counter()
         supernet = self._supernet(engine)
-        supernet_seconds = time.perf_counter() - started
-        engine.clock.objective += supernet_seconds
-        evaluating = engine.clock.objective
-        family = engine.log.family(problem) if engine.log and engine.log.members() else [self._start(engine, supernet)]
-        history = engine.log.proposals(family) if engine.log else []
-        current = family[-1]
-        bar = tqdm(desc="NetAdaptV2", unit="iteration", disable=None if self.progress is None else not self.progress)
-        engine.catch_up()  # the calibrations a stopped run had added
-        while True:
-            current, step = engine.turn(current, family, bar, self.max_iterations,
-                                        lambda now: self._iterate(engine, supernet, now, family))
-            if step is None:
-                break
-            proposals, picked, module = step
-            history += proposals
-            assert picked.score is not None
-            current = Candidate(current.iteration + 1, problem.traced.network.with_widths(picked.widths), module,
-                                picked.score, picked.resources)
-            engine.save_member(current, picked.group)
-            family.append(current)
-            LOG.info("iteration %d: %d samples, chose %s; %s; holdout %.3f", current.iteration, len(proposals),
-                     picked.group, ", ".join(f"{b.resource} {current.resources[b.resource]:.4g}/{b.budget:.4g}"
-                                             for b in engine.bounds), current.accuracy)
-            bar.update()
-        bar.close()
-        sampling = engine.clock.objective - evaluating
-        finishing = engine.clock.objective
-        final = engine.finish(current, self.long_term_steps)
-        result = engine.result(self.name, final, family, history, self.supernet_steps + self.long_term_steps)
-        result.timings.update({"supernet_training": supernet_seconds, "sample_evaluation": sampling,
-                               "final_training": engine.clock.objective - finishing})
-        return result
+        seconds = time.perf_counter() - started
+        engine.clock.objective += seconds
+        return _Supernet(supernet, seconds)
+
+    def _steps_taken(self, history: Sequence[Proposal]) -> int:
+        return self.supernet_steps + self.long_term_steps
+
+    def _timed(self, result: Result, prepared: _Supernet, searching: float, final: float) -> None:
+        """The paper's three parts of the search time."""
+        result.timings.update({"supernet_training": prepared.seconds, "sample_evaluation": searching,
+                               "final_training": final})
+
+    def _describe(self, current: Candidate, picked: Proposal, proposals: Sequence[Proposal]) -> str:
+        return f"{len(proposals)} samples, chose {picked.group}"
 
     # --- the super-network ---------------------------------------------------------------------
 
@@ -223,23 +216,20 @@ class NetAdaptV2(Strategy):
         traced = trace(module, problem.traced.example_input(), step=problem.traced.network.step)
         return replace(traced, selector=FirstChannels())
 
-    def _start(self, engine: Engine, supernet: Traced) -> Candidate:
-        module = supernet.materialize()
+    def _start(self, engine: Engine, prepared: _Supernet) -> Candidate:
+        module = prepared.traced.materialize()
         score = engine.start_score(module)  # BatchNorm re-estimated for the full network too
-        start = Candidate(0, engine.network, module, score, {b.resource: b.initial for b in engine.bounds})
-        engine.save_member(start, None)
-        return start
+        return Candidate(0, engine.network, module, score, {b.resource: b.initial for b in engine.bounds})
 
     # --- multi-layer coordinate descent --------------------------------------------------------
 
-    def _iterate(self, engine: Engine, supernet: Traced, current: Candidate,
-                 family: Sequence[Candidate]) -> tuple[list[Proposal], Proposal, nn.Module]:
+    def _iterate(self, engine: Engine, prepared: _Supernet, current: Candidate, family: Sequence[Candidate]) -> Step:
         i, bounds = current.iteration, engine.bounds
-        targets = engine.targets(i, current.resources)
+        targets = engine.budgets.targets(i, current.resources)
         plans = self._plans(current, bounds, targets, i)
         if not plans:
-            raise engine.cannot_shrink(current, family)
-        told = engine.score([Ask(i, group, network.widths, resources, supernet, network.widths,
+            raise cannot_shrink(engine, current, family)
+        told = engine.score([Ask(i, group, network.widths, resources, prepared.traced, network.widths,
                                  seed_for(self.seed, i, group)) for group, network, resources in plans])
         proposals = [t.proposal for t in told]
         best = max(range(len(proposals)), key=lambda k: (self._value(proposals[k], bounds), -k))

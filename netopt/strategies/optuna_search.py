@@ -54,8 +54,8 @@ import optuna
 from netopt.errors import ConfigError, InfeasibleError, IRError
 from netopt.ir import Network
 from netopt.lut.store import owner_alive, process_owner
-from netopt.strategies._engine import Ask, seed_for
 from netopt.strategies.base import Candidate, Problem, Proposal, Result
+from netopt.strategies.engine import Ask, seed_for
 from netopt.strategies.search import ALL, Trials, WidthSearch
 from netopt.strategies.settings import SAMPLERS, OptunaSettings
 
@@ -428,7 +428,7 @@ class _SharedStudy:
             network = self.trials.network.with_widths(widths)
             resources = self.trials.resources(widths)  # re-estimated after a recalibration
             chosen = Candidate(best.number, network, None, best.values[0], resources)  # type: ignore[arg-type]
-            if self.trials.feasible(resources) and not self.engine.verify(chosen):
+            if self.trials.feasible(resources) and not self.engine.budgets.verify(chosen):
                 break
         else:
             raise InfeasibleError(f"study {self.study.study_name!r}: none of its {len(scored)} scored trials is within "

@@ -12,30 +12,18 @@ network is fine-tuned for longer and measured end to end.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from tqdm import tqdm
 
 from netopt.bridge import trace
 from netopt.constraints import Bound
 from netopt.ir import Network
-from netopt.strategies._engine import Ask, Engine, Serial, seed_for
-from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy, changed
+from netopt.strategies.base import Candidate, Problem, Proposal, changed
+from netopt.strategies.engine import Ask, Engine, seed_for
+from netopt.strategies.iterative import Iterative, Step, cannot_shrink
 from netopt.strategies.settings import ProgressiveBarrierSettings, SelectionRule
 
-if TYPE_CHECKING:
-    from torch import nn
-
-
 __all__ = ["ProgressiveBarrier", "ProgressiveBarrierSettings", "SelectionRule"]
-
-LOG = logging.getLogger("netopt.progress")
-"""One INFO line per iteration: what a log shows where no progress bar is drawn (no TTY)."""
 
 
 @dataclass(frozen=True)
@@ -47,81 +35,53 @@ class _Plan:
     resources: dict[str, float]
 
 
-class ProgressiveBarrier(Strategy):
+class ProgressiveBarrier(Iterative):
     """NetAdapt for m resources; the result does not depend on the executor's worker count.
 
     Settings (`ProgressiveBarrierSettings`): short_term_steps, long_term_steps, seed, selection,
-    block_size, max_iterations."""
+    block_size, max_iterations.
+
+    >>> import netopt
+    >>> from netopt.testing.contract import small_network
+    >>> from netopt.testing.problems import joint_problem
+    >>> problem = joint_problem(small_network(), macs="60%", memory="90%")
+    >>> result = netopt.ProgressiveBarrier(short_term_steps=1, long_term_steps=1, progress=False).run(problem)
+    >>> netopt.ir.macs(result.final.network) <= 0.6 * netopt.ir.macs(problem.traced.network)
+    True
+    """
 
     name = "ProgressiveBarrier"
     Settings = ProgressiveBarrierSettings
     settings: ProgressiveBarrierSettings
-
-    def __init__(self, *, executor: Executor | None = None, progress: bool | None = None, **settings: Any) -> None:
-        super().__init__(**settings)
-        self.executor = self._executor(executor) or Serial()
-        self.progress = progress
-
-    # --- the loop ----------------------------------------------------------------------------
 
     def training_budget(self, problem: Problem) -> int:
         """Every iteration may fine-tune one proposal per group; at most max_iterations of them."""
         proposals = -(-len(problem.traced.network.groups) // self.block_size)  # blocks per iteration
         return self.max_iterations * proposals * self.short_term_steps + self.long_term_steps
 
-    def run(self, problem: Problem, run_dir: str | Path | None = None, resume: bool = False) -> Result:
-        """Adapt; with `run_dir` every step is saved, and `resume=True` continues a stopped run
-        there, redoing only the proposals that had not finished."""
-        engine = Engine(problem, self.config(), short_term_steps=self.short_term_steps, seed=self.seed,
-                        run_dir=run_dir, resume=resume, executor=self.executor)
-        family = engine.log.family(problem) if engine.log and engine.log.members() else [self._start(engine)]
-        history = engine.log.proposals(family) if engine.log else []
-        current = family[-1]
-        bar = tqdm(desc="adapting", unit="iteration", disable=None if self.progress is None else not self.progress)
-        engine.catch_up()  # the calibrations a stopped run had added
-        while True:
-            current, step = engine.turn(current, family, bar, self.max_iterations,
-                                        lambda now: self._iterate(engine, now, family))
-            if step is None:
-                break
-            proposals, picked, module = step
-            history += proposals
-            current = Candidate(current.iteration + 1, problem.traced.network.with_widths(picked.widths), module,
-                                _scored(picked), picked.resources)
-            engine.save_member(current, picked.group)
-            family.append(current)
-            LOG.info("iteration %d: %s -> %s; %s; holdout %.3f", current.iteration, picked.group,
-                     ", ".join(str(current.network.widths[g]) for g in picked.group.split("+")),
-                     ", ".join(f"{b.resource} {current.resources[b.resource]:.4g}/{b.budget:.4g}"
-                               for b in engine.bounds), current.accuracy)
-            bar.update()
-            bar.set_postfix({b.resource: f"{current.resources[b.resource]:.4g}/{b.budget:.4g}" for b in engine.bounds})
-        bar.close()
-        final = engine.finish(current, self.long_term_steps)
-        return engine.result(self.name, final, family, history, sum(p.steps for p in history) + self.long_term_steps)
-
-    def _start(self, engine: Engine) -> Candidate:
+    def _start(self, engine: Engine, prepared: None) -> Candidate:
         module = engine.problem.traced.materialize()  # a copy: the user's model is never trained
         initial = {b.resource: b.initial for b in engine.bounds}
-        start = Candidate(0, engine.network, module, engine.start_score(module), initial)
-        engine.save_member(start, None)
-        return start
+        return Candidate(0, engine.network, module, engine.start_score(module), initial)
 
-    def _iterate(self, engine: Engine, current: Candidate,
-                 family: Sequence[Candidate]) -> tuple[list[Proposal], Proposal, nn.Module]:
+    def _iterate(self, engine: Engine, prepared: None, current: Candidate, family: Sequence[Candidate]) -> Step:
         i, bounds = current.iteration, engine.bounds
-        targets = engine.targets(i, current.resources)
+        targets = engine.budgets.targets(i, current.resources)
         plans = self._plans(bounds, current, targets)
         if not plans:
-            raise engine.cannot_shrink(current, family)
+            raise cannot_shrink(engine, current, family)
         traced = trace(current.module, engine.problem.traced.example_input(), step=engine.network.step)
         told = engine.score([Ask(i, p.group, p.network.widths, p.resources, traced,
-                                    changed(p.group, p.network.widths, traced.network), seed_for(self.seed, i, p.group))
-                                for p in plans])
+                                 changed(p.group, p.network.widths, traced.network), seed_for(self.seed, i, p.group))
+                             for p in plans])
         proposals = [t.proposal for t in told]
         best = self._pick(proposals, current, bounds)
         proposals[best] = replace(proposals[best], chosen=True)
         return proposals, proposals[best], told[best].module
+
+    def _describe(self, current: Candidate, picked: Proposal, proposals: Sequence[Proposal]) -> str:
+        widths = ", ".join(str(current.network.widths[g]) for g in picked.group.split("+"))
+        return f"{picked.group} -> {widths}"
 
     # --- ChooseNumFilters ---------------------------------------------------------------------
 

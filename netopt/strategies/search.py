@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from netopt.errors import InfeasibleError
 from netopt.ir import Network
-from netopt.strategies._engine import Ask, Engine, seed_for
 from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy
+from netopt.strategies.engine import Ask, Engine, seed_for
 from netopt.strategies.reward import MnasNetReward
 from netopt.strategies.settings import WidthSearchSettings
 
@@ -67,14 +67,14 @@ class Trials:
         return self.problem.traced.network
 
     def resources(self, widths: dict[str, int]) -> dict[str, float]:
-        return self.engine.resources(self.network.with_widths(widths))
+        return self.engine.budgets.resources(self.network.with_widths(widths))
 
     def violations(self, resources: dict[str, float]) -> dict[str, float]:
         """estimate / budget - 1 per resource: <= 0 within budget (Optuna's constraint convention)."""
         return {b.resource: resources[b.resource] / b.budget - 1.0 for b in self.bounds}
 
     def feasible(self, resources: dict[str, float]) -> bool:
-        return self.engine.feasible(resources)
+        return self.engine.budgets.feasible(resources)
 
     @property
     def steps(self) -> int:
@@ -161,10 +161,10 @@ class Trials:
     def verify(self, candidate: Candidate) -> bool:
         """Measure `candidate` end to end where a budget is checked that way; False when it misses
         one (the lookup table is recalibrated with it, and every scored network re-estimated)."""
-        if not self.engine.verify(candidate):
+        if not self.engine.budgets.verify(candidate):
             return True
         for c in self.scored:
-            c.resources = self.engine.resources(c.network)
+            c.resources = self.engine.budgets.resources(c.network)
         return False
 
     def verified(self, strategy: str, best: Candidate | None = None) -> Candidate:
@@ -172,7 +172,8 @@ class Trials:
         network that meets them all as measured: re-ranked on the recalibrated estimates."""
         pick = best or self.best()
         while not self.verify(pick):
-            over = ", ".join(f"{r} measured {v:.4g} against {b:.4g}" for r, (v, b) in self.engine.missed(pick).items())
+            missed = self.engine.budgets.missed(pick)
+            over = ", ".join(f"{r} measured {v:.4g} against {b:.4g}" for r, (v, b) in missed.items())
             try:
                 pick = self.best()
             except InfeasibleError:
