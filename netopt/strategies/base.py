@@ -29,7 +29,17 @@ __all__ = ["Problem", "Strategy", "StrategySettings", "Candidate", "Proposal", "
 
 @dataclass(frozen=True)
 class Problem:
-    """Maximize the objective subject to every constraint (Eq. 1), starting from `traced`."""
+    """Maximize the objective subject to every constraint (Eq. 1), starting from `traced`.
+
+    >>> import torch, netopt
+    >>> from netopt.zoo import MobileNetV1
+    >>> traced = netopt.trace(MobileNetV1(0.25, 32, num_classes=10).eval(), torch.randn(1, 3, 32, 32))
+    >>> def fine_tune(model, steps, seed, phase): pass  # your training loop
+    >>> def score(model): return 0.5  # your holdout metric
+    >>> problem = netopt.Problem(traced, [netopt.MACsConstraint("50%")], netopt.FunctionObjective(fine_tune, score))
+    >>> [b.resource for b in problem.bind()]
+    ['macs']
+    """
 
     traced: Traced
     constraints: Sequence[Constraint]

@@ -124,6 +124,14 @@ class GeometricProgram(WidthSearch):
     `samples` random width assignments (at least one per posynomial term) feed each fit;
     `importance` weighs the groups ("magnitude": share of filter L2 norm; "uniform"); `solver`
     names a cvxpy solver (None: cvxpy's choice). `last_fit` reports the latest run.
+
+    >>> import netopt
+    >>> from netopt.testing.contract import small_network
+    >>> from netopt.testing.problems import joint_problem
+    >>> problem = joint_problem(small_network(), macs="60%", memory="90%")
+    >>> result = netopt.GeometricProgram(short_term_steps=1, long_term_steps=1, progress=False).run(problem)
+    >>> result.over_budget
+    {}
     """
 
     name = "GeometricProgram"

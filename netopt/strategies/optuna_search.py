@@ -105,6 +105,14 @@ class OptunaSearch(WidthSearch):
     its result's family is the feasible Pareto front. The search stops after `trials` networks
     are scored or `max_rejections` assignments were not trained (over budget, or already scored).
     See the module docstring for the encoding, constraints, storage, resume and warm start.
+
+    >>> import netopt
+    >>> from netopt.testing.contract import small_network
+    >>> from netopt.testing.problems import joint_problem
+    >>> problem = joint_problem(small_network(), macs="60%", memory="90%")
+    >>> search = netopt.OptunaSearch(sampler="tpe", trials=3, short_term_steps=1, long_term_steps=1, progress=False)
+    >>> search.run(problem).over_budget
+    {}
     """
 
     name = "OptunaSearch"

@@ -16,7 +16,16 @@ __all__ = ["RandomSearch"]
 
 class RandomSearch(WidthSearch):
     """Random per-group widths on each group's step grid; assignments the estimators reject
-    cost no training. Scores `trials` feasible networks and keeps the best."""
+    cost no training. Scores `trials` feasible networks and keeps the best.
+
+    >>> import netopt
+    >>> from netopt.testing.contract import small_network
+    >>> from netopt.testing.problems import joint_problem
+    >>> problem = joint_problem(small_network(), macs="60%", memory="90%")
+    >>> result = netopt.RandomSearch(trials=3, short_term_steps=1, long_term_steps=1, progress=False).run(problem)
+    >>> len([p for p in result.history if p.score is not None])
+    3
+    """
 
     name = "RandomSearch"
     Settings = RandomSearchSettings

@@ -11,7 +11,16 @@ __all__ = ["UniformWidth"]
 
 class UniformWidth(WidthSearch):
     """The paper's width multiplier: one fraction for every group, the largest meeting every
-    budget, found by bisection on the estimators; then that network is fine-tuned."""
+    budget, found by bisection on the estimators; then that network is fine-tuned.
+
+    >>> import netopt
+    >>> from netopt.testing.contract import small_network
+    >>> from netopt.testing.problems import joint_problem
+    >>> problem = joint_problem(small_network(), macs="60%", memory="90%")
+    >>> result = netopt.UniformWidth(short_term_steps=1, long_term_steps=1, progress=False).run(problem)
+    >>> result.over_budget
+    {}
+    """
 
     name = "UniformWidth"
     Settings = UniformWidthSettings
