@@ -51,9 +51,9 @@ from typing import Any
 
 import optuna
 
+from netopt._process import owner_alive, process_owner
 from netopt.errors import ConfigError, InfeasibleError, IRError
 from netopt.ir import Network
-from netopt.lut.store import owner_alive, process_owner
 from netopt.strategies.base import Candidate, Problem, Proposal, Result
 from netopt.strategies.engine import Ask, seed_for
 from netopt.strategies.search import ALL, Trials, WidthSearch
@@ -226,7 +226,7 @@ def _open(url: str) -> optuna.storages.RDBStorage:
     """An Optuna RDB storage, or a ConfigError that names the URL (less its password) and what to do."""
     import sqlalchemy.exc
 
-    from netopt.lut.pgstore import redacted
+    from netopt._process import redacted
 
     try:
         return optuna.storages.RDBStorage(url)
@@ -299,7 +299,7 @@ def _gone(worker: str) -> bool:
 
 
 def _redacted(url: str) -> str:
-    from netopt.lut.pgstore import redacted
+    from netopt._process import redacted
 
     return redacted(url)
 
@@ -315,8 +315,8 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     if url.startswith(("postgresql://", "postgres://")):
+        from netopt._process import connect
         from netopt.errors import LookupTableError
-        from netopt.lut.pgstore import connect
 
         try:
             lock = connect(url, "storage")  # names the extra where psycopg is missing, and hides the password
@@ -388,7 +388,7 @@ class _SharedStudy:
                 yield
             return
         if url.startswith(("postgresql://", "postgres://")):
-            from netopt.lut.pgstore import connect
+            from netopt._process import connect
 
             db = connect(url, "storage")
             try:
