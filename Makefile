@@ -1,4 +1,5 @@
 # The two commands a new user needs: `make demo` and `make test`. Both set up .venv first.
+# `make test` also builds the documentation site (docs/, mkdocs.yml) into build/site, warnings as errors.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -28,16 +29,19 @@ demo: $(STAMP)
 
 # The default suite leaves out the tests marked slow (whole runs of the examples, the README's
 # adapting snippets, the CLI on a cluster): each has a faster sibling that covers its behaviour.
+# pytest runs the docstrings' examples too (--doctest-modules over netopt, pyproject.toml).
 test: $(STAMP)
 	$(PY) -m ruff check netopt tests benchmarks examples
 	$(PY) -m mypy
 	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m mkdocs build --strict
 
 # Everything, the slow end-to-end runs too (about three times as long).
 test-all: $(STAMP)
 	$(PY) -m ruff check netopt tests benchmarks examples
 	$(PY) -m mypy
 	$(PY) -m pytest -q
+	$(PY) -m mkdocs build --strict
 
 bench: $(STAMP)
 	$(PIP) install --quiet -c constraints.txt -e '.[dev,dask,postgres,bench]'
@@ -49,4 +53,4 @@ paper: $(STAMP)
 	$(PY) benchmarks/paper/paper.py all
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis
