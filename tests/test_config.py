@@ -23,6 +23,11 @@ def test_the_bundled_demo_config_is_the_default() -> None:
     ('[model]\nwidth = -1\n', "model.width: Input should be greater than 0"),
     ('[[constraints]]\nresource = "latncy"\nbudget = "50%"\n', "constraints.0.resource"),
     ('[[constraints]]\nresource = "latency"\nbudget = "nan"\n', "latency budget 'nan' must be a positive"),
+    ('[[constraints]]\nresource = "latncy"\nbudget = "50%"\n', "resource 'latncy' is unknown; known: 'energy', "
+     "'latency', 'macs', 'memory', 'params'"),
+    ('[strategy]\nname = "Annealing"\n', "strategy.name: strategy 'Annealing' is unknown; known: 'GeometricProgram'"),
+    ('[lut]\nbackend = "openvino"\n', "lut.backend: measurement backend 'openvino' is unknown; known: "),
+    ('[lut]\nbackend = "memory"\n', "lut.backend: backend 'memory' prices memory without timing whole networks"),
     ('constraints = []\n', "constraints: List should have at least 1 item"),
     ('run_dir = \n', "is not valid TOML"),
 ])
@@ -84,7 +89,7 @@ def test_the_config_defaults_are_the_strategies_own() -> None:
     config, strategy = AdaptConfig(), ProgressiveBarrier()
     assert (config.training.short_term_steps, config.training.long_term_steps) == (
         strategy.short_term_steps, strategy.long_term_steps)
-    assert config.strategy.block_size == strategy.block_size and config.strategy.seed == strategy.seed
+    assert config.strategy.block_size == strategy.block_size and config.strategy.seed == strategy.seed  # type: ignore[attr-defined]
 
 
 def test_a_config_path_that_is_no_text_file_is_one_line(tmp_path: Path) -> None:

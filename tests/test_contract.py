@@ -1,4 +1,4 @@
-"""Every strategy netopt ships keeps the Strategy contract (netopt.testing.contract)."""
+"""Every registered strategy keeps the Strategy contract (netopt.testing.contract), through the registry."""
 
 from __future__ import annotations
 
@@ -6,43 +6,33 @@ from collections.abc import Callable
 
 import pytest
 
-from netopt.strategies import (
-    GeometricProgram,
-    MnasNetReward,
-    NetAdaptV2,
-    OptunaSearch,
-    ProgressiveBarrier,
-    RandomSearch,
-    Strategy,
-    UniformWidth,
-)
-from netopt.testing.contract import *  # noqa: F403 - the contract's tests run here
+from netopt.strategies import Strategy
+from netopt.strategies.registry import STRATEGIES
+from netopt.testing.contract import StrategyContract
 
-STEPS = {"short_term_steps": 2, "long_term_steps": 3, "progress": False}
-MAKERS: dict[str, Callable[[int], Strategy]] = {
-    "ProgressiveBarrier": lambda seed: ProgressiveBarrier(seed=seed, **STEPS),  # type: ignore[arg-type]
-    "UniformWidth": lambda seed: UniformWidth(seed=seed, **STEPS),  # type: ignore[arg-type]
-    "RandomSearch": lambda seed: RandomSearch(trials=4, seed=seed, **STEPS),  # type: ignore[arg-type]
-    "OptunaTPE": lambda seed: OptunaSearch(sampler="tpe", trials=4, seed=seed, **STEPS),  # type: ignore[arg-type]
-    "OptunaNSGA2": lambda seed: OptunaSearch(sampler="nsga2", trials=4, seed=seed, **STEPS),  # type: ignore[arg-type]
-    "GeometricProgram": lambda seed: GeometricProgram(seed=seed, **STEPS),  # type: ignore[arg-type]
-    "NetAdaptV2": lambda seed: NetAdaptV2(seed=seed, supernet_steps=2, samples=3, long_term_steps=3,
-                                          progress=False),
-    "MnasNetTPE": lambda seed: OptunaSearch(sampler="tpe", trials=4, seed=seed,  # type: ignore[arg-type]
-                                            reward=MnasNetReward(resources=("memory",)), **STEPS),
-}
+EXAMPLES: dict[str, Callable[[int], Strategy]] = {
+    label: make for entry in STRATEGIES for label, make in entry.example_makers().items()}
+"""Every registered strategy's contract examples, by label (OptunaTPE, MnasNetTPE, ...)."""
 
 
-@pytest.fixture(params=sorted(MAKERS))
-def make_strategy(request: pytest.FixtureRequest) -> Callable[[int], Strategy]:
-    return MAKERS[request.param]
+class TestEveryRegisteredStrategy(StrategyContract):
+    @pytest.fixture(params=sorted(EXAMPLES))
+    def make_strategy(self, request: pytest.FixtureRequest) -> Callable[[int], Strategy]:
+        return EXAMPLES[request.param]
 
 
-def test_every_strategy_netopt_ships_is_held_to_the_contract() -> None:
+def test_every_registered_strategy_has_a_contract_example_of_its_own_class() -> None:
+    bare = [entry.name for entry in STRATEGIES if not entry.examples]
+    assert bare == [], f"registered without a contract example (give it one in its registration): {bare}"
+    for entry in STRATEGIES:
+        for label, make in entry.example_makers().items():
+            assert type(make(0)) is entry.load(), f"example {label} does not make a {entry.name}"
+
+
+def test_every_strategy_netopt_ships_is_registered() -> None:
     import netopt.strategies as shipped
 
     concrete = {name for name in shipped.__all__
                 if isinstance(cls := getattr(shipped, name), type) and issubclass(cls, Strategy)
                 and not getattr(cls, "__abstractmethods__", None)}
-    held = {type(make(0)).__name__ for make in MAKERS.values()}
-    assert concrete == held, f"strategies outside the contract suite: {concrete - held}"
+    assert concrete == set(STRATEGIES.names), f"strategies outside the registry: {concrete - set(STRATEGIES.names)}"

@@ -3,27 +3,65 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
 from netopt.errors import ConfigError, MeasurementError
-from netopt.measure import MeasureSettings, NoisyMeasurementWarning, OnnxRuntimeCPU, TorchEager, onnxrt
+from netopt.measure import (
+    Backend,
+    Estimator,
+    MeasureSettings,
+    NoisyMeasurementWarning,
+    OnnxRuntimeCPU,
+    TorchEager,
+    onnxrt,
+)
 from netopt.measure.base import summarize
 from netopt.measure.onnxrt import export_onnx
+from netopt.measure.registry import BACKENDS, QUICK
 from netopt.measure.timing import time_calls
-from netopt.testing.backends import check_backend, small_model
-
-QUICK = MeasureSettings(warmup=2, runs=10, min_seconds=0.0)
+from netopt.testing.backends import BackendContract, EstimatorContract, check_backend, small_model
 
 
-@pytest.mark.parametrize("make", [lambda: OnnxRuntimeCPU(threads=1, settings=QUICK),
-                                  lambda: TorchEager(threads=1, settings=QUICK)], ids=["ort", "eager"])
-def test_every_latency_backend_passes_the_contract(make) -> None:  # type: ignore[no-untyped-def]
+def _example(name: str) -> Any:
+    """The registered backend's contract example, or a skip that says why it cannot run here."""
+    entry = BACKENDS[name]
+    reason = entry.missing()
+    if reason is not None:
+        pytest.skip(reason)
+    assert entry.example is not None, f"{name} is registered without a contract example"
+    try:
+        return entry.make(**entry.example)
+    except MeasurementError as exc:  # the platform lacks what it measures (RAPL counters)
+        pytest.skip(f"{name}: {exc}")
+
+
+@pytest.mark.filterwarnings("ignore::netopt.measure.base.NoisyMeasurementWarning")
+class TestEveryRegisteredBackend(BackendContract):
+    runs_at_least = QUICK.runs
+
+    @pytest.fixture(params=[e.name for e in BACKENDS if e.measures])
+    def backend(self, request: pytest.FixtureRequest) -> Backend:
+        return _example(request.param)  # type: ignore[no-any-return]
+
+
+class TestEveryRegisteredEstimator(EstimatorContract):
+    @pytest.fixture(params=[e.name for e in BACKENDS if not e.measures])
+    def estimator(self, request: pytest.FixtureRequest) -> Estimator:
+        return _example(request.param)  # type: ignore[no-any-return]
+
+
+def test_every_registered_backend_has_a_contract_example() -> None:
+    assert [e.name for e in BACKENDS if e.example is None] == [], "give each registration an example"
+
+
+def test_the_contract_helper_checks_a_backend_in_one_call() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoisyMeasurementWarning)
-        check_backend(make(), runs_at_least=10)
+        check_backend(OnnxRuntimeCPU(threads=1, settings=QUICK), runs_at_least=10)
 
 
 @pytest.mark.filterwarnings("ignore::netopt.measure.base.NoisyMeasurementWarning")

@@ -32,6 +32,7 @@ from netopt.measure.base import MeasureSettings
 from netopt.measure.onnxrt import export_onnx
 from netopt.measure.platform import cpu_model
 from netopt.measure.remote import RemoteBackend
+from netopt.testing.backends import BackendContract
 
 pytestmark = pytest.mark.filterwarnings("ignore::netopt.measure.base.NoisyMeasurementWarning")
 
@@ -169,10 +170,14 @@ def test_remote_backend_measures_a_conv_model(agent: Agent) -> None:
     assert fields["threads"] == 1 and fields["exporter"] == "legacy"
 
 
-def test_remote_backend_passes_the_backend_contract(agent: Agent) -> None:
-    from netopt.testing.backends import check_backend
+class TestRemoteBackendContract(BackendContract):
+    """The remote client keeps the Backend contract (it is built from an agent, not registered by name)."""
 
-    check_backend(RemoteBackend(agent.url, TOKEN, settings=TINY), runs_at_least=5)
+    runs_at_least = TINY.runs
+
+    @pytest.fixture
+    def backend(self, agent: Agent) -> RemoteBackend:
+        return RemoteBackend(agent.url, TOKEN, settings=TINY)
 
 
 def test_fingerprint_is_cached_and_follows_the_settings(agent: Agent) -> None:

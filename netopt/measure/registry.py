@@ -12,7 +12,7 @@ then refused in one line that names the extra to install.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.util import find_spec
 from types import MappingProxyType
 from typing import Any, Literal
@@ -52,7 +52,8 @@ class BackendEntry:
     measures: bool
     requires: tuple[str, ...] = ()
     extra: str | None = None
-    example: Mapping[str, Any] = field(default_factory=_frozen)
+    example: Mapping[str, Any] | None = None
+    """The keyword settings of a quick contract run (None: none given, which a test refuses)."""
 
     def missing(self) -> str | None:
         """Why this backend cannot run here (one line naming what to install), or None."""
@@ -96,9 +97,9 @@ BACKENDS: Registry[BackendEntry] = Registry("measurement backend", [
                  "latency", True, ("torch",), None, _frozen({"threads": 1, "settings": QUICK})),
     _ort("rapl", "energy:RaplEnergy", "energy:RaplSettings", "energy", {"threads": 1, "settings": QUICK}),
     BackendEntry("energy-model", Ref("netopt.measure.energy:EnergyModel"), Ref("netopt.measure.energy:EnergyCosts"),
-                 "energy", False),
+                 "energy", False, example=_frozen()),
     BackendEntry("memory", Ref("netopt.measure.memory:MemoryModel"), Ref("netopt.measure.memory:MemorySettings"),
-                 "memory", False),
+                 "memory", False, example=_frozen()),
 ], "register it in netopt/measure/registry.py")
 """The backends and estimators netopt ships. The remote agent's client (`RemoteBackend`) is not
 here: it is built from an agent's URL and token (`netopt agent`), not chosen by name."""

@@ -1,8 +1,11 @@
-"""Search strategies on the IR and budgets: NetAdapt's ProgressiveBarrier first."""
+"""Search strategies on the IR and budgets: NetAdapt's ProgressiveBarrier first.
+
+Every strategy is registered once, in `netopt.strategies.registry`; a registered one not
+imported here loads on first use.
+"""
 
 from typing import TYPE_CHECKING, Any
 
-from netopt.strategies._engine import Ask, Engine, Told
 from netopt.strategies.base import (
     Candidate,
     Problem,
@@ -13,9 +16,11 @@ from netopt.strategies.base import (
     check_feasible,
     smallest,
 )
+from netopt.strategies.engine import Ask, Engine, Told
 from netopt.strategies.netadaptv2 import NetAdaptV2
 from netopt.strategies.progressive import ProgressiveBarrier
 from netopt.strategies.random_search import RandomSearch
+from netopt.strategies.registry import STRATEGIES, StrategyEntry
 from netopt.strategies.reward import MnasNetReward
 from netopt.strategies.search import Trials, WidthSearch, pareto_front
 from netopt.strategies.settings import (
@@ -34,15 +39,12 @@ if TYPE_CHECKING:
     from netopt.strategies.geometric import GeometricProgram
     from netopt.strategies.optuna_search import OptunaSearch
 
-_LAZY = {"OptunaSearch": "netopt.strategies.optuna_search", "GeometricProgram": "netopt.strategies.geometric"}
-
 
 def __getattr__(name: str) -> Any:
-    """OptunaSearch and GeometricProgram import optuna and cvxpy: only when asked for."""
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
+    """A registered strategy not imported above (OptunaSearch and GeometricProgram import optuna
+    and cvxpy), from the registry: only when asked for."""
+    if name in STRATEGIES:
+        return STRATEGIES[name].load()
     raise AttributeError(f"module 'netopt.strategies' has no attribute {name!r}")
 
 
@@ -76,4 +78,7 @@ __all__ = [
     "Strategy",
     "check_feasible",
     "smallest",
+    "STRATEGIES",
+    "StrategyEntry",
 ]
+__all__ += [name for name in STRATEGIES.names if name not in __all__]  # a new registration is exported
