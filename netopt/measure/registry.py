@@ -6,7 +6,8 @@ the modules its runtime needs and the pip extra that installs them, and the sett
 quick contract run. `[lut] backend` in a config file and the constraints' estimator
 factories read `BACKENDS`; the contract tests run every entry's example. Adding a backend
 (ExecuTorch, OpenVINO, ...) is its module plus one `BackendEntry` here: a missing runtime is
-then refused in one line that names the extra to install.
+then refused in one line that names the extra to install. A latency backend takes `threads`
+(a config's `[lut] threads`) and `settings` (a `MeasureSettings`) as keywords.
 """
 
 from __future__ import annotations
