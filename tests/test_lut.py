@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing as mp
+import sqlite3
 import warnings
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ import netopt
 from netopt.errors import LookupTableError
 from netopt.ir import Builder, OpKind
 from netopt.lut import LookupTable, fidelity, random_variants, units
+from netopt.lut.stores import FORMAT_VERSION
 from netopt.measure import MeasureSettings, NoisyMeasurementWarning, OnnxRuntimeCPU
 from netopt.measure.base import Backend, Fingerprint, Measurement, summarize
 from netopt.zoo import MobileNetV1
@@ -230,3 +233,29 @@ def test_a_table_written_by_netopt_of_format_3_opens_and_estimates_as_it_did(tmp
     assert [lut.layer_sum(n) for n in nets] == [0.26308000000000004, 0.21588000000000002, 0.11300000000000002, 0.17652]
     assert lut.measurements == 0 and lut.store.count() == 27  # every figure read back, nothing measured again
     assert len(lut.calibration(traced.network).points) == 6  # type: ignore[union-attr]
+
+
+def _meta(path: Path) -> dict[str, str]:
+    with closing(sqlite3.connect(path)) as db:
+        return dict(db.execute("SELECT key, value FROM meta").fetchall())
+
+
+def test_the_format_version_has_one_key_and_older_tables_gain_it_on_open(tmp_path: Path) -> None:
+    new = tmp_path / "new.sqlite"
+    LookupTable.open(new, Fixed()).close()
+    assert _meta(new)["format_version"] == str(FORMAT_VERSION) and "version" not in _meta(new)
+    old = tmp_path / "old.sqlite"
+    old.write_bytes((Path(__file__).parent / "data" / "lut_v3.sqlite").read_bytes())
+    assert "format_version" not in _meta(old)
+    LookupTable.open(old, Fixed()).close()
+    assert _meta(old)["format_version"] == _meta(old)["version"] == "3"  # "version" stays: older netopt reads it
+
+
+def test_a_table_of_another_version_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "v2.sqlite"
+    path.write_bytes((Path(__file__).parent / "data" / "lut_v3.sqlite").read_bytes())
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'version'")
+    with pytest.raises(LookupTableError, match=r"holds format 'netopt-lut' version '2', not 'netopt-lut' version 3"):
+        LookupTable.open(path, Fixed())
+    assert "format_version" not in _meta(path)

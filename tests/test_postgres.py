@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import sys
 
@@ -73,3 +74,23 @@ def test_without_the_driver_the_message_names_the_extra(monkeypatch: pytest.Monk
     monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg now raises ImportError
     with pytest.raises(LookupTableError, match=r"pip install 'netopt\[postgres\]'"):
         LookupTable.open("postgresql://u:p@127.0.0.1:5432/db", backend())
+
+
+def test_the_format_version_has_one_key_and_older_tables_gain_it_on_open(pg: Server) -> None:
+    import psycopg
+
+    def meta(url: str) -> dict[str, str]:
+        with psycopg.connect(url, autocommit=True) as db:
+            return dict(db.execute("SELECT key, value FROM netopt_lut_meta").fetchall())
+
+    new = pg.create_database("lut_version_new")
+    LookupTable.open(new, backend()).close()
+    assert meta(new)["format_version"] == "3" and "version" not in meta(new)
+    old = pg.create_database("lut_version_old")  # the meta rows of a table written before the one key
+    fingerprint = json.dumps(dict(backend().fingerprint.fields), sort_keys=True, default=str)
+    with psycopg.connect(old, autocommit=True) as db:
+        db.execute("CREATE TABLE netopt_lut_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("INSERT INTO netopt_lut_meta VALUES ('format', 'netopt-lut'), ('version', '3'), ('fingerprint', %s)",
+                   (fingerprint,))
+    LookupTable.open(old, backend()).close()
+    assert meta(old)["format_version"] == meta(old)["version"] == "3"

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.stats import spearmanr
 
-from netopt.lut.table import LookupTable, random_variants
+from netopt.lut.table import LookupTable
+from netopt.lut.variants import random_variants
 from netopt.report.tables import markdown_table
 
 if TYPE_CHECKING:
