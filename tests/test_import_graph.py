@@ -12,13 +12,27 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from netopt.testing.imports import cycles, import_graph
+from netopt.testing.imports import cycles, import_graph, package_graph
 
 
 def test_the_module_graph_has_no_cycle() -> None:
     graph = import_graph()
     assert "netopt.ir.network" in graph and "netopt.bridge.trace" in graph
     assert cycles(graph) == []
+
+
+def test_the_package_graph_has_no_cycle() -> None:
+    """Packages layer: lut below strategies, report below both (a cycle between packages is
+    one through modules that each stand apart, strategies -> lut -> report -> strategies once)."""
+    graph = package_graph()
+    assert {"netopt.lut", "netopt.strategies", "netopt.report", "netopt.ir"} <= set(graph)
+    assert "netopt.ir" in graph["netopt.lut"] and "netopt.lut" not in graph["netopt.lut"]  # between packages only
+    assert cycles(graph) == []
+
+
+def test_a_cycle_between_packages_is_found_through_their_modules() -> None:
+    graph = {"netopt.a.x": {"netopt.b.y"}, "netopt.b.y": set(), "netopt.b.z": {"netopt.a"}, "netopt.a": set()}
+    assert cycles(package_graph(graph)) == [["netopt.a", "netopt.b"]]
 
 
 def test_a_cycle_is_found_when_there_is_one() -> None:

@@ -3,13 +3,41 @@ trade-off frontier), and each group's width before and after (like the paper's F
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from netopt.strategies import Result
+    from netopt.ir import Network
 
-__all__ = ["plot_family", "plot_widths"]
+__all__ = ["Adaptation", "Member", "plot_family", "plot_widths"]
+
+
+class Member(Protocol):
+    """What the plots read of one network of a family (a `netopt.strategies.Candidate`)."""
+
+    @property
+    def network(self) -> Network: ...
+
+    @property
+    def accuracy(self) -> float: ...
+
+    @property
+    def resources(self) -> Mapping[str, float]: ...
+
+
+class Adaptation(Protocol):
+    """What the plots read of an adaptation's result (a `netopt.strategies.Result`): reporting
+    sits below the strategies, so it names what it reads instead of importing them."""
+
+    @property
+    def final(self) -> Member: ...
+
+    @property
+    def family(self) -> Sequence[Member]: ...
+
+    @property
+    def start(self) -> Network | None: ...
 
 
 def _pyplot():  # type: ignore[no-untyped-def]
@@ -21,7 +49,7 @@ def _pyplot():  # type: ignore[no-untyped-def]
     return plt
 
 
-def plot_family(result: Result, resource: str, path: str | Path, unit: str = "") -> Path:
+def plot_family(result: Adaptation, resource: str, path: str | Path, unit: str = "") -> Path:
     """Holdout accuracy of every family member against `resource`, the final network marked."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
@@ -39,7 +67,7 @@ def plot_family(result: Result, resource: str, path: str | Path, unit: str = "")
     return Path(path)
 
 
-def plot_widths(result: Result, path: str | Path) -> Path:
+def plot_widths(result: Adaptation, path: str | Path) -> Path:
     """Channels of every group in the starting and in the final network."""
     plt = _pyplot()
     start, final = result.start or result.family[0].network, result.final.network

@@ -1,10 +1,13 @@
 """netopt's import graph, read from the source (nothing is imported), and its cycles.
 
-    python -m netopt.testing.imports          # every module and the netopt modules it imports
-    python -m netopt.testing.imports --cycles # only the cycles (none, if all is well)
+    python -m netopt.testing.imports            # every module and the netopt modules it imports
+    python -m netopt.testing.imports --cycles   # only the cycles (none, if all is well)
+    python -m netopt.testing.imports --packages # the same, between netopt's packages
 
 Every `import` counts: at module level, under `TYPE_CHECKING`, inside functions. A package and
-its own submodules are not a cycle.
+its own submodules are not a cycle. Between packages (`package_graph`), a module stands for the
+package it is in (`netopt.lut.table` for `netopt.lut`): two packages that import each other by
+any of their modules cannot be read, or layered, one without the other.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import ast
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["import_graph", "cycles", "main"]
+__all__ = ["import_graph", "package_graph", "package_of", "cycles", "main"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,6 +48,29 @@ def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
     """Each netopt module and the netopt modules it imports."""
     paths = {_module(p): p for p in sorted(root.rglob("*.py"))}
     return {name: _imports(path, name, set(paths)) for name, path in paths.items()}
+
+
+def package_of(module: str) -> str:
+    """The top-level netopt package (or module) that `module` belongs to.
+
+    >>> package_of("netopt.lut.table"), package_of("netopt.errors"), package_of("netopt")
+    ('netopt.lut', 'netopt.errors', 'netopt')
+    """
+    return ".".join(module.split(".")[:2])
+
+
+def package_graph(graph: Mapping[str, set[str]] | None = None) -> dict[str, set[str]]:
+    """Each of netopt's top-level packages (and modules) and those it imports, from the module
+    graph (`import_graph()` where none is given).
+
+    >>> package_graph({"netopt.a.x": {"netopt.b.y", "netopt.a.z"}, "netopt.a.z": set(), "netopt.b.y": set()})
+    {'netopt.a': {'netopt.b'}, 'netopt.b': set()}
+    """
+    found: dict[str, set[str]] = {}
+    for module, imported in (import_graph() if graph is None else graph).items():
+        edges = found.setdefault(package_of(module), set())
+        edges.update(p for p in map(package_of, imported) if p != package_of(module))
+    return found
 
 
 def cycles(graph: Mapping[str, set[str]]) -> list[list[str]]:
@@ -82,8 +108,9 @@ def cycles(graph: Mapping[str, set[str]]) -> list[list[str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m netopt.testing.imports", description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", action="store_true", help="print only the cycles")
+    parser.add_argument("--packages", action="store_true", help="between netopt's top-level packages")
     args = parser.parse_args(argv)
-    graph = import_graph()
+    graph = package_graph() if args.packages else import_graph()
     if not args.cycles:
         for name in sorted(graph):
             print(f"{name}: {', '.join(sorted(graph[name])) or '-'}")
