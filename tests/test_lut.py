@@ -176,7 +176,7 @@ def test_calibration_fits_a_rising_line_and_lets_the_ratio_fall() -> None:
 
 def test_calibration_prices_the_weights_where_they_vary_apart_from_the_layer_sum() -> None:
     from netopt.lut import Calibration
-    from netopt.lut.store import stored_calibration
+    from netopt.lut.calibration import stored_calibration
 
     sums, weights = [1.0, 2.0, 2.0, 3.0, 4.0, 4.0], [0.5, 0.5, 2.0, 1.0, 1.0, 3.0]
     exact = Calibration.fit([(x, 0.1 + 0.5 * x + 0.2 * w, w) for x, w in zip(sums, weights, strict=True)])

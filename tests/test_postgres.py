@@ -11,8 +11,7 @@ from pgserver import Server
 from test_lut import _fill, backend, tiny
 
 from netopt.errors import LookupTableError
-from netopt.lut import LookupTable
-from netopt.lut.table import random_variants
+from netopt.lut import LookupTable, random_variants
 from netopt.lut.units import units
 
 

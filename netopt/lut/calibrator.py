@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["CALIBRATED", "CALIBRATION_NETWORKS", "Calibrator", "first_networks", "worst_fitted"]
 
 CALIBRATION_NETWORKS = 16
-"""Whole networks `calibrate` measures at most (each ~50 timed runs, twice)."""
+"""Whole networks `calibrate` measures at most (each side by side with the full network)."""
 CALIBRATED = 0.03
 """Calibration networks the fit misses by less than this need no network beside them."""
 FIRST = ((0.5, 0.0), (0.25, TILT), (0.25, -TILT), (0.75, 0.0))

@@ -294,11 +294,9 @@ def time_interleaved(runs: Sequence[Callable[[], object]], settings: MeasureSett
     cycles until each has had `min_seconds` of its own on average; at most `max_runs` cycles.
 
     `warm`: each visit calls its run once untimed first, so that it is timed from its own
-    caches, not its predecessor's. The lookup table times units so: among ResNet-18's large
-    units the small yardstick took 1.5-2.5x its time alone, and a unit's ratio to it moved 38%
-    with its window's company (2.6% warm). Whole networks are timed without it: warm, the
-    ratio measured / layer sum of small mobile networks came to depend on their shape, and a
-    line in the layer sum fitted 43-80% of MobileNetV1-V3's variants within 10% (100% cold).
+    caches, not its predecessor's: the lookup table times units so, since a small unit timed
+    after a large one runs from cold caches and its figure would follow its window's company.
+    Whole networks are timed cold, as they run in use (docs/decisions.md).
     """
     for run in runs:
         for _ in range(settings.warmup):
