@@ -82,6 +82,12 @@ class RunLog:
 
     # --- the final network -------------------------------------------------------------------
 
+    def iterative(self) -> bool:
+        """A run of an iterative strategy: its first member is Net_0, chosen from no proposal (a
+        search's members are its front, each a scored trial)."""
+        members = self.members()
+        return bool(members) and self.run.summary(members[0]).get("group", "") is None
+
     def has_final(self) -> bool:
         return (self.run.path / "final" / "summary.json").is_file()
 
@@ -96,7 +102,7 @@ class RunLog:
     def result(self, problem: Problem, strategy: str) -> Result:
         """A finished run read back whole: its family, every proposal, the final network."""
         final, family = self.final(problem), self.family(problem)
-        if family and self.run.summary(family[0].iteration).get("group", "") is None:  # iterative: Net_0 first
+        if self.iterative():
             history = self.proposals(family)
         else:
             history = [Proposal(**{**r, "chosen": r["iteration"] == final.iteration}) for r in self.run.history()]

@@ -8,9 +8,9 @@ strategy goes on from once its estimate nears the budget, and recalibrates where
 strays. A relative budget is measured side by side with the start, so the machine's drift
 between minutes cancels.
 
-The run directory keeps a `CalibrationRecord` (calibrations.json): the calibration each table
-started with and every network added since, with its figure, so that a resumed run estimates
-each proposal as the stopped one did.
+The run directory keeps a `TableRecord` per table (calibrations.json, versioned with the run
+directory): the calibration each table started with and every network added since, with its
+figure, so that a resumed run estimates each proposal as the stopped one did.
 """
 
 from __future__ import annotations
@@ -65,16 +65,17 @@ class TableRecord:
     def from_json(cls, doc: dict[str, Any]) -> TableRecord:
         """Checked as it is read: a damaged record raises ValueError naming what is wrong."""
         points = [[float(v) for v in p] for p in doc["points"]]
-        added = doc["added"]
         if not points:
             raise ValueError("no calibration points")
+        added = doc["added"]
         if not all(isinstance(w, dict) for step in added for w in step):
             raise ValueError("added networks are not widths")
         verified = doc.get("verified", [None] * len(added))
         if not all(v is None or isinstance(v, float | int) for v in verified):
             raise ValueError("verified figures are not numbers")
-        tracked = doc.get("tracked")
-        if tracked is not None and not all(isinstance(v, float | int) for v in tracked.values()):
+        tracked = doc.get("tracked")  # absent: a run begun before netopt tracked
+        if "tracked" in doc and not (isinstance(tracked, dict) and all(isinstance(v, float | int)
+                                                                       for v in tracked.values())):
             raise ValueError("tracked figures are not numbers")
         given = doc.get("given", [False] * len(added))
         if not all(isinstance(v, bool) for v in given):
@@ -120,10 +121,10 @@ class MeasuredBudgets:
         self.problem, self.bounds, self.soft, self.run = problem, list(bounds), soft, run
         self.record = record
         if run is not None and not record:
-            self.record.update({b.resource: TableRecord(table(b).calibration(self.network).points)  # type: ignore
+            self.record.update({b.resource: TableRecord([list(p) for p in table(b).calibration(self.network).points])
                                 for b in self.measuring()})
             self.save()
-        self.applied = {r: 0 for r in self.record}  # recorded additions this process has made again
+        self.applied: dict[str, int] = {}  # recorded additions this process has made again
         self.aims: dict[str, float] = {}  # budgets that estimates must meet with a margin (see `aim`)
         self.measured_over: dict[Network, dict[str, float]] = {}
         """Networks measured over a budget: their measured figures replace estimates."""
@@ -257,8 +258,8 @@ class MeasuredBudgets:
         """Add again every calibration a stopped run had added (its measurements are in the table):
         an iterative strategy resumes where its estimates stood when it stopped."""
         for b in self.measuring():
-            entry = self.record.get(b.resource)
-            for widths in (entry.added if entry else [])[self.applied.get(b.resource, 0):]:
+            added = self.record[b.resource].added if b.resource in self.record else []
+            for widths in added[self.applied.get(b.resource, 0):]:
                 self.recalibrate(b, [self.network.with_widths(w) for w in widths])
 
     def recalibrate(self, bound: Bound, nets: Sequence[Network], measured: float | None = None,

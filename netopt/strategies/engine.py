@@ -184,11 +184,12 @@ class Engine:
     """One run of one strategy on one problem (see the module docstring).
 
     `budgets` are the problem's bound constraints as the strategy sees them (estimated, and
-    corrected where measured); `log` the run directory's record (None without one)."""
+    corrected where measured); `log` the run directory's record (None without one);
+    `stacklevel` points a warning about the budgets at the caller of the strategy's `run`."""
 
     def __init__(self, problem: Problem, config: dict[str, Any], *, short_term_steps: int, seed: int,
                  run_dir: str | Path | None = None, resume: bool = False, executor: Executor | None = None,
-                 soft: frozenset[str] = frozenset(), bypass: bool = False) -> None:
+                 soft: frozenset[str] = frozenset(), bypass: bool = False, stacklevel: int = 3) -> None:
         self.problem = problem
         record = read_record(problem, run_dir) if resume and run_dir is not None else {}  # pinned before binding
         self.bounds = problem.bind()
@@ -206,7 +207,7 @@ class Engine:
         start = self.budgets.resources(self.network)
         if all(b.met(start[b.resource]) for b in self.bounds):
             warnings.warn(f"every budget is already met by the starting network ({start}): nothing will shrink; "
-                          "give tighter budgets to adapt it", BudgetWarning, stacklevel=3)
+                          "give tighter budgets to adapt it", BudgetWarning, stacklevel=stacklevel)
 
     @property
     def network(self) -> Network:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,7 +62,7 @@ class Iterative(Strategy):
         if done is not None:
             return done
         prepared = self._prepare(engine)
-        searching = engine.clock.objective
+        search_began = engine.clock.objective
         family = engine.log.family(problem) if engine.log and engine.log.members() else [
             self._saved_start(engine, prepared)]
         history = engine.log.proposals(family) if engine.log else []
@@ -70,7 +70,7 @@ class Iterative(Strategy):
         finishing = engine.clock.objective
         final = engine.finish(current, self.long_term_steps)
         result = engine.result(self.name, final, family, history, self._steps_taken(history))
-        self._timed(result, prepared, searching=finishing - searching, final=engine.clock.objective - finishing)
+        self._timed(result, prepared, searching=finishing - search_began, final=engine.clock.objective - finishing)
         return result
 
     def _loop(self, engine: Engine, prepared: Any, family: list[Candidate], history: list[Proposal]) -> Candidate:
@@ -108,7 +108,7 @@ class Iterative(Strategy):
 
     def _engine(self, problem: Problem, run_dir: str | Path | None, resume: bool) -> Engine:
         return Engine(problem, self.config(), short_term_steps=self.short_term_steps, seed=self.seed,
-                      run_dir=run_dir, resume=resume, executor=self.executor)
+                      run_dir=run_dir, resume=resume, executor=self.executor, stacklevel=4)
 
     def _prepare(self, engine: Engine) -> Any:
         """Work before the first iteration (NetAdaptV2: its super-network); passed to the hooks."""
@@ -135,7 +135,7 @@ class Iterative(Strategy):
 
 
 def turn(engine: Engine, current: Candidate, family: Sequence[Candidate], bar: tqdm[Any], max_iterations: int,
-         iterate: Any) -> tuple[Candidate, Step | None]:
+         iterate: Callable[[Candidate], Step]) -> tuple[Candidate, Step | None]:
     """One turn of the loop: (current, None) once it is finished (`settled`, or at the smallest
     network within budget as measured); else (current, `iterate(current)`), `current` being the
     measured copy after a measured miss. Past `max_iterations`, or at the smallest network over a

@@ -223,7 +223,7 @@ class WidthSearch(Strategy):
         reward = self._reward
         soft = frozenset(c.resource for c in problem.constraints if reward is not None and reward.soft(c.resource))
         return Engine(problem, self.config(), short_term_steps=self.short_term_steps, seed=self.seed,
-                      run_dir=run_dir, resume=resume, executor=self.executor, soft=soft)
+                      run_dir=run_dir, resume=resume, executor=self.executor, soft=soft, stacklevel=4)
 
     def trials_on(self, engine: Engine) -> Trials:
         return Trials(engine, total=self.trials, progress=self.progress, label=self.name, reward=self._reward)
