@@ -20,8 +20,8 @@ from netopt.measure import EnergyModel
 from netopt.measure.memory import MemoryModel
 from netopt.objectives import Accuracy, Trainer
 from netopt.strategies import MnasNetReward, NetAdaptV2, Problem, RandomSearch
-from netopt.strategies.netadaptv2 import BypassWarning, CalibrationWarning
-from netopt.strategies.supernet import OrderedDropout, ordered, recalibrate, sub_network
+from netopt.strategies.netadaptv2 import BatchNormWarning, BypassWarning
+from netopt.strategies.supernet import OrderedDropout, ordered, reestimate_batchnorm, sub_network
 from netopt.testing import strategies as nst
 from netopt.testing.problems import joint_problem
 from netopt.testing.torch_checks import randomize_batchnorm
@@ -117,7 +117,7 @@ def test_recalibration_sets_batchnorm_statistics_to_the_batches() -> None:
     bn = nn.BatchNorm2d(2, momentum=0.3)
     module = nn.Sequential(bn)
     batches = [torch.randn(8, 2, 4, 4) * 3 + 5 for _ in range(3)]
-    assert recalibrate(module, batches) == 3
+    assert reestimate_batchnorm(module, batches) == 3
     stacked = torch.cat(batches)
     torch.testing.assert_close(bn.running_mean, stacked.mean((0, 2, 3)), atol=1e-4, rtol=1e-4)
     assert bn.momentum == 0.3 and not module.training
@@ -247,11 +247,11 @@ def test_an_objective_without_training_inputs_is_warned_about() -> None:
 
     problem = _problem()
     object.__setattr__(problem, "objective", netopt.FunctionObjective(fine_tune, score))
-    with pytest.warns(CalibrationWarning, match="give FunctionObjective a calibration function"):
+    with pytest.warns(BatchNormWarning, match="give FunctionObjective a training_inputs function"):
         NetAdaptV2(**{**V2, "supernet_steps": 1}).run(problem)
 
 
-@pytest.mark.filterwarnings("ignore::netopt.strategies.netadaptv2.CalibrationWarning")
+@pytest.mark.filterwarnings("ignore::netopt.strategies.netadaptv2.BatchNormWarning")
 def test_a_failing_supernet_training_names_itself() -> None:
     def fine_tune(model: nn.Module, steps: int, seed: int, phase: str) -> None:
         raise RuntimeError("CUDA out of memory")

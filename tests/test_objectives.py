@@ -259,3 +259,34 @@ def test_cache_dir_defaults_to_the_environment(tmp_path: Path, monkeypatch: pyte
     assert cache_root() == tmp_path and cache_root("elsewhere") == Path("elsewhere")
     monkeypatch.delenv("NETOPT_CACHE")
     assert cache_root() == Path(os.path.expanduser("~")) / ".cache" / "netopt"
+
+
+def test_training_inputs_under_their_old_name_still_work_and_say_they_are_deprecated() -> None:
+    """`calibration_inputs` and `FunctionObjective(calibration=...)` were the names before
+    "calibration" came to mean the lookup table's fit only."""
+    from netopt.objectives import FunctionObjective
+
+    batch = [torch.zeros(2, 3)]
+
+    def inputs(batches: int, seed: int) -> list[torch.Tensor]:
+        return batch * batches
+
+    with pytest.warns(DeprecationWarning, match=r"calibration=\.\.\.\) is deprecated: pass training_inputs"):
+        objective = FunctionObjective(lambda m, s, seed, phase: None, lambda m: 0.0, calibration=inputs)
+    assert objective.training_inputs(2, 0) == batch * 2
+
+    class Old(Objective):
+        def short_term(self, module: nn.Module, steps: int, seed: int) -> Evaluation:
+            return Evaluation(0.0, steps)
+
+        def long_term(self, module: nn.Module, steps: int, seed: int) -> Evaluation:
+            return Evaluation(0.0, steps)
+
+        def test(self, module: nn.Module) -> float | None:
+            return None
+
+        def calibration_inputs(self, batches: int, seed: int) -> list[torch.Tensor]:
+            return batch
+
+    with pytest.warns(DeprecationWarning, match="Old.calibration_inputs is deprecated: rename it training_inputs"):
+        assert Old().training_inputs(1, 0) == batch

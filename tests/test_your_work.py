@@ -87,13 +87,13 @@ def problem(objective: object, model: nn.Module | None = None) -> Problem:
     return Problem(traced, constraints, objective)  # type: ignore[arg-type]
 
 
-def calibration(batches: int, seed: int) -> list[torch.Tensor]:
+def training_inputs(batches: int, seed: int) -> list[torch.Tensor]:
     rows = torch.randperm(len(DIGITS.train_y), generator=torch.Generator().manual_seed(seed))
     return [DIGITS.train_x[rows[k * 32:(k + 1) * 32]] for k in range(batches)]
 
 
 def objective() -> FunctionObjective:
-    return FunctionObjective(fine_tune, score, test=score_on_test, calibration=calibration)
+    return FunctionObjective(fine_tune, score, test=score_on_test, training_inputs=training_inputs)
 
 
 STEPS = {"short_term_steps": 2, "long_term_steps": 3, "seed": 1}

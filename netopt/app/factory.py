@@ -112,8 +112,8 @@ class ConfigObjective(Objective):
     def test(self, module: nn.Module) -> float | None:
         return self.built.test(module)
 
-    def calibration_inputs(self, batches: int, seed: int) -> list[torch.Tensor]:
-        return self.built.calibration_inputs(batches, seed)
+    def training_inputs(self, batches: int, seed: int) -> list[torch.Tensor]:
+        return self.built.training_inputs(batches, seed)
 
     def example_input(self) -> torch.Tensor:
         return self.built.example_input()

@@ -83,7 +83,7 @@ class Accuracy(Objective):
             return self.trainer.accuracy(module, self.data.test_x, self.data.test_y) if len(self.data.test_y) else None
         return self._accuracy(module, "test") if self.loaders and self.loaders[2] is not None else None
 
-    def calibration_inputs(self, batches: int, seed: int) -> list[torch.Tensor]:
+    def training_inputs(self, batches: int, seed: int) -> list[torch.Tensor]:
         if self.data is not None:
             size = min(self.trainer.settings.batch_size, len(self.data.train_y))
             generator = torch.Generator().manual_seed(seed)

@@ -6,6 +6,7 @@ split is only ever reported, never used to choose (the paper's holdout protocol)
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -40,10 +41,17 @@ class Objective(ABC):
     def test(self, module: nn.Module) -> float | None:
         """The metric on the test split (reported, never used to choose); None without a test split."""
 
-    def calibration_inputs(self, batches: int, seed: int) -> list[torch.Tensor]:
-        """Up to `batches` batches of training inputs (seeded), to re-estimate BatchNorm statistics
-        of a network that was not trained as it is (NetAdaptV2's sub-networks); optional."""
-        raise NotImplementedError(f"{type(self).__name__} gives no training inputs")
+    def training_inputs(self, batches: int, seed: int) -> list[torch.Tensor]:
+        """Up to `batches` batches of training inputs (seeded), to re-estimate the BatchNorm
+        statistics of a network that was not trained as it is (NetAdaptV2's sub-networks); optional.
+        (An objective written for netopt before 2026-12 named this `calibration_inputs`: still
+        honoured, with a DeprecationWarning.)"""
+        legacy = getattr(self, "calibration_inputs", None)
+        if legacy is None:
+            raise NotImplementedError(f"{type(self).__name__} gives no training inputs")
+        warnings.warn(f"{type(self).__name__}.calibration_inputs is deprecated: rename it training_inputs",
+                      DeprecationWarning, stacklevel=2)
+        return legacy(batches, seed)  # type: ignore[no-any-return]
 
     def example_input(self) -> torch.Tensor:
         """A batch-1 input shaped like the data, for tracing and measuring (optional)."""

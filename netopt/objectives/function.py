@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import numbers
 import pickle
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -36,21 +37,27 @@ class FunctionObjective(Objective):
     """`fine_tune(model, steps, seed, phase)` trains in place (it may return the steps it did);
     `score(model) -> float` is the holdout metric proposals are chosen by; `test(model) -> float`
     (optional) is reported, never used to choose; `example_input` is a batch-1 input for tracing
-    and measuring (optional when `netopt.trace` is given one); `calibration(batches, seed)`
+    and measuring (optional when `netopt.trace` is given one); `training_inputs(batches, seed)`
     (optional) yields up to `batches` batches of training inputs, which NetAdaptV2 uses to
-    re-estimate a sub-network's BatchNorm statistics."""
+    re-estimate a sub-network's BatchNorm statistics (`calibration=` is its deprecated name)."""
 
     def __init__(self, fine_tune: FineTune, score: Score, test: Score | None = None,
                  example_input: torch.Tensor | None = None, *,
+                 training_inputs: Callable[[int, int], Any] | None = None,
                  calibration: Callable[[int, int], Any] | None = None) -> None:
-        for name, fn in (("fine_tune", fine_tune), ("score", score), ("test", test), ("calibration", calibration)):
+        if calibration is not None:
+            warnings.warn("FunctionObjective(calibration=...) is deprecated: pass training_inputs=...",
+                          DeprecationWarning, stacklevel=2)
+            training_inputs = training_inputs or calibration
+        for name, fn in (("fine_tune", fine_tune), ("score", score), ("test", test),
+                         ("training_inputs", training_inputs)):
             if fn is not None and not callable(fn):
                 raise ConfigError(f"FunctionObjective: {name}={fn!r} is not callable; pass a function "
                                   f"({'model, steps, seed, phase' if name == 'fine_tune' else 'model'}) -> ...")
         if example_input is not None and not isinstance(example_input, torch.Tensor):
             raise ConfigError(f"FunctionObjective: example_input is a {type(example_input).__name__}, not a tensor; "
                               "pass a batch-1 input such as torch.randn(1, 3, 224, 224)")
-        self.fine_tune, self.score, self.test_fn, self.calibration = fine_tune, score, test, calibration
+        self.fine_tune, self.score, self.test_fn, self.inputs = fine_tune, score, test, training_inputs
         self._example = example_input
 
     def __repr__(self) -> str:
@@ -68,12 +75,12 @@ class FunctionObjective(Objective):
     def test(self, module: nn.Module) -> float | None:
         return None if self.test_fn is None else self._number(self.test_fn, "test", module)
 
-    def calibration_inputs(self, batches: int, seed: int) -> list[torch.Tensor]:
-        if self.calibration is None:
-            raise NotImplementedError("FunctionObjective was given no calibration function")
-        inputs = list(_call(self.calibration, "calibration", batches, seed))[:batches]
+    def training_inputs(self, batches: int, seed: int) -> list[torch.Tensor]:
+        if self.inputs is None:
+            raise NotImplementedError("FunctionObjective was given no training_inputs function")
+        inputs = list(_call(self.inputs, "training_inputs", batches, seed))[:batches]
         if not all(isinstance(x, torch.Tensor) for x in inputs):
-            raise ObjectiveError(f"calibration {describe_function(self.calibration)} must yield input tensors (batches "
+            raise ObjectiveError(f"training_inputs {describe_function(self.inputs)} must yield input tensors (batches "
                                  "of training inputs); fix it and resume")
         return inputs
 
@@ -86,7 +93,7 @@ class FunctionObjective(Objective):
         """Refuse, naming it, a function that cannot be pickled to a worker process (a lambda, a
         closure, a function defined in `__main__` of an interactive session)."""
         for name, fn in (("fine_tune", self.fine_tune), ("score", self.score), ("test", self.test_fn),
-                         ("calibration", self.calibration)):
+                         ("training_inputs", self.inputs)):
             if fn is None:
                 continue
             try:

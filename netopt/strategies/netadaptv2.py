@@ -45,7 +45,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -58,7 +58,7 @@ from netopt.strategies.engine import Ask, Engine, named_failure, seed_for
 from netopt.strategies.iterative import Iterative, Step, cannot_shrink
 from netopt.strategies.progressive import largest_meeting, smallest_step
 from netopt.strategies.settings import NetAdaptV2Settings
-from netopt.strategies.supernet import FirstChannels, OrderedDropout, ordered, recalibrate
+from netopt.strategies.supernet import FirstChannels, OrderedDropout, ordered, reestimate_batchnorm
 
 if TYPE_CHECKING:
     from torch import nn
@@ -67,12 +67,12 @@ if TYPE_CHECKING:
     from netopt.constraints import Bound
     from netopt.ir import ChannelGroup, Network
 
-__all__ = ["NetAdaptV2", "NetAdaptV2Settings", "CalibrationWarning", "BypassWarning"]
+__all__ = ["NetAdaptV2", "NetAdaptV2Settings", "BatchNormWarning", "BypassWarning"]
 
 SUPERNET = "supernet.pt"
 
 
-class CalibrationWarning(UserWarning):
+class BatchNormWarning(UserWarning):
     """An objective that gives no training inputs: sub-networks keep the super-network's BatchNorm statistics."""
 
 
@@ -90,7 +90,7 @@ class _SuperScored(Objective):
     def short_term(self, module: nn.Module, steps: int, seed: int) -> Evaluation:
         if self.bn_batches:
             with contextlib.suppress(NotImplementedError):  # warned once when the search started
-                recalibrate(module, self.calibration_inputs(self.bn_batches, seed))
+                reestimate_batchnorm(module, self.training_inputs(self.bn_batches, seed))
         return self.objective.short_term(module, steps, seed)
 
     def long_term(self, module: nn.Module, steps: int, seed: int) -> Evaluation:
@@ -102,8 +102,8 @@ class _SuperScored(Objective):
     def example_input(self) -> torch.Tensor:
         return _optional(self.objective, "example_input")()  # type: ignore[no-any-return]
 
-    def calibration_inputs(self, batches: int, seed: int) -> list[torch.Tensor]:
-        return _optional(self.objective, "calibration_inputs")(batches, seed)  # type: ignore[no-any-return]
+    def training_inputs(self, batches: int, seed: int) -> list[torch.Tensor]:
+        return _optional(self.objective, "training_inputs")(batches, seed)  # type: ignore[no-any-return]
 
     def check_sendable(self) -> None:
         check = getattr(self.objective, "check_sendable", None)
@@ -158,7 +158,7 @@ class NetAdaptV2(Iterative):
     def _engine(self, problem: Problem, run_dir: str | Path | None, resume: bool) -> Engine:
         scored = replace(problem, objective=_SuperScored(problem.objective, self.bn_batches))  # type: ignore[arg-type]
         return Engine(scored, self.config(), short_term_steps=0, seed=self.seed, run_dir=run_dir, resume=resume,
-                      executor=self.executor, bypass=self.bypass)
+                      executor=self.executor, bypass=self.bypass, stacklevel=4)
 
     def _prepare(self, engine: Engine) -> _Supernet:
         """Warn about what will not work as asked, then train (or read back) the super-network."""
@@ -166,14 +166,14 @@ class NetAdaptV2(Iterative):
             warnings.warn("bypass=True, but this network has no residual branch whose layers could be removed (no "
                           "add with a shortcut around them); NetAdaptV2 runs without bypass", BypassWarning,
                           stacklevel=3)
-        objective = engine.problem.objective.objective  # type: ignore[attr-defined]
+        objective = cast(_SuperScored, engine.problem.objective).objective
         if self.bn_batches:
             try:
-                _optional(objective, "calibration_inputs")(1, self.seed)
+                _optional(objective, "training_inputs")(1, self.seed)
             except NotImplementedError:
-                warnings.warn(f"{type(objective).__name__} gives no training inputs (calibration_inputs): sub-networks "
+                warnings.warn(f"{type(objective).__name__} gives no training inputs (training_inputs): sub-networks "
                               "are scored with the super-network's BatchNorm statistics, which fit the full network; "
-                              "give FunctionObjective a calibration function", CalibrationWarning, stacklevel=3)
+                              "give FunctionObjective a training_inputs function", BatchNormWarning, stacklevel=3)
         started = time.perf_counter()
         supernet = self._supernet(engine)
         seconds = time.perf_counter() - started

@@ -7,7 +7,7 @@ alike). `OrderedDropout` turns that network into a super-network: on every train
 pass each sample of the batch draws its own width for every group and the channels past it are
 zeroed in every tensor of the group (per-sample masks, one forward-backward pass for many
 sub-networks). `FirstChannels` then materializes the sub-network of any widths with the
-super-network's weights, and `recalibrate` re-estimates its BatchNorm statistics.
+super-network's weights, and `reestimate_batchnorm` re-estimates its BatchNorm statistics.
 
 Where a group passes through an op that mixes channels without weights (LayerNorm over
 channels, ECA), a masked channel still moves the statistics or the filter, so the super-network
@@ -27,7 +27,7 @@ from netopt.bridge.materialize import group_weights, materialize_channels
 from netopt.bridge.select import FilterSelector, GroupWeights, L2Magnitude
 from netopt.ir import Network, OpKind
 
-__all__ = ["ordered", "FirstChannels", "OrderedDropout", "recalibrate"]
+__all__ = ["ordered", "FirstChannels", "OrderedDropout", "reestimate_batchnorm"]
 
 
 def ordered(traced: Traced, selector: FilterSelector | None = None) -> Traced:
@@ -143,7 +143,7 @@ class OrderedDropout:
 
 
 @torch.no_grad()
-def recalibrate(module: nn.Module, batches: Iterable[Tensor]) -> int:
+def reestimate_batchnorm(module: nn.Module, batches: Iterable[Tensor]) -> int:
     """Re-estimate every BatchNorm's running statistics as the average over `batches` (train-mode
     forward passes, no gradients); the module is left in eval mode. Returns the batches used."""
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]

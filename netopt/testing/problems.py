@@ -48,7 +48,7 @@ class ParamsKept:
     def test(self, module: nn.Module) -> float:
         return self.short_term(module, 0, 0).score
 
-    def calibration_inputs(self, batches: int, seed: int) -> list[torch.Tensor]:
+    def training_inputs(self, batches: int, seed: int) -> list[torch.Tensor]:
         return []  # nothing is trained, nothing to re-estimate
 
 
