@@ -46,7 +46,8 @@ class WidthError(IRError):
 
 
 class FormatError(NetoptError):
-    """A serialized network that cannot be read: wrong format, version or content."""
+    """A file netopt wrote (a network, a comparison row, a cache entry) that cannot be read: wrong
+    format, version or content."""
 
 
 class TraceError(NetoptError):

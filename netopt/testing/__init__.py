@@ -2,7 +2,10 @@
 
 - `netopt.testing.strategies`: Hypothesis strategies for random valid networks, widths, budgets
   and constraints (needs hypothesis; torch-free).
-- `netopt.testing.contract`: the contract every Strategy keeps, as pytest tests to run on yours.
+- `netopt.testing.contract`: the contract every Strategy keeps: `StrategyContract`, a test class
+  to subclass, overriding one fixture (`make_strategy`).
+- `netopt.testing.backends`: the same for measurement backends and estimators (`BackendContract`,
+  `EstimatorContract`).
 - `netopt.testing.problems`: small, cheap problems for such tests.
 - `netopt.testing.torch_checks`: equivalence checks between a torch model and its IR.
 - `netopt.testing.peers`: timm and torchvision, importable beside the CPU torch, and the

@@ -20,7 +20,8 @@ __all__ = ["PUBLIC_MODULES", "listing", "main"]
 PUBLIC_MODULES = (
     "netopt", "netopt.ir", "netopt.bridge", "netopt.measure", "netopt.lut", "netopt.constraints",
     "netopt.objectives", "netopt.strategies", "netopt.runs", "netopt.report", "netopt.errors",
-    "netopt.testing.strategies", "netopt.testing.contract", "netopt.testing.problems",
+    "netopt.testing.strategies", "netopt.testing.contract", "netopt.testing.backends", "netopt.testing.problems",
+    "netopt.registry", "netopt.strategies.registry", "netopt.constraints.registry", "netopt.measure.registry",
 )
 
 
