@@ -52,7 +52,7 @@ def test_every_op_kind_is_generated_by_its_example_block_and_read_back_by_trace(
     assert rule.example in nst.BLOCKS or rule.example == "conv"
     found: list[Network] = []
 
-    @settings(max_examples=80, deadline=None, database=None)
+    @settings(max_examples=80, deadline=None, database=None, derandomize=True)  # the same 80 networks every run
     @given(nst.networks(max_blocks=2, blocks=(rule.example,)))
     def collect(net: Network) -> None:
         if any(n.op is kind for n in net.nodes):
