@@ -101,6 +101,8 @@ BACKENDS: Registry[BackendEntry] = Registry("measurement backend", [
                  "energy", False, example=_frozen()),
     BackendEntry("memory", Ref("netopt.measure.memory:MemoryModel"), Ref("netopt.measure.memory:MemorySettings"),
                  "memory", False, example=_frozen()),
+    BackendEntry("openvino", Ref("netopt.measure.openvino:OpenVINO"), Ref("netopt.measure.openvino:OpenVINOSettings"),
+                 "latency", True, ("openvino",), "openvino", _frozen({"threads": 1, "settings": QUICK})),
 ], "register it in netopt/measure/registry.py")
 """The backends and estimators netopt ships. The remote agent's client (`RemoteBackend`) is not
 here: it is built from an agent's URL and token (`netopt agent`), not chosen by name."""
@@ -110,6 +112,6 @@ def latency_backends() -> tuple[str, ...]:
     """The registered backends a latency lookup table can measure on.
 
     >>> latency_backends()
-    ('onnxruntime', 'torch-eager')
+    ('onnxruntime', 'torch-eager', 'openvino')
     """
     return tuple(e.name for e in BACKENDS if e.measures and e.resource == "latency")
