@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -27,9 +27,11 @@ from netopt.measure.base import (
     settings_from,
 )
 from netopt.measure.platform import cores, cpu_model
+from netopt.measure.precision import Precision, check_representative
+from netopt.measure.qdq import QDQ_SCHEME, export_qdq
 from netopt.measure.timing import time_calls
 
-__all__ = ["OnnxRuntimeCPU", "OrtSettings", "export_onnx", "settings_from"]
+__all__ = ["OnnxRuntimeCPU", "OrtSettings", "export_onnx", "settings_from", "torch_version"]
 
 OptLevel = Literal["disable", "basic", "extended", "all"]
 
@@ -81,13 +83,21 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, exporter: str = 
 
 
 class OnnxRuntimeCPU(Backend):
-    """Latency (ms) of the model exported to ONNX and run by ONNX Runtime's CPU provider."""
+    """Latency (ms) of the model exported to ONNX and run by ONNX Runtime's CPU provider.
+
+    `precision="int8"` runs each module as a static QDQ int8 model (`netopt.measure.qdq`),
+    quantized on `representative` inputs (a few batches of training inputs; a lookup table's
+    units get seeded normal ones of their shape): refused without them."""
 
     unit = "ms"
 
-    def __init__(self, threads: int = 1, settings: MeasureSettings | None = None, **ort: Any) -> None:
+    def __init__(self, threads: int = 1, settings: MeasureSettings | None = None, precision: Precision = "fp32",
+                 representative: Sequence[torch.Tensor] | None = None, **ort: Any) -> None:
+        check_representative("OnnxRuntimeCPU", precision, representative)
         self.ort = settings_from(OrtSettings, {"threads": threads, **ort}, "OnnxRuntimeCPU")
         self.settings = settings or MeasureSettings()
+        self.precision: Precision = precision
+        self.representative = list(representative or ())
         if self.ort.threads > cores():
             warnings.warn(f"OnnxRuntimeCPU(threads={self.ort.threads}) on {cores()} cores: with more threads than "
                           "cores a network's figure varies by 40% and more from one minute to the next, even side by "
@@ -99,10 +109,11 @@ class OnnxRuntimeCPU(Backend):
         import onnxruntime
 
         quiet = {"spinning": False} if self.ort.threads > 1 and not self.ort.spins else {}
-        return Fingerprint({  # spinning only where off: tables measured spinning keep their key
+        int8 = {"precision": "int8", "quantization": QDQ_SCHEME} if self.precision == "int8" else {}
+        return Fingerprint({  # spinning and precision only where not the default: older tables keep their key
             "backend": "onnxruntime-cpu", "onnxruntime": onnxruntime.__version__,
-            "torch": _torch_version(), "cpu": cpu_model(), "threads": self.ort.threads,
-            "optimization": self.ort.optimization, "exporter": self.ort.exporter, **quiet,
+            "torch": torch_version(), "cpu": cpu_model(), "threads": self.ort.threads,
+            "optimization": self.ort.optimization, "exporter": self.ort.exporter, **quiet, **int8,
         })
 
     def session(self, model: bytes) -> Any:
@@ -141,19 +152,25 @@ class OnnxRuntimeCPU(Backend):
         return lambda: session.run(None, feed)
 
     def measure_onnx(self, model: bytes, input_shape: tuple[int, ...], what: str = "onnx model") -> Measurement:
-        """Time an ONNX model (bytes) on a random input of `input_shape`."""
+        """Time an ONNX model (bytes) on a random input of `input_shape`, as given: at int8, give
+        it quantized (`netopt.measure.qdq.quantize_qdq`)."""
         return time_calls(self.prepared(model, input_shape, what), self.settings, self.fingerprint.key, what)
 
+    def onnx(self, module: nn.Module, example_input: torch.Tensor) -> bytes:
+        """`module` as the ONNX model this backend runs: exported, and at int8 quantized (QDQ)."""
+        if self.precision == "int8":
+            return export_qdq(module, example_input, self.representative, self.ort.exporter)
+        return export_onnx(module, example_input, self.ort.exporter)
+
     def runner(self, module: nn.Module, example_input: torch.Tensor) -> Callable[[], object]:
-        model = export_onnx(module, example_input, self.ort.exporter)
-        return self.prepared(model, tuple(example_input.shape), type(module).__name__)
+        return self.prepared(self.onnx(module, example_input), tuple(example_input.shape), type(module).__name__)
 
     def measure(self, module: nn.Module, example_input: torch.Tensor) -> Measurement:
-        model = export_onnx(module, example_input, self.ort.exporter)
-        return self.measure_onnx(model, tuple(example_input.shape), type(module).__name__)
+        return self.measure_onnx(self.onnx(module, example_input), tuple(example_input.shape), type(module).__name__)
 
 
-def _torch_version() -> str:
+def torch_version() -> str:
+    """The installed torch's version without its local tag ("none" where torch is absent: an agent)."""
     try:
         return version("torch").split("+")[0]
     except PackageNotFoundError:
