@@ -96,6 +96,9 @@ BACKENDS: Registry[BackendEntry] = Registry("measurement backend", [
          {"threads": 1, "settings": QUICK}),
     BackendEntry("torch-eager", Ref("netopt.measure.eager:TorchEager"), Ref("netopt.measure.eager:EagerSettings"),
                  "latency", True, ("torch",), None, _frozen({"threads": 1, "settings": QUICK})),
+    BackendEntry("executorch", Ref("netopt.measure.executorch:ExecuTorch"),
+                 Ref("netopt.measure.executorch:ExecuTorchSettings"), "latency", True, ("executorch",), "executorch",
+                 _frozen({"threads": 1, "settings": QUICK})),
     _ort("rapl", "energy:RaplEnergy", "energy:RaplSettings", "energy", {"threads": 1, "settings": QUICK}),
     BackendEntry("energy-model", Ref("netopt.measure.energy:EnergyModel"), Ref("netopt.measure.energy:EnergyCosts"),
                  "energy", False, example=_frozen()),
@@ -112,6 +115,6 @@ def latency_backends() -> tuple[str, ...]:
     """The registered backends a latency lookup table can measure on.
 
     >>> latency_backends()
-    ('onnxruntime', 'torch-eager', 'openvino')
+    ('onnxruntime', 'torch-eager', 'executorch', 'openvino')
     """
     return tuple(e.name for e in BACKENDS if e.measures and e.resource == "latency")
