@@ -87,7 +87,13 @@ class OnnxRuntimeCPU(Backend):
 
     `precision="int8"` runs each module as a static QDQ int8 model (`netopt.measure.qdq`),
     quantized on `representative` inputs (a few batches of training inputs; a lookup table's
-    units get seeded normal ones of their shape): refused without them."""
+    units get seeded normal ones of their shape): refused without them.
+
+    >>> import torch
+    >>> int8 = OnnxRuntimeCPU(precision="int8", representative=[torch.randn(4, 3, 16, 16)])
+    >>> int8.fingerprint.fields["precision"], "precision" in OnnxRuntimeCPU().fingerprint.fields
+    ('int8', False)
+    """
 
     unit = "ms"
 
