@@ -13,8 +13,9 @@ from onnx import numpy_helper
 from netopt.errors import ConfigError, MeasurementError
 from netopt.measure import Backend, Fingerprint, OnnxRuntimeCPU
 from netopt.measure.base import NoisyMeasurementWarning
+from netopt.measure.onnxrt import export_qdq
 from netopt.measure.platform import cpu_model
-from netopt.measure.qdq import QDQ_SCHEME, export_qdq, quantize_qdq
+from netopt.measure.qdq import QDQ_SCHEME, quantize_qdq
 from netopt.measure.registry import BACKENDS, QUICK
 from netopt.testing.backends import BackendContract, check_measurement, small_model
 from netopt.zoo import MobileNetV1

@@ -28,10 +28,10 @@ from netopt.measure.base import (
 )
 from netopt.measure.platform import cores, cpu_model
 from netopt.measure.precision import Precision, check_representative
-from netopt.measure.qdq import QDQ_SCHEME, export_qdq
+from netopt.measure.qdq import QDQ_SCHEME, calibration_inputs, quantize_qdq
 from netopt.measure.timing import time_calls
 
-__all__ = ["OnnxRuntimeCPU", "OrtSettings", "export_onnx", "settings_from", "torch_version"]
+__all__ = ["OnnxRuntimeCPU", "OrtSettings", "export_onnx", "export_qdq", "settings_from", "torch_version"]
 
 OptLevel = Literal["disable", "basic", "extended", "all"]
 
@@ -80,6 +80,14 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, exporter: str = 
     finally:
         module.train(was_training)
     return buffer.getvalue()
+
+
+def export_qdq(module: nn.Module, example_input: torch.Tensor, representative: Sequence[torch.Tensor] | None,
+               exporter: str = "legacy") -> bytes:
+    """`module` exported to ONNX and quantized to static int8 QDQ (`netopt.measure.qdq`), its
+    activation ranges observed on `representative` inputs (seeded normal ones where none fit)."""
+    model = export_onnx(module, example_input, exporter)
+    return quantize_qdq(model, calibration_inputs(representative, example_input), type(module).__name__)
 
 
 class OnnxRuntimeCPU(Backend):

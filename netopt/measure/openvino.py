@@ -13,10 +13,10 @@ from pydantic import Field
 from netopt.errors import ConfigError, MeasurementError, first_line
 from netopt.frozen import Frozen
 from netopt.measure.base import Backend, Fingerprint, Measurement, MeasureSettings, settings_from
-from netopt.measure.onnxrt import export_onnx, torch_version
+from netopt.measure.onnxrt import export_onnx, export_qdq, torch_version
 from netopt.measure.platform import cpu_model
 from netopt.measure.precision import Precision, check_representative
-from netopt.measure.qdq import QDQ_SCHEME, export_qdq, quantizer_version
+from netopt.measure.qdq import QDQ_SCHEME, quantizer_version
 from netopt.measure.timing import time_calls
 
 if TYPE_CHECKING:

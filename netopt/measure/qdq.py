@@ -22,9 +22,8 @@ from netopt.measure.precision import representative_for
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
-__all__ = ["QDQ_SCHEME", "export_qdq", "quantizer_version", "quantize_qdq"]
+__all__ = ["QDQ_SCHEME", "calibration_inputs", "quantizer_version", "quantize_qdq"]
 
 QDQ_SCHEME = "qdq-minmax-u8-activations-s8-per-channel-symmetric-weights"
 """The quantization an int8 fingerprint names: another scheme is another platform."""
@@ -37,7 +36,16 @@ def quantizer_version() -> str:
 
 def quantize_qdq(model: bytes, inputs: Sequence[np.ndarray], what: str = "onnx model") -> bytes:
     """The ONNX `model` (bytes) as a static int8 QDQ model, activations observed on `inputs`
-    (arrays for its first input). `export_qdq` does both steps for a torch module."""
+    (arrays for its first input). `netopt.measure.onnxrt.export_qdq` exports and quantizes a module.
+
+    >>> import onnx
+    >>> from netopt.measure.onnxrt import export_onnx
+    >>> from netopt.testing.backends import small_model
+    >>> model, x = small_model()
+    >>> int8 = onnx.load_model_from_string(quantize_qdq(export_onnx(model, x), calibration_inputs([x], x)))
+    >>> sorted({n.op_type for n in int8.graph.node} & {"QuantizeLinear", "DequantizeLinear"})
+    ['DequantizeLinear', 'QuantizeLinear']
+    """
     if not inputs:
         raise MeasurementError(f"quantizing {what} to int8 needs representative inputs, got none: pass a few "
                                "batches shaped like its input")
@@ -74,24 +82,10 @@ def _reader(name: str, inputs: Sequence[np.ndarray]) -> Any:
     return Batches()
 
 
-def export_qdq(module: nn.Module, example_input: torch.Tensor, representative: Sequence[torch.Tensor] | None,
-               exporter: str = "legacy") -> bytes:
-    """`module` exported to ONNX and quantized to int8 QDQ, its activations observed on
-    `representative_for(representative, example_input)` (training inputs, or seeded normal
-    ones for a lookup table's unit).
-
-    >>> import onnx
-    >>> from netopt.testing.backends import small_model
-    >>> model, x = small_model()
-    >>> int8 = onnx.load_model_from_string(export_qdq(model, x, representative=[x]))
-    >>> sorted({n.op_type for n in int8.graph.node} & {"QuantizeLinear", "DequantizeLinear"})
-    ['DequantizeLinear', 'QuantizeLinear']
-    """
-    from netopt.measure.onnxrt import export_onnx
-
-    batches = representative_for(representative, example_input)
-    arrays = [b.detach().cpu().numpy().astype(np.float32) for b in batches]
-    return quantize_qdq(export_onnx(module, example_input, exporter), arrays, type(module).__name__)
+def calibration_inputs(representative: Sequence[torch.Tensor] | None, example_input: torch.Tensor) -> list[np.ndarray]:
+    """The arrays to observe a module's activation ranges on: `representative_for(representative,
+    example_input)` (training inputs, or seeded normal ones for a lookup table's unit)."""
+    return [b.detach().cpu().numpy().astype(np.float32) for b in representative_for(representative, example_input)]
 
 
 def _input_name(model: bytes) -> str:
