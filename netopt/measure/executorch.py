@@ -10,6 +10,7 @@ and warns once per module, so that a figure is never silently a mix of the two.
 from __future__ import annotations
 
 import gc
+import hashlib
 import re
 import threading
 import warnings
@@ -24,7 +25,14 @@ from pydantic import Field
 
 from netopt.errors import MeasurementError, first_line
 from netopt.frozen import Frozen
-from netopt.measure.base import Backend, Fingerprint, Measurement, MeasureSettings, NoisyMeasurementWarning, settings_from
+from netopt.measure.base import (
+    Backend,
+    Fingerprint,
+    Measurement,
+    MeasureSettings,
+    NoisyMeasurementWarning,
+    settings_from,
+)
 from netopt.measure.platform import cores, cpu_model
 from netopt.measure.precision import Precision, check_representative, representative_for
 from netopt.measure.timing import time_calls
@@ -37,6 +45,7 @@ __all__ = ["Delegation", "ExecuTorch", "ExecuTorchSettings", "PortableOpsWarning
 
 _LEFT_ALONE = {"executorch_call_delegate", "getitem"}  # plumbing around a delegate call, not an op
 _OP_NAME = re.compile(r"\b(?:aten|quantized_decomposed|dim_order_ops)\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+")
+_KEPT_PROGRAMS = 64  # lowered programs a backend keeps, the oldest dropped first
 _EXPORT_LOCK = threading.Lock()  # export and PT2E patch global torch state: one lowering at a time
 
 
@@ -98,8 +107,10 @@ class _ThreadPool:
 
     def load(self, buffer: bytes, threads: int, what: str) -> _Loaded:
         """`buffer` loaded with the pool at `threads` threads."""
-        from executorch.extension.pybindings import portable_lib
-        from executorch.runtime import Runtime
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the pybindings warn on import that they are experimental
+            from executorch.extension.pybindings import portable_lib
+            from executorch.runtime import Runtime
 
         with self._lock:
             self._resize(portable_lib, threads)
@@ -146,7 +157,7 @@ class ExecuTorch(Backend):
     Traceback (most recent call last):
     ...
     netopt.errors.ConfigError: ExecuTorch(precision='int8') needs representative inputs to quantize with: ...
-    >>> from netopt.testing.backends import small_model
+    >>> from netopt.testing.backends import small_model  # doctest: +SKIP
     >>> backend.measure(*small_model()).median > 0  # doctest: +SKIP
     True
     """
@@ -162,6 +173,7 @@ class ExecuTorch(Backend):
         self.representative = list(representative or ())
         self._delegation: Delegation | None = None
         self._warned: set[tuple[str, tuple[str, ...]]] = set()
+        self._programs: dict[str, tuple[bytes, Delegation]] = {}
         if threads > cores():
             warnings.warn(f"ExecuTorch(threads={threads}) on {cores()} cores: with more threads than cores a "
                           f"figure varies from one minute to the next; measure with at most {cores()} threads",
@@ -182,7 +194,9 @@ class ExecuTorch(Backend):
 
     def lower(self, module: nn.Module, example_input: torch.Tensor) -> bytes:
         """The module as an ExecuTorch program (`.pte` bytes), quantized first where int8; its
-        delegation is kept (`delegation`) and ops left outside the delegate warned about once."""
+        delegation is kept (`delegation`) and ops left outside the delegate warned about once.
+        A module exported alike (same graph, weights and input shape) is lowered once: lowering
+        costs far more than timing, and a lookup table times the same unit or network in turns."""
         what = type(module).__name__
         was_training = module.training
         module.eval()
@@ -190,15 +204,25 @@ class ExecuTorch(Backend):
             with _EXPORT_LOCK, warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 exported = _export(module, example_input, what)
-                if self.et.precision == "int8":
-                    exported = _quantize(exported, example_input,
-                                         representative_for(self.representative, example_input), what)
-                buffer, delegation = _lower(exported, what)
+                key = _content_key(exported, example_input)
+                if key not in self._programs:
+                    self._keep(key, self._lowered(exported, example_input, what))
         finally:
             module.train(was_training)
-        self._delegation = delegation
-        self._warn_portable(what, delegation)
+        buffer, self._delegation = self._programs[key]
+        self._warn_portable(what, self._delegation)
         return buffer
+
+    def _lowered(self, exported: Any, example_input: torch.Tensor, what: str) -> tuple[bytes, Delegation]:
+        if self.et.precision == "int8":
+            batches = representative_for(self.representative, example_input)
+            exported = _quantize(exported, example_input, batches, what)
+        return _lower(exported, what)
+
+    def _keep(self, key: str, lowered: tuple[bytes, Delegation]) -> None:
+        if len(self._programs) >= _KEPT_PROGRAMS:
+            del self._programs[next(iter(self._programs))]
+        self._programs[key] = lowered
 
     def prepared(self, program: bytes, example_input: torch.Tensor, what: str = "program") -> Callable[[], object]:
         """One call of an ExecuTorch program on `example_input`, run once already; the program
@@ -243,6 +267,21 @@ def _export(module: nn.Module, example_input: torch.Tensor, what: str) -> Any:
             f"exporting {what} with torch.export for ExecuTorch failed: {first_line(exc)}; make the model "
             "exportable (no data-dependent control flow: torch.cond, or a fixed branch), or measure it with "
             "OnnxRuntimeCPU or TorchEager") from exc
+
+
+def _content_key(exported: Any, example_input: torch.Tensor) -> str:
+    """A hash of what a lowered program depends on: the exported graph, its weights and buffers,
+    and the input's shape and type."""
+    import torch
+
+    digest = hashlib.sha256(exported.graph_module.code.encode())
+    digest.update(repr((tuple(example_input.shape), example_input.dtype)).encode())
+    for name, tensor in sorted({**exported.state_dict, **exported.constants}.items()):
+        if isinstance(tensor, torch.Tensor):
+            digest.update(name.encode())
+            digest.update(repr((tuple(tensor.shape), tensor.dtype)).encode())
+            digest.update(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _quantize(exported: Any, example_input: torch.Tensor, batches: Sequence[torch.Tensor], what: str) -> Any:
@@ -322,7 +361,7 @@ def _operators(buffer: bytes) -> list[str]:
 
     try:
         program = _deserialize_pte_binary(buffer).program
-    except Exception:  # noqa: BLE001 - the load error is reported anyway, without the op's name
+    except Exception:
         return []
     return [f"{op.name}.{op.overload}" if op.overload else op.name
             for plan in program.execution_plan for op in plan.operators]
