@@ -113,6 +113,8 @@ def test_a_module_it_cannot_export_or_run_is_one_line_naming_the_op_and_the_fix(
     with pytest.raises(MeasurementError, match=r"^ExecuTorch could not load Sorted: its runtime has no kernel for "
                                                r"aten::sort\.values; replace that op") as loaded:
         backend.measure(Sorted().eval(), x)
+    with pytest.raises(MeasurementError, match=r"^ExecuTorch could not load program: .*\(ExecuTorch\.lower\)$"):
+        backend.measure_program(b"not a program" * 10, x)
     assert "\n" not in str(exported.value) + str(loaded.value)
 
 

@@ -3,7 +3,7 @@
 The module is exported with `torch.export`, quantized for int8 by PT2E with the XNNPACK
 quantizer (per-channel, symmetric), lowered with the XNNPACK partitioner to an ExecuTorch
 program (`.pte` bytes) and run by ExecuTorch's runtime. Ops the delegate does not take run on
-ExecuTorch's portable kernels, which are far slower: the backend reports them (`delegation`)
+ExecuTorch's portable kernels, usually much slower: the backend reports them (`delegation`)
 and warns once per module, so that a figure is never silently a mix of the two.
 """
 
@@ -114,8 +114,8 @@ class _ThreadPool:
 
         with self._lock:
             self._resize(portable_lib, threads)
-            program = Runtime.get().load_program(buffer)
             try:
+                program = Runtime.get().load_program(buffer)
                 method = program.load_method("forward")
             except RuntimeError as exc:
                 raise _load_error(buffer, what, exc) from exc
@@ -350,9 +350,11 @@ def _load_error(buffer: bytes, what: str, exc: BaseException) -> MeasurementErro
 
     kernels = Runtime.get().operator_registry.operator_names
     missing = sorted({op for op in _operators(buffer) if op not in kernels})
-    named = f": its runtime has no kernel for {', '.join(missing)}" if missing else f": {first_line(exc)}"
-    return MeasurementError(f"ExecuTorch could not load {what}{named}; replace that op in the model, or measure "
-                            "it with OnnxRuntimeCPU")
+    if missing:
+        return MeasurementError(f"ExecuTorch could not load {what}: its runtime has no kernel for {', '.join(missing)}"
+                                "; replace that op in the model, or measure it with OnnxRuntimeCPU")
+    return MeasurementError(f"ExecuTorch could not load {what}: {first_line(exc)}; give the bytes of a program "
+                            "lowered for this runtime (ExecuTorch.lower)")
 
 
 def _operators(buffer: bytes) -> list[str]:
