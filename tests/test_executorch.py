@@ -118,6 +118,17 @@ def test_a_module_it_cannot_export_or_run_is_one_line_naming_the_op_and_the_fix(
     assert "\n" not in str(exported.value) + str(loaded.value)
 
 
+def test_a_module_exported_alike_is_lowered_once_and_changed_weights_lower_again() -> None:
+    backend = ExecuTorch(settings=QUICK)
+    model, x = small_model()
+    first = backend.lower(model, x)
+    assert backend.lower(small_model()[0], x) is first  # another module, the same graph and (seeded) weights
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    assert backend.lower(model, x) != first
+    backend.close()
+
+
 def test_side_by_side_interleaves_and_the_thread_pool_is_not_resized_under_a_loaded_program() -> None:
     one, two = ExecuTorch(settings=QUICK), ExecuTorch(threads=2, settings=QUICK)
     model, x = small_model()

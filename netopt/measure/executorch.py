@@ -45,7 +45,8 @@ __all__ = ["Delegation", "ExecuTorch", "ExecuTorchSettings", "PortableOpsWarning
 
 _LEFT_ALONE = {"executorch_call_delegate", "getitem"}  # plumbing around a delegate call, not an op
 _OP_NAME = re.compile(r"\b(?:aten|quantized_decomposed|dim_order_ops)\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+")
-_KEPT_PROGRAMS = 64  # lowered programs a backend keeps, the oldest dropped first
+_KEPT_PROGRAMS = 64  # lowered programs a backend keeps, the oldest dropped first ...
+_KEPT_BYTES = 256 << 20  # ... and at most this many bytes of them (a whole network's fp32 weights are megabytes)
 _EXPORT_LOCK = threading.Lock()  # export and PT2E patch global torch state: one lowering at a time
 
 
@@ -220,9 +221,14 @@ class ExecuTorch(Backend):
         return _lower(exported, what)
 
     def _keep(self, key: str, lowered: tuple[bytes, Delegation]) -> None:
-        if len(self._programs) >= _KEPT_PROGRAMS:
+        while self._programs and (len(self._programs) >= _KEPT_PROGRAMS or
+                                  sum(len(b) for b, _ in self._programs.values()) + len(lowered[0]) > _KEPT_BYTES):
             del self._programs[next(iter(self._programs))]
         self._programs[key] = lowered
+
+    def close(self) -> None:
+        """Drop the programs kept for modules lowered already."""
+        self._programs.clear()
 
     def prepared(self, program: bytes, example_input: torch.Tensor, what: str = "program") -> Callable[[], object]:
         """One call of an ExecuTorch program on `example_input`, run once already; the program
