@@ -75,11 +75,19 @@ def lut_command(args: argparse.Namespace) -> int:
 
     import netopt
     from netopt.lut import LookupTable, fidelity
-    from netopt.measure import OnnxRuntimeCPU
+    from netopt.measure.precision import REPRESENTATIVE_BATCHES, representative_for
+    from netopt.measure.registry import BACKENDS
 
     model = _model(args.model, args.width, args.classes)
-    traced = netopt.trace(model.eval(), torch.randn(1, 3, args.resolution, args.resolution))  # type: ignore[attr-defined]
-    lut = LookupTable.open(args.lut, OnnxRuntimeCPU(threads=args.threads))
+    example = torch.randn(1, 3, args.resolution, args.resolution)
+    traced = netopt.trace(model.eval(), example)  # type: ignore[attr-defined]
+    entry = BACKENDS[args.backend]
+    if args.precision not in entry.precisions:
+        raise ConfigError(f"--backend {args.backend} measures at {', '.join(entry.precisions)}, not "
+                          f"--precision {args.precision}; choose another precision or backend")
+    quantized = {} if args.precision == "fp32" else {  # a zoo model of random weights: seeded normal inputs
+        "precision": args.precision, "representative": representative_for(None, example, REPRESENTATIVE_BATCHES)}
+    lut = LookupTable.open(args.lut, entry.make(threads=args.threads, **quantized))
     if args.action == "build":
         new = lut.prebuild(traced.network, points_per_group=args.points)
         print(f"{args.lut}: {new} new entries, {lut.store.count()} in all")
@@ -205,6 +213,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from netopt.measure.precision import PRECISIONS
+    from netopt.measure.registry import latency_backends
+
     parser = _Parser(prog="netopt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("describe", help="trace a zoo model; print its groups and costs")
@@ -218,7 +229,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("build", "fidelity"))
     _model_options(p, "?")
     p.add_argument("--lut", default="lut.sqlite", help="the lookup table file (default lut.sqlite)")
-    p.add_argument("--threads", type=_ranged(int, 1, 1024), default=1, help="ONNX Runtime threads (default 1)")
+    p.add_argument("--backend", choices=latency_backends(), default="onnxruntime",
+                   help="the runtime the table measures on (default onnxruntime)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (default) or int8")
+    p.add_argument("--threads", type=_ranged(int, 1, 1024), default=1, help="the runtime's threads (default 1)")
     p.add_argument("--points", type=_ranged(int, 1, 1000), default=3,
                    help="build: widths per group on the grid (default 3)")
     p.add_argument("--variants", type=_ranged(int, 2, 10_000), default=20,
@@ -251,7 +265,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if not sys.stderr.isatty():  # no progress bars there: a line an iteration instead
-        logging.basicConfig(level=logging.INFO, format="netopt: %(message)s", stream=sys.stderr)
+        logging.basicConfig(level=logging.WARNING, format="netopt: %(message)s", stream=sys.stderr)
+        logging.getLogger("netopt").setLevel(logging.INFO)  # netopt's own lines; libraries' at WARNING
     try:
         return int(args.run(args))
     except NetoptError as exc:

@@ -26,7 +26,8 @@ def test_the_bundled_demo_config_is_the_default() -> None:
     ('[[constraints]]\nresource = "latncy"\nbudget = "50%"\n', "resource 'latncy' is unknown; known: 'energy', "
      "'latency', 'macs', 'memory', 'params'"),
     ('[strategy]\nname = "Annealing"\n', "strategy.name: strategy 'Annealing' is unknown; known: 'GeometricProgram'"),
-    ('[lut]\nbackend = "openvino"\n', "lut.backend: measurement backend 'openvino' is unknown; known: "),
+    ('[lut]\nbackend = "tensorrt"\n', "lut.backend: measurement backend 'tensorrt' is unknown; known: "),
+    ('[lut]\nbackend = "torch-eager"\nprecision = "int8"\n', "lut: backend 'torch-eager' measures at fp32, not int8"),
     ('[lut]\nbackend = "memory"\n', "lut.backend: backend 'memory' prices memory without timing whole networks"),
     ('constraints = []\n', "constraints: List should have at least 1 item"),
     ('run_dir = \n', "is not valid TOML"),

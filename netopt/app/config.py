@@ -182,13 +182,40 @@ else:
 own model; the training steps are set in `[training]`."""
 
 
+DEFAULT_LUT = "runs/lut-ort-cpu1.sqlite"
+"""ONNX Runtime's fp32 table, where the demo keeps it (any thread count, as it always was)."""
+
+
 class LutConfig(Frozen):
-    path: str = "runs/lut-ort-cpu1.sqlite"
+    path: str = DEFAULT_LUT
+    """The table's file (or PostgreSQL URL); by default one per backend and precision under runs/."""
     backend: str = "onnxruntime"
     """The registered backend the latency table measures on (`netopt.measure.registry`)."""
+    precision: Literal["fp32", "int8"] = "fp32"
+    """int8: each network measured quantized as the backend deploys it, on the objective's inputs."""
     threads: int = Field(1, ge=1)
     calibration: int = Field(16, ge=2, le=1000)
     """The most whole networks the table's calibration measures (once per structure)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_path(cls, data: Any) -> Any:
+        """A table of its own for every backend and precision, unless a path is given."""
+        if isinstance(data, dict) and "path" not in data:
+            backend, precision = data.get("backend", "onnxruntime"), data.get("precision", "fp32")
+            if (backend, precision) != ("onnxruntime", "fp32") and isinstance(backend, str):
+                data = {**data, "path": f"runs/lut-{backend}-{precision}-cpu{data.get('threads', 1)}.sqlite"}
+        return data
+
+    @model_validator(mode="after")
+    def _precision_measured(self) -> LutConfig:
+        measures = BACKENDS[self.backend].precisions
+        if self.precision not in measures:
+            others = [b for b in latency_backends() if self.precision in BACKENDS[b].precisions]
+            raise ValueError(f"backend {self.backend!r} measures at {', '.join(measures)}, not {self.precision}; "
+                             f"choose precision = \"fp32\", or a backend that measures {self.precision} "
+                             f"({', '.join(others)})")
+        return self
 
     @field_validator("backend")
     @classmethod

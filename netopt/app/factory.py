@@ -14,6 +14,7 @@ from netopt.app.config import AdaptConfig, CompareConfig, ConstraintConfig
 from netopt.constraints import Constraint, ReductionSchedule
 from netopt.constraints.registry import CONSTRAINTS, EstimatorSources
 from netopt.errors import ConfigError, first_line
+from netopt.measure.precision import REPRESENTATIVE_BATCHES
 from netopt.objectives.base import Evaluation, Objective
 from netopt.strategies import Problem, Strategy
 from netopt.strategies.registry import STRATEGIES, StrategyEntry, Variant, variants
@@ -26,12 +27,24 @@ __all__ = ["build_problem", "strategy_makers", "make_strategy", "strategy_class"
            "own_objective", "ConfigObjective"]
 
 
-def _constraint(c: ConstraintConfig, config: AdaptConfig) -> Constraint:
-    """The registered resource's constraint, its estimator built from the `[lut]` table's values."""
-    sources = EstimatorSources(lut_path=config.lut.path, backend=config.lut.backend, threads=config.lut.threads,
-                               calibration=config.lut.calibration)
+def _constraint(c: ConstraintConfig, config: AdaptConfig, objective: Objective | None = None) -> Constraint:
+    """The registered resource's constraint, its estimator built from the `[lut]` table's values
+    (an int8 table quantizes on the objective's training inputs)."""
+    lut = config.lut
+    inputs = (lambda: _representative(objective, config.data.seed)) if objective is not None else None
+    sources = EstimatorSources(lut_path=lut.path, backend=lut.backend, threads=lut.threads,
+                               calibration=lut.calibration, precision=lut.precision, representative=inputs)
     schedule = ReductionSchedule(c.schedule.initial, c.schedule.decay)
     return CONSTRAINTS[c.resource].make(c.budget, schedule, sources, c.basis)  # binding a latency one calibrates
+
+
+def _representative(objective: Objective, seed: int) -> list[torch.Tensor] | None:
+    """An int8 table's representative inputs: the objective's training inputs (None where it gives
+    none, which the backend refuses in one line)."""
+    try:
+        return objective.training_inputs(REPRESENTATIVE_BATCHES, seed)
+    except NotImplementedError:
+        return None
 
 
 def build_problem(config: AdaptConfig, workers: bool = False) -> Problem:
@@ -52,7 +65,7 @@ def build_problem(config: AdaptConfig, workers: bool = False) -> Problem:
         example = data.train_x[:1]
         objective = objective or _digits_objective(config, data)
     traced = netopt.trace(model, example)
-    constraints = [_constraint(c, config) for c in config.constraints]
+    constraints = [_constraint(c, config, objective) for c in config.constraints]
     assert objective is not None  # the config requires objective.factory with model.factory
     return Problem(traced, constraints, ConfigObjective(config, objective) if workers else objective)
 

@@ -8,7 +8,7 @@ resource is its constraint class plus one `ConstraintEntry` here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +26,8 @@ from netopt.constraints.resources import (
 from netopt.registry import Registry
 
 if TYPE_CHECKING:
+    import torch
+
     from netopt.constraints.amount import Amount
     from netopt.constraints.base import Basis
     from netopt.measure.base import Estimator
@@ -36,12 +38,16 @@ __all__ = ["CONSTRAINTS", "ConstraintEntry", "EstimatorSources"]
 @dataclass(frozen=True)
 class EstimatorSources:
     """What an estimator may be built from: where the latency lookup table lives, the registered
-    backend that measures it (`netopt.measure.registry`), its threads and calibration size."""
+    backend that measures it (`netopt.measure.registry`), its threads, precision and calibration
+    size, and for int8 where the representative inputs come from (the objective's training
+    inputs, asked for only when the backend quantizes)."""
 
     lut_path: str = "runs/lut-ort-cpu1.sqlite"
     backend: str = "onnxruntime"
     threads: int = 1
     calibration: int = 16
+    precision: str = "fp32"
+    representative: Callable[[], Sequence[torch.Tensor] | None] | None = None
 
 
 EstimatorFactory = Callable[[EstimatorSources], "Estimator"]
@@ -75,7 +81,9 @@ def _lookup_table(sources: EstimatorSources) -> Estimator:
     from netopt.measure.registry import BACKENDS
 
     Path(sources.lut_path).parent.mkdir(parents=True, exist_ok=True)
-    backend = BACKENDS[sources.backend].make(threads=sources.threads)
+    quantized = {} if sources.precision == "fp32" else {
+        "precision": sources.precision, "representative": sources.representative() if sources.representative else None}
+    backend = BACKENDS[sources.backend].make(threads=sources.threads, **quantized)
     return LookupTable.open(sources.lut_path, backend, calibration_networks=sources.calibration)
 
 

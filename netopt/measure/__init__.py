@@ -23,8 +23,10 @@ from netopt.measure.base import (
 if TYPE_CHECKING:
     from netopt.measure.eager import TorchEager
     from netopt.measure.energy import EnergyModel, RaplEnergy
+    from netopt.measure.executorch import ExecuTorch
     from netopt.measure.memory import MemoryModel
     from netopt.measure.onnxrt import OnnxRuntimeCPU, export_onnx
+    from netopt.measure.openvino import OpenVINO
     from netopt.measure.registry import BACKENDS, BackendEntry
     from netopt.measure.remote import RemoteBackend
 
@@ -34,6 +36,7 @@ __all__ = [
     "BackendEntry",
     "EnergyModel",
     "Estimator",
+    "ExecuTorch",
     "MeasuringEstimator",
     "Fingerprint",
     "MeasureSettings",
@@ -41,6 +44,7 @@ __all__ = [
     "MemoryModel",
     "NoisyMeasurementWarning",
     "OnnxRuntimeCPU",
+    "OpenVINO",
     "RaplEnergy",
     "RemoteBackend",
     "TorchEager",
@@ -52,6 +56,8 @@ _LAZY = {
     "BackendEntry": "netopt.measure.registry",
     "TorchEager": "netopt.measure.eager",
     "OnnxRuntimeCPU": "netopt.measure.onnxrt",
+    "OpenVINO": "netopt.measure.openvino",
+    "ExecuTorch": "netopt.measure.executorch",
     "export_onnx": "netopt.measure.onnxrt",
     "RemoteBackend": "netopt.measure.remote",
     "EnergyModel": "netopt.measure.energy",

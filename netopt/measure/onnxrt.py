@@ -28,7 +28,7 @@ from netopt.measure.base import (
 )
 from netopt.measure.platform import cores, cpu_model
 from netopt.measure.precision import Precision, check_representative
-from netopt.measure.qdq import QDQ_SCHEME, calibration_inputs, quantize_qdq
+from netopt.measure.qdq import QDQ_SCHEME, quantize_qdq, representative_arrays
 from netopt.measure.timing import time_calls
 
 __all__ = ["OnnxRuntimeCPU", "OrtSettings", "export_onnx", "export_qdq", "settings_from", "torch_version"]
@@ -87,7 +87,7 @@ def export_qdq(module: nn.Module, example_input: torch.Tensor, representative: S
     """`module` exported to ONNX and quantized to static int8 QDQ (`netopt.measure.qdq`), its
     activation ranges observed on `representative` inputs (seeded normal ones where none fit)."""
     model = export_onnx(module, example_input, exporter)
-    return quantize_qdq(model, calibration_inputs(representative, example_input), type(module).__name__)
+    return quantize_qdq(model, representative_arrays(representative, example_input), type(module).__name__)
 
 
 class OnnxRuntimeCPU(Backend):

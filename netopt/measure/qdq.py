@@ -23,7 +23,7 @@ from netopt.measure.precision import representative_for
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["QDQ_SCHEME", "calibration_inputs", "quantizer_version", "quantize_qdq"]
+__all__ = ["QDQ_SCHEME", "representative_arrays", "quantizer_version", "quantize_qdq"]
 
 QDQ_SCHEME = "qdq-minmax-u8-activations-s8-per-channel-symmetric-weights"
 """The quantization an int8 fingerprint names: another scheme is another platform."""
@@ -42,7 +42,7 @@ def quantize_qdq(model: bytes, inputs: Sequence[np.ndarray], what: str = "onnx m
     >>> from netopt.measure.onnxrt import export_onnx
     >>> from netopt.testing.backends import small_model
     >>> model, x = small_model()
-    >>> int8 = onnx.load_model_from_string(quantize_qdq(export_onnx(model, x), calibration_inputs([x], x)))
+    >>> int8 = onnx.load_model_from_string(quantize_qdq(export_onnx(model, x), representative_arrays([x], x)))
     >>> sorted({n.op_type for n in int8.graph.node} & {"QuantizeLinear", "DequantizeLinear"})
     ['DequantizeLinear', 'QuantizeLinear']
     """
@@ -82,7 +82,8 @@ def _reader(name: str, inputs: Sequence[np.ndarray]) -> Any:
     return Batches()
 
 
-def calibration_inputs(representative: Sequence[torch.Tensor] | None, example_input: torch.Tensor) -> list[np.ndarray]:
+def representative_arrays(representative: Sequence[torch.Tensor] | None,
+                          example_input: torch.Tensor) -> list[np.ndarray]:
     """The arrays to observe a module's activation ranges on: `representative_for(representative,
     example_input)` (training inputs, or seeded normal ones for a lookup table's unit)."""
     return [b.detach().cpu().numpy().astype(np.float32) for b in representative_for(representative, example_input)]

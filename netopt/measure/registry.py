@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from netopt.errors import ConfigError
 from netopt.measure.base import MeasureSettings
+from netopt.measure.precision import PRECISIONS
 from netopt.registry import Ref, Registry
 
 __all__ = ["BACKENDS", "BackendEntry", "QUICK", "latency_backends"]
@@ -55,6 +56,8 @@ class BackendEntry:
     extra: str | None = None
     example: Mapping[str, Any] | None = None
     """The keyword settings of a quick contract run (None: none given, which a test refuses)."""
+    precisions: tuple[str, ...] = ("fp32",)
+    """The precisions it measures at (`precision=` and, for int8, `representative=` keywords)."""
 
     def missing(self) -> str | None:
         """Why this backend cannot run here (one line naming what to install), or None."""
@@ -85,27 +88,28 @@ class BackendEntry:
         return self.load()(**settings)
 
 
-def _ort(name: str, cls: str, settings: str, resource: Resource, example: Mapping[str, Any]) -> BackendEntry:
+def _ort(name: str, cls: str, settings: str, resource: Resource, example: Mapping[str, Any],
+         precisions: tuple[str, ...] = ("fp32",)) -> BackendEntry:
     """A backend that runs the exported model with ONNX Runtime on this CPU."""
     return BackendEntry(name, Ref(f"netopt.measure.{cls}"), Ref(f"netopt.measure.{settings}"), resource, True,
-                        ("onnxruntime", "onnx"), None, _frozen(example))
+                        ("onnxruntime", "onnx"), None, _frozen(example), precisions)
 
 
 BACKENDS: Registry[BackendEntry] = Registry("measurement backend", [
     _ort("onnxruntime", "onnxrt:OnnxRuntimeCPU", "onnxrt:OrtSettings", "latency",
-         {"threads": 1, "settings": QUICK}),
+         {"threads": 1, "settings": QUICK}, PRECISIONS),
     BackendEntry("torch-eager", Ref("netopt.measure.eager:TorchEager"), Ref("netopt.measure.eager:EagerSettings"),
                  "latency", True, ("torch",), None, _frozen({"threads": 1, "settings": QUICK})),
     BackendEntry("executorch", Ref("netopt.measure.executorch:ExecuTorch"),
                  Ref("netopt.measure.executorch:ExecuTorchSettings"), "latency", True, ("executorch",), "executorch",
-                 _frozen({"threads": 1, "settings": QUICK})),
+                 _frozen({"threads": 1, "settings": QUICK}), PRECISIONS),
     _ort("rapl", "energy:RaplEnergy", "energy:RaplSettings", "energy", {"threads": 1, "settings": QUICK}),
     BackendEntry("energy-model", Ref("netopt.measure.energy:EnergyModel"), Ref("netopt.measure.energy:EnergyCosts"),
                  "energy", False, example=_frozen()),
     BackendEntry("memory", Ref("netopt.measure.memory:MemoryModel"), Ref("netopt.measure.memory:MemorySettings"),
                  "memory", False, example=_frozen()),
     BackendEntry("openvino", Ref("netopt.measure.openvino:OpenVINO"), Ref("netopt.measure.openvino:OpenVINOSettings"),
-                 "latency", True, ("openvino",), "openvino", _frozen({"threads": 1, "settings": QUICK})),
+                 "latency", True, ("openvino",), "openvino", _frozen({"threads": 1, "settings": QUICK}), PRECISIONS),
 ], "register it in netopt/measure/registry.py")
 """The backends and estimators netopt ships. The remote agent's client (`RemoteBackend`) is not
 here: it is built from an agent's URL and token (`netopt agent`), not chosen by name."""
