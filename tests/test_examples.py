@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +146,50 @@ def test_denoising_example_adapts_a_users_encoder_decoder_on_psnr(tmp_path: Path
     energy = float(done.stdout.split("energy: ")[1].split("%")[0])
     assert energy <= 70.0
     assert {"model.onnx", "model.pt2"} <= {p.name for p in (run / "final").iterdir()}
+
+
+def _xnnpack_int8(tmp_path: Path) -> str:
+    """examples/xnnpack_int8.toml shrunk to a tiny run in `tmp_path`."""
+    example = (ROOT / "examples" / "xnnpack_int8.toml").read_text()
+    tiny = (example.replace('run_dir = "runs/xnnpack-int8"', f'run_dir = "{tmp_path / "run"}"')
+            .replace("short_term_steps = 60", "short_term_steps = 2")
+            .replace("long_term_steps = 300", "long_term_steps = 2")
+            .replace('budget = "50%"', 'budget = "85%"').replace("width = 0.5", "width = 0.25\npretrain_steps = 30")
+            .replace("threads = 1", f'threads = 1\ncalibration = 4\npath = "{tmp_path / "lut.sqlite"}"'))
+    assert tiny.count(str(tmp_path)) == 2 and "short_term_steps = 2" in tiny
+    return tiny
+
+
+def test_the_xnnpack_int8_example_measures_on_executorch_int8_quantized_on_the_objectives_inputs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from netopt.app.config import load_config
+    from netopt.app.factory import build_problem
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(_xnnpack_int8(tmp_path))
+    monkeypatch.setenv("NETOPT_CACHE", str(tmp_path / "cache"))
+    problem = build_problem(load_config(config))
+    backend = problem.constraints[0].estimator.backend  # type: ignore[attr-defined]
+    fields = backend.fingerprint.fields
+    assert [fields[k] for k in ("backend", "precision", "delegate")] == ["executorch", "int8", "xnnpack"]
+    inputs = backend.representative
+    assert inputs and all(x.shape[1:] == problem.traced.example_input().shape[1:] for x in inputs)
+    assert any(torch.equal(inputs[0][:1], x[None]) for x in problem.objective.data.train_x)  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_the_xnnpack_int8_example_adapts_on_executorch_at_tiny_size(tmp_path: Path) -> None:
+    """examples/xnnpack_int8.toml as a user runs it, shrunk (UniformWidth: a few networks, each
+    unit lowered and quantized for XNNPACK): the final network checked as measured there."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(_xnnpack_int8(tmp_path) + '\n[strategy]\nname = "UniformWidth"\n')
+    env = {**os.environ, "NETOPT_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "netopt.cli", "adapt", str(config)], capture_output=True, text=True,
+                          timeout=900, check=False, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "latency measured" in done.stdout and "checked as measured" in done.stdout
+    with sqlite3.connect(tmp_path / "lut.sqlite") as db:  # the table's own record of what it measured on
+        fingerprint = json.loads(db.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()[0])
+    assert [fingerprint[k] for k in ("backend", "precision", "delegate")] == ["executorch", "int8", "xnnpack"]
