@@ -137,3 +137,16 @@ def test_mobilenet_under_macs_and_energy() -> None:
     assert len(result.history) < 300  # a few hundred estimates, one network trained: seconds, not hours
     uniform = UniformWidth(**STEPS).run(prob).final.network  # type: ignore[arg-type]
     assert importance(rep.weights, result.final.network.widths) >= importance(rep.weights, uniform.widths)
+
+
+def test_a_second_choice_after_a_measured_miss_solves_again_rather_than_keep_the_full_network() -> None:
+    """Every `choose` has its own CALIBRATIONS rounds: the repair after a measured miss used to
+    find them spent by the first choice and return no widths (the full network, over budget)."""
+    prob = problem_for(fixed_net(), "45%", "90%")
+    strategy = geometric()
+    trials = strategy.trials_on(strategy.open_engine(prob, None, False))
+    rep = GeometricReport(weights=dict.fromkeys((g.id for g in trials.network.groups), 1.0))
+    first = strategy.choose(trials, rep)
+    rep.rounds = 3  # as many programs as one choice may solve, already solved
+    again = strategy.choose(trials, rep)
+    assert first and again == first and trials.feasible(trials.resources(again))

@@ -172,10 +172,10 @@ class GeometricProgram(WidthSearch):
         fitting = time.perf_counter()
         report.fits = fit_all(trials.bounds, net, self.samples, self.seed)
         report.fit_seconds = time.perf_counter() - fitting
-        first, tried = len(trials.history), set[tuple[tuple[str, int], ...]]()
+        first, tried, rounds = len(trials.history), set[tuple[tuple[str, int], ...]](), report.rounds
         budgets: dict[str, float] | None = {b.resource: b.budget for b in trials.bounds}
         best: dict[str, int] = {}
-        while budgets is not None and report.rounds < CALIBRATIONS:
+        while budgets is not None and report.rounds - rounds < CALIBRATIONS:  # each choice its own rounds
             x = self._solve(net, budgets, report)
             for nearest in (False, True):
                 start = round_to_grid(net, x, nearest=nearest)
