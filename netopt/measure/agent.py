@@ -1,21 +1,28 @@
-"""`netopt agent`: a small HTTP service that measures ONNX models on the device it runs on.
+"""`netopt agent`: a small HTTP service that measures networks on the device it runs on, with
+every runtime installed there (ONNX Runtime, OpenVINO, ExecuTorch: `agent_runtimes`).
 
 Protocol v1. Every request carries `Authorization: Bearer <token>`; every answer is JSON, an
 error is `{"error": "..."}` saying what is wrong and how to fix it.
 
-- `GET /v1/info[?threads=&optimization=]`: the agent version, the platform's fingerprint
-  fields for those ONNX Runtime settings, and the agent's limits.
-- `POST /v1/measure`: body = the ONNX model (`Content-Type: application/octet-stream`);
-  parameters in the query string or as `X-Netopt-<Name>` headers (`X-Netopt-Min-Seconds`):
-  `shape` (e.g. `1,3,224,224`; optional when the model's input is static), `threads`,
-  `optimization`, `warmup`, `runs`, `min_seconds`, `max_runs`. Answer: `Measurement.to_dict()`
-  plus `platform` (fingerprint fields), `agent`, `shape` and `settings`.
+- `GET /v1/info[?backend=&threads=&precision=&optimization=]`: the agent version, the
+  fingerprint fields of `backend` (ONNX Runtime by default) for those settings as `platform`,
+  every installed backend under `backends` (version, precisions, artifact, fingerprint
+  fields), the absent ones under `missing`, and the agent's limits.
+- `POST /v1/measure`: body = the artifact `backend` takes (`Content-Type:
+  application/octet-stream`): an ONNX model for onnxruntime and openvino (at int8 the QDQ model),
+  an ExecuTorch program for executorch. Parameters in the query string or as `X-Netopt-<Name>`
+  headers (`X-Netopt-Min-Seconds`): `backend` (default onnxruntime), `shape` (e.g.
+  `1,3,224,224`; optional when the input is static), `threads`, `precision`, `optimization`
+  (onnxruntime only), `warmup`, `runs`, `min_seconds`, `max_runs`. Answer:
+  `Measurement.to_dict()` plus `backend`, `platform` (fingerprint fields), `agent`, `shape`
+  and `settings`.
 
 Safety: a token is required and compared in constant time; the body size is checked from
 Content-Length before a byte of it is read; the agent listens on loopback unless told
-otherwise; the body is only ever parsed as an ONNX protobuf (`onnx.checker` first, external
-data refused), never unpickled. One measurement runs at a time so timings do not disturb
-each other. A malformed request gets a 4xx and the agent keeps serving.
+otherwise; an ONNX body is only ever parsed as an ONNX protobuf (`onnx.checker` first, external
+data refused), a program only by ExecuTorch's runtime with its verification on, in a forked
+child; nothing is unpickled. One measurement runs at a time so timings do not disturb each
+other. A malformed request gets a 4xx and the agent keeps serving.
 """
 
 from __future__ import annotations
@@ -24,8 +31,6 @@ import dataclasses
 import hmac
 import ipaddress
 import json
-import math
-import platform
 import re
 import secrets
 import socket
@@ -34,51 +39,51 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
-import onnx
-
 from netopt import __version__
 from netopt.errors import ConfigError, first_line
-from netopt.measure.base import Fingerprint, MeasureSettings, NoisyMeasurementWarning, settings_from
-from netopt.measure.onnxrt import OnnxRuntimeCPU
+from netopt.measure.agent_runtimes import (  # noqa: F401 - importable from here, as before
+    MAX_ELEMENTS,
+    MAX_RANK,
+    RequestError,
+    Runtimes,
+    Served,
+    check_elements,
+    input_shape,
+    parse_onnx,
+    parse_shape,
+    platform_fields,
+    printable,
+    quote,
+)
+from netopt.measure.base import Backend, Fingerprint, MeasureSettings, NoisyMeasurementWarning, settings_from
 
 __all__ = ["AGENT_VERSION", "DEFAULT_MAX_BYTES", "DEFAULT_PORT", "AgentServer", "make_server", "serve"]
 
 AGENT_VERSION = f"netopt-agent/{__version__}"
 DEFAULT_PORT = 8470
 DEFAULT_MAX_BYTES = 64 << 20
-MAX_ELEMENTS = 1 << 25
-"""Largest input the agent will allocate: 32 Mi float32 elements (128 MiB)."""
-MAX_RANK = 8
 CAPS: Mapping[str, float] = {"warmup": 10_000, "runs": 100_000, "max_runs": 100_000, "min_seconds": 60.0}
 """Upper bounds on the measurement settings, so one request cannot hold the agent for hours."""
 READ_TIMEOUT = 30.0
 LINGER_SECONDS = 2.0
 MIN_TOKEN_CHARS = 16
 
-ORT_PARAMS = ("threads", "optimization")
+RUNTIME_PARAMS = ("backend", "threads", "precision", "optimization")
 SETTING_PARAMS = ("warmup", "runs", "min_seconds", "max_runs")
 ROUTES: Mapping[str, tuple[str, str, tuple[str, ...]]] = {
-    "/v1/info": ("GET", "_info", ORT_PARAMS),
-    "/v1/measure": ("POST", "_measure", ("shape", *ORT_PARAMS, *SETTING_PARAMS)),
+    "/v1/info": ("GET", "_info", RUNTIME_PARAMS),
+    "/v1/measure": ("POST", "_measure", ("shape", *RUNTIME_PARAMS, *SETTING_PARAMS)),
 }
 HEADER_PREFIX = "x-netopt-"
 ONNX_TYPE = "application/octet-stream"
 FIX_TOKEN = "send 'Authorization: Bearer <token>' with the token the agent was started with"
-
-
-class RequestError(Exception):
-    """A request the agent refuses: an HTTP status and a message that says how to fix it."""
-
-    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, dict(headers or {})
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,7 @@ class AgentConfig:
     max_bytes: int
     settings: MeasureSettings
     lock: threading.Lock = field(default_factory=threading.Lock)
+    runtimes: Runtimes = field(default_factory=Runtimes)
 
 
 class AgentServer(ThreadingHTTPServer):
@@ -107,15 +113,10 @@ class AgentServer(ThreadingHTTPServer):
         host = str(host)
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
-
-def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
-
-
-def _quote(text: str, limit: int = 80) -> str:
-    """Untrusted text for an error message: printable, quoted, cut to `limit` characters."""
-    shown = _printable(text)
-    return f"'{shown[:limit]}...'" if len(shown) > limit else f"'{shown}'"
+    def server_close(self) -> None:
+        """Close the socket and stop the ExecuTorch worker, if one was started."""
+        super().server_close()
+        self.config.runtimes.close()
 
 
 class AgentHandler(BaseHTTPRequestHandler):
@@ -152,7 +153,7 @@ class AgentHandler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         route = ROUTES.get(url.path)
         if route is None:
-            raise RequestError(404, f"no endpoint {_quote(url.path)}: the agent serves GET /v1/info and "
+            raise RequestError(404, f"no endpoint {quote(url.path)}: the agent serves GET /v1/info and "
                                     "POST /v1/measure; check the URL")
         method, handler, allowed = route
         if self.command != method:
@@ -183,20 +184,13 @@ class AgentHandler(BaseHTTPRequestHandler):
         params: dict[str, str] = {}
         for name, value in pairs:
             if name not in allowed:
-                raise RequestError(400, f"unknown parameter {_quote(name)}: valid parameters here are "
+                raise RequestError(400, f"unknown parameter {quote(name)}: valid parameters here are "
                                         f"{list(allowed)}, in the query string or as X-Netopt-<Name> headers")
             if name in params:
                 raise RequestError(400, f"parameter {name!r} given twice: give it once, in the query string "
                                         "or as a header")
             params[name] = value
         return params
-
-    def _backend(self, params: Mapping[str, str], settings: MeasureSettings) -> OnnxRuntimeCPU:
-        ort: dict[str, Any] = {k: params[k] for k in ORT_PARAMS if k in params}
-        try:
-            return OnnxRuntimeCPU(settings=settings, **ort)
-        except ConfigError as exc:
-            raise RequestError(400, str(exc)) from None
 
     def _settings(self, params: Mapping[str, str]) -> MeasureSettings:
         """The agent's default settings overridden by the request's, within CAPS."""
@@ -212,37 +206,37 @@ class AgentHandler(BaseHTTPRequestHandler):
         return settings
 
     def _info(self, params: Mapping[str, str]) -> None:
-        backend = self._backend(params, self.config.settings)
+        runtimes, settings = self.config.runtimes, self.config.settings
+        served = runtimes.served(params, explicit=False)
+        chosen = {} if served is None else {
+            "backend": served.name, "platform": platform_fields(runtimes.backend(served, params, settings))}
         self._send_json(200, {
-            "agent": AGENT_VERSION, "protocol": 1, "platform": platform_fields(backend),
+            "agent": AGENT_VERSION, "protocol": 1, **chosen, **runtimes.describe(params, settings),
             "limits": {"max_bytes": self.config.max_bytes, "max_elements": MAX_ELEMENTS, "max_rank": MAX_RANK,
                        "caps": dict(CAPS)},
-            "defaults": self.config.settings.model_dump(),
+            "defaults": settings.model_dump(),
         })
 
     def _measure(self, params: Mapping[str, str]) -> None:
         settings = self._settings(params)
-        backend = self._backend(params, settings)
+        runtimes = self.config.runtimes
+        served = cast(Served, runtimes.served(params))
+        backend: Backend = runtimes.backend(served, params, settings)
         body = self._read_body()
-        shape = input_shape(parse_onnx(body), params.get("shape"))
-        with self.config.lock, warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", NoisyMeasurementWarning)
-            try:
-                m = backend.measure_onnx(body, shape, "remote model")
-            except Exception as exc:
-                raise RequestError(422, f"ONNX Runtime could not run the model on shape {list(shape)}: "
-                                        f"{first_line(exc)}; check the model runs locally with onnxruntime") from None
+            m, shape = runtimes.measure(served, backend, body, params, self.config.lock)
         fields = platform_fields(backend)
         m = dataclasses.replace(m, fingerprint=Fingerprint(fields).key)
-        self._send_json(200, {**m.to_dict(), "platform": fields, "agent": AGENT_VERSION, "shape": list(shape),
-                              "settings": settings.model_dump()})
+        self._send_json(200, {**m.to_dict(), "backend": served.name, "platform": fields, "agent": AGENT_VERSION,
+                              "shape": list(shape), "settings": settings.model_dump()})
 
     def _read_body(self) -> bytes:
         """Exactly Content-Length bytes of an octet-stream, after checking the length against the limit."""
         ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if ctype != ONNX_TYPE:
-            raise RequestError(415, f"Content-Type {_quote(ctype)} is not accepted: send the ONNX model's "
-                                    f"bytes as {ONNX_TYPE}")
+            raise RequestError(415, f"Content-Type {quote(ctype)} is not accepted: send the model's (or "
+                                    f"program's) bytes as {ONNX_TYPE}")
         n = self._content_length()
         try:
             body = self.rfile.read(n)
@@ -263,7 +257,7 @@ class AgentHandler(BaseHTTPRequestHandler):
             raise RequestError(411, "no Content-Length: send the model's size in a Content-Length header")
         text = lengths[0].strip()
         if len(set(lengths)) > 1 or not re.fullmatch(r"[0-9]{1,20}", text):
-            raise RequestError(400, f"bad Content-Length {_quote(', '.join(lengths))}: send one "
+            raise RequestError(400, f"bad Content-Length {quote(', '.join(lengths))}: send one "
                                     "non-negative integer")
         n, limit = int(text), self.config.max_bytes
         if n > limit:
@@ -309,120 +303,14 @@ class AgentHandler(BaseHTTPRequestHandler):
         text = message or HTTPStatus(code).phrase
         if self.request_version == "HTTP/0.9":  # unparsed request line: still answer with a status line
             self.request_version = "HTTP/1.0"
-        self._send_json(code, {"error": f"{_printable(text)[:200]}: send a well-formed HTTP/1.x request "
+        self._send_json(code, {"error": f"{printable(text)[:200]}: send a well-formed HTTP/1.x request "
                                         "(GET /v1/info, POST /v1/measure)"})
 
     def version_string(self) -> str:
         return AGENT_VERSION  # not the Python version
 
     def log_message(self, format: str, *args: Any) -> None:
-        sys.stderr.write(f"{self.address_string()} [{self.log_date_time_string()}] {_printable(format % args)[:500]}\n")
-
-
-def platform_fields(backend: OnnxRuntimeCPU) -> dict[str, Any]:
-    """The fingerprint fields of this device for `backend`'s settings (the client adds its exporter's)."""
-    fields = {k: v for k, v in backend.fingerprint.fields.items() if k not in ("torch", "exporter")}
-    return {**fields, "os": platform.system(), "machine": platform.machine()}
-
-
-def parse_onnx(body: bytes) -> onnx.ModelProto:
-    """The body as a checked ONNX model, or a 400 saying why not. Never anything but protobuf parsing."""
-    fix = "send the bytes of a .onnx file (torch.onnx.export, or netopt.measure.export_onnx)"
-    try:
-        model = onnx.load_model_from_string(body)
-    except Exception as exc:
-        raise RequestError(400, f"the body is not an ONNX model ({first_line(exc)}): {fix}") from None
-    if any(_is_external(t) for t in _tensors(model)):
-        raise RequestError(400, "the model refers to external data files, which the agent never reads: "
-                                "export the model with its weights inside (one self-contained .onnx)")
-    try:
-        onnx.checker.check_model(model)
-    except Exception as exc:
-        raise RequestError(400, f"the body is not a valid ONNX model ({first_line(exc)}): {fix}") from None
-    return model
-
-
-def _is_external(tensor: onnx.TensorProto) -> bool:
-    return tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data) > 0
-
-
-def _tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    yield from _graph_tensors(model.graph)
-    for function in model.functions:
-        for node in function.node:
-            for attr in node.attribute:
-                yield from _attribute_tensors(attr)
-
-
-def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield from (sparse.values, sparse.indices)
-    for node in graph.node:
-        for attr in node.attribute:
-            yield from _attribute_tensors(attr)
-
-
-def _attribute_tensors(attr: onnx.AttributeProto) -> Iterator[onnx.TensorProto]:
-    yield from ([attr.t] if attr.HasField("t") else [])
-    yield from attr.tensors
-    for sparse in [*([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []), *attr.sparse_tensors]:
-        yield from (sparse.values, sparse.indices)
-    for graph in [*([attr.g] if attr.HasField("g") else []), *attr.graphs]:
-        yield from _graph_tensors(graph)
-
-
-def input_shape(model: onnx.ModelProto, text: str | None) -> tuple[int, ...]:
-    """The shape to feed the model's one float input: `text` checked against the model, or its static shape."""
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        raise RequestError(400, f"the model has {len(inputs)} inputs {[i.name for i in inputs]}: the agent "
-                                "measures models with exactly one input")
-    tensor = inputs[0].type.tensor_type
-    if not inputs[0].type.HasField("tensor_type") or tensor.elem_type != onnx.TensorProto.FLOAT:
-        raise RequestError(400, f"the model's input {inputs[0].name!r} is not a float32 tensor: the agent "
-                                "feeds random float32 data; export the model with a float input")
-    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]
-    if text is None:
-        if not tensor.HasField("shape") or None in dims:
-            raise RequestError(400, f"the model's input {inputs[0].name!r} has dynamic dimensions {dims}: "
-                                    "pass shape=, e.g. shape=1,3,224,224")
-        return check_elements(tuple(cast(list[int], dims)))
-    shape = parse_shape(text)
-    if tensor.HasField("shape"):
-        _match_shape(shape, dims, inputs[0].name)
-    return shape
-
-
-def _match_shape(shape: tuple[int, ...], dims: list[int | None], name: str) -> None:
-    if len(shape) != len(dims):
-        raise RequestError(400, f"shape {list(shape)} has rank {len(shape)} but the model's input {name!r} has "
-                                f"rank {len(dims)} {dims}: pass one size per dimension")
-    wrong = [i for i, (s, d) in enumerate(zip(shape, dims, strict=True)) if d is not None and s != d]
-    if wrong:
-        raise RequestError(400, f"shape {list(shape)} does not fit the model's input {name!r} {dims} at "
-                                f"dimension(s) {wrong}: static sizes must match the model")
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """`1,3,224,224` (brackets and spaces allowed) as sizes >= 1, at most MAX_RANK of them and MAX_ELEMENTS."""
-    fix = "write the input shape as comma-separated positive integers, e.g. shape=1,3,224,224"
-    parts = [p.strip() for p in text.strip().strip("()[]").split(",")]
-    if len(parts) > MAX_RANK:
-        raise RequestError(400, f"shape {_quote(text)} has more than {MAX_RANK} dimensions: {fix}")
-    bad = [p for p in parts if not re.fullmatch(r"[0-9]{1,9}", p) or int(p) < 1]
-    if bad:
-        raise RequestError(400, f"shape {_quote(text)}: {_quote(bad[0])} is not a "
-                                f"positive integer: {fix}")
-    return check_elements(tuple(int(p) for p in parts))
-
-
-def check_elements(shape: tuple[int, ...]) -> tuple[int, ...]:
-    if math.prod(shape) > MAX_ELEMENTS:
-        raise RequestError(400, f"shape {list(shape)} has {math.prod(shape):,} elements, over the agent's cap of "
-                                f"{MAX_ELEMENTS:,}: measure with a smaller input")
-    return shape
+        sys.stderr.write(f"{self.address_string()} [{self.log_date_time_string()}] {printable(format % args)[:500]}\n")
 
 
 def _is_loopback(host: str) -> bool:
