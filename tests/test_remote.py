@@ -438,7 +438,7 @@ class Wire:
         return b"\r\n".join(lines) + b"\r\n\r\n" + self.body
 
 
-def _mutations(rng: random.Random, onnx_bytes: bytes) -> list[Any]:
+def _mutations(rng: random.Random, body: bytes) -> list[Any]:
     """Each breaks one part of a valid measure request (or of the request line)."""
     garbage = rng.randbytes
 
@@ -451,14 +451,20 @@ def _mutations(rng: random.Random, onnx_bytes: bytes) -> list[Any]:
                                                   garbage(16), b"/" + b"a" * 70000, b"/v1/measure?shape=" +
                                                   b"9" * 40, b"/v1/measure?shape=1,x", b"/v1/measure?runs=1",
                                                   b"/v1/measure?threads=%ff%00", b"/v1/measure?a=1&" * 40])),
+        lambda w: setattr(w, "target", rng.choice([b"/v1/measure?backend=" + v for v in (
+            b"openvino", b"executorch", b"onnxruntime", b"tensorrt", b"%00", b"", b"openvino&optimization=all",
+            b"onnxruntime&backend=openvino", b"executorch&shape=1,3,8,8", b"openvino&precision=int8",
+            b"executorch&precision=int4", b"x" * 300)] + [b"/v1/info?backend=" + garbage(8).hex().encode()])),
         lambda w: setattr(w, "version", rng.choice([b"", b" HTTP/9.9", b" HTTX/1.1", b" HTTP/1.1 x", b" HTTP/1"])),
         lambda w: w.headers.pop(rng.choice(list(w.headers)), None),
         header(b"Authorization", b"Bearer nope", b"Bearer", b"Basic " + TOKEN.encode(), garbage(12)),
         header(b"Content-Type", b"text/plain", b"application/json", b"\xff\xfe", b""),
         header(b"Content-Length", b"-1", b"abc", b"1e3", b"1000000000000000", b"2", b" 99999 ", b"0"),
+        header(b"X-Netopt-Backend", b"executorch", b"openvino", b"onnxruntime", b"tensorrt", b"\xff", b""),
         lambda w: setattr(w, "body", rng.choice([b"", garbage(300), pickle.dumps({"a": 1}),
-                                                onnx_bytes[: rng.randint(0, len(onnx_bytes))],
-                                                bytes(b ^ rng.choice([0] * 30 + [1, 255]) for b in onnx_bytes)])),
+                                                b"\0\0\0\0ET12" + garbage(200),
+                                                body[: rng.randint(0, len(body))],
+                                                bytes(b ^ rng.choice([0] * 30 + [1, 255]) for b in body)])),
         lambda w: w.extra.append(rng.choice([b"Transfer-Encoding: chunked", b"Content-Length: 3", b"no colon",
                                              b"X-Netopt-Shape: 1,x", b"X-Netopt-Bogus: 1", b"\xff: \x00",
                                              b"X-Long: " + b"v" * 70000, b"Expect: 100-continue",
@@ -466,27 +472,39 @@ def _mutations(rng: random.Random, onnx_bytes: bytes) -> list[Any]:
     ]
 
 
-def _fuzz_request(rng: random.Random, onnx_bytes: bytes) -> bytes:
-    """A valid measure request with one to three random parts broken, sometimes cut short."""
+def _fuzz_request(rng: random.Random, onnx_bytes: bytes, program: bytes) -> bytes:
+    """A valid measure request, of an ONNX model or (half the time) of an ExecuTorch program, with
+    one to three random parts broken, sometimes cut short."""
+    body, backend = rng.choice([(onnx_bytes, {}), (program, {b"X-Netopt-Backend": b"executorch"})])
     wire = Wire(b"POST", b"/v1/measure", b" HTTP/1.1", {
-        b"Host": b"127.0.0.1", b"Authorization": b"Bearer " + TOKEN.encode(),
-        b"Content-Type": b"application/octet-stream", b"Content-Length": str(len(onnx_bytes)).encode(),
-    }, onnx_bytes, [])
-    for mutate in rng.sample(_mutations(rng, onnx_bytes), rng.randint(1, 3)):
+        b"Host": b"127.0.0.1", b"Authorization": b"Bearer " + TOKEN.encode(), **backend,
+        b"Content-Type": b"application/octet-stream", b"Content-Length": str(len(body)).encode(),
+    }, body, [])
+    for mutate in rng.sample(_mutations(rng, body), rng.randint(1, 3)):
         mutate(wire)
     message = wire.encode()
     return message[: rng.randint(0, len(message))] if rng.random() < 0.1 else message
 
 
-def test_bounded_fuzz_leaves_the_agent_serving(agent: Agent, onnx_bytes: bytes) -> None:
+@pytest.fixture(scope="module")
+def program() -> bytes:
+    """A small network lowered to an ExecuTorch program (XNNPACK), for the agent's executorch backend."""
+    from netopt.measure.executorch import ExecuTorch
+
+    return ExecuTorch().lower(*small_conv())
+
+
+def test_bounded_fuzz_leaves_the_agent_serving(agent: Agent, onnx_bytes: bytes, program: bytes) -> None:
     rng = random.Random(20240611)
     statuses: list[int | None] = []
+    assert request(agent, "GET", "/v1/info")[0] == 200  # the runtimes start before the clock does
     start = time.monotonic()
     for _ in range(200):
         assert time.monotonic() - start < 20.0, f"fuzzing took over 20 s after {len(statuses)} requests"
-        statuses.append(status_of(raw_exchange(agent, _fuzz_request(rng, onnx_bytes), timeout=3.0)))
+        statuses.append(status_of(raw_exchange(agent, _fuzz_request(rng, onnx_bytes, program), timeout=3.0)))
     refused = [s for s in statuses if s is not None and (400 <= s < 500 or s in (501, 505))]
     assert set(statuses) - set(refused) <= {200, None}, f"unexpected statuses (500: see the agent's log): {statuses}"
     assert len(refused) > 150, statuses
     assert_alive(agent, onnx_bytes)
+    assert measure(agent, program, "?backend=executorch")[0] == 200
     assert "Traceback" not in agent.log.read_text(errors="replace"), f"the agent logged an exception: {agent.log}"

@@ -265,7 +265,7 @@ class AgentHandler(BaseHTTPRequestHandler):
                                     f"({limit / 2**20:g} MiB): measure a smaller model or restart the agent "
                                     "with a larger --max-mb")
         if n == 0:
-            raise RequestError(400, f"empty body: send the ONNX model's bytes as {ONNX_TYPE}")
+            raise RequestError(400, f"empty body: send the model's (or program's) bytes as {ONNX_TYPE}")
         return n
 
     def _send_json(self, status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> None:

@@ -1,7 +1,9 @@
 """`RemoteBackend`: latency measured on another device by its `netopt agent` (netopt.measure.agent).
 
-The model is exported to ONNX here and timed there by ONNX Runtime; the fingerprint is the
-remote device's (fetched once from `/v1/info`) plus this side's exporter and `remote: True`.
+The artifact the remote runtime takes is made here (an ONNX model, at int8 the static QDQ one;
+an ExecuTorch program) and timed there by ONNX Runtime, OpenVINO or ExecuTorch; the
+fingerprint is the remote device's for that backend and precision (fetched once from
+`/v1/info`) plus this side's torch, exporter (and quantizer) and `remote: True`.
 Requests go straight to the agent: no proxies from the environment, no redirects (the token
 never travels anywhere but the URL given). Over a network, prefer an SSH tunnel to plain http.
 """
@@ -14,7 +16,7 @@ import json
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from netopt.errors import ConfigError, MeasurementError
+from netopt.measure.agent_runtimes import DEFAULT_BACKEND, SERVED
 from netopt.measure.base import (
     Backend,
     Fingerprint,
@@ -30,7 +33,10 @@ from netopt.measure.base import (
     NoisyMeasurementWarning,
     settings_from,
 )
-from netopt.measure.onnxrt import OrtSettings, export_onnx
+from netopt.measure.onnxrt import OrtSettings, export_onnx, export_qdq
+from netopt.measure.precision import Precision, check_representative
+from netopt.measure.qdq import quantizer_version
+from netopt.measure.registry import BACKENDS
 
 __all__ = ["RemoteBackend"]
 
@@ -53,14 +59,28 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 class RemoteBackend(Backend):
-    """Latency (ms) of the model exported to ONNX here and run by ONNX Runtime on an agent's device."""
+    """Latency (ms) of the module run by `backend` (onnxruntime, openvino or executorch) on an
+    agent's device, at `precision` (int8: quantized here on `representative` inputs).
+
+    >>> RemoteBackend("http://127.0.0.1:8470", "0123456789abcdef", backend="openvino")
+    RemoteBackend('http://127.0.0.1:8470', backend='openvino', threads=1)
+    >>> RemoteBackend("http://127.0.0.1:8470", "0123456789abcdef", precision="int8")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    netopt.errors.ConfigError: RemoteBackend(precision='int8') needs representative inputs to quantize with: ...
+    """
 
     unit = "ms"
 
     def __init__(self, url: str, token: str, threads: int = 1, settings: MeasureSettings | None = None,
-                 timeout: float = 300.0, **ort: Any) -> None:
+                 timeout: float = 300.0, backend: str = DEFAULT_BACKEND, precision: Precision = "fp32",
+                 representative: Sequence[torch.Tensor] | None = None, **ort: Any) -> None:
         self.url = _check_url(url)
         self._token = _check_token(token)
+        self.backend = _check_backend(backend, ort)
+        check_representative("RemoteBackend", precision, representative)
+        self.precision: Precision = precision
+        self.representative = list(representative or ())
         self.ort: OrtSettings = settings_from(OrtSettings, {"threads": threads, **ort}, "RemoteBackend")
         self.settings = settings or MeasureSettings()
         if not timeout > 0:
@@ -68,14 +88,23 @@ class RemoteBackend(Backend):
         self.timeout = float(timeout)
         self._info: dict[str, Any] | None = None
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+        self._lowerer = _lowerer(precision, self.representative) if self.artifact_kind != "onnx" else None
 
     def __repr__(self) -> str:
-        return f"RemoteBackend({self.url!r}, threads={self.ort.threads}, optimization={self.ort.optimization!r})"
+        chosen = f", backend={self.backend!r}" if self.backend != DEFAULT_BACKEND else ""
+        chosen += f", precision={self.precision!r}" if self.precision != "fp32" else ""
+        ort = f", optimization={self.ort.optimization!r}" if self.backend == DEFAULT_BACKEND else ""
+        return f"RemoteBackend({self.url!r}{chosen}, threads={self.ort.threads}{ort})"
+
+    @property
+    def artifact_kind(self) -> str:
+        """What the remote runtime takes: "onnx" or "executorch-program"."""
+        return SERVED[self.backend].artifact
 
     def info(self) -> dict[str, Any]:
-        """The agent's `/v1/info` for these ONNX Runtime settings (asked once, then cached)."""
+        """The agent's `/v1/info` for this backend and its settings (asked once, then cached)."""
         if self._info is None:
-            reply = self._call("GET", "/v1/info", self._ort_params())
+            reply = self._call("GET", "/v1/info", self._runtime_params())
             if not isinstance(reply.get("platform"), dict) or not isinstance(reply.get("limits"), dict):
                 raise MeasurementError(f"{self.url}/v1/info answered without 'platform' and 'limits': is it a "
                                        "netopt agent of the same version? check the URL")
@@ -85,24 +114,51 @@ class RemoteBackend(Backend):
     @property
     def fingerprint(self) -> Fingerprint:
         info = self.info()
-        return Fingerprint({**info["platform"], "torch": torch.__version__.split("+")[0],
-                            "exporter": self.ort.exporter, "remote": True})
+        here: dict[str, Any] = {"torch": torch.__version__.split("+")[0]}
+        if self.artifact_kind == "onnx":
+            here["exporter"] = self.ort.exporter
+            if self.precision == "int8":
+                here["quantizer"] = quantizer_version()
+        return Fingerprint({**info["platform"], **here, "remote": True})
+
+    def artifact(self, module: nn.Module, example_input: torch.Tensor) -> bytes:
+        """`module` as the remote runtime takes it: ONNX (int8: QDQ), or an ExecuTorch program."""
+        if self._lowerer is not None:
+            return self._lowerer.lower(module, example_input)  # type: ignore[no-any-return]
+        if self.precision == "int8":
+            return export_qdq(module, example_input, self.representative, self.ort.exporter)
+        return export_onnx(module, example_input, self.ort.exporter)
 
     def measure(self, module: nn.Module, example_input: torch.Tensor) -> Measurement:
-        model = export_onnx(module, example_input, self.ort.exporter)
-        return self.measure_onnx(model, tuple(example_input.shape), type(module).__name__)
+        what = type(module).__name__
+        shape = tuple(example_input.shape)
+        return self._send(self.artifact(module, example_input), shape if self._lowerer is None else None, what)
 
     def measure_onnx(self, model: bytes, input_shape: tuple[int, ...], what: str = "onnx model") -> Measurement:
-        """Time an ONNX model (bytes) on the agent's device on a random input of `input_shape`."""
+        """Time an ONNX model (bytes; at int8 the QDQ model) there, on a random input of `input_shape`."""
+        self._expect("onnx", "measure_program")
+        return self._send(model, input_shape, what)
+
+    def measure_program(self, program: bytes, what: str = "program") -> Measurement:
+        """Time an ExecuTorch program (`.pte` bytes, `ExecuTorch.lower`) on the agent's device."""
+        self._expect("executorch-program", "measure_onnx")
+        return self._send(program, None, what)
+
+    def _expect(self, kind: str, other: str) -> None:
+        if self.artifact_kind != kind:
+            raise ConfigError(f"RemoteBackend(backend={self.backend!r}) sends {self.artifact_kind} artifacts, not "
+                              f"{kind}: use {other}, or measure(module, example_input)")
+
+    def _send(self, artifact: bytes, input_shape: tuple[int, ...] | None, what: str) -> Measurement:
         info = self.info()
-        limit = int(info["limits"].get("max_bytes", len(model)))
-        if len(model) > limit:
-            raise MeasurementError(f"{what}: the ONNX model is {len(model)} bytes, over the limit of {limit} bytes "
-                                   f"of the agent at {self.url}: {FIXES[413]}")
-        params = {"shape": ",".join(str(s) for s in input_shape), **self._ort_params(),
-                  **self.settings.model_dump()}
-        reply = self._call("POST", "/v1/measure", params, model)
-        if reply.get("platform") != info["platform"]:
+        limit = int(info["limits"].get("max_bytes", len(artifact)))
+        if len(artifact) > limit:
+            raise MeasurementError(f"{what}: the {self.artifact_kind} artifact is {len(artifact)} bytes, over the "
+                                   f"limit of {limit} bytes of the agent at {self.url}: {FIXES[413]}")
+        shape = {} if input_shape is None else {"shape": ",".join(str(s) for s in input_shape)}
+        params = {**shape, **self._runtime_params(), **self.settings.model_dump()}
+        reply = self._call("POST", "/v1/measure", params, artifact)
+        if reply.get("platform") != info["platform"] or reply.get("backend", DEFAULT_BACKEND) != self.backend:
             diff = Fingerprint(reply.get("platform") or {}).diff(Fingerprint(info["platform"]))
             raise MeasurementError(f"the agent at {self.url} now reports another platform ({'; '.join(diff)}): "
                                    "its numbers would not compare with earlier ones; create a new RemoteBackend")
@@ -121,8 +177,17 @@ class RemoteBackend(Backend):
                           NoisyMeasurementWarning, stacklevel=3)
         return m
 
-    def _ort_params(self) -> dict[str, Any]:
-        return {"threads": self.ort.threads, "optimization": self.ort.optimization}
+    def _runtime_params(self) -> dict[str, Any]:
+        """The backend's settings as the agent takes them; defaults left out, so that ONNX Runtime at
+        fp32 speaks the protocol of agents that serve nothing else."""
+        params: dict[str, Any] = {"threads": self.ort.threads}
+        if self.backend == DEFAULT_BACKEND:
+            params["optimization"] = self.ort.optimization
+        else:
+            params["backend"] = self.backend
+        if self.precision != "fp32":
+            params["precision"] = self.precision
+        return params
 
     def _call(self, method: str, path: str, params: Mapping[str, Any], body: bytes | None = None) -> dict[str, Any]:
         """One request to the agent; every failure becomes a one-line MeasurementError."""
@@ -180,6 +245,29 @@ def _check_url(url: str) -> str:
         raise ConfigError(f"RemoteBackend: url {url!r} is not an agent's base URL: give http://host:port, "
                           "e.g. http://127.0.0.1:8470 (what `netopt agent` prints)")
     return url.rstrip("/")
+
+
+def _check_backend(backend: str, ort: Mapping[str, Any]) -> str:
+    """`backend` if an agent can serve it, with only the keywords its artifact takes."""
+    if backend not in SERVED:
+        raise ConfigError(f"RemoteBackend: backend={backend!r} is not one an agent serves; give one of "
+                          f"{', '.join(SERVED)}")
+    takes = {"onnxruntime": set(ort), "openvino": {"exporter"}}.get(backend, set())
+    alien = sorted(set(ort) - takes)
+    if alien:
+        raise ConfigError(f"RemoteBackend(backend={backend!r}): {alien[0]}= is an ONNX Runtime setting it does not "
+                          "take; drop it, or measure with backend='onnxruntime'")
+    return backend
+
+
+def _lowerer(precision: Precision, representative: Sequence[torch.Tensor]) -> Any:
+    """An ExecuTorch backend that lowers modules to programs here (its runtime is the agent's)."""
+    reason = BACKENDS["executorch"].missing()
+    if reason is not None:
+        raise ConfigError(f"RemoteBackend(backend='executorch') lowers programs on this side: {reason}")
+    from netopt.measure.executorch import ExecuTorch
+
+    return ExecuTorch(precision=precision, threads=1, representative=representative or None)
 
 
 def _check_token(token: str) -> str:
