@@ -288,3 +288,20 @@ def test_remote_backend_refuses_what_no_agent_can_serve() -> None:
         RemoteBackend(url, TOKEN, precision="int4")  # type: ignore[arg-type]
     assert "precision='int8'" in repr(RemoteBackend(url, TOKEN, backend="openvino", precision="int8",
                                                     representative=[torch.randn(1, 3, 8, 8)]))
+
+
+def test_the_agent_imports_no_torch_while_it_serves_onnx_runtimes() -> None:
+    """A device may have no torch: only the ExecuTorch worker (a process of its own) imports it."""
+    code = (
+        "import sys, threading, http.client\n"
+        "from netopt.measure.agent import make_server\n"
+        f"server = make_server('127.0.0.1', 0, {TOKEN!r})\n"
+        "threading.Thread(target=server.serve_forever, daemon=True).start()\n"
+        "c = http.client.HTTPConnection(*server.server_address[:2], timeout=120)\n"
+        f"c.request('GET', '/v1/info?backend=openvino', headers={{'Authorization': 'Bearer {TOKEN}'}})\n"
+        "assert c.getresponse().status == 200\n"
+        "server.shutdown(); server.server_close()\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-500:]

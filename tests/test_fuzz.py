@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -30,7 +31,8 @@ FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthChe
 
 KEYS = {"run_dir": None, "model": ("width", "size", "pretrain_steps", "factory", "checkpoint", "input_shape"),
         "data": ("holdout_per_class", "test_fraction", "seed"), "training": ("lr", "batch_size", "device"),
-        "strategy": ("name", "seed", "samples", "trials", "block_size"), "lut": ("path", "threads"),
+        "strategy": ("name", "seed", "samples", "trials", "block_size"),
+        "lut": ("path", "threads", "backend", "precision", "calibration"),
         "objective": ("factory",)}
 scalars = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=False), st.text(max_size=12), st.booleans(),
                     st.lists(st.integers(-5, 300), max_size=5))
@@ -113,7 +115,7 @@ def test_random_documents_to_the_config_loader(tmp_path: Path, doc: dict[str, ob
 
 # --- a damaged run directory ------------------------------------------------------------------
 
-STEPS = {"short_term_steps": 1, "long_term_steps": 1, "seed": 1, "progress": False}
+STEPS: dict[str, Any] = {"short_term_steps": 1, "long_term_steps": 1, "seed": 1, "progress": False}
 
 
 @pytest.fixture(scope="module")
