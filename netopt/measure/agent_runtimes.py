@@ -25,7 +25,7 @@ from netopt.errors import ConfigError, first_line
 from netopt.frozen import Frozen
 from netopt.measure.agent_worker import ProgramWorker
 from netopt.measure.base import Backend, Measurement, MeasureSettings, settings_from
-from netopt.measure.precision import PRECISIONS, Precision
+from netopt.measure.precision import Precision
 from netopt.measure.registry import BACKENDS
 
 __all__ = ["DEFAULT_BACKEND", "MAX_ELEMENTS", "MAX_RANK", "SERVED", "RequestError", "Runtimes", "Served",
@@ -116,7 +116,14 @@ def platform_fields(backend: Backend) -> dict[str, Any]:
 
 
 class Runtimes:
-    """The runtimes one agent serves, found installed on first use, and its ExecuTorch worker."""
+    """The runtimes one agent serves, found installed on first use, and its ExecuTorch worker.
+
+    >>> Runtimes(names=("onnxruntime",)).served({"backend": "openvino"})
+    Traceback (most recent call last):
+    ...
+    netopt.measure.agent_runtimes.RequestError: backend 'openvino' is not one the agent serves: this agent has \
+onnxruntime; ask for one of them
+    """
 
     def __init__(self, names: tuple[str, ...] = tuple(SERVED)) -> None:
         self.names = names
@@ -183,8 +190,8 @@ class Runtimes:
             served = SERVED[name]
             own = {k: v for k, v in params.items() if k in ("threads", "precision", *served.params)}
             fields = platform_fields(self.backend(served, own, settings))
-            listed[name] = {"version": str(fields.get(served.runtime, "")), "precisions": list(PRECISIONS),
-                            "artifact": served.artifact, "platform": fields}
+            listed[name] = {"version": str(fields.get(served.runtime, "")), "artifact": served.artifact,
+                            "precisions": list(BACKENDS[name].precisions), "platform": fields}
         missing = {n: self.missing(n) for n in self.names if n not in listed}
         return {"backends": listed, "missing": missing}
 

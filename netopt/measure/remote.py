@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 import torch
@@ -37,6 +37,9 @@ from netopt.measure.onnxrt import OrtSettings, export_onnx, export_qdq
 from netopt.measure.precision import Precision, check_representative
 from netopt.measure.qdq import quantizer_version
 from netopt.measure.registry import BACKENDS
+
+if TYPE_CHECKING:
+    from netopt.measure.executorch import ExecuTorch
 
 __all__ = ["RemoteBackend"]
 
@@ -124,7 +127,7 @@ class RemoteBackend(Backend):
     def artifact(self, module: nn.Module, example_input: torch.Tensor) -> bytes:
         """`module` as the remote runtime takes it: ONNX (int8: QDQ), or an ExecuTorch program."""
         if self._lowerer is not None:
-            return self._lowerer.lower(module, example_input)  # type: ignore[no-any-return]
+            return self._lowerer.lower(module, example_input)
         if self.precision == "int8":
             return export_qdq(module, example_input, self.representative, self.ort.exporter)
         return export_onnx(module, example_input, self.ort.exporter)
@@ -260,7 +263,7 @@ def _check_backend(backend: str, ort: Mapping[str, Any]) -> str:
     return backend
 
 
-def _lowerer(precision: Precision, representative: Sequence[torch.Tensor]) -> Any:
+def _lowerer(precision: Precision, representative: Sequence[torch.Tensor]) -> ExecuTorch:
     """An ExecuTorch backend that lowers modules to programs here (its runtime is the agent's)."""
     reason = BACKENDS["executorch"].missing()
     if reason is not None:
