@@ -22,6 +22,9 @@ import pytest
 import torch
 from torch import nn
 
+pytest.importorskip("openvino", reason="the OpenVINO runtime is not installed: pip install 'netopt[openvino]'")
+pytest.importorskip("executorch", reason="the executorch extra is not installed: pip install 'netopt[executorch]'")
+
 from netopt.errors import ConfigError, MeasurementError
 from netopt.measure.base import MeasureSettings
 from netopt.measure.executorch import ExecuTorch

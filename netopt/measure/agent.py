@@ -82,7 +82,7 @@ ROUTES: Mapping[str, tuple[str, str, tuple[str, ...]]] = {
     "/v1/measure": ("POST", "_measure", ("shape", *RUNTIME_PARAMS, *SETTING_PARAMS)),
 }
 HEADER_PREFIX = "x-netopt-"
-ONNX_TYPE = "application/octet-stream"
+BODY_TYPE = "application/octet-stream"
 FIX_TOKEN = "send 'Authorization: Bearer <token>' with the token the agent was started with"
 
 
@@ -234,9 +234,9 @@ class AgentHandler(BaseHTTPRequestHandler):
     def _read_body(self) -> bytes:
         """Exactly Content-Length bytes of an octet-stream, after checking the length against the limit."""
         ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if ctype != ONNX_TYPE:
+        if ctype != BODY_TYPE:
             raise RequestError(415, f"Content-Type {quote(ctype)} is not accepted: send the model's (or "
-                                    f"program's) bytes as {ONNX_TYPE}")
+                                    f"program's) bytes as {BODY_TYPE}")
         n = self._content_length()
         try:
             body = self.rfile.read(n)
@@ -265,7 +265,7 @@ class AgentHandler(BaseHTTPRequestHandler):
                                     f"({limit / 2**20:g} MiB): measure a smaller model or restart the agent "
                                     "with a larger --max-mb")
         if n == 0:
-            raise RequestError(400, f"empty body: send the model's (or program's) bytes as {ONNX_TYPE}")
+            raise RequestError(400, f"empty body: send the model's (or program's) bytes as {BODY_TYPE}")
         return n
 
     def _send_json(self, status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> None:

@@ -106,7 +106,8 @@ SERVED: Mapping[str, Served] = {s.name: s for s in (
     Served("executorch", "executorch-program", "executorch", (), _executorch, "ExecuTorch"),
 )}
 """What each backend takes: "onnx" (at int8 the QDQ model) or "executorch-program" (`.pte` bytes)."""
-RUNTIME_PARAMS = tuple(sorted({p for s in SERVED.values() for p in s.params}))
+OWN_PARAMS = tuple(sorted({p for s in SERVED.values() for p in s.params}))
+"""Parameters that only some backends take (refused for the others)."""
 
 
 def platform_fields(backend: Backend) -> dict[str, Any]:
@@ -171,7 +172,7 @@ onnxruntime; ask for one of them
 
     def backend(self, served: Served, params: Mapping[str, str], settings: MeasureSettings) -> Backend:
         """`served`'s backend for the request's threads, precision and its own parameters (400 if invalid)."""
-        alien = [p for p in RUNTIME_PARAMS if p in params and p not in served.params]
+        alien = [p for p in OWN_PARAMS if p in params and p not in served.params]
         if alien:
             raise RequestError(400, f"parameter {alien[0]!r} does not apply to backend {served.name!r}: drop it "
                                     f"(it is {', '.join(s.name for s in SERVED.values() if alien[0] in s.params)}'s)")
