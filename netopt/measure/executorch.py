@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import logging
 import re
 import threading
 import warnings
 import weakref
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, Literal
@@ -108,7 +110,7 @@ class _ThreadPool:
 
     def load(self, buffer: bytes, threads: int, what: str) -> _Loaded:
         """`buffer` loaded with the pool at `threads` threads."""
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_imports():
             warnings.simplefilter("ignore")  # the pybindings warn on import that they are experimental
             from executorch.extension.pybindings import portable_lib
             from executorch.runtime import Runtime
@@ -290,10 +292,28 @@ def _content_key(exported: Any, example_input: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
+@contextmanager
+def _quiet_imports() -> Iterator[None]:
+    """Libraries' import-time log lines at ERROR only: on a CPU-only torch, torchao warns about
+    every CUDA kernel library it cannot load, and torch about a deprecated registration of its."""
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
+
+
 def _quantize(exported: Any, example_input: torch.Tensor, batches: Sequence[torch.Tensor], what: str) -> Any:
     """The exported module quantized to int8 by PT2E with the XNNPACK quantizer (per-channel,
     symmetric), its activation ranges observed on `batches`, exported again."""
     import torch
+
+    with _quiet_imports():
+        import torchao  # noqa: F401 - first imported here, where its import-time warnings are quieted
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -314,6 +334,8 @@ def _quantize(exported: Any, example_input: torch.Tensor, batches: Sequence[torc
 
 def _lower(exported: Any, what: str) -> tuple[bytes, Delegation]:
     """The exported program lowered with the XNNPACK partitioner to ExecuTorch bytes, and where its ops run."""
+    with _quiet_imports():
+        import torchao  # noqa: F401 - first imported here, where its import-time warnings are quieted
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
