@@ -33,7 +33,7 @@ def test_the_diagonal_is_judged_against_the_budget() -> None:
     shares = {label: [0.45, 0.6] for label in bench.RUNTIMES}
     rows, diagonal = bench.adapted_rows(finals, shares)
     assert diagonal == [True, False]
-    assert rows[0][3] == "45% **(met)**" and rows[1][-1] == "60% **(missed)**"
+    assert rows[0][3] == "45.0% **(met)**" and rows[1][-1] == "60.0% **(missed)**" and rows[0][4] == "45%"
 
 
 def test_quick_settings_fill_what_is_not_given(tmp_path: Path) -> None:
