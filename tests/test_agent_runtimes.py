@@ -8,18 +8,15 @@ import json
 import os
 import pickle
 import random
-import select
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import torch
+from agenthost import Agent, start_agent, stop_agent
 from torch import nn
 
 pytest.importorskip("openvino", reason="the OpenVINO runtime is not installed: pip install 'netopt[openvino]'")
@@ -47,39 +44,11 @@ AGENT = (
 )
 
 
-@dataclass(frozen=True)
-class Agent:
-    process: subprocess.Popen[str]
-    url: str
-    host: str
-    port: int
-    log: Path
-
-
 def _start(log: Path, hide: str = "") -> Agent:
-    env = {**os.environ, "NETOPT_TEST_TOKEN": TOKEN, "NETOPT_TEST_HIDE": hide}
-    with log.open("w") as err:
-        process = subprocess.Popen([sys.executable, "-c", AGENT], stdout=subprocess.PIPE, stderr=err, text=True,
-                                   env=env, cwd=Path(__file__).resolve().parents[1])
-    assert process.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        line = process.stdout.readline() if select.select([process.stdout], [], [], 0.5)[0] else ""
-        if "listening on " in line:
-            url = line.split("listening on ", 1)[1].strip()
-            parts = urlsplit(url)
-            return Agent(process, url, str(parts.hostname), int(parts.port or 0), log)
-    process.kill()
-    raise AssertionError(f"the agent did not start (exit code {process.poll()}): {log.read_text()[-500:]}")
+    return start_agent(AGENT, {**os.environ, "NETOPT_TEST_TOKEN": TOKEN, "NETOPT_TEST_HIDE": hide}, log)
 
 
-def _stop(agent: Agent) -> None:
-    agent.process.terminate()
-    try:
-        agent.process.wait(10)
-    except subprocess.TimeoutExpired:
-        agent.process.kill()
-        agent.process.wait(10)
+_stop = stop_agent
 
 
 @pytest.fixture(scope="module")

@@ -7,23 +7,20 @@ import json
 import os
 import pickle
 import random
-import select
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import onnx
 import onnx.helper
 import onnxruntime
 import pytest
 import torch
+from agenthost import Agent, start_agent, stop_agent
 from torch import nn
 
 from netopt.errors import ConfigError, MeasurementError
@@ -49,46 +46,16 @@ AGENT = (
 )
 
 
-@dataclass(frozen=True)
-class Agent:
-    process: subprocess.Popen[str]
-    url: str
-    host: str
-    port: int
-    log: Path
-
-
-def _wait_for_url(process: subprocess.Popen[str], seconds: float) -> str:
-    assert process.stdout is not None
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and process.poll() is None:
-        ready, _, _ = select.select([process.stdout], [], [], 0.5)
-        line = process.stdout.readline() if ready else ""
-        if "listening on " in line:
-            return line.split("listening on ", 1)[1].strip()
-    raise AssertionError(f"the agent did not start within {seconds} s (exit code {process.poll()})")
-
-
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
     log = tmp_path_factory.mktemp("agent") / "agent.log"
     env = {**os.environ, "NETOPT_TEST_TOKEN": TOKEN, "NETOPT_TEST_MAX_BYTES": str(MAX_BYTES)}
-    root = Path(__file__).resolve().parents[1]
-    with log.open("w") as err:
-        process = subprocess.Popen([sys.executable, "-c", AGENT], stdout=subprocess.PIPE, stderr=err,
-                                   text=True, env=env, cwd=root)
+    running = start_agent(AGENT, env, log)
     try:
-        url = _wait_for_url(process, 60.0)
-        parts = urlsplit(url)
-        assert parts.hostname == "127.0.0.1" and parts.port
-        yield Agent(process, url, parts.hostname, parts.port, log)
+        assert running.host == "127.0.0.1" and running.port
+        yield running
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop_agent(running)
 
 
 def small_conv() -> tuple[nn.Module, torch.Tensor]:
