@@ -213,7 +213,7 @@ def adapt_config(label: str, args: argparse.Namespace) -> AdaptConfig:
         constraints=[ConstraintConfig(resource="latency", budget=f"{BUDGET:.0%}",
                                       schedule=ScheduleConfig(initial=args.schedule, decay=0.96))],
         lut=LutConfig(backend=name, precision=precision, threads=1, calibration=args.calibration,
-                      path=str(args.out / "luts" / f"adapt-{slug(label)}.sqlite")),
+                      path=str(args.out / "luts" / args.adapted_key / f"adapt-{slug(label)}.sqlite")),
     )
 
 
@@ -279,7 +279,7 @@ def fidelity_of(label: str, traced: Traced, args: argparse.Namespace) -> dict[st
     """A calibrated table on `label`; held-apart variants estimated, and measured in two rounds."""
     started = time.perf_counter()
     backend = make_backend(label, seeded_inputs(traced.example_input()), args.settings)
-    lut = LookupTable.open(args.out / "luts" / f"fidelity-{slug(label)}-{args.fidelity_model}.sqlite", backend)
+    lut = LookupTable.open(args.out / "luts" / args.fidelity_key / f"fidelity-{slug(label)}.sqlite", backend)
     try:
         cal = lut.calibrate(traced, max_networks=args.calibration, seed=0)
         variants = random_variants(traced.network, args.fidelity_variants, seed=2000)
@@ -348,9 +348,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.fidelity_model == DIGITS:
         args.fidelity_size = 32
     args.settings = QUICK if args.quick else MeasureSettings()
-    wanted = json.dumps(settings_of(args, "adapted"), sort_keys=True).encode()
-    args.adapted_key = hashlib.sha256(wanted).hexdigest()[:10]  # run folders of other settings stay apart
+    # run folders and lookup tables of other settings stay apart (a quick run's never feed a full one)
+    args.adapted_key, args.fidelity_key = (settings_key(args, table) for table in ("adapted", "fidelity"))
     return args
+
+
+def settings_key(args: argparse.Namespace, table: str) -> str:
+    return hashlib.sha256(json.dumps(settings_of(args, table), sort_keys=True).encode()).hexdigest()[:10]
 
 
 def settings_of(args: argparse.Namespace, table: str) -> dict[str, Any]:
