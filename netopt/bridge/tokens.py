@@ -1,0 +1,331 @@
+"""fx -> IR for vision transformers: tokens, class tokens, position embeddings and attention heads.
+
+A token tensor (B, N, C) is marked like a channels-last map (`CHANNELS_LAST`): its channels are its
+last dim, and the IR sees it as (C, N). The steps of an attention block that only rearrange are
+*stages* (meta `STAGE`), not IR nodes: `flatten(2)` before the transpose that makes tokens, the
+reshape of a qkv projection to (B, N, parts, heads, dim) and its permute and unbind, `k.transpose`,
+`q @ k^T`, its softmax and dropout. Tensors split into heads (B, heads, N, dim) are IR token tensors
+with meta `HEADS` (their token shape). The pattern ends in one ATTENTION node, at
+`F.scaled_dot_product_attention` or at the `@ v` of the explicit form, and the projection that
+made q, k and v learns its head structure (`unit`, `parts`) when the network is assembled.
+What does not fit is refused in one line naming the node and the opaque=[...] fix.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from netopt.bridge.convert import CHANNELS_LAST, SHAPE, Converted, param_path
+from netopt.errors import UnsupportedOpError
+from netopt.ir import Node, OpKind
+from netopt.ir.ops import AttentionAttrs, ClassTokenAttrs, LinearAttrs, MapAttrs, NoAttrs, SliceAttrs, TokenSelectAttrs
+
+__all__ = ["STAGE", "HEADS", "PRODUCER", "Stage", "stage", "convert", "FUNCTIONS", "METHODS", "with_heads",
+           "token_shape", "bound_parameter", "check_heads", "HEAD_OPS"]
+
+STAGE = "netopt_token_stage"
+"""fx node meta key: the `Stage` an attention or layout step is at (the node is no IR node)."""
+HEADS = "netopt_heads"
+"""fx node meta key: the (B, N, C) token shape of a tensor split into heads (B, heads, N, dim)."""
+PRODUCER = "netopt_head_producer"
+"""fx node meta key: (unit, parts) of a projection whose output is split into heads."""
+
+HEAD_OPS = frozenset({OpKind.IDENTITY, OpKind.DROPOUT, OpKind.MUL, OpKind.ATTENTION})
+"""Ops that may read a tensor split into heads (q/k norms that are identities, a scalar factor)."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A rearranging step: `kind` says which, `src` the IR tensor (or heads tensor) it reads."""
+
+    kind: str  # flat, split, parts, unbound, kt, scores, probs, merged, chw
+    src: fx.Node
+    parts: int = 1
+    heads: int = 0
+    dim: int = 0
+    k: fx.Node | None = None
+    scale: float = 1.0
+
+
+def _name(node: fx.Node) -> str | None:
+    if node.op == "call_method":
+        return str(node.target)
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", None)
+    return None
+
+
+def _x(node: fx.Node) -> Any:
+    return node.args[0] if node.args else node.kwargs.get("input")
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    return tuple(x.meta.get(SHAPE, ())) if isinstance(x, fx.Node) else ()
+
+
+def is_tokens(x: Any) -> bool:
+    """A (B, N, C) token tensor, not split into heads."""
+    return isinstance(x, fx.Node) and bool(x.meta.get(CHANNELS_LAST)) and len(_shape(x)) == 3
+
+
+def _stage(x: Any) -> Stage | None:
+    return x.meta.get(STAGE) if isinstance(x, fx.Node) else None
+
+
+def _heads(x: Any) -> bool:
+    return isinstance(x, fx.Node) and HEADS in x.meta
+
+
+def _dims(node: fx.Node, rank: int) -> tuple[int, ...]:
+    args: Any = node.args[1:]
+    if len(args) == 1 and isinstance(args[0], list | tuple):
+        args = args[0]
+    args = args or node.kwargs.get("dims", ()) or (node.kwargs.get("dim0"), node.kwargs.get("dim1"))
+    return tuple(int(d) % rank for d in args)
+
+
+def _refuse(node: fx.Node, what: str) -> UnsupportedOpError:
+    return UnsupportedOpError(f"node {node.name!r}: {what}")
+
+
+# --- stages ---------------------------------------------------------------------------------
+
+
+def stage(node: fx.Node) -> Stage | None:
+    """The stage `node` is at, or None when it is an IR op (or nothing of this module's)."""
+    name, x = _name(node), _x(node)
+    if node.op == "call_module" and _stage(x) is not None and _stage(x).kind == "probs":  # type: ignore[union-attr]
+        return _stage(x)  # attention dropout
+    if name is None or not isinstance(x, fx.Node):
+        return None
+    before, after, st = _shape(x), _shape(node), _stage(x)
+    if name == "matmul":
+        return matmul_stage(node)
+    if name == "flatten" and len(before) == 4 and not x.meta.get(CHANNELS_LAST) and _dims(node, 4)[:1] == (2,):
+        return Stage("flat", x)
+    if name in ("reshape", "view") and is_tokens(x) and len(after) in (4, 5) and after[:2] == before[:2]:
+        parts = after[2] if len(after) == 5 else 1
+        return Stage("split", x, parts, after[-2], after[-1])
+    if st is not None:
+        return _next_stage(node, name, st, after)
+    if name == "transpose" and _heads(x) and sorted(_dims(node, 4)) == [2, 3]:
+        return Stage("kt", x)
+    if name == "transpose" and _heads(x) and sorted(_dims(node, 4)) == [1, 2]:
+        return Stage("merged", x)
+    if name == "transpose" and is_tokens(x) and sorted(_dims(node, 3)) == [1, 2]:
+        return Stage("chw", x)
+    return None
+
+
+def _next_stage(node: fx.Node, name: str, st: Stage, after: tuple[int, ...]) -> Stage | None:
+    if name == "permute" and st.kind == "split" and st.parts > 1 and _dims(node, 5) == (2, 0, 3, 1, 4):
+        return replace(st, kind="parts")
+    if name == "unbind" and st.kind == "parts" and _dim0(node):
+        return replace(st, kind="unbound")
+    if name == "softmax" and st.kind == "scores" and _dim(node) % len(after) == len(after) - 1:
+        return replace(st, kind="probs")
+    if name == "dropout" and st.kind == "probs":
+        return st
+    if name in ("mul", "truediv", "div") and st.kind == "scores":
+        factor = _arg1(node)
+        if isinstance(factor, int | float) and not isinstance(factor, bool):
+            return replace(st, scale=st.scale * (float(factor) if name == "mul" else 1 / float(factor)))
+    return None
+
+
+def _dim(node: fx.Node, default: int = 0) -> int:
+    return int(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", default))  # type: ignore[arg-type]
+
+
+def _dim0(node: fx.Node) -> bool:
+    return _dim(node) == 0
+
+
+def _arg1(node: fx.Node) -> Any:
+    return node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
+
+
+def matmul_stage(node: fx.Node) -> Stage | None:
+    """`q @ k^T`: the scores stage (a matmul by a k^T stage)."""
+    a, b = node.args[0], _arg1(node)
+    kt = _stage(b)
+    if _heads(a) and kt is not None and kt.kind == "kt":
+        return Stage("scores", a, k=kt.src)  # type: ignore[arg-type]
+    return None
+
+
+# --- converters -----------------------------------------------------------------------------
+
+
+def _mark(node: fx.Node, tokens: bool) -> None:
+    node.meta[CHANNELS_LAST] = tokens
+
+
+def _to_heads(node: fx.Node, tokens: tuple[int, ...]) -> None:
+    """`node` is a token tensor of shape `tokens` (B, N, C) split into heads (B, heads, N, dim)."""
+    node.meta[HEADS] = tokens
+    _mark(node, True)
+
+
+def _transpose(node: fx.Node) -> Converted | None:
+    """flatten(2).transpose(1, 2): a map's tokens; a (B, N, heads, dim) view transposed: heads."""
+    x = _x(node)
+    st = _stage(x)
+    if st is not None and st.kind == "flat" and sorted(_dims(node, 3)) == [1, 2]:
+        _mark(node, True)
+        return OpKind.TOKENS, NoAttrs(), (st.src,)
+    if st is not None and st.kind == "split" and st.parts == 1 and sorted(_dims(node, 4)) == [1, 2]:
+        _producer(st.src, st.dim, 1)
+        _to_heads(node, _shape(st.src))
+        return OpKind.IDENTITY, NoAttrs(), (st.src,)
+    return None
+
+
+def _producer(src: fx.Node, unit: int, parts: int) -> None:
+    src.meta[PRODUCER] = (unit, parts)
+
+
+def _reshape(node: fx.Node) -> Converted | None:
+    """Heads merged back to tokens, or tokens folded back into a feature map."""
+    x = _x(node)
+    st, after = _stage(x), _shape(node)
+    if st is not None and st.kind == "merged" and len(after) == 3:
+        _mark(node, True)
+        return OpKind.IDENTITY, NoAttrs(), (st.src,)
+    if st is not None and st.kind == "chw" and len(after) == 4 and after[1] == _shape(st.src)[2]:
+        _mark(node, False)
+        return OpKind.TO_MAP, MapAttrs(height=after[2], width=after[3]), (st.src,)
+    return None
+
+
+def _getitem(node: fx.Node) -> Converted | None:
+    """q, k or v of an unbound qkv; `x[:, 0]` (a token as a vector) or `x[:, a:b]` of tokens."""
+    x, index = node.args
+    st = _stage(x)
+    if st is not None and st.kind == "unbound" and isinstance(index, int):
+        width = st.heads * st.dim
+        _producer(st.src, st.dim, st.parts)
+        _to_heads(node, (*_shape(st.src)[:2], width))
+        return OpKind.SLICE, SliceAttrs(start=index * width, stop=(index + 1) * width), (st.src,)
+    if not is_tokens(x) or not isinstance(index, tuple) or len(index) != 2 or index[0] != slice(None):
+        return None
+    n = _shape(x)[1]
+    if isinstance(index[1], int):
+        _mark(node, False)
+        return OpKind.TOKEN_SELECT, TokenSelectAttrs(start=index[1] % n), (x,)
+    if isinstance(index[1], slice) and index[1].step in (None, 1):
+        start, stop, _ = index[1].indices(n)
+        return OpKind.TOKEN_SELECT, TokenSelectAttrs(start=start, stop=stop), (x,)
+    return None
+
+
+def _cat(node: fx.Node) -> Converted | None:
+    """`cat([cls.expand(B, -1, -1), x], dim=1)` of tokens: a class token, bound to its parameter."""
+    items = node.args[0] if node.args else node.kwargs.get("tensors")
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    if not isinstance(items, list | tuple) or len(items) != 2 or not is_tokens(items[1]) or dim % 3 != 1:
+        return None
+    cls, x = items
+    if param_path(cls) is None or _shape(cls)[2:] != _shape(x)[2:]:
+        raise _refuse(node, "a concatenation of tokens that is not a learned token before the others")
+    _mark(node, True)
+    return OpKind.CLASS_TOKEN, ClassTokenAttrs(tokens=_shape(cls)[1]), (x,)
+
+
+def _add(node: fx.Node) -> Converted | None:
+    """`x + pos_embed` with a (1, N, C) parameter on tokens: a position embedding."""
+    a, b = node.args[0], _arg1(node)
+    for x, p in ((a, b), (b, a)):
+        if is_tokens(x) and param_path(p) is not None and _shape(p) == (1, *_shape(x)[1:]):
+            _mark(node, True)
+            return OpKind.POS_EMBED, NoAttrs(), (x,)
+    return None
+
+
+def _sdpa(node: fx.Node) -> Converted:
+    q, k, v = (node.args[i] if len(node.args) > i else node.kwargs[n] for i, n in enumerate("qkv"))
+    extra = {n: node.kwargs.get(n) for n in ("attn_mask", "dropout_p", "is_causal", "enable_gqa")}
+    if len(node.args) > 3 or extra["attn_mask"] is not None or extra["is_causal"] or extra["dropout_p"] \
+            or extra["enable_gqa"] or not all(_heads(t) for t in (q, k, v)):
+        raise _refuse(node, "scaled_dot_product_attention with a mask, causal, dropout, grouped queries or inputs "
+                            "not split into heads from tokens")
+    scale = node.kwargs.get("scale")
+    return _attention(node, q, k, v, 1 / math.sqrt(_shape(q)[-1]) if scale is None else float(scale))  # type: ignore[arg-type]
+
+
+def _matmul(node: fx.Node) -> Converted:
+    """`probs @ v` ends the explicit attention; any other matmul is refused."""
+    st, v = _stage(node.args[0]), _arg1(node)
+    if st is None or st.kind != "probs" or st.k is None or not _heads(v):
+        raise _refuse(node, "a matmul that is not softmax(q @ k^T) @ v of tensors split into heads")
+    return _attention(node, st.src, st.k, v, st.scale)
+
+
+def _attention(node: fx.Node, q: fx.Node, k: fx.Node, v: fx.Node, scale: float) -> Converted:
+    dq, dv = _shape(q)[-1], _shape(v)[-1]
+    b, heads, n, _ = _shape(q)
+    _to_heads(node, (b, n, heads * dv))
+    return OpKind.ATTENTION, AttentionAttrs(qk_dim=dq, v_dim=dv, scale=scale), (q, k, v)
+
+
+FUNCTIONS: dict[Any, Any] = {
+    F.scaled_dot_product_attention: _sdpa,
+    operator.matmul: _matmul,
+    torch.matmul: _matmul,
+}
+"""Functions whose only meaning netopt models is attention's."""
+
+METHODS: dict[str, Any] = {"matmul": _matmul}
+
+
+def convert(node: fx.Node) -> Converted | None:
+    """The IR op of a token layout step, class token, position embedding or heads view; None when
+    `node` is none of them (the general converters then decide)."""
+    name = _name(node)
+    converter = {"transpose": _transpose, "reshape": _reshape, "view": _reshape, "getitem": _getitem,
+                 "cat": _cat, "concat": _cat, "add": _add, "iadd": _add}.get(name or "")
+    return converter(node) if converter is not None else None
+
+
+# --- assembling the network -----------------------------------------------------------------
+
+
+def with_heads(nodes: list[Node], names: dict[fx.Node, str]) -> list[Node]:
+    """The IR nodes, with the head structure of each projection split into heads in its attrs."""
+    marks = {names[n]: n.meta[PRODUCER] for n in names if PRODUCER in n.meta}
+    out = []
+    for node in nodes:
+        mark = marks.get(node.name)
+        if mark is not None and isinstance(node.attrs, LinearAttrs):
+            node = replace(node, attrs=replace(node.attrs, unit=mark[0], parts=mark[1]))
+        out.append(node)
+    return out
+
+
+def token_shape(node: fx.Node) -> tuple[int, ...]:
+    """The shape the IR sees for `node`: a heads tensor's token shape, else its own."""
+    return tuple(node.meta.get(HEADS) or node.meta[SHAPE])
+
+
+def bound_parameter(node: fx.Node) -> str:
+    """The parameter a class token or position embedding reads."""
+    args = [a for arg in (*node.args, *node.kwargs.values())
+            for a in (arg if isinstance(arg, list | tuple) else (arg,))]
+    return next(p for a in args if (p := param_path(a)) is not None)
+
+
+def check_heads(node: fx.Node, kind: OpKind, inputs: tuple[fx.Node, ...]) -> None:
+    """Only identities, scalar factors and attention may read a tensor split into heads."""
+    if not any(_heads(i) for i in inputs) or kind is OpKind.ATTENTION:
+        return
+    if kind not in HEAD_OPS or len(inputs) != 1:
+        raise _refuse(node, f"a {kind.value} on a tensor split into attention heads (B, heads, N, dim)")
+    if len(_shape(node)) == 4:  # still split (a merge back to tokens is an identity too)
+        node.meta[HEADS] = inputs[0].meta[HEADS]

@@ -1,0 +1,106 @@
+"""Tokens and heads: the attributes and shape rules of the ops vision transformers add to the IR.
+
+A token tensor has a rank-1 spatial shape (N,): in torch it is (B, N, C), channels last. Maps are
+(H, W) and vectors (). These ops say how a network moves between them (`TOKENS`, `TO_MAP`,
+`TOKEN_SELECT`), what it prepends or adds (`CLASS_TOKEN`, `POS_EMBED`: parameters that shrink with
+the channels) and how heads attend (`ATTENTION`). `netopt.ir.ops.RULES` declares them; this module
+holds their parts so that ops.py stays one table. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from netopt.errors import IRError
+
+__all__ = ["MapAttrs", "ClassTokenAttrs", "TokenSelectAttrs", "AttentionAttrs", "tokens_spatial", "map_spatial",
+           "class_token_spatial", "token_spatial", "select_spatial", "attention_spatial"]
+
+Spatial = tuple[int, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MapAttrs:
+    """Tokens back to a feature map (`x.transpose(1, 2).reshape(B, C, H, W)`): N must be H * W."""
+
+    height: int
+    width: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassTokenAttrs:
+    """`tokens` learned tokens (1, k, C) put before the others (`cat([cls.expand(B, -1, -1), x], 1)`)."""
+
+    tokens: int = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenSelectAttrs:
+    """Tokens [start, stop) of a token tensor (`x[:, a:b]`), or with `stop` None the one token
+    `x[:, start]` as a vector (the class token a classifier reads)."""
+
+    start: int
+    stop: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttentionAttrs:
+    """Softmax attention of q, k, v token tensors split into heads of `qk_dim` (q, k) and `v_dim`
+    (v) channels: softmax(q k^T * scale) v per head. `scale` is the original's, kept when heads go."""
+
+    qk_dim: int
+    v_dim: int
+    scale: float
+
+
+def _need_tokens(name: str, spatial: Sequence[Spatial], what: str) -> Spatial:
+    if any(len(s) != 1 for s in spatial):
+        raise IRError(
+            f"node {name!r} ({what}) needs token tensors (spatial (N,)) but gets {list(spatial)}; "
+            "turn the feature map into tokens first (a tokens op)"
+        )
+    return spatial[0]
+
+
+def tokens_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
+    if len(spatial[0]) != 2:
+        raise IRError(f"tokens node {name!r} needs a (C, H, W) feature map, got spatial {spatial[0]}; "
+                      "apply it to a feature map")
+    return (math.prod(spatial[0]),)
+
+
+def map_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
+    (n,) = _need_tokens(name, spatial, "to_map")
+    if n != attrs.height * attrs.width:
+        raise IRError(f"to_map node {name!r} folds {n} tokens into {attrs.height}x{attrs.width}; "
+                      "height * width must equal the token count")
+    return (attrs.height, attrs.width)
+
+
+def class_token_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
+    (n,) = _need_tokens(name, spatial, "class_token")
+    return (n + attrs.tokens,)
+
+
+def token_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
+    return _need_tokens(name, spatial, "pos_embed")
+
+
+def select_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
+    (n,) = _need_tokens(name, spatial, "token_select")
+    stop = attrs.start + 1 if attrs.stop is None else attrs.stop
+    if not 0 <= attrs.start < stop <= n:
+        raise IRError(f"token_select node {name!r} takes tokens [{attrs.start}, {stop}) of {n}; "
+                      f"they must satisfy 0 <= start < stop <= {n}")
+    return () if attrs.stop is None else (stop - attrs.start,)
+
+
+def attention_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
+    q, k, v = (_need_tokens(name, [s], "attention") for s in spatial)
+    if k != v:
+        raise IRError(f"attention node {name!r} has {k[0]} keys but {v[0]} values; "
+                      "k and v must have the same token count")
+    return q
