@@ -4,13 +4,19 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-all bench paper clean
 
-# The real model libraries the coverage suite traces, without their dependencies: torchvision's
-# would replace the CPU torch with a CUDA build (see netopt/testing/peers.py).
-PEERS := timm==1.0.31 torchvision==0.28.0 safetensors
+# The real model libraries the coverage suite traces, without their dependencies: theirs would
+# replace the CPU torch with a CUDA build (see netopt/testing/peers.py). Only what their model
+# code imports is added: safetensors (timm), OpenCV without its GUI (Ultralytics); pillow, pyyaml,
+# tqdm and huggingface_hub (smp) come with netopt's own dependencies and extras. Ultralytics'
+# polars, psutil, ultralytics-thop and requests are left out: building, running, its loss and NMS
+# never import them.
+PEERS := timm==1.0.31 torchvision==0.28.0 safetensors==0.8.0 ultralytics==8.4.190 \
+  segmentation-models-pytorch==0.6.0 opencv-python-headless==5.1.0.95
+# The stamp's name carries a checksum of PEERS, so an existing venv installs a changed list.
+STAMP := $(VENV)/.installed-$(word 1,$(shell printf '%s' '$(PEERS)' | cksum))
 
 # The PostgreSQL tests start a server of their own from Debian's binaries: installed here where
 # this is root on Debian; elsewhere those tests are skipped, saying why.

@@ -1,17 +1,26 @@
-"""The real model libraries netopt is measured against: timm and torchvision, and the list of
-architectures the coverage suite and `benchmarks/bench_coverage.py` trace.
+"""The real model libraries netopt is measured against (timm, torchvision, Ultralytics,
+segmentation_models_pytorch) and the lists of architectures the coverage suite and
+`benchmarks/bench_coverage.py` trace.
 
-Both libraries are test-only peers (`make test` installs them with `--no-deps`, so they never
-pull a CUDA torch). torchvision's wheel is a CUDA build whose compiled ops do not load beside
-the CPU torch; its Python model code does, once the schemas of the two operators its import
-registers fake kernels for (`torchvision::nms`, `torchvision::qnms`) exist. `import_torchvision`
-defines them in a torch.library FRAGMENT when, and only when, torchvision's own library did not:
-classification and segmentation models then build and run; detection post-processing does not.
-No weights are ever downloaded: every model is built with random initialization.
+All four are test-only peers: `make test` installs them with `--no-deps`, since each asks for a
+torch or torchvision that would replace the CPU torch with a CUDA build, and Ultralytics asks for
+packages its model code never imports (polars, psutil, thop, GUI OpenCV); the Makefile's PEERS
+names the few they do need. Only this module imports them, lazily. torchvision's wheel is a CUDA
+build whose compiled ops do not load beside the CPU torch; its Python model code does, once the
+schemas of the two operators its import registers fake kernels for (`torchvision::nms`,
+`torchvision::qnms`) exist. `import_torchvision` defines them in a torch.library FRAGMENT when,
+and only when, torchvision's own library did not: classification and segmentation models then
+build and run; detection post-processing does not.
+
+No weights are ever downloaded: every model is built with random initialization, Ultralytics'
+detectors from the yaml files inside the package.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -22,7 +31,8 @@ from torch import Tensor, nn
 
 from netopt.ir import Network
 
-__all__ = ["Arch", "CLASSIFICATION", "DENSE", "ARCHITECTURES", "import_torchvision", "import_timm", "build", "halved"]
+__all__ = ["Arch", "CLASSIFICATION", "DENSE", "ARCHITECTURES", "EDGE", "REFUSED", "import_torchvision", "import_timm",
+           "import_ultralytics", "import_smp", "build", "halved"]
 
 _SCHEMAS = {
     "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
@@ -59,9 +69,28 @@ def import_timm() -> ModuleType:
     return timm
 
 
+def import_ultralytics() -> ModuleType:
+    """Ultralytics, its settings file (written when it is imported) in a temporary directory
+    unless YOLO_CONFIG_DIR already names one."""
+    import_torchvision()
+    if "YOLO_CONFIG_DIR" not in os.environ:
+        os.environ["YOLO_CONFIG_DIR"] = tempfile.mkdtemp(prefix="netopt-ultralytics-")
+    return importlib.import_module("ultralytics")
+
+
+def import_smp() -> ModuleType:
+    """segmentation_models_pytorch (its encoders come from timm and torchvision)."""
+    import_timm()
+    return importlib.import_module("segmentation_models_pytorch")
+
+
 @dataclass(frozen=True)
 class Arch:
-    """One architecture: its library, its name there, its family and its native input size."""
+    """One architecture: its library, its name there, its family and its native input size.
+
+    >>> [(arch.id, arch.size) for arch in EDGE if arch.family == "YOLOv8"]
+    [('ultralytics:yolov8n', 320)]
+    """
 
     library: str
     name: str
@@ -225,6 +254,104 @@ DENSE: tuple[Arch, ...] = (
 """Dense prediction: a per-pixel output at (a fraction of) the input resolution."""
 
 ARCHITECTURES: tuple[Arch, ...] = CLASSIFICATION + DENSE
+"""The classic CNNs: classification and dense prediction."""
+
+
+def _yolo(name: str, family: str) -> Arch:
+    return Arch("ultralytics", name, family, 320)
+
+
+def _smp(name: str, family: str) -> Arch:
+    return Arch("smp", name, family, 256)
+
+
+EDGE: tuple[Arch, ...] = (
+    _timm("mobilenetv4_conv_small", "MobileNetV4"),
+    _timm("mobilenetv4_hybrid_medium", "MobileNetV4 (hybrid)", 256),
+    _timm("repvit_m0_9", "RepViT"),
+    _timm("ghostnetv2_100", "GhostNetV2"),
+    _timm("ghostnetv3_100", "GhostNetV3"),
+    _timm("fastvit_t8", "FastViT", 256),
+    _timm("fastvit_mci0", "FastViT (MobileCLIP)", 256),
+    _timm("efficientvit_b0", "EfficientViT (MIT)"),
+    _timm("efficientvit_m0", "EfficientViT (MSRA)"),
+    _timm("mobilevit_xxs", "MobileViT", 256),
+    _timm("mobilevitv2_050", "MobileViTV2", 256),
+    _timm("levit_128s", "LeViT"),
+    _timm("tiny_vit_5m_224", "TinyViT"),
+    _timm("deit_tiny_patch16_224", "DeiT"),
+    _timm("vit_tiny_patch16_224", "ViT"),
+    _timm("efficientformer_l1", "EfficientFormer"),
+    _timm("efficientformerv2_s0", "EfficientFormerV2"),
+    _timm("swiftformer_xs", "SwiftFormer"),
+    _timm("shvit_s1", "SHViT"),
+    _timm("poolformer_s12", "PoolFormer"),
+    _timm("poolformerv2_s12", "PoolFormerV2"),
+    _timm("convnextv2_atto", "ConvNeXtV2"),
+    _timm("mambaout_femto", "MambaOut"),
+    _timm("hgnetv2_b0", "HGNetV2"),
+    _timm("edgenext_xx_small", "EdgeNeXt", 256),
+    _timm("starnet_s1", "StarNet"),
+    _timm("fasternet_t0", "FasterNet"),
+    _timm("pvt_v2_b0", "PVTv2"),
+    _timm("swin_tiny_patch4_window7_224", "Swin"),
+    _timm("inception_next_atto", "InceptionNeXt"),
+    _timm("rdnet_tiny", "RDNet"),
+    _yolo("yolov5nu", "YOLOv5u"),
+    _yolo("yolov8n", "YOLOv8"),
+    _yolo("yolov10n", "YOLOv10"),
+    _yolo("yolo11n", "YOLO11"),
+    _yolo("yolo26n", "YOLO26"),
+    _smp("Unet", "U-Net (smp)"),
+    _smp("UnetPlusPlus", "U-Net++"),
+    _smp("FPN", "FPN (smp)"),
+    _smp("DeepLabV3", "DeepLabV3 (smp)"),
+    _smp("DeepLabV3Plus", "DeepLabV3+"),
+    _smp("MAnet", "MA-Net"),
+    _smp("PAN", "PAN"),
+    _smp("PSPNet", "PSPNet"),
+    _smp("Linknet", "LinkNet"),
+    _smp("UPerNet", "UPerNet"),
+    _smp("Segformer", "SegFormer"),
+)
+"""Efficient and hybrid vision models deployed at the edge today (issue 31): timm's at the input
+size of their `pretrained_cfg`, Ultralytics' nano detectors from their yaml at 320 px,
+segmentation_models_pytorch networks (ResNet-18 encoder, SegFormer's own MiT-B0; 2 classes)
+at 256 px."""
+
+REFUSED: dict[str, str] = {
+    "timm:resnest14d": "'sum'",  # split attention: softmax across radix, then a sum over it
+    "timm:skresnet18": "'stack'",  # selective kernels stack branch outputs on a new dim
+    "timm:nf_resnet26": "'stem.conv.gain'",  # weight standardization computes each conv's weight
+    "timm:mobilenetv4_hybrid_medium": "reshape from (1, 256, 16, 16) to (1, 4, 64, 256)",  # to heads
+    "timm:fastvit_mci0": "flatten(start_dim=2",  # map to tokens
+    "timm:efficientvit_b0": "",  # TODO
+    "timm:efficientvit_m0": "reshape from (1, 14, 14, 64) to (1, 2, 7, 2, 7, 64)",  # to windows
+    "timm:mobilevit_xxs": "reshape from (1, 64, 32, 32) to (1024, 2, 16, 2)",  # to patches
+    "timm:mobilevitv2_050": "reshape from (1, 64, 32, 32) to (1, 64, 16, 2, 16, 2)",  # to patches
+    "timm:levit_128s": "flatten(start_dim=2",  # map to tokens
+    "timm:tiny_vit_5m_224": "reshape from (1, 28, 28, 128) to (1, 4, 7, 4, 7, 128)",  # to windows
+    "timm:deit_tiny_patch16_224": "scaled_dot_product_attention",
+    "timm:vit_tiny_patch16_224": "scaled_dot_product_attention",
+    "timm:efficientformer_l1": "flatten(start_dim=2",  # map to tokens
+    "timm:efficientformerv2_s0": "reshape from (1, 256, 7, 7) to (1, 8, 32, 49)",  # to heads
+    "timm:swiftformer_xs": "flatten(start_dim=2",  # map to tokens
+    "timm:shvit_s1": "flatten(start_dim=2",  # map to tokens
+    "timm:poolformerv2_s12": "'pow'",  # StarReLU
+    "timm:mambaout_femto": "mean over dims (1, 2)",  # channels-last head
+    "timm:edgenext_xx_small": "reshape from (1, 48, 32, 32) to (1, 48, 1024)",  # map to tokens
+    "timm:pvt_v2_b0": "reshape from (1, 56, 56, 32) to (1, 3136, 32)",  # map to tokens
+    "timm:swin_tiny_patch4_window7_224": "reshape from (1, 56, 56, 96) to (1, 8, 7, 8, 7, 96)",  # to windows
+    "ultralytics:yolov10n": "reshape from (1, 256, 10, 10) to (1, 2, 128, 100)",  # PSA attention heads
+    "ultralytics:yolo11n": "reshape from (1, 256, 10, 10) to (1, 2, 128, 100)",  # C2PSA attention heads
+    "ultralytics:yolo26n": "reshape from (1, 256, 10, 10) to (1, 2, 128, 100)",  # C2PSA attention heads
+    "smp:FPN": "'stack'",  # the decoder merges its levels by stacking
+    "smp:MAnet": "flatten(start_dim=2",  # the center block's attention
+    "smp:Segformer": "'empty'",  # MiT's position-less patch embedding
+}
+"""What netopt still refuses, by architecture id: the op (as its one-line refusal names it) that
+stops the trace. The coverage suite checks every other architecture end to end, and these for
+that refusal; updated when an architecture goes through (or, wrongly, stops)."""
 
 _DENSE_BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "unet_resnet18": UNet,
@@ -235,15 +362,42 @@ _DENSE_BUILDERS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
+def _from_timm(arch: Arch) -> nn.Module:
+    return import_timm().create_model(arch.name, pretrained=False)  # type: ignore[no-any-return]
+
+
+def _from_torchvision(arch: Arch) -> nn.Module:
+    extra = {"aux_logits": False, "init_weights": True} if arch.name == "googlenet" else {}
+    return import_torchvision().models.get_model(arch.name, weights=None, **extra)  # type: ignore[no-any-return]
+
+
+def _from_ultralytics(arch: Arch) -> nn.Module:
+    import_ultralytics()
+    tasks = importlib.import_module("ultralytics.nn.tasks")
+    return tasks.DetectionModel(f"{arch.name}.yaml", verbose=False)  # type: ignore[no-any-return]
+
+
+_SMP_ENCODERS = {"Segformer": "mit_b0"}
+"""The encoder of each smp network when not ResNet-18: SegFormer's own Mix Transformer."""
+
+
+def _from_smp(arch: Arch) -> nn.Module:
+    network = getattr(import_smp(), arch.name)
+    return network(encoder_name=_SMP_ENCODERS.get(arch.name, "resnet18"),  # type: ignore[no-any-return]
+                   encoder_weights=None, classes=2)
+
+
+_BUILDERS: dict[str, Callable[[Arch], nn.Module]] = {
+    "timm": _from_timm,
+    "torchvision": _from_torchvision,
+    "ultralytics": _from_ultralytics,
+    "smp": _from_smp,
+}
+
+
 def build(arch: Arch) -> nn.Module:
     """The architecture with random weights, in eval mode."""
-    if arch.name in _DENSE_BUILDERS:
-        model = _DENSE_BUILDERS[arch.name]()
-    elif arch.library == "timm":
-        model = import_timm().create_model(arch.name, pretrained=False)
-    else:
-        extra = {"aux_logits": False, "init_weights": True} if arch.name == "googlenet" else {}
-        model = import_torchvision().models.get_model(arch.name, weights=None, **extra)
+    model = _DENSE_BUILDERS[arch.name]() if arch.name in _DENSE_BUILDERS else _BUILDERS[arch.library](arch)
     return model.eval()
 
 
