@@ -1,0 +1,155 @@
+"""Vision transformers: tokens, class tokens, position embeddings and attention heads in the IR.
+
+timm's DeiT and ViT (random init) and a hand-written tiny ViT trace, shrink by whole heads, MLP
+widths and the embedding width, materialize, and count parameters and MACs exactly.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import netopt
+from netopt.bridge.token_modules import Attention
+from netopt.errors import UnsupportedOpError
+from netopt.ir import Network, OpKind
+from netopt.testing.peers import import_timm
+from netopt.testing.torch_checks import max_abs_diff, module_macs, module_params
+
+DIM, HEADS, HEAD_DIM = 48, 3, 16
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block whose attention is written in one of four ways."""
+
+    def __init__(self, separate: bool, explicit: bool, mask: bool = False) -> None:
+        super().__init__()
+        self.separate, self.explicit, self.mask = separate, explicit, mask
+        self.norm1, self.norm2 = nn.LayerNorm(DIM), nn.LayerNorm(DIM)
+        if separate:
+            self.q, self.k, self.v = (nn.Linear(DIM, DIM) for _ in range(3))
+        else:
+            self.qkv = nn.Linear(DIM, 3 * DIM)
+        self.proj = nn.Linear(DIM, DIM)
+        self.fc1, self.act, self.fc2 = nn.Linear(DIM, 4 * DIM), nn.GELU(), nn.Linear(4 * DIM, DIM)
+
+    def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, n, _ = x.shape
+        if self.separate:
+            q, k, v = (f(x).reshape(b, n, HEADS, HEAD_DIM).transpose(1, 2) for f in (self.q, self.k, self.v))
+            return q, k, v
+        q, k, v = self.qkv(x).reshape(b, n, 3, HEADS, HEAD_DIM).permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v
+
+    def attention(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        q, k, v = self.heads(x)
+        if self.explicit:
+            scores = (q * HEAD_DIM ** -0.5) @ k.transpose(-2, -1)
+            out = scores.softmax(dim=-1) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=self.mask)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attention(self.norm1(x))
+        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+
+
+class TinyViT(nn.Module):
+    """Depth 2, width 48, 3 heads of 16, a class token and a position embedding, on 32 px images."""
+
+    def __init__(self, separate: bool = False, explicit: bool = False, mask: bool = False) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, DIM, 4, stride=4)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, DIM) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(1, 65, DIM) * 0.02)
+        self.blocks = nn.Sequential(*(Block(separate, explicit, mask) for _ in range(2)))
+        self.norm = nn.LayerNorm(DIM)
+        self.head = nn.Linear(DIM, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+def _check_exact(model: nn.Module, x: Tensor) -> netopt.Traced:
+    """Full width equals the original; every group halves; sizes are exact at both widths."""
+    traced = netopt.trace(model, x)
+    net = traced.network
+    small = net.scaled(0.5)
+    small.lint()
+    assert all(g.width < g.full_width for g in small.groups)
+    assert max_abs_diff(traced.materialize(), model, x) <= 1e-4
+    module = traced.materialize(small)
+    assert module_params(model) == netopt.ir.params(net) and module_macs(model, x) == netopt.ir.macs(net)
+    assert module_params(module) == netopt.ir.params(small) and module_macs(module, x) == netopt.ir.macs(small)
+    assert Network.from_json(small.to_json()) == small
+    with torch.no_grad():
+        assert module(x).shape == model(x).shape
+    return traced
+
+
+def _head_groups(net: Network) -> list[str]:
+    return [g.id for g in net.groups if net.analysis.info[g.id].unit > 1]
+
+
+@pytest.mark.parametrize("separate", [False, True], ids=["fused_qkv", "separate_qkv"])
+@pytest.mark.parametrize("explicit", [False, True], ids=["sdpa", "matmul_softmax"])
+def test_a_tiny_vit_shrinks_by_whole_heads(separate: bool, explicit: bool) -> None:
+    torch.manual_seed(0)
+    model, x = TinyViT(separate, explicit).eval(), torch.randn(2, 3, 32, 32)
+    traced = _check_exact(model, x)
+    heads = _head_groups(traced.network)
+    assert len(heads) == 2 and all(traced.network.group(g).full_width == HEADS for g in heads)
+    smaller = traced.network.with_widths({g: 2 for g in heads})
+    attentions = [m for m in traced.materialize(smaller).modules() if isinstance(m, Attention)]
+    counts = {smaller.shape(n.inputs[0])[0] // n.attrs.qk_dim for n in smaller.nodes if n.op is OpKind.ATTENTION}
+    assert len(attentions) == 2 and counts == {2}
+
+
+def test_a_head_that_contributes_nothing_is_the_one_removed() -> None:
+    """Zero head 1's q, k and v rows (fused qkv): removing one head leaves the outputs unchanged."""
+    torch.manual_seed(0)
+    model, x = TinyViT().eval(), torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for block in model.blocks:
+            rows = block.qkv.weight.view(3, HEADS, HEAD_DIM, DIM)
+            rows[:, 1] = 0
+            block.qkv.bias.view(3, HEADS, HEAD_DIM)[:, 1] = 0
+    traced = netopt.trace(model, x)
+    smaller = traced.materialize(traced.network.with_widths({g: 2 for g in _head_groups(traced.network)}))
+    assert smaller.get_submodule("blocks.0.qkv").out_features == 3 * 2 * HEAD_DIM
+    assert max_abs_diff(smaller, model, x) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "vit_tiny_patch16_224"])
+def test_timm_vision_transformers_shrink_and_stay_exact(name: str) -> None:
+    timm = import_timm()
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False).eval()
+    traced = _check_exact(model, torch.randn(1, 3, 224, 224))
+    net = traced.network
+    assert len(_head_groups(net)) == 12 and {net.group(g).full_width for g in _head_groups(net)} == {3}
+    assert net.group("patch_embed.proj").full_width == 192  # the embedding width, one coupled group
+
+
+def test_timm_attention_written_with_matmul_and_softmax_is_modelled() -> None:
+    timm = import_timm()
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False, depth=2).eval()
+    for block in model.blocks:
+        block.attn.fused_attn = False
+    traced = _check_exact(model, torch.randn(1, 3, 224, 224))
+    assert sum(n.op is OpKind.ATTENTION for n in traced.network.nodes) == 2
+
+
+def test_an_attention_form_not_matched_is_refused_in_one_line() -> None:
+    model = TinyViT(mask=True).eval()
+    with pytest.raises(UnsupportedOpError) as info:
+        netopt.trace(model, torch.randn(1, 3, 32, 32))
+    message = str(info.value)
+    assert "\n" not in message and "scaled_dot_product_attention" in message
+    assert "node 'scaled_dot_product_attention'" in message and "opaque=['blocks.0']" in message
