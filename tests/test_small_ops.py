@@ -4,6 +4,8 @@ with exact parameters and MACs."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -118,7 +120,7 @@ def test_removing_channels_that_contribute_nothing_through_sub_neg_and_div_chang
     dropped = torch.arange(8, 16)
     with torch.no_grad():
         model.a.weight[dropped] = 0
-        model.a.bias[dropped] = 0
+        model.a.bias[dropped] = 0  # type: ignore[index]
         model.b.weight[:, dropped] = 0
     traced = netopt.trace(model, x)
     assert max_abs_diff(traced.materialize(traced.network.with_widths({"a": 8})), model, x) <= ATOL
@@ -209,7 +211,7 @@ class HGNetStem(nn.Module):
 def test_hgnetv2s_learnable_scalar_affine_keeps_its_two_parameters() -> None:
     traced = checked(HGNetStem(), image(), OpKind.SCALAR_AFFINE)
     module = traced.materialize(traced.network.scaled(0.5))
-    lab = module.get_submodule("lab")
+    lab: Any = module.get_submodule("lab")
     assert (lab.scale.item(), lab.bias.item()) == (1.5, -0.25)
 
 
@@ -221,7 +223,7 @@ class GatedConv(nn.Module):
         super().__init__()
         self.stem = nn.Conv2d(3, channels, 3, padding=1)
         self.fc1 = nn.Linear(channels, 2 * hidden)
-        self.split_indices = (hidden, hidden - conv, conv)
+        self.split_indices = [hidden, hidden - conv, conv]
         self.conv = nn.Conv2d(conv, conv, 3, padding=1, groups=conv)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, channels)
@@ -268,3 +270,40 @@ def test_a_cast_to_another_dtype_is_refused_naming_both() -> None:
 
     with pytest.raises(UnsupportedOpError, match=r"node 'to'.*float32 to torch\.float64"):
         netopt.trace(Double(), image())
+
+
+class MetaFormerMlp(nn.Module):
+    """PoolFormerV2's MLP: 1x1 convs around timm's StarReLU (`scale * relu(x) ** 2 + bias`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        star = import_timm().models.metaformer.StarReLU
+        self.fc1, self.act, self.fc2 = nn.Conv2d(3, 16, 3), star(scale_value=0.8, bias_value=-0.1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def test_metaformers_star_relu_keeps_its_two_parameters() -> None:
+    traced = checked(MetaFormerMlp(), image(), OpKind.STAR_RELU)
+    act: Any = traced.materialize(traced.network.scaled(0.5)).get_submodule("act")
+    assert torch.allclose(act.scale, torch.tensor([0.8])) and torch.allclose(act.bias, torch.tensor([-0.1]))
+
+
+class ChannelsLastHead(nn.Module):
+    """MambaOut's head: the spatial mean of a channels-last map, a LayerNorm, a Linear."""
+
+    def __init__(self, keepdim: bool) -> None:
+        super().__init__()
+        self.keepdim = keepdim
+        self.stem, self.norm, self.fc = nn.Conv2d(3, 16, 3), nn.LayerNorm(16), nn.Linear(16, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.stem(x).permute(0, 2, 3, 1).mean((1, 2), keepdim=self.keepdim)
+        y = self.fc(self.norm(y))
+        return y.permute(0, 3, 1, 2).flatten(1) if self.keepdim else y
+
+
+@pytest.mark.parametrize("keepdim", [False, True])
+def test_the_spatial_mean_of_a_channels_last_map_is_a_mean(keepdim: bool) -> None:
+    checked(ChannelsLastHead(keepdim), image(), OpKind.MEAN)
