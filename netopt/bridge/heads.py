@@ -64,7 +64,7 @@ class DetectDecode(nn.Module):
     ...     nl, export = 1, False
     ...     def __init__(self):
     ...         super().__init__()
-    ...         self.cv2, self.cv3 = torch.nn.ModuleList([torch.nn.Identity()]), torch.nn.ModuleList([torch.nn.Identity()])
+    ...         self.cv2, self.cv3 = torch.nn.ModuleList([torch.nn.Identity()]), torch.nn.ModuleList()
     ...     def forward(self, x):
     ...         return torch.cat([self.cv2[0](x[0]), self.cv3[0](x[0])], 1).flatten(2)
     >>> decode = DetectDecode(Head(), widths=(4, 2))
@@ -74,13 +74,14 @@ class DetectDecode(nn.Module):
 
     def __init__(self, head: nn.Module, widths: Sequence[int]) -> None:
         super().__init__()
-        self.levels = int(head.nl)
+        clone: Any = copy.deepcopy(head)
+        clone.export = True  # the tensor alone in eval: the (tensor, dict) tuple is not adapted
+        self.levels = int(clone.nl)
         self.per_level = len(widths)
-        self.head = copy.deepcopy(head)
-        self.head.export = True  # the tensor alone in eval: the (tensor, dict) tuple is not adapted
         bounds = torch.tensor((0, *widths)).cumsum(0).tolist()
         for name, start, stop in zip(BRANCHES, bounds, bounds[1:], strict=False):
-            setattr(self.head, name, nn.ModuleList(Slice(start, stop) for _ in range(self.levels)))
+            setattr(clone, name, nn.ModuleList(Slice(start, stop) for _ in range(self.levels)))
+        self.head = clone
 
     def forward(self, *maps: Tensor) -> Any:
         k = self.per_level
