@@ -6,8 +6,8 @@ last dim, and the IR sees it as (C, N). The steps of an attention block that onl
 reshape of a qkv projection to (B, N, parts, heads, dim) and its permute and unbind, `k.transpose`,
 `q @ k^T`, its softmax and dropout. Tensors split into heads (B, heads, N, dim) are IR token tensors
 with meta `HEADS` (their token shape). The pattern ends in one ATTENTION node, at
-`F.scaled_dot_product_attention` or at the `@ v` of the explicit form, and the projection that
-made q, k and v learns its head structure (`unit`, `parts`) when the network is assembled.
+`F.scaled_dot_product_attention` or at the `@ v` of the explicit form; the IR reads which linear
+projections it splits into heads off that structure (`netopt.ir.heads`).
 What does not fit is refused in one line naming the node and the opaque=[...] fix.
 """
 
@@ -24,18 +24,16 @@ from torch import fx
 
 from netopt.bridge.convert import CHANNELS_LAST, SHAPE, Converted, param_path
 from netopt.errors import UnsupportedOpError
-from netopt.ir import Node, OpKind
-from netopt.ir.ops import AttentionAttrs, ClassTokenAttrs, LinearAttrs, MapAttrs, NoAttrs, SliceAttrs, TokenSelectAttrs
+from netopt.ir import OpKind
+from netopt.ir.ops import AttentionAttrs, ClassTokenAttrs, MapAttrs, NoAttrs, SliceAttrs, TokenSelectAttrs
 
-__all__ = ["STAGE", "HEADS", "PRODUCER", "Stage", "stage", "convert", "FUNCTIONS", "METHODS", "with_heads",
+__all__ = ["STAGE", "HEADS", "Stage", "stage", "convert", "FUNCTIONS", "METHODS",
            "token_shape", "bound_parameter", "check_heads", "HEAD_OPS"]
 
 STAGE = "netopt_token_stage"
 """fx node meta key: the `Stage` an attention or layout step is at (the node is no IR node)."""
 HEADS = "netopt_heads"
 """fx node meta key: the (B, N, C) token shape of a tensor split into heads (B, heads, N, dim)."""
-PRODUCER = "netopt_head_producer"
-"""fx node meta key: (unit, parts) of a projection whose output is split into heads."""
 
 HEAD_OPS = frozenset({OpKind.IDENTITY, OpKind.DROPOUT, OpKind.MUL, OpKind.ATTENTION})
 """Ops that may read a tensor split into heads (q/k norms that are identities, a scalar factor)."""
@@ -133,6 +131,8 @@ def _next_stage(node: fx.Node, name: str, st: Stage, after: tuple[int, ...]) -> 
         return replace(st, kind="probs")
     if name == "dropout" and st.kind == "probs":
         return st
+    if name == "maybe_add_mask" and st.kind == "scores" and SHAPE not in getattr(_arg1(node), "meta", {}):
+        return st  # timm's mask hook with no mask: the scores unchanged
     if name in ("mul", "truediv", "div") and st.kind == "scores":
         factor = _arg1(node)
         if isinstance(factor, int | float) and not isinstance(factor, bool):
@@ -182,14 +182,9 @@ def _transpose(node: fx.Node) -> Converted | None:
         _mark(node, True)
         return OpKind.TOKENS, NoAttrs(), (st.src,)
     if st is not None and st.kind == "split" and st.parts == 1 and sorted(_dims(node, 4)) == [1, 2]:
-        _producer(st.src, st.dim, 1)
         _to_heads(node, _shape(st.src))
         return OpKind.IDENTITY, NoAttrs(), (st.src,)
     return None
-
-
-def _producer(src: fx.Node, unit: int, parts: int) -> None:
-    src.meta[PRODUCER] = (unit, parts)
 
 
 def _reshape(node: fx.Node) -> Converted | None:
@@ -207,11 +202,12 @@ def _reshape(node: fx.Node) -> Converted | None:
 
 def _getitem(node: fx.Node) -> Converted | None:
     """q, k or v of an unbound qkv; `x[:, 0]` (a token as a vector) or `x[:, a:b]` of tokens."""
+    x: Any
+    index: Any
     x, index = node.args
     st = _stage(x)
     if st is not None and st.kind == "unbound" and isinstance(index, int):
         width = st.heads * st.dim
-        _producer(st.src, st.dim, st.parts)
         _to_heads(node, (*_shape(st.src)[:2], width))
         return OpKind.SLICE, SliceAttrs(start=index * width, stop=(index + 1) * width), (st.src,)
     if not is_tokens(x) or not isinstance(index, tuple) or len(index) != 2 or index[0] != slice(None):
@@ -228,8 +224,8 @@ def _getitem(node: fx.Node) -> Converted | None:
 
 def _cat(node: fx.Node) -> Converted | None:
     """`cat([cls.expand(B, -1, -1), x], dim=1)` of tokens: a class token, bound to its parameter."""
-    items = node.args[0] if node.args else node.kwargs.get("tensors")
-    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    items: Any = node.args[0] if node.args else node.kwargs.get("tensors")
+    dim: Any = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     if not isinstance(items, list | tuple) or len(items) != 2 or not is_tokens(items[1]) or dim % 3 != 1:
         return None
     cls, x = items
@@ -241,7 +237,8 @@ def _cat(node: fx.Node) -> Converted | None:
 
 def _add(node: fx.Node) -> Converted | None:
     """`x + pos_embed` with a (1, N, C) parameter on tokens: a position embedding."""
-    a, b = node.args[0], _arg1(node)
+    a: Any = node.args[0]
+    b: Any = _arg1(node)
     for x, p in ((a, b), (b, a)):
         if is_tokens(x) and param_path(p) is not None and _shape(p) == (1, *_shape(x)[1:]):
             _mark(node, True)
@@ -294,19 +291,7 @@ def convert(node: fx.Node) -> Converted | None:
     return converter(node) if converter is not None else None
 
 
-# --- assembling the network -----------------------------------------------------------------
-
-
-def with_heads(nodes: list[Node], names: dict[fx.Node, str]) -> list[Node]:
-    """The IR nodes, with the head structure of each projection split into heads in its attrs."""
-    marks = {names[n]: n.meta[PRODUCER] for n in names if PRODUCER in n.meta}
-    out = []
-    for node in nodes:
-        mark = marks.get(node.name)
-        if mark is not None and isinstance(node.attrs, LinearAttrs):
-            node = replace(node, attrs=replace(node.attrs, unit=mark[0], parts=mark[1]))
-        out.append(node)
-    return out
+# --- helpers for the tracer ----------------------------------------------------------------
 
 
 def token_shape(node: fx.Node) -> tuple[int, ...]:
