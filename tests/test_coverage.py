@@ -12,8 +12,8 @@ The default suite keeps to a fast, representative part of each list; the rest is
 (`make test-all`), and `benchmarks/bench_coverage.py` counts everything:
 - `HEAVY`: classic CNNs that take over 2.5 s each here (large at native resolution);
 - `EDGE_DEFAULT`: one or two of each kind of edge model (timm convolutional, hybrid and
-  attention models, Ultralytics' detectors with and without attention, smp's decoders): the
-  whole EDGE list takes about four minutes on one core, three times the default suite's share.
+  attention models, Ultralytics' detectors with and without attention, smp's decoders); the
+  whole EDGE list would take several times the default suite's share (docs/decisions.md).
 """
 
 from __future__ import annotations
