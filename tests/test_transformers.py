@@ -117,6 +117,7 @@ def test_a_head_that_contributes_nothing_is_the_one_removed() -> None:
     model, x = TinyViT().eval(), torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         for block in model.blocks:
+            assert isinstance(block, Block)
             rows = block.qkv.weight.view(3, HEADS, HEAD_DIM, DIM)
             rows[:, 1] = 0
             block.qkv.bias.view(3, HEADS, HEAD_DIM)[:, 1] = 0
@@ -153,3 +154,13 @@ def test_an_attention_form_not_matched_is_refused_in_one_line() -> None:
     message = str(info.value)
     assert "\n" not in message and "scaled_dot_product_attention" in message
     assert "node 'scaled_dot_product_attention'" in message and "opaque=['blocks.0']" in message
+
+
+@pytest.mark.parametrize("class_token", [True, False], ids=["class_token", "no_class_token"])
+def test_a_vit_that_averages_its_tokens_is_modelled(class_token: bool) -> None:
+    """timm's global_pool='avg': the mean over the tokens (after the class token, when there is one)."""
+    timm = import_timm()
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=1, global_pool="avg",
+                              class_token=class_token, no_embed_class=not class_token).eval()
+    traced = _check_exact(model, torch.randn(1, 3, 224, 224))
+    assert any(n.op is OpKind.MEAN for n in traced.network.nodes)
