@@ -20,6 +20,7 @@ For every architecture of `netopt.testing.peers` (random weights, native resolut
 A summary per library of each list follows the table: how many each tool accepts.
 
     python benchmarks/bench_coverage.py [--list edge|classic|all] [--repeats 3] [--only timm:resnet18 ...]
+    python benchmarks/bench_coverage.py --refused   # netopt alone: peers.REFUSED as it stands today
 
 Needs the bench extra (`pip install -c constraints.txt -e '.[bench]'`); `make bench` installs it.
 """
@@ -29,6 +30,8 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import json
+import re
 import signal
 import statistics
 import sys
@@ -210,9 +213,14 @@ def main() -> None:
     parser.add_argument("--list", choices=sorted(LISTS), default="all", help="which architectures (default: all)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", nargs="*", default=None, help="architecture ids, e.g. timm:resnet18")
+    parser.add_argument("--refused", action="store_true",
+                        help="netopt alone, once each: print peers.REFUSED as it stands today, to paste")
     args = parser.parse_args()
     torch.set_num_threads(1)
     archs = [a for a in LISTS[args.list] if not args.only or a.id in args.only]
+    if args.refused:
+        print_refused(archs)
+        return
     results = []
     for arch in archs:
         torch.manual_seed(0)
@@ -222,6 +230,30 @@ def main() -> None:
         print(f"{arch.id}: netopt {'ok' if mine.accepted else mine.reason}; "
               f"Torch-Pruning {'ok' if theirs.accepted else theirs.reason}", file=sys.stderr, flush=True)
     report(results)
+
+
+def op_named(reason: str) -> str | None:
+    """The op a one-line refusal names (what `peers.REFUSED` keeps); None for any other failure."""
+    if not reason.startswith("UnsupportedOpError: "):
+        return None
+    for pattern in (r" calls ('[^']*')", r" reads the tensor ('[^']*')", r"node '[^']*': (.*?)(?:;|: pass )"):
+        if found := re.search(pattern, reason):
+            return found.group(1)
+    return reason.removeprefix("UnsupportedOpError: ")
+
+
+def print_refused(archs: list[peers.Arch]) -> None:
+    """peers.REFUSED's entries for these architectures as netopt treats them now."""
+    print("REFUSED: dict[str, str] = {")
+    for arch in archs:
+        torch.manual_seed(0)
+        outcome = run_netopt(peers.build(arch), torch.randn(1, 3, arch.size, arch.size), 1)
+        if outcome.accepted:
+            continue
+        op = op_named(outcome.reason)
+        print(f"    {json.dumps(arch.id)}: {json.dumps(op)}," if op is not None else
+              f"    # {arch.id} is not refused in one line: {outcome.reason}", flush=True)
+    print("}")
 
 
 def report(results: list[tuple[peers.Arch, Outcome, Outcome]]) -> None:
