@@ -36,7 +36,7 @@ def ultralytics() -> ModuleType:
     return importlib.import_module("ultralytics.nn.tasks")
 
 
-def _yolo(ultralytics: ModuleType, yaml: str) -> nn.Module:
+def _yolo(ultralytics: ModuleType, yaml: str) -> Any:
     torch.manual_seed(0)
     model = ultralytics.DetectionModel(yaml, nc=CLASSES, verbose=False).eval()
     from ultralytics.cfg import get_cfg
