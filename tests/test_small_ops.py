@@ -9,12 +9,16 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import netopt
+from netopt.bridge import build
 from netopt.bridge.traced import Traced
 from netopt.errors import UnsupportedOpError, WidthError
 from netopt.ir import ChannelGroup, Network, OpKind, macs, params
+from netopt.testing import strategies as nst
 from netopt.testing.peers import import_timm
 from netopt.testing.torch_checks import max_abs_diff, module_macs, module_params
 
@@ -307,3 +311,23 @@ class ChannelsLastHead(nn.Module):
 @pytest.mark.parametrize("keepdim", [False, True])
 def test_the_spatial_mean_of_a_channels_last_map_is_a_mean(keepdim: bool) -> None:
     checked(ChannelsLastHead(keepdim), image(), OpKind.MEAN)
+
+
+SMALL_OPS = ("poolformer", "convnextv2", "arith")
+
+
+@settings(max_examples=30, deadline=None)
+@given(nst.networks(max_blocks=3, blocks=SMALL_OPS), st.data())
+def test_random_networks_of_the_small_ops_round_trip_and_materialize_at_the_ir_sizes(
+        net: Network, data: st.DataObject) -> None:
+    smaller = net.with_widths(data.draw(nst.widths(net)))
+    smaller.lint()
+    assert Network.from_json(smaller.to_json()) == smaller
+    torch.manual_seed(0)
+    model, x = build(net).eval(), torch.randn(2, *net.input_shape)
+    traced = netopt.trace(model, x)
+    assert traced.network == net
+    assert max_abs_diff(traced.materialize(), model, x) <= ATOL
+    module = traced.materialize(smaller)
+    assert module_params(module) == params(smaller) and module_macs(module, x) == macs(smaller)
+
