@@ -1,7 +1,8 @@
 """Vision transformers: tokens, class tokens, position embeddings and attention heads in the IR.
 
-timm's DeiT and ViT (random init) and a hand-written tiny ViT trace, shrink by whole heads, MLP
-widths and the embedding width, materialize, and count parameters and MACs exactly.
+timm's DeiT and ViT (random init), a hand-written tiny ViT and Ultralytics' 1x1-conv attention (PSA)
+trace, shrink by whole heads, MLP widths and the embedding width, materialize, and count
+parameters and MACs exactly.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import netopt
 from netopt.bridge.token_modules import Attention
 from netopt.errors import UnsupportedOpError
 from netopt.ir import Network, OpKind
-from netopt.testing.peers import import_timm
+from netopt.testing.peers import import_timm, import_ultralytics
 from netopt.testing.torch_checks import max_abs_diff, module_macs, module_params
 
 DIM, HEADS, HEAD_DIM = 48, 3, 16
@@ -164,3 +165,20 @@ def test_a_vit_that_averages_its_tokens_is_modelled(class_token: bool) -> None:
                               class_token=class_token, no_embed_class=not class_token).eval()
     traced = _check_exact(model, torch.randn(1, 3, 224, 224))
     assert any(n.op is OpKind.MEAN for n in traced.network.nodes)
+
+
+@pytest.mark.parametrize("block", ["Attention", "PSABlock"])
+def test_attention_written_with_1x1_convs_on_maps_shrinks_by_whole_heads(block: str) -> None:
+    """Ultralytics' PSA attention: each head's q, k and v side by side in one 1x1 conv's output."""
+    import_ultralytics()
+    from ultralytics.nn.modules import block as blocks
+
+    torch.manual_seed(0)
+    attention = blocks.Attention(64, num_heads=2) if block == "Attention" else blocks.PSABlock(64, num_heads=2)
+    model = nn.Sequential(nn.Conv2d(3, 64, 3, 2, 1), attention, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(64, 10)).eval()
+    traced = _check_exact(model, torch.randn(1, 3, 20, 20))
+    (heads,) = _head_groups(traced.network)
+    smaller = traced.network.with_widths({heads: 1})
+    qkv = "1.qkv.conv" if block == "Attention" else "1.attn.qkv.conv"
+    assert traced.materialize(smaller).get_submodule(qkv).out_channels == 64  # one head of 32 + 2 x 16

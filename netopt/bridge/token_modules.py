@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Tokens", "ToMap", "ClassToken", "PositionEmbedding", "TokenSelect", "Attention", "TOKEN_MODULES"]
+__all__ = ["Tokens", "ToMap", "ClassToken", "PositionEmbedding", "TokenSelect", "Attention", "HeadSlice",
+           "TOKEN_MODULES"]
 
 
 class Tokens(nn.Module):
@@ -66,9 +67,22 @@ class TokenSelect(nn.Module):
         return x[:, self.start] if self.stop is None else x[:, self.start:self.stop]
 
 
+class HeadSlice(nn.Module):
+    """Channels [start, stop) of every head of `unit` channels of a (B, C, H, W) map."""
+
+    def __init__(self, unit: int, start: int, stop: int) -> None:
+        super().__init__()
+        self.unit, self.start, self.stop = unit, start, stop
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, *rest = x.shape
+        return x.view(b, c // self.unit, self.unit, *rest)[:, :, self.start:self.stop].reshape(b, -1, *rest)
+
+
 class Attention(nn.Module):
-    """Softmax attention of (B, N, h*qk_dim) q, k and (B, M, h*v_dim) v: h heads, as many as the
-    channels hold; the output is (B, N, h*v_dim)."""
+    """Softmax attention of q, k (h*qk_dim channels) and v (h*v_dim): h heads, as many as the
+    channels hold. On tokens (B, N, C) the output is (B, N, h*v_dim); on maps (B, C, H, W), where
+    1x1 convs made q, k and v, it is the map (B, h*v_dim, H, W) of q's positions."""
 
     def __init__(self, qk_dim: int, v_dim: int, scale: float) -> None:
         super().__init__()
@@ -79,9 +93,16 @@ class Attention(nn.Module):
         return x.reshape(b, n, c // dim, dim).transpose(1, 2)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if q.dim() == 4:
+            qt, kt, vt = (x.flatten(2).transpose(1, 2) for x in (q, k, v))
+            return self._attend(qt, kt, vt).transpose(1, 2).reshape(q.shape[0], -1, *q.shape[2:])
+        return self._attend(q, k, v)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         qh, kh, vh = self._heads(q, self.qk_dim), self._heads(k, self.qk_dim), self._heads(v, self.v_dim)
         out = F.scaled_dot_product_attention(qh, kh, vh, scale=self.scale)
         return out.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
 
 
-TOKEN_MODULES: tuple[type[nn.Module], ...] = (Tokens, ToMap, ClassToken, PositionEmbedding, TokenSelect, Attention)
+TOKEN_MODULES: tuple[type[nn.Module], ...] = (Tokens, ToMap, ClassToken, PositionEmbedding, TokenSelect, Attention,
+                                               HeadSlice)

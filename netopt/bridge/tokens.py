@@ -22,10 +22,19 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from netopt.bridge.convert import CHANNELS_LAST, SHAPE, Converted, param_path
+from netopt.bridge.convert import CHANNELS_LAST, SHAPE, SHAPES, Converted, param_path
 from netopt.errors import UnsupportedOpError
 from netopt.ir import OpKind
-from netopt.ir.ops import AttentionAttrs, ClassTokenAttrs, MapAttrs, NoAttrs, SliceAttrs, TokenSelectAttrs
+from netopt.ir.ops import (
+    AttentionAttrs,
+    ClassTokenAttrs,
+    HeadSliceAttrs,
+    MapAttrs,
+    MeanAttrs,
+    NoAttrs,
+    SliceAttrs,
+    TokenSelectAttrs,
+)
 
 __all__ = ["STAGE", "HEADS", "Stage", "stage", "convert", "FUNCTIONS", "METHODS",
            "token_shape", "bound_parameter", "check_heads", "HEAD_OPS"]
@@ -43,13 +52,14 @@ HEAD_OPS = frozenset({OpKind.IDENTITY, OpKind.DROPOUT, OpKind.MUL, OpKind.ATTENT
 class Stage:
     """A rearranging step: `kind` says which, `src` the IR tensor (or heads tensor) it reads."""
 
-    kind: str  # flat, split, parts, unbound, kt, scores, probs, merged, chw
+    kind: str  # flat, split, parts, unbound, t, scores, probs, probs_t, merged, chw, cf_split, cf_parts
     src: fx.Node
     parts: int = 1
     heads: int = 0
     dim: int = 0
     k: fx.Node | None = None
     scale: float = 1.0
+    bounds: tuple[tuple[int, int], ...] = ()
 
 
 def _name(node: fx.Node) -> str | None:
@@ -108,13 +118,16 @@ def stage(node: fx.Node) -> Stage | None:
         return matmul_stage(node)
     if name == "flatten" and len(before) == 4 and not x.meta.get(CHANNELS_LAST) and _dims(node, 4)[:1] == (2,):
         return Stage("flat", x)
+    if name in ("reshape", "view") and len(before) == 4 and not x.meta.get(CHANNELS_LAST) and not _heads(x) \
+            and len(after) == 4 and after[1] * after[2] == before[1] and after[3] == before[2] * before[3]:
+        return Stage("cf_split", x, heads=after[1], dim=after[2])  # a 1x1 conv's map to heads (B, h, unit, N)
     if name in ("reshape", "view") and is_tokens(x) and len(after) in (4, 5) and after[:2] == before[:2]:
         parts = after[2] if len(after) == 5 else 1
         return Stage("split", x, parts, after[-2], after[-1])
     if st is not None:
         return _next_stage(node, name, st, after)
     if name == "transpose" and _heads(x) and sorted(_dims(node, 4)) == [2, 3]:
-        return Stage("kt", x)
+        return Stage("t", x)
     if name == "transpose" and _heads(x) and sorted(_dims(node, 4)) == [1, 2]:
         return Stage("merged", x)
     if name == "transpose" and is_tokens(x) and sorted(_dims(node, 3)) == [1, 2]:
@@ -129,6 +142,13 @@ def _next_stage(node: fx.Node, name: str, st: Stage, after: tuple[int, ...]) -> 
         return replace(st, kind="unbound")
     if name == "softmax" and st.kind == "scores" and _dim(node) % len(after) == len(after) - 1:
         return replace(st, kind="probs")
+    if name == "transpose" and st.kind == "probs" and sorted(_dims(node, len(after))) == [2, 3]:
+        return replace(st, kind="probs_t")
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    if name in ("split", "chunk") and st.kind == "cf_split" and isinstance(dim, int) and dim % 4 == 2:
+        ends = [0, *(shape[2] for shape in node.meta.get(SHAPES, ()))]
+        bounds = tuple((sum(ends[:i + 1]), sum(ends[:i + 2])) for i in range(len(ends) - 1))
+        return replace(st, kind="cf_parts", bounds=bounds)
     if name == "dropout" and st.kind == "probs":
         return st
     if name == "maybe_add_mask" and st.kind == "scores" and SHAPE not in getattr(_arg1(node), "meta", {}):
@@ -153,12 +173,19 @@ def _arg1(node: fx.Node) -> Any:
 
 
 def matmul_stage(node: fx.Node) -> Stage | None:
-    """`q @ k^T`: the scores stage (a matmul by a k^T stage)."""
+    """`q @ k^T` of token heads, `q^T @ k` of heads on maps (B, h, dim, N): the scores stage."""
     a, b = node.args[0], _arg1(node)
-    kt = _stage(b)
-    if _heads(a) and kt is not None and kt.kind == "kt":
-        return Stage("scores", a, k=kt.src)  # type: ignore[arg-type]
+    sa, sb = _stage(a), _stage(b)
+    if _heads(a) and sb is not None and sb.kind == "t" and not _on_map(a):
+        return Stage("scores", a, k=sb.src)  # type: ignore[arg-type]
+    if sa is not None and sa.kind == "t" and _on_map(sa.src) and _heads(b) and _on_map(b):
+        return Stage("scores", sa.src, k=b)  # type: ignore[arg-type]
     return None
+
+
+def _on_map(x: Any) -> bool:
+    """Heads of a map (B, h, dim, N), whose IR tensor is the map (B, h*dim, H, W)."""
+    return _heads(x) and len(x.meta[HEADS]) == 4
 
 
 # --- converters -----------------------------------------------------------------------------
@@ -168,10 +195,11 @@ def _mark(node: fx.Node, tokens: bool) -> None:
     node.meta[CHANNELS_LAST] = tokens
 
 
-def _to_heads(node: fx.Node, tokens: tuple[int, ...]) -> None:
-    """`node` is a token tensor of shape `tokens` (B, N, C) split into heads (B, heads, N, dim)."""
-    node.meta[HEADS] = tokens
-    _mark(node, True)
+def _to_heads(node: fx.Node, shape: tuple[int, ...]) -> None:
+    """`node` is a token tensor (B, N, C) split into heads (B, heads, N, dim), or a map (B, C, H, W)
+    split into heads (B, heads, dim, H*W); `shape` is the tensor the IR sees."""
+    node.meta[HEADS] = shape
+    _mark(node, len(shape) == 3)
 
 
 def _transpose(node: fx.Node) -> Converted | None:
@@ -194,6 +222,8 @@ def _reshape(node: fx.Node) -> Converted | None:
     if st is not None and st.kind == "merged" and len(after) == 3:
         _mark(node, True)
         return OpKind.IDENTITY, NoAttrs(), (st.src,)
+    if _on_map(x) and after == tuple(x.meta[HEADS]):  # heads of a map viewed as the map again
+        return OpKind.IDENTITY, NoAttrs(), (x,)
     if st is not None and st.kind == "chw" and len(after) == 4 and after[1] == _shape(st.src)[2]:
         _mark(node, False)
         return OpKind.TO_MAP, MapAttrs(height=after[2], width=after[3]), (st.src,)
@@ -206,6 +236,11 @@ def _getitem(node: fx.Node) -> Converted | None:
     index: Any
     x, index = node.args
     st = _stage(x)
+    if st is not None and st.kind == "cf_parts" and isinstance(index, int):
+        start, stop = st.bounds[index]
+        b, c, *hw = _shape(st.src)
+        _to_heads(node, (b, c // st.dim * (stop - start), *hw))
+        return OpKind.HEAD_SLICE, HeadSliceAttrs(unit=st.dim, start=start, stop=stop), (st.src,)
     if st is not None and st.kind == "unbound" and isinstance(index, int):
         width = st.heads * st.dim
         _to_heads(node, (*_shape(st.src)[:2], width))
@@ -246,6 +281,18 @@ def _add(node: fx.Node) -> Converted | None:
     return None
 
 
+def _mean(node: fx.Node) -> Converted | None:
+    """The mean over the tokens (`x.mean(1)`, timm's global_pool='avg'): a vector, or with keepdim one token."""
+    x: Any = _x(node)
+    dims: Any = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dims = tuple(dims) if isinstance(dims, list | tuple) else (dims,)
+    if not is_tokens(x) or len(dims) != 1 or not isinstance(dims[0], int) or dims[0] % 3 != 1:
+        return None
+    keepdim = bool(node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False))
+    _mark(node, keepdim)
+    return OpKind.MEAN, MeanAttrs(keepdim=keepdim), (x,)
+
+
 def _sdpa(node: fx.Node) -> Converted:
     q, k, v = (node.args[i] if len(node.args) > i else node.kwargs[n] for i, n in enumerate("qkv"))
     extra = {n: node.kwargs.get(n) for n in ("attn_mask", "dropout_p", "is_causal", "enable_gqa")}
@@ -258,17 +305,25 @@ def _sdpa(node: fx.Node) -> Converted:
 
 
 def _matmul(node: fx.Node) -> Converted:
-    """`probs @ v` ends the explicit attention; any other matmul is refused."""
-    st, v = _stage(node.args[0]), _arg1(node)
-    if st is None or st.kind != "probs" or st.k is None or not _heads(v):
+    """`probs @ v` (tokens) or `v @ probs^T` (maps) ends the explicit attention; other matmuls are refused."""
+    a: Any = node.args[0]
+    b: Any = _arg1(node)
+    st, v = (_stage(a), b) if _stage(a) is not None else (_stage(b), a)
+    kind = "probs_t" if _on_map(v) else "probs"
+    if st is None or st.kind != kind or st.k is None or not _heads(v) or (kind == "probs") != (v is b):
         raise _refuse(node, "a matmul that is not softmax(q @ k^T) @ v of tensors split into heads")
     return _attention(node, st.src, st.k, v, st.scale)
 
 
 def _attention(node: fx.Node, q: fx.Node, k: fx.Node, v: fx.Node, scale: float) -> Converted:
-    dq, dv = _shape(q)[-1], _shape(v)[-1]
-    b, heads, n, _ = _shape(q)
-    _to_heads(node, (b, n, heads * dv))
+    if _on_map(q):  # (B, h, dim, N) of the map q's IR tensor is
+        dq, dv, heads = _shape(q)[2], _shape(v)[2], _shape(q)[1]
+        b, _, *hw = q.meta[HEADS]
+        _to_heads(node, (b, heads * dv, *hw))
+    else:
+        dq, dv = _shape(q)[-1], _shape(v)[-1]
+        b, heads, n, _ = _shape(q)
+        _to_heads(node, (b, n, heads * dv))
     return OpKind.ATTENTION, AttentionAttrs(qk_dim=dq, v_dim=dv, scale=scale), (q, k, v)
 
 
@@ -287,7 +342,7 @@ def convert(node: fx.Node) -> Converted | None:
     `node` is none of them (the general converters then decide)."""
     name = _name(node)
     converter = {"transpose": _transpose, "reshape": _reshape, "view": _reshape, "getitem": _getitem,
-                 "cat": _cat, "concat": _cat, "add": _add, "iadd": _add}.get(name or "")
+                 "cat": _cat, "concat": _cat, "add": _add, "iadd": _add, "mean": _mean}.get(name or "")
     return converter(node) if converter is not None else None
 
 
@@ -312,5 +367,5 @@ def check_heads(node: fx.Node, kind: OpKind, inputs: tuple[fx.Node, ...]) -> Non
         return
     if kind not in HEAD_OPS or len(inputs) != 1:
         raise _refuse(node, f"a {kind.value} on a tensor split into attention heads (B, heads, N, dim)")
-    if len(_shape(node)) == 4:  # still split (a merge back to tokens is an identity too)
+    if _shape(node) == _shape(inputs[0]):  # still split (a merge back is an identity too)
         node.meta[HEADS] = inputs[0].meta[HEADS]

@@ -16,7 +16,8 @@ from typing import Any
 
 from netopt.errors import IRError
 
-__all__ = ["MapAttrs", "ClassTokenAttrs", "TokenSelectAttrs", "AttentionAttrs", "tokens_spatial", "map_spatial",
+__all__ = ["MapAttrs", "ClassTokenAttrs", "TokenSelectAttrs", "AttentionAttrs", "HeadSliceAttrs", "tokens_spatial",
+           "map_spatial",
            "class_token_spatial", "token_spatial", "select_spatial", "attention_spatial"]
 
 Spatial = tuple[int, ...]
@@ -47,9 +48,20 @@ class TokenSelectAttrs:
 
 
 @dataclass(frozen=True, kw_only=True)
+class HeadSliceAttrs:
+    """Channels [start, stop) of every head of `unit` channels (`x.view(B, heads, unit, N).split(...)`:
+    q, k and v of a 1x1 conv whose heads each hold their q, k and v side by side)."""
+
+    unit: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class AttentionAttrs:
-    """Softmax attention of q, k, v token tensors split into heads of `qk_dim` (q, k) and `v_dim`
-    (v) channels: softmax(q k^T * scale) v per head. `scale` is the original's, kept when heads go."""
+    """Softmax attention of q, k, v split into heads of `qk_dim` (q, k) and `v_dim` (v) channels:
+    softmax(q k^T * scale) v per head, over the tokens or the positions of a map (1x1-conv
+    attention). `scale` is the original's, kept when heads go."""
 
     qk_dim: int
     v_dim: int
@@ -99,8 +111,8 @@ def select_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial
 
 
 def attention_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
-    q, k, v = (_need_tokens(name, [s], "attention") for s in spatial)
-    if k != v:
-        raise IRError(f"attention node {name!r} has {k[0]} keys but {v[0]} values; "
-                      "k and v must have the same token count")
+    q, k, v = spatial
+    if len({len(s) for s in spatial}) != 1 or len(q) not in (1, 2) or math.prod(k) != math.prod(v):
+        raise IRError(f"attention node {name!r} gets q, k, v of spatial sizes {list(spatial)}; they must all be "
+                      "tokens or all maps, and k and v must have as many positions")
     return q
