@@ -10,7 +10,7 @@ other way, or that passed and now fails, fails here.
 
 The default suite keeps to a fast, representative part of each list; the rest is marked slow
 (`make test-all`), and `benchmarks/bench_coverage.py` counts everything:
-- `HEAVY`: classic CNNs that take over 2.5 s each here (large at native resolution);
+- `HEAVY`: the slowest classic CNNs, large at native resolution (docs/decisions.md);
 - `EDGE_DEFAULT`: one or two of each kind of edge model (timm convolutional, hybrid and
   attention models, Ultralytics' detectors with and without attention, smp's decoders); the
   whole EDGE list would take several times the default suite's share (docs/decisions.md).
