@@ -19,7 +19,9 @@ What netopt adapts: the decoded predictions tensor (B, 4 + nc, anchors), or (B, 
 an end-to-end head: what `Detect` returns in eval with `export=True`. In train mode the block
 returns the head's raw dict (`{"boxes", "scores", "feats"}`, or `{"one2many", "one2one"}`), so
 Ultralytics' losses take the materialized network's output as they take the original's; there
-`feats[i]` is level i's branch maps concatenated (a loss reads only their sizes).
+`feats[i]` is level i's branch maps concatenated (a loss reads only their sizes). An end-to-end
+head (v10, 26) detaches its one-to-one branches' inputs in training; the IR has no detach, so in
+the materialized network their gradients also reach the neck.
 
 Heads are recognised by the qualified name of their class, so netopt never imports ultralytics.
 """
