@@ -116,6 +116,53 @@ def test_a_constant_made_in_forward_has_a_shape_the_converter_reads() -> None:
         torch.testing.assert_close(traced.materialize().eval()(X), model(X))
 
 
+class Grid(nn.Module):
+    """XCiT's Fourier position encoding: a conv applied to a grid made from sizes in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(2, 16, 1)
+
+    def grid(self, b: int, h: int, w: int) -> torch.Tensor:
+        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                                indexing="ij")
+        return self.proj(torch.stack([ys, xs])[None].expand(b, -1, -1, -1))
+
+
+class SizesOnly(Grid):
+    def forward(self, b: int, h: int, w: int) -> torch.Tensor:
+        return self.grid(b, h, w)
+
+
+class Added(Grid):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.grid(x.shape[0], x.shape[2], x.shape[3])
+
+
+class Positions(Block):
+    def __init__(self, pos: nn.Module) -> None:
+        super().__init__()
+        self.pos = pos
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        y = self.pos(y) if isinstance(self.pos, Added) else y + self.pos(y.shape[0], y.shape[2], y.shape[3])
+        return self.out(F.relu(y))
+
+
+def test_a_constant_fed_to_a_layer_is_refused_naming_a_block_that_can_be_kept_whole() -> None:
+    with pytest.raises(UnsupportedOpError, match="constant tensor made in forward.*no submodule around it"):
+        netopt.trace(Positions(SizesOnly()).eval(), X)
+    model = Positions(Added()).eval()
+    with pytest.raises(UnsupportedOpError, match=r"opaque=\['pos'\]"):
+        netopt.trace(model, X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = netopt.trace(model, X, opaque=["pos"])
+    with torch.no_grad():
+        torch.testing.assert_close(traced.materialize().eval()(X), model(X))
+
+
 class DataDependent(Block):
     """Control flow on tensor values: it cannot be specialized to one input."""
 
