@@ -151,7 +151,7 @@ class Positions(Block):
 
 
 def test_a_constant_fed_to_a_layer_is_refused_naming_a_block_that_can_be_kept_whole() -> None:
-    with pytest.raises(UnsupportedOpError, match="constant tensor made in forward.*no submodule around it"):
+    with pytest.raises(UnsupportedOpError, match=r"constant tensor made in forward.*no submodule around it"):
         netopt.trace(Positions(SizesOnly()).eval(), X)
     model = Positions(Added()).eval()
     with pytest.raises(UnsupportedOpError, match=r"opaque=\['pos'\]"):
