@@ -30,6 +30,7 @@ def checked(model: nn.Module, x: Tensor, *kinds: OpKind) -> Traced:
     group halved lints, round-trips and materializes with the IR's parameters and MACs."""
     model.eval()
     traced = netopt.trace(model, x)
+    assert params(traced.network) == module_params(model)
     ops = {n.op for n in traced.network.nodes}
     assert set(kinds) <= ops and OpKind.OPAQUE not in ops
     assert max_abs_diff(traced.materialize(), model, x) <= ATOL
@@ -52,8 +53,10 @@ def image(channels: int = 3, size: int = 12) -> Tensor:
 class GroupNorm1(nn.GroupNorm):
     """timm's GroupNorm1: an nn.GroupNorm subclass whose forward calls F.group_norm."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, bias: bool = True) -> None:
         super().__init__(1, channels)
+        if not bias:  # timm's GroupNorm1NoBias
+            self.bias = None  # type: ignore[assignment]
 
     def forward(self, x: Tensor) -> Tensor:
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
@@ -78,12 +81,14 @@ class PoolFormerBlock(nn.Module):
 def _affine(norm: nn.GroupNorm) -> nn.GroupNorm:
     with torch.no_grad():
         norm.weight.normal_()
-        norm.bias.normal_()
+        if norm.bias is not None:
+            norm.bias.normal_()
     return norm
 
 
-@pytest.mark.parametrize("norm", [GroupNorm1(16), nn.GroupNorm(1, 16), nn.GroupNorm(4, 16), nn.GroupNorm(16, 16)],
-                         ids=["timm-GroupNorm1", "1-group", "4-groups", "a-group-a-channel"])
+@pytest.mark.parametrize("norm", [GroupNorm1(16), GroupNorm1(16, bias=False), nn.GroupNorm(1, 16),
+                                  nn.GroupNorm(4, 16), nn.GroupNorm(16, 16)],
+                         ids=["timm-GroupNorm1", "no-bias", "1-group", "4-groups", "a-group-a-channel"])
 def test_a_poolformer_block_with_group_norm_and_sub_shrinks(norm: nn.GroupNorm) -> None:
     traced = checked(PoolFormerBlock(_affine(norm)), image(), OpKind.GROUP_NORM, OpKind.SUB)
     stem = traced.network.group("stem")
