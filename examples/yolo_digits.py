@@ -1,6 +1,6 @@
 """A YOLO detector adapted under a latency budget, scored by mAP: Ultralytics' YOLOv8n on digits placed on a canvas.
 
-    python examples/yolo_digits.py --run runs/yolo-digits [--latency 60%] [--size 64]
+    python examples/yolo_digits.py --run runs/yolo-digits [--latency 60%] [--size 64] [--lut LUT.sqlite]
 
 Everything here is the user's, not netopt's: the model (Ultralytics' `DetectionModel` from its
 bundled yolov8n.yaml, 10 classes, random init: nothing downloaded), the training loop
@@ -8,10 +8,13 @@ bundled yolov8n.yaml, 10 classes, random init: nothing downloaded), the training
 metric (torchmetrics' COCO mAP@[.5:.95] on the holdout canvases after Ultralytics' NMS). The data
 are `netopt.data_detection.mnist_detection()`: real MNIST digits placed on canvases, their ink
 boxes as labels, train/holdout/test from disjoint digit images. netopt gets the loop and the
-metric through `FunctionObjective` and adapts the network with ProgressiveBarrier until a lookup
-table of ONNX Runtime latency meets the budget. Stop it at any point and run it again with --resume.
+metric through `FunctionObjective` and adapts the network with ProgressiveBarrier until its ONNX
+Runtime latency meets the budget: each candidate measured end to end (the user's own estimator,
+`MeasuredLatency`), or priced by a lookup table of layer costs with --lut. Stop it at any point
+and run it again with --resume.
 
-Needs the test-only peers: ultralytics (with --no-deps), torchmetrics and pycocotools.
+Needs Ultralytics (installed with --no-deps beside the CPU torch, as `make test` does) and the
+`detection` extra (torchmetrics, pycocotools).
 """
 
 from __future__ import annotations
