@@ -82,7 +82,14 @@ class HeadSlice(nn.Module):
 class Attention(nn.Module):
     """Softmax attention of q, k (h*qk_dim channels) and v (h*v_dim): h heads, as many as the
     channels hold. On tokens (B, N, C) the output is (B, N, h*v_dim); on maps (B, C, H, W), where
-    1x1 convs made q, k and v, it is the map (B, h*v_dim, H, W) of q's positions."""
+    1x1 convs made q, k and v, it is the map (B, h*v_dim, H, W) of q's positions.
+
+    >>> q = k = v = torch.randn(1, 5, 8)  # 5 tokens, two heads of 4 channels
+    >>> Attention(qk_dim=4, v_dim=4, scale=0.5)(q, k, v).shape
+    torch.Size([1, 5, 8])
+    >>> Attention(qk_dim=4, v_dim=4, scale=0.5)(q[..., :4], k[..., :4], v[..., :4]).shape  # one head left
+    torch.Size([1, 5, 4])
+    """
 
     def __init__(self, qk_dim: int, v_dim: int, scale: float) -> None:
         super().__init__()
