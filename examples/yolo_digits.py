@@ -113,12 +113,11 @@ class Detection:
         schedule = _warmup_cosine(optimizer, steps) if phase == "long" else None
         criterion, train = self.criterion(), self.data.train
         order = torch.Generator().manual_seed(seed)
-        rows = torch.randperm(len(train), generator=order)
-        for step in range(steps):
-            at = (step * self.batch_size) % len(train)
-            if at + self.batch_size > len(train):
+        rows, at = torch.randperm(len(train), generator=order), 0
+        for _ in range(steps):
+            if at + self.batch_size > len(train):  # a new pass over the canvases, freshly shuffled
                 rows, at = torch.randperm(len(train), generator=order), 0
-            batch = rows[at:at + self.batch_size]
+            batch, at = rows[at:at + self.batch_size], at + self.batch_size
             loss, _ = criterion(self.raw(model(train.images[batch].to(self.device))),
                                 {k: v.to(self.device) for k, v in targets(train, batch).items()})
             optimizer.zero_grad(set_to_none=True)
