@@ -279,7 +279,9 @@ def fidelity_of(label: str, traced: Traced, args: argparse.Namespace) -> dict[st
     """A calibrated table on `label`; held-apart variants estimated, and measured in two rounds."""
     started = time.perf_counter()
     backend = make_backend(label, seeded_inputs(traced.example_input()), args.settings)
-    lut = LookupTable.open(args.out / "luts" / args.fidelity_key / f"fidelity-{slug(label)}.sqlite", backend)
+    folder = args.out / "luts" / args.fidelity_key
+    folder.mkdir(parents=True, exist_ok=True)
+    lut = LookupTable.open(folder / f"fidelity-{slug(label)}.sqlite", backend)
     try:
         cal = lut.calibrate(traced, max_networks=args.calibration, seed=0)
         variants = random_variants(traced.network, args.fidelity_variants, seed=2000)
