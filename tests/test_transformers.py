@@ -182,3 +182,25 @@ def test_attention_written_with_1x1_convs_on_maps_shrinks_by_whole_heads(block: 
     smaller = traced.network.with_widths({heads: 1})
     qkv = "1.qkv.conv" if block == "Attention" else "1.attn.qkv.conv"
     assert traced.materialize(smaller).get_submodule(qkv).out_channels == 64  # one head of 32 + 2 x 16
+
+
+class SingleHead(nn.Module):
+    """SHViT's single-head attention on a map: q, k, v channel ranges of one conv, flattened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.qkv, self.proj = nn.Conv2d(3, 32, 3, 2, 1), nn.Conv2d(32, 48, 1), nn.Conv2d(16, 10, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        b, _, h, w = x.shape
+        q, k, v = (t.flatten(2) for t in torch.split(self.qkv(x), [16, 16, 16], dim=1))
+        attn = ((q.transpose(-2, -1) @ k) * 0.25).softmax(dim=-1)
+        return self.proj((v @ attn.transpose(-2, -1)).reshape(b, 16, h, w))
+
+
+def test_single_head_attention_on_a_map_is_modelled_and_kept_whole() -> None:
+    torch.manual_seed(0)
+    traced = _check_exact(SingleHead().eval(), torch.randn(1, 3, 16, 16))
+    (attention,) = [n for n in traced.network.nodes if n.op is OpKind.ATTENTION]
+    assert attention.attrs.qk_dim == 16 and not _head_groups(traced.network)

@@ -114,7 +114,7 @@ def stage(node: fx.Node) -> Stage | None:
     if name is None or not isinstance(x, fx.Node):
         return None
     before, after, st = _shape(x), _shape(node), _stage(x)
-    if name == "matmul":
+    if name in ("matmul", "bmm"):
         return matmul_stage(node)
     if name == "flatten" and len(before) == 4 and not x.meta.get(CHANNELS_LAST) and _dims(node, 4)[:1] == (2,):
         return Stage("flat", x)
@@ -142,7 +142,8 @@ def _next_stage(node: fx.Node, name: str, st: Stage, after: tuple[int, ...]) -> 
         return replace(st, kind="unbound")
     if name == "softmax" and st.kind == "scores" and _dim(node) % len(after) == len(after) - 1:
         return replace(st, kind="probs")
-    if name == "transpose" and st.kind == "probs" and sorted(_dims(node, len(after))) == [2, 3]:
+    if name == "transpose" and st.kind == "probs" and sorted(_dims(node, len(after)))[-2:] == [len(after) - 2,
+                                                                                            len(after) - 1]:
         return replace(st, kind="probs_t")
     dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
     if name in ("split", "chunk") and st.kind == "cf_split" and isinstance(dim, int) and dim % 4 == 2:
@@ -180,6 +181,9 @@ def matmul_stage(node: fx.Node) -> Stage | None:
         return Stage("scores", a, k=sb.src)  # type: ignore[arg-type]
     if sa is not None and sa.kind == "t" and _on_map(sa.src) and _heads(b) and _on_map(b):
         return Stage("scores", sa.src, k=b)  # type: ignore[arg-type]
+    flat = _stage(a.args[0]) if isinstance(a, fx.Node) and a.args else None
+    if flat is not None and flat.kind == "flat" and sb is not None and sb.kind == "flat":
+        return Stage("scores", flat.src, k=sb.src)  # one head on a map: q.flatten(2)^T @ k.flatten(2)
     return None
 
 
@@ -308,9 +312,14 @@ def _matmul(node: fx.Node) -> Converted:
     """`probs @ v` (tokens) or `v @ probs^T` (maps) ends the explicit attention; other matmuls are refused."""
     a: Any = node.args[0]
     b: Any = _arg1(node)
-    st, v = (_stage(a), b) if _stage(a) is not None else (_stage(b), a)
-    kind = "probs_t" if _on_map(v) else "probs"
-    if st is None or st.kind != kind or st.k is None or not _heads(v) or (kind == "probs") != (v is b):
+    sa, sb = _stage(a), _stage(b)
+    st, v = (sa, b) if sa is not None and sa.kind == "probs" else (sb, a)
+    flat = _stage(v)
+    if flat is not None and flat.kind == "flat":
+        v = flat.src  # one head on a map: v.flatten(2) @ probs^T
+    on_map = _on_map(v) or (not _heads(v) and len(_shape(v)) == 4)
+    if st is None or st.k is None or st.kind != ("probs_t" if on_map else "probs") \
+            or not (_heads(v) or on_map) or _on_map(st.src) != _on_map(v):
         raise _refuse(node, "a matmul that is not softmax(q @ k^T) @ v of tensors split into heads")
     return _attention(node, st.src, st.k, v, st.scale)
 
@@ -320,6 +329,10 @@ def _attention(node: fx.Node, q: fx.Node, k: fx.Node, v: fx.Node, scale: float) 
         dq, dv, heads = _shape(q)[2], _shape(v)[2], _shape(q)[1]
         b, _, *hw = q.meta[HEADS]
         _to_heads(node, (b, heads * dv, *hw))
+    elif not _heads(q):  # one head on maps (B, C, H, W)
+        dq, dv, heads = _shape(q)[1], _shape(v)[1], 1
+        b, _, *hw = _shape(q)
+        _to_heads(node, (b, dv, *hw))
     else:
         dq, dv = _shape(q)[-1], _shape(v)[-1]
         b, heads, n, _ = _shape(q)
@@ -331,10 +344,11 @@ FUNCTIONS: dict[Any, Any] = {
     F.scaled_dot_product_attention: _sdpa,
     operator.matmul: _matmul,
     torch.matmul: _matmul,
+    torch.bmm: _matmul,
 }
 """Functions whose only meaning netopt models is attention's."""
 
-METHODS: dict[str, Any] = {"matmul": _matmul}
+METHODS: dict[str, Any] = {"matmul": _matmul, "bmm": _matmul}
 
 
 def convert(node: fx.Node) -> Converted | None:
