@@ -199,7 +199,8 @@ def timm() -> Any:
 
 
 @pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "efficientvit_b0", "edgenext_xx_small",
-                                  "xcit_nano_12_p16_224", "csatv2"])
+                                  pytest.param("xcit_nano_12_p16_224", marks=pytest.mark.slow),
+                                  pytest.param("csatv2", marks=pytest.mark.slow)])
 def test_real_timm_models_that_failed_while_tracing_now_get_past_it(timm: Any, name: str) -> None:
     model = timm.create_model(name, pretrained=False).eval()
     size = model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]

@@ -131,7 +131,9 @@ def test_the_decoder_moves_with_the_module_its_strides_and_anchors_too(yolo: Any
     torch.testing.assert_close(doubled.float(), expected, rtol=1e-4, atol=1e-3)
 
 
-NEWER = ["yolov10n.yaml", "yolo11n.yaml", "yolo26n.yaml"]
+NEWER = [pytest.param("yolov10n.yaml", marks=pytest.mark.slow), "yolo11n.yaml",
+         pytest.param("yolo26n.yaml", marks=pytest.mark.slow)]
+"""YOLO11 in the default suite; v10 and 26 (the same head, end to end) with the slow tests."""
 
 
 def _check_newer(model: Any, traced: netopt.Traced) -> None:
