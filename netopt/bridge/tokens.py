@@ -116,13 +116,13 @@ def stage(node: fx.Node) -> Stage | None:
     before, after, st = _shape(x), _shape(node), _stage(x)
     if name in ("matmul", "bmm"):
         return matmul_stage(node)
-    if name == "flatten" and len(before) == 4 and not x.meta.get(CHANNELS_LAST) and _dims(node, 4)[:1] == (2,):
+    plain_map = st is None and len(before) == 4 and not x.meta.get(CHANNELS_LAST) and not _heads(x)
+    if name == "flatten" and plain_map and _dims(node, 4)[:1] == (2,):
         return Stage("flat", x)
-    if name in ("reshape", "view") and len(before) == 4 and not x.meta.get(CHANNELS_LAST) and not _heads(x) \
-            and after == (*before[:2], before[2] * before[3]):
+    if name in ("reshape", "view") and plain_map and after == (*before[:2], before[2] * before[3]):
         return Stage("flat", x)  # x.reshape(B, C, -1): as flatten(2)
-    if name in ("reshape", "view") and len(before) == 4 and not x.meta.get(CHANNELS_LAST) and not _heads(x) \
-            and len(after) == 4 and after[1] * after[2] == before[1] and after[3] == before[2] * before[3]:
+    if name in ("reshape", "view") and plain_map and len(after) == 4 and after[1] * after[2] == before[1] \
+            and after[3] == before[2] * before[3]:
         return Stage("cf_split", x, heads=after[1], dim=after[2])  # a 1x1 conv's map to heads (B, h, unit, N)
     if name in ("reshape", "view") and is_tokens(x) and len(after) in (4, 5) and after[:2] == before[:2]:
         parts = after[2] if len(after) == 5 else 1
