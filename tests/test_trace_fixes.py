@@ -178,6 +178,35 @@ def test_control_flow_on_tensor_values_is_still_refused_naming_the_rule() -> Non
         netopt.trace(DataDependent().eval(), X)
 
 
+class ZeroFirst(nn.Module):
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        y = y.clone()
+        y[:, :4] = 0.0
+        return y
+
+
+class Assigns(Block):
+    """An in-place assignment into a traced tensor: skipping it would change the outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.zero = ZeroFirst()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.zero(self.bn(self.conv(x))))
+
+
+def test_an_assignment_into_a_traced_tensor_is_refused_naming_the_module_to_keep_whole() -> None:
+    model = Assigns().eval()
+    with pytest.raises(UnsupportedOpError, match=r"assigns into a tensor in place .*opaque=\['zero'\]"):
+        netopt.trace(model, X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = netopt.trace(model, X, opaque=["zero"])
+    with torch.no_grad():
+        torch.testing.assert_close(traced.materialize().eval()(X), model(X))
+
+
 class Required(Block):
     def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         return self.out(self.bn(self.conv(x)) * scale)
