@@ -18,8 +18,10 @@ no block to keep whole; fx keeps module boundaries, `opaque=[...]` and the leaf 
 What netopt adapts: the decoded predictions tensor (B, 4 + nc, anchors), or (B, max_det, 6) for
 an end-to-end head: what `Detect` returns in eval with `export=True`. In train mode the block
 returns the head's raw dict (`{"boxes", "scores", "feats"}`, or `{"one2many", "one2one"}`), so
-Ultralytics' losses take the materialized network's output as they take the original's; there
-`feats[i]` is level i's branch maps concatenated (a loss reads only their sizes). An end-to-end
+Ultralytics' losses take the materialized network's output as they take the original's:
+`v8DetectionLoss(original)(materialized.train()(images), batch)` (the loss reads strides, nc and
+reg_max off the original's head, which shrinking leaves alone). There `feats[i]` is level i's
+branch maps concatenated, not the neck's map (a loss reads only their sizes). An end-to-end
 head (v10, 26) detaches its one-to-one branches' inputs in training; the IR has no detach, so in
 the materialized network their gradients also reach the neck.
 
