@@ -211,21 +211,29 @@ def test_the_network_netopt_hands_over_trains_with_the_loss_of_the_original(
     assert 0.0 <= task.score(small) <= 1.0
 
 
-def test_a_network_netopt_built_traces_again_as_progressive_barrier_does_each_iteration(
-        example: ModuleType, splits: DetectionSplits) -> None:
+def _retraced(example: ModuleType, size: int = 32) -> tuple[torch.nn.Module, Any]:
+    """A halved YOLO netopt built, and its trace: what ProgressiveBarrier does at every iteration.
+    Skips, saying why, while netopt cannot yet trace a network it built from a YOLO (issue 31)."""
     import netopt
     from netopt.errors import TraceError
 
-    _traceable(example)
-    x = splits.train.images[:1]
+    _traceable(example, size)
+    x = torch.rand(1, 3, size, size)
     traced = netopt.trace(example.yolo().eval(), x)
     small = traced.materialize(traced.network.scaled(0.5))
     try:
-        again = netopt.trace(small, x, step=traced.network.step)
+        return small, netopt.trace(small, x, step=traced.network.step)
     except TraceError as error:
         if "could not trace NetoptNetwork" not in str(error):
             raise
-        pytest.skip(f"pending: a materialized YOLO does not trace again yet (issue 31): {str(error)[:120]}")
+        pytest.skip(f"pending: a YOLO netopt materialized does not trace again yet, as ProgressiveBarrier "
+                    f"needs at each iteration (issue 31): {str(error)[:120]}")
+
+
+def test_a_network_netopt_built_traces_again_as_progressive_barrier_does_each_iteration(example: ModuleType) -> None:
+    import netopt
+
+    small, again = _retraced(example)
     assert netopt.ir.params(again.network) == sum(p.numel() for p in small.parameters())
 
 
@@ -252,7 +260,7 @@ def _run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_the_example_adapts_yolo_under_a_latency_budget_end_to_end(example: ModuleType, tmp_path: Path) -> None:
-    _traceable(example)
+    _retraced(example)
     done = _run(tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "mAP@[.5:.95] on holdout: start" in done.stdout
@@ -263,7 +271,7 @@ def test_the_example_adapts_yolo_under_a_latency_budget_end_to_end(example: Modu
 
 @pytest.mark.slow
 def test_the_example_adapts_yolo_priced_by_a_lookup_table(example: ModuleType, tmp_path: Path) -> None:
-    _traceable(example)
+    _retraced(example)
     done = _run(tmp_path, "--lut", str(tmp_path / "lut.sqlite"))
     if done.returncode and "is an opaque block; building it needs its module" in done.stderr:
         pytest.skip("pending: a lookup table cannot yet price an opaque block's unit (the Detect head's "
