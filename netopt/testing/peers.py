@@ -323,35 +323,28 @@ REFUSED: dict[str, str] = {
     "timm:resnest14d": "'sum'",  # split attention: softmax across radix, then a sum over it
     "timm:skresnet18": "'stack'",  # selective kernels stack branch outputs on a new dim
     "timm:nf_resnet26": "'stem.conv.gain'",  # weight standardization computes each conv's weight
-    "timm:mobilenetv4_hybrid_medium": "reshape from (1, 256, 16, 16) to (1, 4, 64, 256)",  # to heads
-    "timm:fastvit_mci0": "flatten(start_dim=2",  # map to tokens
-    "timm:efficientvit_b0": "",  # TODO
-    "timm:efficientvit_m0": "reshape from (1, 14, 14, 64) to (1, 2, 7, 2, 7, 64)",  # to windows
-    "timm:mobilevit_xxs": "reshape from (1, 64, 32, 32) to (1024, 2, 16, 2)",  # to patches
-    "timm:mobilevitv2_050": "reshape from (1, 64, 32, 32) to (1, 64, 16, 2, 16, 2)",  # to patches
-    "timm:levit_128s": "flatten(start_dim=2",  # map to tokens
-    "timm:tiny_vit_5m_224": "reshape from (1, 28, 28, 128) to (1, 4, 7, 4, 7, 128)",  # to windows
-    "timm:deit_tiny_patch16_224": "scaled_dot_product_attention",
-    "timm:vit_tiny_patch16_224": "scaled_dot_product_attention",
-    "timm:efficientformer_l1": "flatten(start_dim=2",  # map to tokens
-    "timm:efficientformerv2_s0": "reshape from (1, 256, 7, 7) to (1, 8, 32, 49)",  # to heads
-    "timm:swiftformer_xs": "flatten(start_dim=2",  # map to tokens
-    "timm:shvit_s1": "flatten(start_dim=2",  # map to tokens
-    "timm:poolformerv2_s12": "'pow'",  # StarReLU
-    "timm:mambaout_femto": "mean over dims (1, 2)",  # channels-last head
-    "timm:edgenext_xx_small": "reshape from (1, 48, 32, 32) to (1, 48, 1024)",  # map to tokens
-    "timm:pvt_v2_b0": "reshape from (1, 56, 56, 32) to (1, 3136, 32)",  # map to tokens
-    "timm:swin_tiny_patch4_window7_224": "reshape from (1, 56, 56, 96) to (1, 8, 7, 8, 7, 96)",  # to windows
-    "ultralytics:yolov10n": "reshape from (1, 256, 10, 10) to (1, 2, 128, 100)",  # PSA attention heads
-    "ultralytics:yolo11n": "reshape from (1, 256, 10, 10) to (1, 2, 128, 100)",  # C2PSA attention heads
-    "ultralytics:yolo26n": "reshape from (1, 256, 10, 10) to (1, 2, 128, 100)",  # C2PSA attention heads
-    "smp:FPN": "'stack'",  # the decoder merges its levels by stacking
-    "smp:MAnet": "flatten(start_dim=2",  # the center block's attention
-    "smp:Segformer": "'empty'",  # MiT's position-less patch embedding
+    "timm:mobilenetv4_hybrid_medium": "'transpose'",
+    "timm:efficientvit_b0": "'transpose'",
+    "timm:efficientvit_m0": "reshape from (1, 14, 14, 64) to (1, 2, 7, 2, 7, 64)",
+    "timm:mobilevit_xxs": "reshape from (1, 64, 32, 32) to (1024, 2, 16, 2)",
+    "timm:mobilevitv2_050": "reshape from (1, 64, 32, 32) to (1, 64, 16, 2, 16, 2)",
+    "timm:levit_128s": "flatten(start_dim=0, end_dim=1)",
+    "timm:tiny_vit_5m_224": "reshape from (1, 28, 28, 128) to (1, 4, 7, 4, 7, 128)",
+    "timm:efficientformer_l1": "permute(0, 2, 1, 3) of a tensor of shape (1, 49, 8, 192)",
+    "timm:efficientformerv2_s0": "permute(0, 1, 3, 2) of a tensor of shape (1, 8, 32, 49)",
+    "timm:swiftformer_xs": "permute(0, 2, 1) of a tensor of shape (1, 48, 3136)",
+    "timm:shvit_s1": "a matmul that is not softmax(q @ k^T) @ v of tensors split into heads",
+    "timm:edgenext_xx_small": "reshape from (1, 48, 32, 32) to (1, 48, 1024)",
+    "timm:pvt_v2_b0": "reshape from (1, 56, 56, 32) to (1, 3136, 32)",
+    "timm:swin_tiny_patch4_window7_224": "reshape from (1, 56, 56, 96) to (1, 8, 7, 8, 7, 96)",
+    "smp:FPN": "'stack'",
+    "smp:MAnet": "a matmul that is not softmax(q @ k^T) @ v of tensors split into heads",
+    "smp:Segformer": "reshape from (1, 32, 64, 64) to (1, 32, 4096)",
 }
 """What netopt still refuses, by architecture id: the op (as its one-line refusal names it) that
 stops the trace. The coverage suite checks every other architecture end to end, and these for
-that refusal; updated when an architecture goes through (or, wrongly, stops)."""
+that refusal; updated when an architecture goes through (or, wrongly, stops):
+`python benchmarks/bench_coverage.py --refused` prints it as netopt treats the lists today."""
 
 _DENSE_BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "unet_resnet18": UNet,
