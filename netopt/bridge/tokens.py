@@ -358,6 +358,9 @@ def convert(node: fx.Node) -> Converted | None:
     """The IR op of a token layout step, class token, position embedding or heads view; None when
     `node` is none of them (the general converters then decide)."""
     name = _name(node)
+    scores = [st for a in node.args if (st := _stage(a)) is not None and st.kind in ("scores", "probs", "probs_t")]
+    if scores and name not in ("matmul", "bmm"):
+        raise _refuse(node, f"{name} of attention scores; netopt models them only as softmax(q @ k^T * scale) @ v")
     converter = {"transpose": _transpose, "reshape": _reshape, "view": _reshape, "getitem": _getitem,
                  "cat": _cat, "concat": _cat, "add": _add, "iadd": _add, "mean": _mean}.get(name or "")
     return converter(node) if converter is not None else None
