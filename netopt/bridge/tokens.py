@@ -133,7 +133,8 @@ def stage(node: fx.Node) -> Stage | None:
         return Stage("t", x)
     if name == "transpose" and _heads(x) and sorted(_dims(node, 4)) == [1, 2]:
         return Stage("merged", x)
-    if name == "transpose" and is_tokens(x) and sorted(_dims(node, 3)) == [1, 2]:
+    if (name == "transpose" and is_tokens(x) and sorted(_dims(node, 3)) == [1, 2]) \
+            or (name == "permute" and is_tokens(x) and _dims(node, 3) == (0, 2, 1)):
         return Stage("chw", x)
     return None
 
@@ -213,10 +214,12 @@ def _transpose(node: fx.Node) -> Converted | None:
     """flatten(2).transpose(1, 2): a map's tokens; a (B, N, heads, dim) view transposed: heads."""
     x = _x(node)
     st = _stage(x)
-    if st is not None and st.kind == "flat" and sorted(_dims(node, 3)) == [1, 2]:
+    swapped = sorted(_dims(node, len(_shape(x)))) == [1, 2] if _name(node) == "transpose" \
+        else _dims(node, len(_shape(x))) in ((0, 2, 1), (0, 2, 1, 3))
+    if st is not None and st.kind == "flat" and swapped:
         _mark(node, True)
         return OpKind.TOKENS, NoAttrs(), (st.src,)
-    if st is not None and st.kind == "split" and st.parts == 1 and sorted(_dims(node, 4)) == [1, 2]:
+    if st is not None and st.kind == "split" and st.parts == 1 and swapped and len(_shape(x)) == 4:
         _to_heads(node, _shape(st.src))
         return OpKind.IDENTITY, NoAttrs(), (st.src,)
     return None
@@ -231,6 +234,15 @@ def _reshape(node: fx.Node) -> Converted | None:
         return OpKind.IDENTITY, NoAttrs(), (st.src,)
     if _on_map(x) and after == tuple(x.meta[HEADS]):  # heads of a map viewed as the map again
         return OpKind.IDENTITY, NoAttrs(), (x,)
+    before = _shape(x)
+    if st is None and x.meta.get(CHANNELS_LAST) and len(before) == 4 and after == (before[0], before[1] * before[2],
+                                                                                  before[3]):
+        _mark(node, True)  # a channels-last map (B, H, W, C) as tokens (B, H*W, C)
+        return OpKind.TOKENS, NoAttrs(), (x,)
+    if is_tokens(x) and len(after) == 4 and after[1] * after[2] == before[1] and after[3] == before[2] \
+            and after[1] != before[1]:
+        _mark(node, True)  # tokens as a channels-last map (B, H, W, C)
+        return OpKind.TO_MAP, MapAttrs(height=after[1], width=after[2]), (x,)
     if st is not None and st.kind == "chw" and len(after) == 4 and after[1] == _shape(st.src)[2]:
         _mark(node, False)
         return OpKind.TO_MAP, MapAttrs(height=after[2], width=after[3]), (st.src,)
@@ -248,7 +260,7 @@ def _getitem(node: fx.Node) -> Converted | None:
         b, c, *hw = _shape(st.src)
         _to_heads(node, (b, c // st.dim * (stop - start), *hw))
         return OpKind.HEAD_SLICE, HeadSliceAttrs(unit=st.dim, start=start, stop=stop), (st.src,)
-    if st is not None and st.kind == "unbound" and isinstance(index, int):
+    if st is not None and st.kind in ("unbound", "parts") and isinstance(index, int):  # unbind(0) or qkv[i]
         width = st.heads * st.dim
         _to_heads(node, (*_shape(st.src)[:2], width))
         return OpKind.SLICE, SliceAttrs(start=index * width, stop=(index + 1) * width), (st.src,)
@@ -361,8 +373,9 @@ def convert(node: fx.Node) -> Converted | None:
     scores = [st for a in node.args if (st := _stage(a)) is not None and st.kind in ("scores", "probs", "probs_t")]
     if scores and name not in ("matmul", "bmm"):
         raise _refuse(node, f"{name} of attention scores; netopt models them only as softmax(q @ k^T * scale) @ v")
-    converter = {"transpose": _transpose, "reshape": _reshape, "view": _reshape, "getitem": _getitem,
-                 "cat": _cat, "concat": _cat, "add": _add, "iadd": _add, "mean": _mean}.get(name or "")
+    converter = {"transpose": _transpose, "permute": _transpose, "reshape": _reshape, "view": _reshape,
+                 "getitem": _getitem, "cat": _cat, "concat": _cat, "add": _add, "iadd": _add,
+                 "mean": _mean}.get(name or "")
     return converter(node) if converter is not None else None
 
 
