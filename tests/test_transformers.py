@@ -204,3 +204,14 @@ def test_single_head_attention_on_a_map_is_modelled_and_kept_whole() -> None:
     traced = _check_exact(SingleHead().eval(), torch.randn(1, 3, 16, 16))
     (attention,) = [n for n in traced.network.nodes if n.op is OpKind.ATTENTION]
     assert attention.attrs.qk_dim == 16 and not _head_groups(traced.network)
+
+
+def test_spatial_reduction_attention_shrinks_q_and_kv_by_whole_heads() -> None:
+    """PVT-v2: q from the tokens, k and v from one projection of a strided conv's tokens."""
+    timm = import_timm()
+    torch.manual_seed(0)
+    model = timm.create_model("pvt_v2_b0", pretrained=False).eval()
+    traced = _check_exact(model, torch.randn(1, 3, 64, 64))
+    net = traced.network
+    head = net.group("stages.1.blocks.0.attn.q")
+    assert head.producers == ("stages.1.blocks.0.attn.q", "stages.1.blocks.0.attn.kv") and head.full_width == 2
