@@ -99,6 +99,12 @@ def _dims(node: fx.Node, rank: int) -> tuple[int, ...]:
     return tuple(int(d) % rank for d in args)
 
 
+def _enclosing(node: fx.Node) -> str:
+    """The qualified name of the innermost module whose forward made `node` ('' at the top)."""
+    paths = [v[0] for v in (node.meta.get("nn_module_stack") or {}).values() if v and v[0]]
+    return str(node.target) if node.op == "call_module" else (paths[-1] if paths else "")
+
+
 def _refuse(node: fx.Node, what: str) -> UnsupportedOpError:
     return UnsupportedOpError(f"node {node.name!r}: {what}")
 
@@ -399,6 +405,7 @@ def check_heads(node: fx.Node, kind: OpKind, inputs: tuple[fx.Node, ...]) -> Non
     if not any(_heads(i) for i in inputs) or kind is OpKind.ATTENTION:
         return
     if kind not in HEAD_OPS or len(inputs) != 1:
-        raise _refuse(node, f"a {kind.value} on a tensor split into attention heads (B, heads, N, dim)")
+        raise _refuse(node, f"a {kind.value} on a tensor split into attention heads (B, heads, N, dim); pass "
+                            f"opaque=[{_enclosing(node)!r}] to keep the module that does it whole at full width")
     if _shape(node) == _shape(inputs[0]):  # still split (a merge back is an identity too)
         node.meta[HEADS] = inputs[0].meta[HEADS]
