@@ -94,6 +94,20 @@ def test_the_head_branches_shrink_inside_while_their_box_and_class_maps_stay_who
     assert decoder.attrs.params == _params(head.dfl) and isinstance(traced.opaque[decoder.name], DetectDecode)
 
 
+def test_a_yolo_netopt_built_traces_again_exactly_as_progressive_barrier_retraces_it(yolo: Any) -> None:
+    _, traced = yolo
+    x = torch.randn(1, 3, SIZE, SIZE)
+    small = traced.materialize(traced.network.scaled(0.5)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OpaqueWarning)
+        again = netopt.trace(small, x, step=traced.network.step)
+    assert netopt.ir.params(again.network) == _params(small) == netopt.ir.params(traced.network.scaled(0.5))
+    assert netopt.ir.macs(again.network) == netopt.ir.macs(traced.network.scaled(0.5))
+    with torch.no_grad():
+        torch.testing.assert_close(again.materialize().eval()(x), small(x))
+        assert again.materialize(again.network.scaled(0.5)).eval()(x).shape == small(x).shape
+
+
 def _path(model: nn.Module, module: nn.Module) -> str:
     return next(name for name, m in model.named_modules() if m is module)
 
