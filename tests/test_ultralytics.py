@@ -8,6 +8,7 @@ import importlib.util
 import os
 import tempfile
 import warnings
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -106,6 +107,18 @@ def test_a_yolo_netopt_built_traces_again_exactly_as_progressive_barrier_retrace
     with torch.no_grad():
         torch.testing.assert_close(again.materialize().eval()(x), small(x))
         assert again.materialize(again.network.scaled(0.5)).eval()(x).shape == small(x).shape
+
+
+def test_netopt_recognises_the_head_by_its_class_name_and_never_imports_ultralytics() -> None:
+    import ast
+
+    import netopt.bridge.heads as heads
+
+    tree = ast.parse(Path(heads.__file__).read_text(encoding="utf-8"))
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not any(name.split(".")[0] == "ultralytics" for name in imported)
+    assert all(name.startswith("ultralytics.nn.modules.head.") for name in heads.HEADS)
 
 
 def _path(model: nn.Module, module: nn.Module) -> str:
