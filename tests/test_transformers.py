@@ -215,3 +215,24 @@ def test_spatial_reduction_attention_shrinks_q_and_kv_by_whole_heads() -> None:
     net = traced.network
     head = net.group("stages.1.blocks.0.attn.q")
     assert head.producers == ("stages.1.blocks.0.attn.q", "stages.1.blocks.0.attn.kv") and head.full_width == 2
+
+
+def test_a_relative_position_bias_loses_the_rows_of_the_heads_removed() -> None:
+    """EfficientFormer: each head's q, k, v side by side in one projection, a (heads, positions)
+    bias added to the scores. Silence head 1: removing one head leaves the outputs unchanged, so
+    the kept heads kept their own bias rows."""
+    timm = import_timm()
+    torch.manual_seed(0)
+    model = timm.create_model("efficientformer_l1", pretrained=False).eval()
+    mixer = model.get_submodule("stages.3.blocks.4.token_mixer")
+    with torch.no_grad():
+        mixer.attention_biases.normal_()
+        mixer.qkv.weight.view(8, 192, -1)[1] = 0
+        mixer.qkv.bias.view(8, 192)[1] = 0
+    x = torch.randn(1, 3, 224, 224)
+    traced = netopt.trace(model, x)
+    (heads,) = _head_groups(traced.network)
+    smaller = traced.materialize(traced.network.with_widths({heads: 7}))
+    attention = next(m for m in smaller.modules() if isinstance(m, Attention))
+    assert tuple(attention.attention_biases.shape) == (7, 49)
+    assert max_abs_diff(smaller, model, x) <= 1e-4

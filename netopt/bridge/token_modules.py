@@ -68,13 +68,17 @@ class TokenSelect(nn.Module):
 
 
 class HeadSlice(nn.Module):
-    """Channels [start, stop) of every head of `unit` channels of a (B, C, H, W) map."""
+    """Channels [start, stop) of every head of `unit` channels of a (B, C, H, W) map or of
+    (B, N, C) tokens."""
 
     def __init__(self, unit: int, start: int, stop: int) -> None:
         super().__init__()
         self.unit, self.start, self.stop = unit, start, stop
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 3:
+            b, n, c = x.shape
+            return x.view(b, n, c // self.unit, self.unit)[..., self.start:self.stop].reshape(b, n, -1)
         b, c, *rest = x.shape
         return x.view(b, c // self.unit, self.unit, *rest)[:, :, self.start:self.stop].reshape(b, -1, *rest)
 
@@ -91,9 +95,14 @@ class Attention(nn.Module):
     torch.Size([1, 5, 4])
     """
 
-    def __init__(self, qk_dim: int, v_dim: int, scale: float) -> None:
+    def __init__(self, qk_dim: int, v_dim: int, scale: float, bias: tuple[int, int, int, int] | None = None) -> None:
+        """`bias`: (heads, positions, N, M) of a relative position bias `attention_biases[:, attention_bias_idxs]`."""
         super().__init__()
         self.qk_dim, self.v_dim, self.scale = qk_dim, v_dim, scale
+        if bias is not None:
+            heads, positions, n, m = bias
+            self.attention_biases = nn.Parameter(torch.zeros(heads, positions))
+            self.register_buffer("attention_bias_idxs", torch.zeros(n, m, dtype=torch.long))
 
     def _heads(self, x: Tensor, dim: int) -> Tensor:
         b, n, c = x.shape
@@ -107,7 +116,9 @@ class Attention(nn.Module):
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         qh, kh, vh = self._heads(q, self.qk_dim), self._heads(k, self.qk_dim), self._heads(v, self.v_dim)
-        out = F.scaled_dot_product_attention(qh, kh, vh, scale=self.scale)
+        biases = getattr(self, "attention_biases", None)
+        mask = None if biases is None else biases[:, self.attention_bias_idxs]
+        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=self.scale)
         return out.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
 
 

@@ -41,10 +41,12 @@ __all__ = ["STAGE", "HEADS", "Stage", "stage", "convert", "FUNCTIONS", "METHODS"
 
 STAGE = "netopt_token_stage"
 """fx node meta key: the `Stage` an attention or layout step is at (the node is no IR node)."""
+BOUND_TO = "netopt_bound_to"
+"""fx node meta key: the module holding the parameter an attention node reads (its position bias)."""
 HEADS = "netopt_heads"
 """fx node meta key: the (B, N, C) token shape of a tensor split into heads (B, heads, N, dim)."""
 
-HEAD_OPS = frozenset({OpKind.IDENTITY, OpKind.DROPOUT, OpKind.MUL, OpKind.ATTENTION})
+HEAD_OPS = frozenset({OpKind.IDENTITY, OpKind.DROPOUT, OpKind.MUL, OpKind.ATTENTION, OpKind.HEAD_SLICE})
 """Ops that may read a tensor split into heads (q/k norms that are identities, a scalar factor)."""
 
 
@@ -60,6 +62,7 @@ class Stage:
     k: fx.Node | None = None
     scale: float = 1.0
     bounds: tuple[tuple[int, int], ...] = ()
+    bias: fx.Node | None = None  # the `attention_biases[:, attention_bias_idxs]` lookup added to the scores
 
 
 def _name(node: fx.Node) -> str | None:
@@ -122,6 +125,11 @@ def stage(node: fx.Node) -> Stage | None:
     before, after, st = _shape(x), _shape(node), _stage(x)
     if name in ("matmul", "bmm"):
         return matmul_stage(node)
+    if name == "getitem" and x.op == "get_attr" and _bias_lookup(node):
+        return Stage("bias", x)
+    if name == "add" and st is not None and st.kind == "bias":
+        other = _stage(_arg1(node))
+        return replace(other, bias=x) if other is not None and other.kind == "scores" else None
     plain_map = st is None and len(before) == 4 and not x.meta.get(CHANNELS_LAST) and not _heads(x)
     if name == "flatten" and plain_map and _dims(node, 4)[:1] == (2,):
         return Stage("flat", x)
@@ -135,6 +143,8 @@ def stage(node: fx.Node) -> Stage | None:
         return Stage("split", x, parts, after[-2], after[-1])
     if st is not None:
         return _next_stage(node, name, st, after)
+    if name in ("split", "chunk") and _heads(x) and not _on_map(x) and _split_dim(node) == 3:
+        return Stage("t_parts", x, dim=before[3], bounds=_bounds(node, 3))  # q, k, v side by side in each head
     if name == "transpose" and _heads(x) and sorted(_dims(node, 4)) == [2, 3]:
         return Stage("t", x)
     if name == "transpose" and _heads(x) and sorted(_dims(node, 4)) == [1, 2]:
@@ -150,16 +160,16 @@ def _next_stage(node: fx.Node, name: str, st: Stage, after: tuple[int, ...]) -> 
         return replace(st, kind="parts")
     if name == "unbind" and st.kind == "parts" and _dim0(node):
         return replace(st, kind="unbound")
+    if name == "add" and st.kind == "scores" and st.bias is None:
+        bias = _stage(_arg1(node))
+        return replace(st, bias=_arg1(node)) if bias is not None and bias.kind == "bias" else None
     if name == "softmax" and st.kind == "scores" and _dim(node) % len(after) == len(after) - 1:
         return replace(st, kind="probs")
     if name == "transpose" and st.kind == "probs" and sorted(_dims(node, len(after)))[-2:] == [len(after) - 2,
                                                                                             len(after) - 1]:
         return replace(st, kind="probs_t")
-    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
-    if name in ("split", "chunk") and st.kind == "cf_split" and isinstance(dim, int) and dim % 4 == 2:
-        ends = [0, *(shape[2] for shape in node.meta.get(SHAPES, ()))]
-        bounds = tuple((sum(ends[:i + 1]), sum(ends[:i + 2])) for i in range(len(ends) - 1))
-        return replace(st, kind="cf_parts", bounds=bounds)
+    if name in ("split", "chunk") and st.kind == "cf_split" and _split_dim(node) == 2:
+        return replace(st, kind="cf_parts", bounds=_bounds(node, 2))
     if name == "dropout" and st.kind == "probs":
         return st
     if name == "maybe_add_mask" and st.kind == "scores" and SHAPE not in getattr(_arg1(node), "meta", {}):
@@ -171,8 +181,27 @@ def _next_stage(node: fx.Node, name: str, st: Stage, after: tuple[int, ...]) -> 
     return None
 
 
+def _split_dim(node: fx.Node) -> int | None:
+    """The dim a split or chunk of a rank-4 tensor cuts along."""
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    return dim % 4 if isinstance(dim, int) else None
+
+
+def _bounds(node: fx.Node, dim: int) -> tuple[tuple[int, int], ...]:
+    """The ranges [start, stop) along `dim` of the pieces a split or chunk returned."""
+    ends = [0, *(shape[dim] for shape in node.meta.get(SHAPES, ()))]
+    return tuple((sum(ends[:i + 1]), sum(ends[:i + 2])) for i in range(len(ends) - 1))
+
+
 def _dim(node: fx.Node, default: int = 0) -> int:
     return int(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", default))  # type: ignore[arg-type]
+
+
+def _bias_lookup(node: fx.Node) -> bool:
+    """`attention_biases[:, attention_bias_idxs]`: a parameter indexed by a buffer of the same module."""
+    index = node.args[1]
+    return isinstance(index, tuple) and len(index) == 2 and index[0] == slice(None) \
+        and isinstance(index[1], fx.Node) and index[1].op == "get_attr"
 
 
 def _dim0(node: fx.Node) -> bool:
@@ -261,6 +290,11 @@ def _getitem(node: fx.Node) -> Converted | None:
     index: Any
     x, index = node.args
     st = _stage(x)
+    if st is not None and st.kind == "t_parts" and isinstance(index, int):
+        start, stop = st.bounds[index]
+        b, n, c = st.src.meta[HEADS]
+        _to_heads(node, (b, n, c // st.dim * (stop - start)))
+        return OpKind.HEAD_SLICE, HeadSliceAttrs(unit=st.dim, start=start, stop=stop), (st.src,)
     if st is not None and st.kind == "cf_parts" and isinstance(index, int):
         start, stop = st.bounds[index]
         b, c, *hw = _shape(st.src)
@@ -342,10 +376,11 @@ def _matmul(node: fx.Node) -> Converted:
     if st is None or st.k is None or st.kind != ("probs_t" if on_map else "probs") \
             or not (_heads(v) or on_map) or _on_map(st.src) != _on_map(v):
         raise _refuse(node, "a matmul that is not softmax(q @ k^T) @ v of tensors split into heads")
-    return _attention(node, st.src, st.k, v, st.scale)
+    return _attention(node, st.src, st.k, v, st.scale, st.bias)
 
 
-def _attention(node: fx.Node, q: fx.Node, k: fx.Node, v: fx.Node, scale: float) -> Converted:
+def _attention(node: fx.Node, q: fx.Node, k: fx.Node, v: fx.Node, scale: float,
+               bias: fx.Node | None = None) -> Converted:
     if _on_map(q):  # (B, h, dim, N) of the map q's IR tensor is
         dq, dv, heads = _shape(q)[2], _shape(v)[2], _shape(q)[1]
         b, _, *hw = q.meta[HEADS]
@@ -358,7 +393,21 @@ def _attention(node: fx.Node, q: fx.Node, k: fx.Node, v: fx.Node, scale: float) 
         dq, dv = _shape(q)[-1], _shape(v)[-1]
         b, heads, n, _ = _shape(q)
         _to_heads(node, (b, n, heads * dv))
-    return OpKind.ATTENTION, AttentionAttrs(qk_dim=dq, v_dim=dv, scale=scale), (q, k, v)
+    positions = _bias_positions(node, bias, heads) if bias is not None else 0
+    return OpKind.ATTENTION, AttentionAttrs(qk_dim=dq, v_dim=dv, scale=scale, bias_positions=positions), (q, k, v)
+
+
+def _bias_positions(node: fx.Node, bias: fx.Node, heads: int) -> int:
+    """The positions R of a (heads, R) relative position bias, bound to the module holding it."""
+    table: Any = bias.args[0]
+    idxs: Any = bias.args[1][1]  # type: ignore[index]
+    owner, _, name = str(table.target).rpartition(".")
+    if name != "attention_biases" or str(idxs.target) != f"{owner}.attention_bias_idxs" \
+            or _shape(table)[0] != heads:
+        raise _refuse(node, f"attention scores plus {table.target!r}[:, {idxs.target!r}]; a relative position bias "
+                            "is modelled as attention_biases[:, attention_bias_idxs] of one module, a row per head")
+    node.meta[BOUND_TO] = owner
+    return _shape(table)[1]
 
 
 FUNCTIONS: dict[Any, Any] = {

@@ -61,11 +61,14 @@ class HeadSliceAttrs:
 class AttentionAttrs:
     """Softmax attention of q, k, v split into heads of `qk_dim` (q, k) and `v_dim` (v) channels:
     softmax(q k^T * scale) v per head, over the tokens or the positions of a map (1x1-conv
-    attention). `scale` is the original's, kept when heads go."""
+    attention). `scale` is the original's, kept when heads go. With `bias_positions` R > 0 a learned
+    (heads, R) relative position bias, looked up for every (query, key) pair, is added to the scaled
+    scores (EfficientFormer, LeViT): it loses the rows of removed heads."""
 
     qk_dim: int
     v_dim: int
     scale: float
+    bias_positions: int = 0
 
 
 def _need_tokens(name: str, spatial: Sequence[Spatial], what: str) -> Spatial:
