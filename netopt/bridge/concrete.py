@@ -46,7 +46,7 @@ def read_off_metadata(kind: str, target: Any, value: Any) -> bool:
     if kind not in ("call_function", "call_method") or target is getattr:
         return False  # getattr: an fx Attribute (a method about to be called) needs its node
     name = target if kind == "call_method" else getattr(target, "__name__", "")
-    return name not in DATA_READS and plain(value)
+    return value is not None and name not in DATA_READS and plain(value)  # None: setitem, _assert stay nodes
 
 
 def value_kind(node: fx.Node) -> str:
