@@ -99,7 +99,7 @@ def _dims(node: fx.Node, rank: int) -> tuple[int, ...]:
     if len(args) == 1 and isinstance(args[0], list | tuple):
         args = args[0]
     args = args or node.kwargs.get("dims", ()) or (node.kwargs.get("dim0"), node.kwargs.get("dim1"))
-    return tuple(int(d) % rank for d in args)
+    return tuple(d % rank for d in args if isinstance(d, int))
 
 
 def _enclosing(node: fx.Node) -> str:
@@ -131,7 +131,9 @@ def stage(node: fx.Node) -> Stage | None:
         other = _stage(_arg1(node))
         return replace(other, bias=x) if other is not None and other.kind == "scores" else None
     plain_map = st is None and len(before) == 4 and not x.meta.get(CHANNELS_LAST) and not _heads(x)
-    if name == "flatten" and plain_map and _dims(node, 4)[:1] == (2,):
+    start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+    end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+    if name == "flatten" and plain_map and start == 2 and end in (-1, 3):
         return Stage("flat", x)
     if name in ("reshape", "view") and plain_map and after == (*before[:2], before[2] * before[3]):
         return Stage("flat", x)  # x.reshape(B, C, -1): as flatten(2)
