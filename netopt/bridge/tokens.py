@@ -4,11 +4,12 @@ A token tensor (B, N, C) is marked like a channels-last map (`CHANNELS_LAST`): i
 last dim, and the IR sees it as (C, N). The steps of an attention block that only rearrange are
 *stages* (meta `STAGE`), not IR nodes: `flatten(2)` before the transpose that makes tokens, the
 reshape of a qkv projection to (B, N, parts, heads, dim) and its permute and unbind, `k.transpose`,
-`q @ k^T`, its softmax and dropout. Tensors split into heads (B, heads, N, dim) are IR token tensors
-with meta `HEADS` (their token shape). The pattern ends in one ATTENTION node, at
-`F.scaled_dot_product_attention` or at the `@ v` of the explicit form; the IR reads which linear
-projections it splits into heads off that structure (`netopt.ir.heads`).
-What does not fit is refused in one line naming the node and the opaque=[...] fix.
+`q @ k^T`, a relative position bias added to it, its softmax and dropout. Tensors split into heads
+(B, heads, N, dim) are IR token tensors with meta `HEADS` (the shape the IR sees); so are the heads
+of a map that 1x1 convs made (B, heads, dim, H*W: Ultralytics' PSA), whose IR tensor is the map.
+The pattern ends in one ATTENTION node, at `F.scaled_dot_product_attention` or at the `@ v` of the
+explicit form; the IR reads which projections it splits into heads off that structure
+(`netopt.ir.heads`). What does not fit is refused in one line naming the node and the opaque=[...] fix.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from netopt.ir.ops import (
     TokenSelectAttrs,
 )
 
-__all__ = ["STAGE", "HEADS", "Stage", "stage", "convert", "FUNCTIONS", "METHODS",
-           "token_shape", "bound_parameter", "check_heads", "HEAD_OPS"]
+__all__ = ["STAGE", "HEADS", "BOUND_TO", "Stage", "stage", "matmul_stage", "convert", "FUNCTIONS", "METHODS",
+           "token_shape", "bound_parameter", "check_heads", "is_tokens", "HEAD_OPS"]
 
 STAGE = "netopt_token_stage"
 """fx node meta key: the `Stage` an attention or layout step is at (the node is no IR node)."""
