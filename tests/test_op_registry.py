@@ -40,7 +40,7 @@ def test_every_built_module_is_converted_back() -> None:
 
 def test_an_op_the_energy_model_does_not_cost_is_an_error_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delitem(energy._PRICED, Energy.NORM)
-    with pytest.raises(MeasurementError, match="no cost for op kinds \\['layernorm'\\]"):
+    with pytest.raises(MeasurementError, match="no cost for op kinds \\['layernorm', 'group_norm', 'grn'\\]"):
         energy.EnergyModel()
 
 
@@ -109,7 +109,8 @@ def test_the_lookup_table_refuses_to_open_when_an_op_cannot_be_measured(
 
 
 @settings(max_examples=10, deadline=None)
-@given(nst.networks(max_blocks=3, blocks=("convnext", "split", "resize", "shuffle", "eca", "decoder")))
+@given(nst.networks(max_blocks=3, blocks=("convnext", "split", "resize", "shuffle", "eca", "decoder", "poolformer",
+                                          "convnextv2", "arith", "vit")))
 def test_networks_of_the_new_ops_run_in_onnx_runtime_as_in_torch(net: Network) -> None:
     model = build(net).eval()
     x = torch.randn(1, *net.input_shape)

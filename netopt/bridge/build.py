@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -13,6 +14,7 @@ import torch
 from torch import fx, nn
 
 from netopt.bridge import modules as M
+from netopt.bridge import token_modules as TM
 from netopt.errors import MaterializeError
 from netopt.ir import INPUT, Network, Node, OpKind
 
@@ -55,6 +57,25 @@ def _batchnorm(net: Network, node: Node) -> nn.Module:
     cls = nn.BatchNorm2d if len(net.shape(node.name)) == 3 else nn.BatchNorm1d
     return cls(net.shape(node.name)[0], eps=a.eps, momentum=a.momentum, affine=a.affine,
                track_running_stats=a.track_running_stats)
+
+
+def _group_norm(net: Network, node: Node) -> nn.Module:
+    """nn.GroupNorm at the current width: G equal blocks stay G; one group a channel follows the width."""
+    a, channels = node.attrs, net.shape(node.name)[0]
+    per_channel = a.num_groups == net.analysis.channels(net.layout(node.name), {})
+    layer = nn.GroupNorm(channels if per_channel else a.num_groups, channels, eps=a.eps, affine=a.affine or a.bias)
+    for name, held in (("weight", a.affine), ("bias", a.bias)):
+        if not held:
+            layer.register_parameter(name, None)
+    return layer
+
+
+def _attention_bias(net: Network, node: Node) -> tuple[int, int, int, int] | None:
+    """(heads, positions, N, M) of an attention node's relative position bias, or None."""
+    if not node.attrs.bias_positions:
+        return None
+    q, k = net.shape(node.inputs[0]), net.shape(node.inputs[1])
+    return q[0] // node.attrs.qk_dim, node.attrs.bias_positions, math.prod(q[1:]), math.prod(k[1:])
 
 
 def _pool(cls: type[nn.Module]) -> LayerFactory:
@@ -105,6 +126,21 @@ FACTORIES: dict[OpKind, LayerFactory] = {
     OpKind.LEAKY_RELU: lambda net, node: nn.LeakyReLU(node.attrs.negative_slope),
     OpKind.CHANNEL_SHUFFLE: lambda net, node: M.ChannelShuffle(node.attrs.groups),
     OpKind.ECA: lambda net, node: M.Eca(node.attrs.kernel_size),
+    OpKind.TOKENS: _plain(TM.Tokens),
+    OpKind.TO_MAP: lambda net, node: TM.ToMap(node.attrs.height, node.attrs.width),
+    OpKind.CLASS_TOKEN: lambda net, node: TM.ClassToken(net.shape(node.name)[0], node.attrs.tokens),
+    OpKind.POS_EMBED: lambda net, node: TM.PositionEmbedding(net.shape(node.name)[1], net.shape(node.name)[0]),
+    OpKind.TOKEN_SELECT: lambda net, node: TM.TokenSelect(node.attrs.start, node.attrs.stop),
+    OpKind.ATTENTION: lambda net, node: TM.Attention(node.attrs.qk_dim, node.attrs.v_dim, node.attrs.scale,
+                                                     _attention_bias(net, node)),
+    OpKind.HEAD_SLICE: lambda net, node: TM.HeadSlice(node.attrs.unit, node.attrs.start, node.attrs.stop),
+    OpKind.SUB: lambda net, node: M.Sub(node.attrs.scalar, node.attrs.reverse),
+    OpKind.DIV: lambda net, node: M.Div(node.attrs.scalar, node.attrs.reverse),
+    OpKind.NEG: _plain(M.Neg),
+    OpKind.GROUP_NORM: _group_norm,
+    OpKind.GRN: lambda net, node: M.Grn(net.shape(node.name)[0], node.attrs.eps),
+    OpKind.SCALAR_AFFINE: _plain(M.ScalarAffine),
+    OpKind.STAR_RELU: _plain(M.StarRelu),
 }
 
 

@@ -27,33 +27,42 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from netopt.bridge import modules as M
+from netopt.bridge import token_modules as TM
 from netopt.errors import UnsupportedOpError
 from netopt.ir.ops import (
     AdaptivePoolAttrs,
+    AttentionAttrs,
     BatchNormAttrs,
+    ClassTokenAttrs,
     Conv2dAttrs,
     ConvTranspose2dAttrs,
     DropoutAttrs,
     DropPathAttrs,
     EcaAttrs,
     GeluAttrs,
+    GrnAttrs,
+    GroupNormAttrs,
+    HeadSliceAttrs,
     LayerNormAttrs,
     LeakyReluAttrs,
     LinearAttrs,
+    MapAttrs,
     MeanAttrs,
     NoAttrs,
+    OperandAttrs,
     OpKind,
     PadAttrs,
     PoolAttrs,
     ScalarAttrs,
     ShuffleAttrs,
     SliceAttrs,
+    TokenSelectAttrs,
     UpsampleAttrs,
 )
 
 __all__ = ["MODULES", "FOREIGN", "FUNCTIONS", "METHODS", "Converted", "leaf_converter", "param_path", "pieces",
            "function_converter", "shuffle_stage", "SHUFFLE",
-           "CHANNELS_LAST", "PIECES", "SHAPES"]
+           "CHANNELS_LAST", "PIECES", "SHAPES", "DTYPE"]
 
 CHANNELS_LAST = "netopt_channels_last"
 """fx node meta key: the tensor is an NCHW map permuted to (N, H, W, C)."""
@@ -62,6 +71,8 @@ PIECES = "netopt_pieces"
 SHAPES = "netopt_shapes"
 """fx node meta key: the shapes of the tensors a node returned as a tuple."""
 SHAPE = "netopt_shape"
+DTYPE = "netopt_dtype"
+"""fx node meta key: the dtype of the tensor the node returned on the example input."""
 
 Converted = tuple[OpKind, Any, tuple[fx.Node, ...]]
 
@@ -121,7 +132,7 @@ def _conv_transpose(node: fx.Node, m: nn.ConvTranspose2d) -> Converted:
 
 
 def _linear(node: fx.Node, m: nn.Linear) -> Converted:
-    if _channels_last(_first(node)[0]):  # a Linear over the channels of every position: a 1x1 conv
+    if _channels_last(_first(node)[0]) and len(_first(node)[0].meta[SHAPE]) == 4:  # over every position: a 1x1 conv
         attrs = Conv2dAttrs(out_channels=m.out_features, kernel_size=(1, 1), bias=m.bias is not None)
         return OpKind.CONV2D, attrs, _first(node)
     return OpKind.LINEAR, LinearAttrs(out_features=m.out_features, bias=m.bias is not None), _first(node)
@@ -144,7 +155,7 @@ def _layer_norm(node: fx.Node, m: nn.LayerNorm) -> Converted:
 def _norm_over_channels(node: fx.Node, x: fx.Node, normalized: tuple[int, ...], eps: float,
                         affine: bool) -> Converted:
     shape = x.meta[SHAPE]
-    over_channels = len(shape) == 2 or (_channels_last(x) and len(shape) == 4)
+    over_channels = len(shape) == 2 or (_channels_last(x) and len(shape) in (3, 4))  # 3: tokens
     if not over_channels or normalized != (_channels(node, x),):
         raise _refuse(node, f"LayerNorm over {normalized} of a tensor of shape {tuple(shape)}",
                       "only a LayerNorm over the channels (channels-last, or of a vector) is modelled; "
@@ -189,6 +200,8 @@ def _pad_module(node: fx.Node, m: Any) -> Converted:
 
 
 def _padding(node: fx.Node, x: fx.Node, pad: tuple[int, ...], mode: str, value: float | None) -> Converted:
+    if not any(pad):  # pads nothing, in any layout (Swin and EfficientViT pad windows only when needed)
+        return OpKind.IDENTITY, NoAttrs(), (x,)
     if mode != "constant" or len(pad) not in (2, 4) or any(p < 0 for p in pad) or len(x.meta[SHAPE]) != 4 \
             or _channels_last(x):
         raise _refuse(node, f"padding {pad} (mode {mode!r}) of a tensor of shape {tuple(x.meta[SHAPE])}",
@@ -196,6 +209,30 @@ def _padding(node: fx.Node, x: fx.Node, pad: tuple[int, ...], mode: str, value: 
                       "")
     full = (*pad, 0, 0) if len(pad) == 2 else pad
     return OpKind.PAD, PadAttrs(pad=tuple(int(p) for p in full), value=float(value or 0.0)), (x,)  # type: ignore[arg-type]
+
+
+def _group_norm(node: fx.Node, m: nn.GroupNorm) -> Converted:
+    return _grouped_norm(node, _first(node)[0], m.num_groups, m.eps, (m.weight is not None, m.bias is not None))
+
+
+def _grouped_norm(node: fx.Node, x: fx.Node, groups: int, eps: float, held: tuple[bool, bool]) -> Converted:
+    """`held`: whether the norm has a weight, and a bias."""
+    if len(x.meta[SHAPE]) != 4 or _channels_last(x):
+        raise _refuse(node, f"GroupNorm of a tensor of shape {tuple(x.meta[SHAPE])}",
+                      "GroupNorm of NCHW maps is modelled; ")
+    attrs = GroupNormAttrs(num_groups=int(groups), eps=float(eps), affine=held[0], bias=held[1])
+    return OpKind.GROUP_NORM, attrs, (x,)
+
+
+def _grn(node: fx.Node, m: Any) -> Converted:
+    """timm's GlobalResponseNorm, named by its class rather than matched by what it computes: its
+    forward is five nodes (norm, mean, add eps, divide, addcmul) that mean GRN only together, and the
+    class also says which layout it expects, checked here against the input's."""
+    x = _first(node)[0]
+    if len(x.meta[SHAPE]) != 4 or (m.channel_dim == -1) != _channels_last(x):
+        raise _refuse(node, f"a GlobalResponseNorm (channel_dim={m.channel_dim}) applied to a tensor of "
+                      f"shape {tuple(x.meta[SHAPE])}", "")
+    return OpKind.GRN, GrnAttrs(eps=float(m.eps)), (x,)
 
 
 def _bn(node: fx.Node, m: nn.modules.batchnorm._BatchNorm) -> Converted:
@@ -253,6 +290,15 @@ def _own(kind: OpKind, attrs: Callable[[Any], Any]) -> Callable[[fx.Node, Any], 
     return lambda node, m: (kind, attrs(m), tuple(node.args))  # type: ignore[arg-type]
 
 
+def _layout(kind: OpKind, attrs: Callable[[Any], Any], tokens: Callable[[Any], bool]
+            ) -> Callable[[fx.Node, Any], Converted]:
+    """netopt's own module of a layout op: its output is tokens (channels last) or not."""
+    def convert(node: fx.Node, m: Any) -> Converted:
+        node.meta[CHANNELS_LAST] = tokens(m)
+        return kind, attrs(m), tuple(node.args)  # type: ignore[arg-type]
+    return convert
+
+
 MODULES: dict[type, Callable[[fx.Node, Any], Converted]] = {
     nn.LayerNorm: _layer_norm,
     nn.ConvTranspose2d: _conv_transpose,
@@ -263,6 +309,7 @@ MODULES: dict[type, Callable[[fx.Node, Any], Converted]] = {
     nn.ZeroPad2d: _pad_module,
     nn.ConstantPad2d: _pad_module,
     nn.Dropout1d: _dropout,
+    nn.GroupNorm: _group_norm,
     nn.Conv2d: _conv,
     nn.Linear: _linear,
     nn.BatchNorm2d: _bn,
@@ -294,6 +341,22 @@ MODULES: dict[type, Callable[[fx.Node, Any], Converted]] = {
     M.Slice: _own(OpKind.SLICE, lambda m: SliceAttrs(start=m.start, stop=m.stop)),
     M.ChannelShuffle: _own(OpKind.CHANNEL_SHUFFLE, lambda m: ShuffleAttrs(groups=m.groups)),
     M.Eca: lambda node, m: (OpKind.ECA, EcaAttrs(kernel_size=m.conv.kernel_size[0]), _first(node)),
+    TM.Tokens: _layout(OpKind.TOKENS, lambda m: NoAttrs(), lambda m: True),
+    TM.ToMap: _layout(OpKind.TO_MAP, lambda m: MapAttrs(height=m.height, width=m.width), lambda m: False),
+    TM.TokenSelect: _layout(OpKind.TOKEN_SELECT, lambda m: TokenSelectAttrs(start=m.start, stop=m.stop),
+                            lambda m: m.stop is not None),
+    TM.ClassToken: _own(OpKind.CLASS_TOKEN, lambda m: ClassTokenAttrs(tokens=m.weight.shape[1])),
+    TM.PositionEmbedding: _own(OpKind.POS_EMBED, lambda m: NoAttrs()),
+    TM.Attention: _own(OpKind.ATTENTION, lambda m: AttentionAttrs(
+        qk_dim=m.qk_dim, v_dim=m.v_dim, scale=m.scale,
+        bias_positions=m.attention_biases.shape[1] if hasattr(m, "attention_biases") else 0)),
+    TM.HeadSlice: _own(OpKind.HEAD_SLICE, lambda m: HeadSliceAttrs(unit=m.unit, start=m.start, stop=m.stop)),
+    M.Sub: _own(OpKind.SUB, lambda m: OperandAttrs(scalar=m.scalar, reverse=m.reverse)),
+    M.Div: _own(OpKind.DIV, lambda m: OperandAttrs(scalar=m.scalar, reverse=m.reverse)),
+    M.Neg: _unary(OpKind.NEG),
+    M.Grn: lambda node, m: (OpKind.GRN, GrnAttrs(eps=m.eps), _first(node)),
+    M.ScalarAffine: _unary(OpKind.SCALAR_AFFINE),
+    M.StarRelu: _unary(OpKind.STAR_RELU),
 }
 
 def _eca(node: fx.Node, m: Any) -> Converted:
@@ -309,6 +372,9 @@ def _eca(node: fx.Node, m: Any) -> Converted:
 
 FOREIGN: dict[str, Callable[[fx.Node, Any], Converted]] = {
     "timm.layers.eca.EcaModule": _eca,
+    "timm.layers.grn.GlobalResponseNorm": _grn,
+    "timm.models.hgnet.LearnableAffineBlock": _unary(OpKind.SCALAR_AFFINE),  # scale * x + bias, 1-element
+    "timm.models.metaformer.StarReLU": _unary(OpKind.STAR_RELU),  # scale * relu(x) ** 2 + bias, 1-element
     "timm.layers.drop.DropPath": _drop_path(lambda m: m.drop_prob, lambda m: "row", lambda m: m.scale_by_keep),
     "torchvision.ops.stochastic_depth.StochasticDepth": _drop_path(lambda m: m.p, lambda m: m.mode, lambda m: True),
 }
@@ -382,10 +448,41 @@ def _binary(kind: OpKind) -> Callable[[fx.Node], Converted]:
     return convert
 
 
+def _operand(kind: OpKind, swap: bool = False) -> Callable[[fx.Node], Converted]:
+    """SUB/DIV of two tensors, or of a tensor and a number on either side (`1 - x`: reverse);
+    `swap` for torch.rsub, which takes its second argument minus its first."""
+    def convert(node: fx.Node) -> Converted:
+        if node.kwargs.get("alpha", 1) != 1 or node.kwargs.get("rounding_mode") is not None:
+            raise _refuse(node, f"{kind.value} with alpha or rounding_mode", "compute it with plain operators")
+        a, b = node.args[0], _arg(node, 1, "other")
+        a, b = (b, a) if swap else (a, b)
+        if isinstance(a, fx.Node) and isinstance(b, fx.Node):
+            return kind, OperandAttrs(), (a, b)
+        x, number = (a, b) if isinstance(a, fx.Node) else (b, a)
+        if isinstance(x, fx.Node) and isinstance(number, int | float) and not isinstance(number, bool):
+            return kind, OperandAttrs(scalar=float(number), reverse=x is b), (x,)
+        raise _refuse(node, f"{kind.value} of {node.args!r} is not tensor-tensor or tensor-number", "")
+    return convert
+
+
+def _cast(node: fx.Node) -> Converted:
+    """A cast to the dtype the tensor already has (`.to(torch.float32)`, `.float()`, `.to(device)`)
+    is an identity; the IR has one float dtype, so any other cast is refused."""
+    x = node.args[0]
+    assert isinstance(x, fx.Node)
+    before, after = x.meta.get(DTYPE), node.meta.get(DTYPE)
+    if before is None or before != after:
+        raise _refuse(node, f"a cast from {before} to {after}",
+                      "the IR models tensors of one float dtype: cast the model and its input instead")
+    return OpKind.IDENTITY, NoAttrs(), (x,)
+
+
 def _cat(node: fx.Node) -> Converted:
     dim = _arg(node, 1, "dim", 0)
     inputs = tuple(_arg(node, 0, "tensors"))
     rank = len(inputs[0].meta[SHAPE])
+    if _channels_last(inputs[0]) and dim in (rank - 1, -1):  # channels-last: the channels are the last dim
+        return OpKind.CONCAT, NoAttrs(), inputs
     if dim not in (1, 1 - rank):
         raise _refuse(node, f"concatenation along dim {dim}",
                       "only channel concatenation (dim=1) is modelled")
@@ -448,8 +545,12 @@ def _mean_fn(node: fx.Node) -> Converted:
     keepdim = bool(_arg(node, 2, "keepdim", False))
     dims = tuple(dims) if isinstance(dims, list | tuple) else (dims,)
     rank = len(node.args[0].meta[SHAPE])  # type: ignore[union-attr]
-    if rank != 4 or sorted(d % 4 for d in dims) != [2, 3]:
-        raise _refuse(node, f"mean over dims {dims}", "only the spatial mean (dims 2, 3) is modelled")
+    last = _channels_last(node.args[0])
+    if rank != 4 or sorted(d % 4 for d in dims) != ([1, 2] if last else [2, 3]):
+        raise _refuse(node, f"mean over dims {dims}",
+                      "only the spatial mean (dims 2, 3; 1, 2 channels-last) is modelled")
+    if last:  # MambaOut's head: the pooled (N, C) is a vector; with keepdim (N, 1, 1, C) stays channels-last
+        node.meta[CHANNELS_LAST] = keepdim
     return OpKind.MEAN, MeanAttrs(keepdim=keepdim), (node.args[0],)  # type: ignore[return-value]
 
 
@@ -539,7 +640,7 @@ def _f_linear(node: fx.Node) -> Converted:
     weight, bias = _arg(node, 1, "weight"), _arg(node, 2, "bias")
     _owned(node, {"weight": weight, "bias": bias}, "linear")
     out = int(weight.meta[SHAPE][0])
-    if _channels_last(node.args[0]):
+    if _channels_last(node.args[0]) and len(node.args[0].meta[SHAPE]) == 4:  # type: ignore[union-attr]
         return OpKind.CONV2D, Conv2dAttrs(out_channels=out, kernel_size=(1, 1), bias=bias is not None), (node.args[0],)  # type: ignore[return-value]
     return OpKind.LINEAR, LinearAttrs(out_features=out, bias=bias is not None), (node.args[0],)  # type: ignore[return-value]
 
@@ -555,6 +656,13 @@ def _f_layer_norm(node: fx.Node) -> Converted:
     normalized = tuple(_arg(node, 1, "normalized_shape"))
     return _norm_over_channels(node, node.args[0], normalized, float(_arg(node, 4, "eps", 1e-5)),  # type: ignore[arg-type]
                                weight is not None)
+
+
+def _f_group_norm(node: fx.Node) -> Converted:
+    weight, bias = _arg(node, 2, "weight"), _arg(node, 3, "bias")
+    _owned(node, {"weight": weight, "bias": bias}, "group_norm")
+    return _grouped_norm(node, node.args[0], int(_arg(node, 1, "num_groups")),  # type: ignore[arg-type]
+                         float(_arg(node, 4, "eps", 1e-5)), (weight is not None, bias is not None))
 
 
 def _f_pad(node: fx.Node) -> Converted:
@@ -614,25 +722,27 @@ def _channel_index(index: tuple[Any, ...], rank: int) -> bool:
 
 
 def _slice(x: fx.Node, start: int, stop: int) -> Converted:
-    if start == 0 and stop == x.meta[SHAPE][1]:
+    if start == 0 and stop == _channels(x, x):
         return OpKind.IDENTITY, NoAttrs(), (x,)
     return OpKind.SLICE, SliceAttrs(start=start, stop=stop), (x,)
 
 
 def pieces(node: fx.Node) -> list[tuple[int, int]] | None:
-    """Channel ranges of the tensors a split or chunk along dim 1 returns, else None."""
+    """Channel ranges of the tensors a split or chunk along the channels (dim 1; the last dim of
+    a channels-last map) returns, else None."""
     name = node.target if node.op == "call_method" else getattr(node.target, "__name__", None)
     if name not in ("split", "chunk") or node.op not in ("call_method", "call_function"):
         return None
     x = node.args[0]
     rank = len(x.meta[SHAPE])  # type: ignore[union-attr]
     dim = _arg(node, 2, "dim", 0)
-    if dim % rank != 1 or _channels_last(x):
+    channels = rank - 1 if _channels_last(x) else 1
+    if dim % rank != channels:
         return None
     bounds, start = [], 0
     for shape in node.meta[SHAPES]:
-        bounds.append((start, start + shape[1]))
-        start += shape[1]
+        bounds.append((start, start + shape[channels]))
+        start += shape[channels]
     return bounds
 
 
@@ -697,6 +807,18 @@ FUNCTIONS: dict[Any, Callable[[fx.Node], Converted]] = {
     F.interpolate: _f_interpolate,
     torch.permute: _permute,
     operator.getitem: _getitem,
+    operator.sub: _operand(OpKind.SUB),
+    operator.isub: _operand(OpKind.SUB),
+    torch.sub: _operand(OpKind.SUB),
+    torch.subtract: _operand(OpKind.SUB),
+    torch.rsub: _operand(OpKind.SUB, swap=True),
+    operator.truediv: _operand(OpKind.DIV),
+    operator.itruediv: _operand(OpKind.DIV),
+    torch.div: _operand(OpKind.DIV),
+    torch.true_divide: _operand(OpKind.DIV),
+    operator.neg: _f_unary(OpKind.NEG),
+    torch.neg: _f_unary(OpKind.NEG),
+    F.group_norm: _f_group_norm,
 }
 
 METHODS: dict[str, Callable[[fx.Node], Converted]] = {
@@ -714,4 +836,12 @@ METHODS: dict[str, Callable[[fx.Node], Converted]] = {
     "contiguous": _identity,
     "permute": _permute,
     "sigmoid_": _f_unary(OpKind.SIGMOID),
+    "sub": _operand(OpKind.SUB),
+    "sub_": _operand(OpKind.SUB),
+    "div": _operand(OpKind.DIV),
+    "div_": _operand(OpKind.DIV),
+    "neg": _f_unary(OpKind.NEG),
+    "to": _cast,
+    "float": _cast,
+    "type_as": _cast,
 }

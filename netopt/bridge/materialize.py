@@ -50,7 +50,8 @@ def expand(net: Network, layout: Layout, kept: Mapping[str, Tensor]) -> Tensor:
 def group_weights(traced: TracedLike, gid: str, batchnorms: Mapping[str, list[str]] | None = None) -> GroupWeights:
     """The filters that make group `gid`'s channels and the BN gammas applied to them."""
     info = traced.network.analysis.info[gid]
-    filters = tuple(_filters(_module(traced, p)) for p in info.producers)
+    filters = tuple(_per_head(len(traced.network.layout(p)), info.unit, _filters(_module(traced, p)))
+                    for p in info.producers)
     bns = (batchnorms if batchnorms is not None else _batchnorms(traced.network)).get(gid, ())
     gammas = tuple(w for bn in bns if (w := _module(traced, bn).weight) is not None)
     return GroupWeights(filters, gammas)
@@ -65,6 +66,14 @@ def _filters(layer: Any) -> Tensor:
     c_in, out_per = w.shape[:2]
     blocks = w.reshape(g, c_in // g, out_per, *w.shape[2:]).transpose(1, 2)
     return blocks.reshape(g * out_per, c_in // g, *w.shape[2:])
+
+
+def _per_head(parts: int, unit: int, w: Tensor) -> Tensor:
+    """A heads producer's filters one row per head: its rows in every part (q, k, v) side by side."""
+    if unit == 1:
+        return w
+    rows = w.reshape(parts, -1, unit * w[0].numel())
+    return rows.transpose(0, 1).reshape(rows.shape[1], -1)
 
 
 def _batchnorms(net: Network) -> dict[str, list[str]]:
@@ -150,6 +159,8 @@ _PER_CHANNEL = {
     OpKind.BATCHNORM: ("weight", "bias", "running_mean", "running_var"),
     OpKind.LAYERNORM: ("weight", "bias"),
     OpKind.SCALE: ("weight",),
+    OpKind.GROUP_NORM: ("weight", "bias"),
+    OpKind.GRN: ("weight", "bias"),
 }
 
 
@@ -160,6 +171,18 @@ def _sliced(src: Any, net: Network, node: Node, indices: Callable[[Layout], Tens
     names = _PER_CHANNEL.get(node.op)
     if node.op is OpKind.ECA:  # one filter across the channels: the same whatever the width
         layer.conv.weight = nn.Parameter(src.conv.weight.detach().clone(), src.conv.weight.requires_grad)
+        return layer  # type: ignore[no-any-return]
+    if node.op in (OpKind.SCALAR_AFFINE, OpKind.STAR_RELU):  # one scale and one bias, whatever the width
+        layer.scale, layer.bias = (nn.Parameter(p.detach().clone(), p.requires_grad) for p in (src.scale, src.bias))
+        return layer  # type: ignore[no-any-return]
+    if node.op is OpKind.ATTENTION:  # a relative position bias: the rows of the kept heads
+        heads = out_idx[::node.attrs.v_dim] // node.attrs.v_dim
+        layer.attention_biases = nn.Parameter(src.attention_biases.detach().index_select(0, heads),
+                                              src.attention_biases.requires_grad)
+        layer.attention_bias_idxs = src.attention_bias_idxs.clone()
+        return layer  # type: ignore[no-any-return]
+    if node.op in (OpKind.CLASS_TOKEN, OpKind.POS_EMBED):  # (1, k or N, C): the channels are the last dim
+        layer.weight = nn.Parameter(src.weight.detach().index_select(-1, out_idx), src.weight.requires_grad)
         return layer  # type: ignore[no-any-return]
     if names is not None:
         tensors = {n: getattr(src, n).reshape(-1).index_select(0, out_idx)

@@ -10,8 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from netopt.bridge.token_modules import TOKEN_MODULES
+
 __all__ = ["Add", "Mul", "Concat", "Flatten", "Mean", "ChannelNorm", "ChannelScale", "DropPath", "Pad", "Slice",
-           "ChannelShuffle", "Eca", "OPS_MODULES"]
+           "ChannelShuffle", "Eca", "Sub", "Div", "Neg", "Grn", "ScalarAffine", "StarRelu",
+           "OPS_MODULES"]
 
 
 class Add(nn.Module):
@@ -42,6 +45,39 @@ class Mul(nn.Module):
         return out
 
 
+class Sub(nn.Module):
+    """`a - b`, or with a constant: `x - scalar` (`scalar - x` when `reverse`)."""
+
+    def __init__(self, scalar: float | None = None, reverse: bool = False) -> None:
+        super().__init__()
+        self.scalar, self.reverse = scalar, reverse
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        if self.scalar is None:
+            return xs[0] - xs[1]
+        return self.scalar - xs[0] if self.reverse else xs[0] - self.scalar
+
+
+class Div(nn.Module):
+    """`a / b`, or with a constant: `x / scalar` (`scalar / x` when `reverse`)."""
+
+    def __init__(self, scalar: float | None = None, reverse: bool = False) -> None:
+        super().__init__()
+        self.scalar, self.reverse = scalar, reverse
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        if self.scalar is None:
+            return xs[0] / xs[1]
+        return self.scalar / xs[0] if self.reverse else xs[0] / self.scalar
+
+
+class Neg(nn.Module):
+    """`-x`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return -x
+
+
 class Concat(nn.Module):
     """Concatenation along channels (dim 1)."""
 
@@ -64,6 +100,8 @@ class Mean(nn.Module):
         self.keepdim = keepdim
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 3:  # tokens (B, N, C): the mean over the tokens
+            return x.mean(1, keepdim=self.keepdim)
         return x.mean((2, 3), keepdim=self.keepdim)
 
 
@@ -82,7 +120,7 @@ class ChannelNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels)) if affine else None
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() == 2:
+        if x.dim() != 4:  # a vector, or tokens (B, N, C): the channels are the last dim
             return F.layer_norm(x, (self.channels,), self.weight, self.bias, self.eps)
         y = F.layer_norm(x.permute(0, 2, 3, 1), (self.channels,), self.weight, self.bias, self.eps)
         return y.permute(0, 3, 1, 2)
@@ -96,7 +134,7 @@ class ChannelScale(nn.Module):
         self.weight = nn.Parameter(torch.ones(channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * _per_channel(x, self.weight)
+        return x * (self.weight if x.dim() == 3 else _per_channel(x, self.weight))  # tokens: channels last
 
 
 class DropPath(nn.Module):
@@ -150,6 +188,48 @@ class Eca(nn.Module):
         return x * torch.sigmoid(y).view(x.shape[0], -1, 1, 1)
 
 
+class Grn(nn.Module):
+    """ConvNeXt-V2's global response norm on an NCHW map: each channel's spatial L2 norm over the
+    mean of those norms across channels gates the channel, plus a learned weight and bias."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        g = x.norm(p=2, dim=(2, 3), keepdim=True)
+        n = g / (g.mean(dim=1, keepdim=True) + self.eps)
+        return x + torch.addcmul(_per_channel(x, self.bias), _per_channel(x, self.weight), x * n)
+
+
+class ScalarAffine(nn.Module):
+    """`scale * x + bias` with one learned scale and bias for the whole tensor (HGNetV2's
+    LearnableAffineBlock): its two parameters do not depend on the width."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale * x + self.bias
+
+
+class StarRelu(nn.Module):
+    """`scale * relu(x) ** 2 + bias` with one scale and bias for the whole tensor (MetaFormer's
+    StarReLU, PoolFormerV2's activation)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale * F.relu(x) ** 2 + self.bias
+
+
 class Slice(nn.Module):
     """Channels [start, stop) of the input."""
 
@@ -158,8 +238,11 @@ class Slice(nn.Module):
         self.start, self.stop = start, stop
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 3:  # tokens (B, N, C): the channels are the last dim
+            return x[:, :, self.start:self.stop]
         return x[:, self.start:self.stop]
 
 
 OPS_MODULES: tuple[type[nn.Module], ...] = (Add, Mul, Concat, Flatten, Mean, ChannelNorm, ChannelScale, DropPath,
-                                            Pad, Slice, ChannelShuffle, Eca)
+                                            Pad, Slice, ChannelShuffle, Eca, Sub, Div, Neg, Grn, ScalarAffine, StarRelu,
+                                            *TOKEN_MODULES)

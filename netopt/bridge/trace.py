@@ -4,10 +4,14 @@ The model is traced with torch.fx, in eval mode, by a tracer whose proxies carry
 each op produced on the example input. So Python that reads shapes (`x.shape[-2:]`,
 `x.size(1)`: timm's 'same' padding, `view(b, -1, h, w)`, `interpolate(size=y.shape[-2:])`)
 sees real ints and is specialized to the example's size, the way the IR is anyway (its
-shapes are those of one input size). Why not `torch.export`: it flattens the model into aten
-ops, losing the module boundaries that bind IR nodes to parameters by their qualified names,
-the leaf modules that name an op by what it is (a BatchNorm, a DropPath), and `opaque=[...]`.
-Control flow on tensor *values* still cannot be traced and is refused with the node's name.
+shapes are those of one input size). Every Python value computed from shapes, dtypes and
+devices (`x.numel() != 0`, `x.device.type`, `x.to(x.dtype)`) is concrete too, so tensors made
+from them (`torch.arange(h)`) are constants; a forward's parameters after the input take their
+defaults; a detection head fx cannot follow is routed by parts (heads.py, Ultralytics' Detect).
+Why not `torch.export`: it flattens the model into aten ops, losing the module boundaries
+that bind IR nodes to parameters by their qualified names, the leaf modules that name an op
+by what it is (a BatchNorm, a DropPath), and `opaque=[...]`. Control flow on tensor *values*
+(`if x.max().item() > 0`) still cannot be traced and is refused with the node's name.
 
 The fx graph is then converted node by node with the tables in convert.py, and the IR's own
 shape inference is checked against the recorded shapes, so a network the IR describes wrongly
@@ -16,18 +20,22 @@ is refused at trace time rather than mis-pruned later.
 
 from __future__ import annotations
 
+import inspect
 import operator
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import fx, nn
 
 from netopt.bridge import modules as M
+from netopt.bridge import tokens
+from netopt.bridge.concrete import DATA, one_input_and_defaults, plain, read_off_metadata, reads_data, value_kind
 from netopt.bridge.convert import (
     CHANNELS_LAST,
+    DTYPE,
     METHODS,
     PIECES,
     SHAPE,
@@ -41,6 +49,7 @@ from netopt.bridge.convert import (
     shuffle_stage,
 )
 from netopt.bridge.count import counting_macs
+from netopt.bridge.heads import STAND_INS, router
 from netopt.bridge.traced import Traced
 from netopt.errors import IRError, NetoptError, TraceError, UnsupportedOpError, first_line
 from netopt.ir import INPUT, Network, Node, OpKind
@@ -57,7 +66,11 @@ VALUE = "netopt_value"
 
 
 def _value(a: Any) -> Any:
-    return getattr(a, VALUE) if isinstance(a, fx.Proxy) else a
+    """What `a` holds on the example input; an attribute of a proxy (`x.dtype`, `x.device`) is
+    read off its owner's value, since fx makes its node only when something records it."""
+    if isinstance(a, fx.proxy.Attribute):
+        return getattr(_value(a.root), a.attr)
+    return a.__dict__[VALUE] if isinstance(a, fx.Proxy) else a
 
 
 class _ConcreteProxy(fx.Proxy):
@@ -81,6 +94,20 @@ class _ConcreteProxy(fx.Proxy):
     def __len__(self) -> int:
         return len(_value(self))
 
+    def __getattr__(self, k: str) -> Any:
+        """`x.dtype`, `x.device`, `x.is_cuda`: the example's Python values, so that code may branch on
+        them (`if x.device.type != "meta"`); methods and tensors stay proxies."""
+        held = getattr(self.__dict__[VALUE], k, None) if VALUE in self.__dict__ else None
+        return held if held is not None and plain(held) else super().__getattr__(k)
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        """`x[...] = v` on a traced tensor: refused, naming the module whose forward does it."""
+        where = [path for path in getattr(self.tracer, "module_stack", {}) if path]
+        raise UnsupportedOpError(
+            f"the model assigns into a tensor in place ({self.node.name}[...] = ...), which the IR does not "
+            f"model; pass opaque=[{(where or [''])[-1]!r}] to keep the module that does it whole"
+        )
+
     def __iter__(self) -> Any:
         value = _value(self)
         if isinstance(value, tuple | list):  # chunk/split results: one getitem per piece
@@ -95,6 +122,51 @@ class _Tracer(fx.Tracer):
         super().__init__()
         self.opaque = opaque
         self.example = example
+        self.stand_ins: dict[str, nn.Module] = {}
+        self.fed: dict[str, bool] = {}  # module path: whether a call of it took a traced tensor
+
+    def create_args_for_root(self, root_fn: Callable[..., Any], is_module: bool,
+                             concrete_args: dict[str, Any] | tuple[Any, ...] | None = None) -> tuple[Any, list[Any]]:
+        """A `forward(self, x, *args, **kwargs)` (Ultralytics) or `forward(self, x, mask=None,
+        is_causal=False)` (timm's ViT) is traced as `forward(self, x)`: fx would make the other
+        parameters proxies (`*args` cannot be unpacked, a flag would be a tensor), and netopt
+        passes one input, so they take their defaults."""
+        if is_module and one_input_and_defaults(inspect.unwrap(root_fn)):
+            inner = root_fn
+
+            def forward(self: nn.Module, x: Any) -> Any:
+                return inner(self, x)
+            root_fn = forward
+        return super().create_args_for_root(root_fn, is_module, concrete_args)
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> Any:
+        path, route = self.path_of_module(m), router(m)
+        found: list[bool] = []
+        fx.node.map_aggregate((args, kwargs), lambda a: found.append(isinstance(a, fx.Proxy)))
+        self.fed[path] = self.fed.get(path, False) or any(found)
+        if route is None or _is_opaque(m, path, self.opaque):
+            return super().call_module(m, forward, args, kwargs)
+        return route(self, m, args)  # a head traced by its parts (heads.py)
+
+    def create_node(self, kind: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                    name: str | None = None, type_expr: Any | None = None) -> fx.Node:
+        """Also the shape of a constant tensor fx keeps on the root (`torch.arange(n)` of a concrete n,
+        used by a traced op): a converter reads it like a parameter's."""
+        node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        if kind == "get_attr":
+            with _untraced():
+                value = _get_attr(self.root, str(target))
+            if isinstance(value, torch.Tensor):
+                node.meta[SHAPE] = tuple(value.shape)
+        return node
+
+    def call_stand_in(self, target: str, stand_in: nn.Module, args: tuple[Any, ...]) -> Any:
+        """A node that calls `stand_in` in place of the submodule at `target`, kept whole (opaque)."""
+        self.stand_ins[target] = stand_in
+        proxy = self.create_proxy("call_module", target, args, {})
+        proxy.node.meta[STAND_IN] = stand_in
+        return proxy
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, M.OPS_MODULES) or leaf_converter(m) is not None:
@@ -110,15 +182,26 @@ class _Tracer(fx.Tracer):
                      type_expr: Any | None = None, proxy_factory_fn: Any = None) -> Any:
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
         value = self._run(proxy.node, kind, target, args, kwargs)
+        if reads_data(proxy.node, kind, target):
+            proxy.node.meta[DATA] = True  # x.max().item() and what follows from it: never specialized
+        elif read_off_metadata(kind, target, value):  # x.numel(), a.dtype == b.dtype: a constant, not a node
+            self.graph.erase_node(proxy.node)
+            return value
         object.__setattr__(proxy, VALUE, value)
         if isinstance(value, torch.Tensor):
             proxy.node.meta[SHAPE] = tuple(value.shape)
+            proxy.node.meta[DTYPE] = value.dtype
         elif isinstance(value, tuple | list) and any(isinstance(v, torch.Tensor) for v in value):
             proxy.node.meta[MULTI] = True
             proxy.node.meta[SHAPES] = tuple(tuple(v.shape) if isinstance(v, torch.Tensor) else () for v in value)
         return proxy
 
     def _run(self, node: fx.Node, kind: str, target: Any, args: Any, kwargs: Any) -> Any:
+        if kind == "placeholder" and sum(n.op == "placeholder" for n in self.graph.nodes) > 1:
+            raise UnsupportedOpError(
+                f"the model takes more than one input ({node.name!r}); netopt adapts single-input networks: "
+                "wrap the model so that it takes one tensor (or give the other parameters defaults)"
+            )
         args, kwargs = fx.node.map_aggregate(args, _value), fx.node.map_aggregate(kwargs, _value)
         with _untraced():
             return self._run_untraced(node, kind, target, args, kwargs)
@@ -145,8 +228,8 @@ class _Tracer(fx.Tracer):
         return None
 
     def _run_module(self, node: fx.Node, target: str, args: Any, kwargs: Any) -> Any:
-        module = self.root.get_submodule(target)
-        if not _is_opaque(module, target, self.opaque):
+        module = self.stand_ins.get(target) or self.root.get_submodule(target)
+        if target not in self.stand_ins and not _is_opaque(module, target, self.opaque):
             return module(*args, **kwargs)
         with counting_macs(module, self.example.shape[0]) as total:
             result = module(*args, **kwargs)
@@ -171,7 +254,8 @@ def _get_attr(root: nn.Module, path: str) -> Any:
 
 
 def _is_opaque(m: nn.Module, qualname: str, opaque: tuple[Opaque, ...]) -> bool:
-    return any(o == qualname if isinstance(o, str) else isinstance(m, o) for o in opaque)
+    """Named in opaque=[...], or a routed head's decoder in a network netopt built (traced again)."""
+    return isinstance(m, STAND_INS) or any(o == qualname if isinstance(o, str) else isinstance(m, o) for o in opaque)
 
 
 def trace(
@@ -206,7 +290,7 @@ def trace(
         converter.visit(node)
     network = converter.network(shape[1:], step)
     _check_shapes(network, gm, converter.names)
-    _warn_opaque_share(network)
+    _warn_opaque_share(network, routed={n for n, m in converter.opaque_modules.items() if isinstance(m, STAND_INS)})
     return Traced(network, model, converter.binding, shape, converter.opaque_modules)
 
 
@@ -214,8 +298,9 @@ class OpaqueWarning(UserWarning):
     """Part of the model is kept whole: its parameters can never shrink."""
 
 
-def _warn_opaque_share(network: Network) -> None:
-    opaque = [n for n in network.nodes if n.op is OpKind.OPAQUE]
+def _warn_opaque_share(network: Network, routed: set[str]) -> None:
+    """Warn of the opaque blocks, but for a routed head's decoder (nothing around it could shrink)."""
+    opaque = [n for n in network.nodes if n.op is OpKind.OPAQUE and n.name not in routed]
     if not opaque:
         return
     held = sum(n.attrs.params for n in opaque)
@@ -268,13 +353,19 @@ def _symbolic_trace(model: nn.Module, x: torch.Tensor, opaque: tuple[Opaque, ...
         ) from exc
     finally:
         model.train(was_training)
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm.meta[FED] = tracer.fed
+    return gm
 
 
 MULTI = "netopt_multi"
 """fx node meta key: the node returned several tensors (chunk, split, ...)."""
 MACS = "netopt_macs"
 """fx node meta key: CONV/FC MACs per sample measured inside an opaque block."""
+STAND_IN = "netopt_stand_in"
+"""fx node meta key: the module a routed head's node calls in place of its target (heads.py)."""
+FED = "netopt_fed"
+"""GraphModule meta key: which module paths were called with a traced tensor."""
 
 
 class _Converter:
@@ -301,6 +392,8 @@ class _Converter:
             return  # a parameter: the op that reads it decides (batch_norm, conv2d, layer scale, ...)
         elif (stage := shuffle_stage(node)) is not None:
             node.meta[SHUFFLE] = stage  # the view and transpose of a channel shuffle: converted at its end
+        elif (step := tokens.stage(node)) is not None:
+            node.meta[tokens.STAGE] = step  # a step of attention or of a token layout (tokens.py)
         elif MULTI in node.meta and (bounds := pieces(node)) is not None:
             node.meta[PIECES] = bounds  # split/chunk: each getitem of it becomes a slice
         elif SHAPE in node.meta or MULTI in node.meta:
@@ -330,6 +423,11 @@ class _Converter:
     def _tensor_op(self, node: fx.Node) -> None:
         kind, attrs, inputs = self._convert(node)
         params = [p for i in inputs if (p := param_path(i)) is not None]
+        if params and params[0].startswith("_tensor_constant"):  # fx's name for a tensor made in forward
+            raise UnsupportedOpError(
+                f"node {node.name!r} ({_what(node)}) reads {params[0]!r}, a constant tensor made in forward (from "
+                f"torch.arange, zeros, ...), which the IR has no input for; {self._keep_whole(node)}"
+            )
         if params:
             raise UnsupportedOpError(
                 f"node {node.name!r} ({_what(node)}) reads the tensor {params[0]!r} directly, which the IR "
@@ -347,12 +445,16 @@ class _Converter:
         self.nodes.append(Node(name, kind, tuple(self.names[i] for i in inputs), attrs))
         if node.op != "call_module" and kind in BOUND:
             self.binding[name] = self._bound(node, kind)
+        if tokens.BOUND_TO in node.meta:  # an attention's relative position bias
+            self.binding[name] = node.meta[tokens.BOUND_TO]
 
     def _bound(self, node: fx.Node, kind: OpKind) -> str:
         """The module holding a functional op's weights (SCALE: the parameter), checked."""
         paths = [p for a in (*node.args, *node.kwargs.values()) if (p := param_path(a)) is not None]
         if kind is OpKind.SCALE:
-            return paths[0]
+            return self._scale_parameter(node, paths[0])
+        if kind in (OpKind.CLASS_TOKEN, OpKind.POS_EMBED):
+            return tokens.bound_parameter(node)
         owner_path = paths[0].rpartition(".")[0]
         owner = self.root.get_submodule(owner_path)
         need = BOUND[kind]
@@ -370,8 +472,31 @@ class _Converter:
             )
         return owner_path
 
+    def _keep_whole(self, node: fx.Node) -> str:
+        """The fix for a constant input: keep whole the innermost module around `node` (not the one
+        it calls) that takes a traced tensor, so that the block has an input in the IR."""
+        stack = node.meta.get("nn_module_stack") or {}
+        fed = self.gm.meta.get(FED, {})
+        paths = [v[0] for v in stack.values() if v and v[0] and v[0] != node.target and fed.get(v[0])]
+        if paths:
+            return f"pass opaque=[{paths[-1]!r}] to keep the module that makes and uses it whole"
+        return ("no submodule around it takes the model's tensors: move the code that makes and uses it into "
+                "one module that does, and pass that module in opaque=[...]")
+
+    def _scale_parameter(self, node: fx.Node, path: str) -> str:
+        """A per-channel multiplier netopt slices must be a parameter (a buffer or a constant made in
+        forward, `x * torch.ones(1, C, 1, 1)`, is not one the materialized layer can hold)."""
+        if not isinstance(_get_attr(self.root, path), nn.Parameter):
+            raise UnsupportedOpError(
+                f"node {node.name!r} ({_what(node)}) multiplies by {path!r}, a tensor that is no parameter (a buffer, "
+                f"or a constant made in forward); netopt scales channels by parameters only: pass "
+                f"opaque=[{_enclosing(node)!r}] to keep the module that does it whole"
+            )
+        return path
+
     def _follow_layout(self, node: fx.Node, kind: OpKind, inputs: tuple[fx.Node, ...]) -> None:
         """Propagate channels-last through the ops that mean the same in NCHW; refuse the rest."""
+        tokens.check_heads(node, kind, inputs)
         if CHANNELS_LAST in node.meta:
             return  # a permute decided
         last = [bool(i.meta.get(CHANNELS_LAST)) for i in inputs]
@@ -399,7 +524,10 @@ class _Converter:
     def _convert_once(self, node: fx.Node) -> Converted:
         if node.op == "call_module":
             return self._module(node)
+        if (found := tokens.convert(node)) is not None:
+            return found
         converter = function_converter(node.target) if node.op == "call_function" else METHODS.get(str(node.target))
+        converter = converter or tokens.FUNCTIONS.get(node.target) or tokens.METHODS.get(str(node.target))
         if converter is None:
             what = getattr(node.target, "__name__", str(node.target))
             raise UnsupportedOpError(
@@ -410,6 +538,8 @@ class _Converter:
 
     def _module(self, node: fx.Node) -> Converted:
         target = str(node.target)
+        if STAND_IN in node.meta:
+            return self._opaque(node, target, node.meta[STAND_IN])
         module = self.gm.get_submodule(target)
         if _is_opaque(module, target, self.opaque):
             return self._opaque(node, target, module)
@@ -430,6 +560,12 @@ class _Converter:
         return kind, attrs, inputs
 
     def _opaque(self, node: fx.Node, target: str, module: nn.Module) -> Converted:
+        if SHAPE not in node.meta:
+            raise UnsupportedOpError(
+                f"opaque block {target!r} ({type(module).__name__}) returns {value_kind(node)}, not one tensor; "
+                "netopt keeps whole only a block that returns one tensor: take it out of opaque=[...] and name "
+                "the submodules inside it that the IR cannot model"
+            )
         out = node.meta[SHAPE]
         attrs = OpaqueAttrs(
             module_type=type(module).__qualname__, out_shape=tuple(out[1:]),
@@ -441,10 +577,13 @@ class _Converter:
         return OpKind.OPAQUE, attrs, inputs
 
     def _name(self, node: fx.Node) -> str:
-        """The module's qualified name when it is called once, else the fx node's name."""
+        """The module's qualified name when it is called once, else the fx node's name (with a '_'
+        where it is the input's or an nn.Module attribute's, `to`: a built network's submodule may not shadow it)."""
+        if STAND_IN in node.meta:  # beside its branches ('model.22.cv2...'), not above: a built network
+            return f"{node.target}.decode"  # nests its submodules by name, and would put them inside the decoder
         if node.op == "call_module" and self.calls[node.target] == 1:
             return str(node.target)
-        return node.name if node.name != INPUT else f"{INPUT}_"
+        return f"{node.name}_" if node.name == INPUT or hasattr(nn.Module, node.name) else node.name
 
     def _live_nodes(self) -> list[Node]:
         """The nodes some output depends on: fx keeps results nothing reads (an unused piece of
@@ -476,6 +615,9 @@ BOUND: dict[OpKind, tuple[type[nn.Module], ...] | None] = {
     OpKind.LINEAR: (nn.Linear,),
     OpKind.LAYERNORM: (nn.LayerNorm,),
     OpKind.SCALE: None,
+    OpKind.GROUP_NORM: (nn.GroupNorm,),
+    OpKind.CLASS_TOKEN: None,
+    OpKind.POS_EMBED: None,
 }
 """Functional ops that read parameters, bound to the module that holds them (SCALE: the
 parameter itself), and the module type their weights are sliced from."""
@@ -487,7 +629,9 @@ def _arg_groups(node: fx.Node) -> int:
 CHANNELS_LAST_OK = frozenset({
     OpKind.CONV2D, OpKind.LAYERNORM, OpKind.SCALE, OpKind.ADD, OpKind.MUL, OpKind.DROPOUT, OpKind.DROPPATH,
     OpKind.IDENTITY, OpKind.RELU, OpKind.RELU6, OpKind.GELU, OpKind.SILU, OpKind.HARDSWISH, OpKind.SIGMOID,
-    OpKind.HARDSIGMOID,
+    OpKind.HARDSIGMOID, OpKind.SUB, OpKind.DIV, OpKind.NEG, OpKind.GRN, OpKind.SCALAR_AFFINE, OpKind.SLICE,
+    OpKind.CONCAT,
+    OpKind.LINEAR, OpKind.CLASS_TOKEN, OpKind.POS_EMBED, OpKind.TOKEN_SELECT, OpKind.ATTENTION,  # on tokens
 })
 """Ops whose meaning on an (N, H, W, C) tensor is the same op on its NCHW view (CONV2D: a Linear)."""
 
@@ -514,7 +658,7 @@ def _check_shapes(network: Network, gm: fx.GraphModule, names: Mapping[fx.Node, 
     for fx_node, name in names.items():
         if name == INPUT or name not in inferred:
             continue
-        actual = tuple(fx_node.meta[SHAPE][1:])
+        actual = tokens.token_shape(fx_node)[1:]
         if fx_node.meta.get(CHANNELS_LAST):
             actual = (actual[-1], *actual[:-1])
         if inferred[name] != actual:

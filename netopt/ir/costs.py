@@ -1,6 +1,8 @@
 """Analytic costs computed from the IR alone: MACs, parameters, activation memory.
 
-MACs count CONV and FC layers, as the NetAdapt paper does. Parameters equal exactly the
+MACs count CONV and FC layers, as the NetAdapt paper does (a linear layer on tokens once per
+token; attention's q k^T and scores x v are not weights' MACs: the energy model and the lookup
+tables cost them, and activation memory holds their score matrix). Parameters equal exactly the
 number of parameters of the materialized torch module (BatchNorm affine included, running
 statistics excluded: they are buffers). Activation memory is the peak of live tensors when
 the nodes run one after another in order. A residual branch removed by a bypass group at
@@ -15,17 +17,20 @@ from netopt.ir.groups import INPUT
 from netopt.ir.network import Network, Node
 from netopt.ir.ops import (
     ALIASING,
+    AttentionAttrs,
     BatchNormAttrs,
     Conv2dAttrs,
     ConvTranspose2dAttrs,
     EcaAttrs,
+    GrnAttrs,
+    GroupNormAttrs,
     LayerNormAttrs,
     LinearAttrs,
     OpaqueAttrs,
     OpKind,
 )
 
-__all__ = ["macs", "params", "activation_bytes", "layer_macs", "layer_params"]
+__all__ = ["macs", "params", "activation_bytes", "layer_macs", "layer_params", "attention_scores"]
 
 
 def layer_macs(net: Network, node: Node) -> int:
@@ -41,8 +46,8 @@ def layer_macs(net: Network, node: Node) -> int:
         c_in, h, w = net.shape(node.inputs[0])
         kh, kw = node.attrs.kernel_size
         return c_in * h * w * (net.shape(node.name)[0] // net.conv_groups(node.name)) * kh * kw
-    if isinstance(node.attrs, LinearAttrs):
-        return net.shape(node.inputs[0])[0] * net.shape(node.name)[0]
+    if isinstance(node.attrs, LinearAttrs):  # once per token on a token tensor
+        return net.shape(node.inputs[0])[0] * math.prod(net.shape(node.name))
     if isinstance(node.attrs, OpaqueAttrs):
         return node.attrs.macs
     return 0
@@ -63,8 +68,20 @@ def layer_params(net: Network, node: Node) -> int:
         return c_out * net.shape(node.inputs[0])[0] + (c_out if attrs.bias else 0)
     if isinstance(attrs, BatchNormAttrs | LayerNormAttrs):
         return 2 * net.shape(node.name)[0] if attrs.affine else 0
+    if isinstance(attrs, GroupNormAttrs):
+        return net.shape(node.name)[0] * (int(attrs.affine) + int(attrs.bias))
+    if isinstance(attrs, GrnAttrs):  # a weight and a bias per channel
+        return 2 * net.shape(node.name)[0]
+    if node.op in (OpKind.SCALAR_AFFINE, OpKind.STAR_RELU):  # one scale and one bias, whatever the width
+        return 2
     if node.op is OpKind.SCALE:
         return net.shape(node.name)[0]
+    if node.op is OpKind.CLASS_TOKEN:  # (1, k, C)
+        return node.attrs.tokens * net.shape(node.name)[0]
+    if node.op is OpKind.POS_EMBED:  # (1, N, C)
+        return math.prod(net.shape(node.name))
+    if isinstance(attrs, AttentionAttrs):  # a relative position bias (heads, R), if any
+        return net.shape(node.inputs[0])[0] // attrs.qk_dim * attrs.bias_positions
     if isinstance(attrs, EcaAttrs):
         return attrs.kernel_size
     if isinstance(attrs, OpaqueAttrs):
@@ -99,9 +116,17 @@ def activation_bytes(net: Network, bytes_per_element: int = 4) -> int:
     peak = size[INPUT]
     for i, node in enumerate(net.nodes):
         live.add(owner[node.name])
-        peak = max(peak, sum(size[t] for t in live))
+        peak = max(peak, sum(size[t] for t in live) + attention_scores(net, node) * bytes_per_element)
         live = {t for t in live if last_use.get(t, -1) > i}
     return peak
+
+
+def attention_scores(net: Network, node: Node) -> int:
+    """Elements of the score matrix an attention node holds while it runs (heads x N x M), else 0."""
+    if not isinstance(node.attrs, AttentionAttrs):
+        return 0
+    q, k = net.shape(node.inputs[0]), net.shape(node.inputs[1])  # tokens (C, N) or maps (C, H, W)
+    return q[0] // node.attrs.qk_dim * math.prod(q[1:]) * math.prod(k[1:])
 
 
 def _storage_owners(net: Network) -> dict[str, str]:

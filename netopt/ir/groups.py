@@ -3,8 +3,9 @@
 The analysis walks the nodes once, in order. Every producer (a conv or linear layer that is
 not channel-wise) starts a group; channel-wise ops pass their input's layout on; the operands
 of a residual add or an SE multiply are merged; concat lays its inputs' groups side by side;
-flatten gives each channel its H*W features. Groups that touch the network input, an output
-or an opaque block are fixed. The result is structural: it does not depend on the widths.
+flatten gives each channel its H*W features; a grouped conv or a GroupNorm keeps its blocks
+equal. Groups that touch the network input, an output or an opaque block are fixed. The
+result is structural: it does not depend on the widths.
 """
 
 from __future__ import annotations
@@ -15,7 +16,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from netopt.errors import IRError
-from netopt.ir.ops import RULES, Conv2dAttrs, ConvTranspose2dAttrs, LinearAttrs, OpaqueAttrs, SliceAttrs, Spatial
+from netopt.ir.heads import head_projections
+from netopt.ir.ops import (
+    RULES,
+    AttentionAttrs,
+    Conv2dAttrs,
+    ConvTranspose2dAttrs,
+    GroupNormAttrs,
+    HeadSliceAttrs,
+    LinearAttrs,
+    OpaqueAttrs,
+    SliceAttrs,
+    Spatial,
+)
 
 if TYPE_CHECKING:
     from netopt.ir.node import Node
@@ -45,7 +58,8 @@ class ChannelGroup:
     must all keep the same number of channels. `producers` are the layers whose filters make
     the channels; `consumers` the layers whose input channels shrink with them. A `bypass`
     group lies inside a residual branch and may also take width 0: the branch is removed
-    (NetAdaptV2's channel-level bypass; see `netopt.ir.bypass`).
+    (NetAdaptV2's channel-level bypass; see `netopt.ir.bypass`). The group of an attention's q, k
+    and v projections counts whole heads: its widths, step and full width are numbers of heads.
     """
 
     id: str
@@ -77,6 +91,7 @@ class GroupInfo:
     fixed: bool
     producers: tuple[str, ...]
     consumers: tuple[str, ...]
+    unit: int = 1  # channels per group channel of a heads group (its width counts heads)
 
 
 @dataclass(frozen=True)
@@ -90,7 +105,8 @@ class Analysis:
     prunable: tuple[str, ...] = field(default=())
 
     def group_step(self, gid: str) -> int:
-        return _grid(self.step, self.info[gid].blocks)
+        info = self.info[gid]
+        return _grid(_unit_step(self.step, info.unit), info.blocks)
 
     def channels(self, layout: Layout, widths: Mapping[str, int]) -> int:
         return sum(widths.get(s.group, self.info[s.group].full_width) * s.inner for s in layout)
@@ -125,11 +141,13 @@ class _UnionFind:
 class _Walker:
     """One pass over the nodes, building layouts and merging groups."""
 
-    def __init__(self, input_shape: Sequence[int], step: int) -> None:
+    def __init__(self, input_shape: Sequence[int], step: int, heads: Mapping[str, tuple[int, int]]) -> None:
+        self.heads = heads
         self.uf = _UnionFind()
         self.full: dict[str, int] = {}
         self.fixed: set[str] = set()
         self.blocks: dict[str, int] = {}
+        self.units: dict[str, int] = {}
         self.spatial: dict[str, Spatial] = {INPUT: tuple(input_shape[1:])}
         self.layouts: dict[str, Layout] = {}
         self.step = step
@@ -162,8 +180,13 @@ class _Walker:
         attrs = node.attrs
         if isinstance(attrs, LinearAttrs):
             self._consume(node.name, ins[0])
+            if node.name in self.heads:  # attention splits its output into heads (netopt.ir.heads)
+                return self._heads(node, attrs.out_features, *self.heads[node.name])
             return self._new_group(node.name, attrs.out_features)
         assert isinstance(attrs, Conv2dAttrs | ConvTranspose2dAttrs)
+        if node.name in self.heads:  # a 1x1 conv attention splits into heads (netopt.ir.heads)
+            self._consume(node.name, ins[0])
+            return self._heads(node, attrs.out_channels, *self.heads[node.name])
         c_in = self.full_channels(ins[0])
         g = attrs.groups
         if c_in % g or attrs.out_channels % g:
@@ -184,6 +207,48 @@ class _Walker:
             else:
                 self.fix(ins)
         return out
+
+    def _heads(self, node: Node, channels: int, unit: int, parts: int) -> Layout:
+        """A producer split into heads: `parts` runs of heads x `unit` channels, one group of heads."""
+        if unit < 1 or parts < 1 or channels % (unit * parts):
+            raise IRError(
+                f"node {node.name!r}: {channels} output channels do not split into {parts} part(s) of "
+                f"heads of {unit} channels; fix unit and parts (channels = parts * heads * unit)"
+            )
+        self._new_group(node.name, channels // (unit * parts))
+        self.units[node.name] = unit
+        return (Segment(node.name, unit),) * parts
+
+    def _attend(self, node: Node, ins: list[Layout]) -> Layout:
+        """Attention: q, k and v lose whole heads together; anything else stays at full width."""
+        attrs = node.attrs
+        assert isinstance(attrs, AttentionAttrs)
+        heads = [lay[0] for lay in ins if len(lay) == 1 and lay[0].group in self.units]
+        dims = (attrs.qk_dim, attrs.qk_dim, attrs.v_dim)
+        if len(heads) != 3 or len({self.full[s.group] for s in heads}) != 1 \
+                or any(s.inner != d for s, d in zip(heads, dims, strict=True)):
+            self.fix(ins)
+            return ins[2]
+        for seg in heads[1:]:
+            self.uf.union(heads[0].group, seg.group)
+        return ins[2]
+
+    def _part(self, node: Node, ins: list[Layout]) -> Layout:
+        """The same channels of every head: whole heads shrink with their group; else full width."""
+        attrs = node.attrs
+        assert isinstance(attrs, HeadSliceAttrs)
+        size = attrs.stop - attrs.start
+        lay = ins[0]
+        if len(lay) == 1 and lay[0].inner == attrs.unit and 0 <= attrs.start < attrs.stop <= attrs.unit:
+            return (Segment(lay[0].group, size),)
+        total = self.full_channels(lay)
+        if attrs.unit < 1 or total % attrs.unit or not 0 <= attrs.start < attrs.stop <= attrs.unit:
+            raise IRError(
+                f"head slice node {node.name!r} takes channels [{attrs.start}, {attrs.stop}) of heads of "
+                f"{attrs.unit} from {total} channels; unit must divide the channels and hold the range"
+            )
+        self.fix(ins)
+        return self._new_group(node.name, total // attrs.unit * size, fixed=True)
 
     def _consume(self, name: str, layout: Layout) -> None:
         self.producers.add(name)
@@ -250,6 +315,25 @@ class _Walker:
             offset += size
         return tuple(out)
 
+    def _blocks(self, node: Node, ins: list[Layout]) -> Layout:
+        """GroupNorm: its G blocks of channels must stay equal, like a grouped conv's (G == 1 is
+        free; G == C normalizes each channel alone and follows the width)."""
+        attrs = node.attrs
+        assert isinstance(attrs, GroupNormAttrs)
+        c, g = self.full_channels(ins[0]), attrs.num_groups
+        if g < 1 or c % g:
+            raise IRError(
+                f"group norm node {node.name!r}: num_groups={g} must divide its {c} channels; "
+                "fix num_groups or the channel count"
+            )
+        if 1 < g < c:
+            if len(ins[0]) == 1 and ins[0][0].inner == 1:
+                gid = ins[0][0].group
+                self.blocks[gid] = math.lcm(self.blocks.get(gid, 1), g)
+            else:
+                self.fix(ins)
+        return ins[0]
+
     def _shuffle(self, node: Node, ins: list[Layout]) -> Layout:
         """Interleaved channels form no layout of whole groups: everything stays at full width."""
         self.fix(ins)
@@ -265,7 +349,7 @@ def analyze(
     nodes: Sequence[Node], input_shape: Sequence[int], outputs: Sequence[str], step: int
 ) -> Analysis:
     """Infer spatial shapes and channel layouts, and form the channel groups."""
-    walker = _Walker(input_shape, step)
+    walker = _Walker(input_shape, step, head_projections(nodes))
     for node in nodes:
         walker.visit(node)
     walker.fix([walker.layouts[o] for o in outputs])
@@ -286,11 +370,18 @@ def _finish(w: _Walker) -> Analysis:
         fixed = any(m in w.fixed for m in ms) or w.full[r] % blocks != 0
         consumers = tuple(dict.fromkeys(c for m in ms for c in w.consumers.get(m, ())))
         producers = tuple(m for m in ms if m in w.producers)
-        info[r] = GroupInfo(w.full[r], blocks, fixed, producers, consumers)
+        unit = max((w.units[m] for m in ms if m in w.units), default=1)
+        info[r] = GroupInfo(w.full[r], blocks, fixed, producers, consumers, unit)
     prunable = tuple(
-        r for r in members if not info[r].fixed and _grid(w.step, info[r].blocks) < info[r].full_width
+        r for r in members
+        if not info[r].fixed and _grid(_unit_step(w.step, info[r].unit), info[r].blocks) < info[r].full_width
     )
     return Analysis(w.spatial, layouts, info, w.step, prunable)
+
+
+def _unit_step(step: int, unit: int) -> int:
+    """The step of a heads group, in heads: enough heads for the base step, at least one."""
+    return max(1, math.ceil(step / unit))
 
 
 def _grid(step: int, blocks: int) -> int:

@@ -14,6 +14,19 @@ from enum import Enum, StrEnum
 from typing import Any
 
 from netopt.errors import IRError
+from netopt.ir.tokens import (
+    AttentionAttrs,
+    ClassTokenAttrs,
+    HeadSliceAttrs,
+    MapAttrs,
+    TokenSelectAttrs,
+    attention_spatial,
+    class_token_spatial,
+    map_spatial,
+    select_spatial,
+    token_spatial,
+    tokens_spatial,
+)
 
 __all__ = [
     "OpKind",
@@ -44,8 +57,16 @@ __all__ = [
     "LeakyReluAttrs",
     "ShuffleAttrs",
     "EcaAttrs",
+    "OperandAttrs",
+    "GroupNormAttrs",
+    "GrnAttrs",
     "Spatial",
     "attrs_from_dict",
+    "MapAttrs",
+    "ClassTokenAttrs",
+    "TokenSelectAttrs",
+    "AttentionAttrs",
+    "HeadSliceAttrs",
 ]
 
 Spatial = tuple[int, ...]
@@ -87,6 +108,20 @@ class OpKind(StrEnum):
     LEAKY_RELU = "leaky_relu"
     CHANNEL_SHUFFLE = "channel_shuffle"
     ECA = "eca"
+    TOKENS = "tokens"
+    TO_MAP = "to_map"
+    CLASS_TOKEN = "class_token"
+    POS_EMBED = "pos_embed"
+    TOKEN_SELECT = "token_select"
+    ATTENTION = "attention"
+    HEAD_SLICE = "head_slice"
+    SUB = "sub"
+    DIV = "div"
+    NEG = "neg"
+    GROUP_NORM = "group_norm"
+    GRN = "grn"
+    SCALAR_AFFINE = "scalar_affine"
+    STAR_RELU = "star_relu"
 
 
 class Role(Enum):
@@ -100,6 +135,9 @@ class Role(Enum):
     OPAQUE = "opaque"  # unknown inside: inputs and output keep their full width
     SLICE = "slice"  # a contiguous range of the input's channels
     SHUFFLE = "shuffle"  # channels interleaved across groups: inputs and output keep their full width
+    ATTEND = "attend"  # q, k, v split into heads: their head groups merge, the output has v's channels
+    PART = "part"  # the same range of channels of every head: whole heads shrink with their group
+    BLOCKS = "blocks"  # channel-wise over equal blocks of channels (GroupNorm): the blocks stay equal
 
 
 # --- attributes -----------------------------------------------------------------------------
@@ -179,6 +217,33 @@ class ScalarAttrs:
     """ADD/MUL: with `scalar` set the op has one tensor input and a constant operand."""
 
     scalar: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class OperandAttrs(ScalarAttrs):
+    """SUB/DIV: `x - y`, `x / y`; with `scalar`, `x - scalar` or (`reverse`) `scalar - x`."""
+
+    reverse: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroupNormAttrs:
+    """nn.GroupNorm at full width: statistics over each of `num_groups` equal blocks of channels;
+    `num_groups` equal to the channels normalizes each channel alone (its count follows the width).
+    `affine`: a weight per channel; `bias`: a bias per channel (timm's NoBias norms have none)."""
+
+    num_groups: int
+    eps: float = 1e-5
+    affine: bool = True
+    bias: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class GrnAttrs:
+    """ConvNeXt-V2's global response norm: x + bias + weight * x * n, with n each channel's spatial
+    L2 norm over the mean of those norms across channels."""
+
+    eps: float = 1e-6
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -337,11 +402,15 @@ def _adaptive_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spat
 
 
 def _mean_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
+    if len(spatial[0]) == 1:  # tokens: the mean over the tokens
+        return (1,) if attrs.keepdim else ()
     _need_map(name, spatial)
     return (1, 1) if attrs.keepdim else ()
 
 
 def _linear_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
+    if len(spatial[0]) == 1:  # tokens: the same linear layer on every token
+        return spatial[0]
     if spatial[0] != ():
         raise IRError(
             f"linear node {name!r} gets a feature map of spatial size {spatial[0]}; "
@@ -421,6 +490,7 @@ class Energy(Enum):
     NORM = "norm"  # mean, variance, normalize and affine: four per output element
     RESIZE = "resize"  # four per output element when bilinear, data movement only when nearest
     ATTENTION = "attention"  # ECA: pooled channels, a k-tap filter across them, the gate and its product
+    SCORES = "scores"  # softmax attention: q k^T and the scores times v per head, and the softmax per score
     MOVE = "move"  # data movement only (concat, slice, pad, shuffle)
 
 
@@ -491,6 +561,20 @@ RULES: dict[OpKind, OpRule] = {
     OpKind.SLICE: OpRule(SliceAttrs, Role.SLICE, _same_spatial, Energy.MOVE, _H, "split"),
     OpKind.CHANNEL_SHUFFLE: OpRule(ShuffleAttrs, Role.SHUFFLE, _same_spatial, Energy.MOVE, _H, "shuffle"),
     OpKind.ECA: OpRule(EcaAttrs, Role.FOLLOW, _same_spatial, Energy.ATTENTION, _H, "eca"),
+    OpKind.TOKENS: OpRule(NoAttrs, Role.FOLLOW, tokens_spatial, Energy.VIEW, Fusion.VIEW, "vit"),
+    OpKind.TO_MAP: OpRule(MapAttrs, Role.FOLLOW, map_spatial, Energy.MOVE, _H, "vit"),
+    OpKind.CLASS_TOKEN: OpRule(ClassTokenAttrs, Role.FOLLOW, class_token_spatial, Energy.MOVE, _H, "vit"),
+    OpKind.POS_EMBED: OpRule(NoAttrs, Role.FOLLOW, token_spatial, Energy.PER_OUTPUT, _F, "vit"),
+    OpKind.TOKEN_SELECT: OpRule(TokenSelectAttrs, Role.FOLLOW, select_spatial, Energy.VIEW, Fusion.VIEW, "vit"),
+    OpKind.ATTENTION: OpRule(AttentionAttrs, Role.ATTEND, attention_spatial, Energy.SCORES, _H, "vit", arity=3),
+    OpKind.HEAD_SLICE: OpRule(HeadSliceAttrs, Role.PART, _same_spatial, Energy.MOVE, _H, "psa"),
+    OpKind.SUB: OpRule(OperandAttrs, Role.COUPLE, _broadcast_spatial, Energy.COMBINE, _H, "poolformer", arity=2),
+    OpKind.DIV: OpRule(OperandAttrs, Role.COUPLE, _broadcast_spatial, Energy.COMBINE, _H, "arith", arity=2),
+    OpKind.NEG: _act("arith"),
+    OpKind.GROUP_NORM: OpRule(GroupNormAttrs, Role.BLOCKS, _same_spatial, Energy.NORM, _H, "poolformer"),
+    OpKind.GRN: OpRule(GrnAttrs, Role.FOLLOW, _same_spatial, Energy.NORM, _H, "convnextv2"),
+    OpKind.SCALAR_AFFINE: OpRule(NoAttrs, Role.FOLLOW, _same_spatial, Energy.PER_OUTPUT, _H, "arith"),
+    OpKind.STAR_RELU: OpRule(NoAttrs, Role.FOLLOW, _same_spatial, Energy.PER_OUTPUT, _H, "arith"),
 }
 
 CONVOLUTIONS: frozenset[OpKind] = frozenset({OpKind.CONV2D, OpKind.CONV_TRANSPOSE2D})

@@ -39,9 +39,14 @@ def unit_module(net: Network, unit: Unit) -> tuple[nn.Module, Tensor]:
     """A module computing `unit` at `net`'s widths, and an input for it (batch 1)."""
     torch.manual_seed(0)
     layers = [make_layer(net, node) for node in unit.nodes]
-    others = [torch.randn(1, *shape) for shape in unit.input_shapes[1:]]
+    others = [_example(shape) for shape in unit.input_shapes[1:]]
     module = UnitModule(layers, others).eval()
-    return module, torch.randn(1, *unit.input_shapes[0])
+    return module, _example(unit.input_shapes[0])
+
+
+def _example(shape: tuple[int, ...]) -> Tensor:
+    """A batch-1 tensor of an IR shape: (C, N) tokens are (1, N, C) in torch, channels last."""
+    return torch.randn(1, *(shape[1:] + shape[:1] if len(shape) == 2 else shape))
 
 
 class _Tiny(nn.Module):

@@ -56,7 +56,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from netopt.errors import MeasurementError
 from netopt.frozen import Frozen
 from netopt.ir import INPUT, Network, Node, OpKind, layer_macs, layer_params
+from netopt.ir.costs import attention_scores
 from netopt.ir.ops import ALIASING, MAC_OPS, RULES, EcaAttrs, Energy, OpaqueAttrs, PoolAttrs, ScalarAttrs, UpsampleAttrs
+from netopt.ir.tokens import AttentionAttrs
 from netopt.measure.base import Backend, Fingerprint, Measurement, MeasureSettings, settings_from, summarize
 from netopt.measure.onnxrt import OnnxRuntimeCPU, export_onnx
 
@@ -200,6 +202,13 @@ def _attention_ops(net: Network, node: Node) -> int:
     return 2 * _out_ops(net, node) + net.shape(node.name)[0] * (node.attrs.kernel_size + 1)
 
 
+def _score_ops(net: Network, node: Node) -> int:
+    """Softmax attention: per head q k^T and scores x v (N * M * (qk_dim + v_dim) MACs), and
+    exp, sum and divide per score."""
+    assert isinstance(node.attrs, AttentionAttrs)
+    return attention_scores(net, node) * (node.attrs.qk_dim + node.attrs.v_dim + 3)
+
+
 _PRICED: dict[Energy, Callable[[Network, Node], int]] = {
     Energy.PER_OUTPUT: _out_ops,
     Energy.PER_INPUT: _in_ops,
@@ -208,6 +217,7 @@ _PRICED: dict[Energy, Callable[[Network, Node], int]] = {
     Energy.NORM: _norm_ops,
     Energy.RESIZE: _resize_ops,
     Energy.ATTENTION: _attention_ops,
+    Energy.SCORES: _score_ops,
     Energy.MOVE: _no_ops,
 }
 """MAC-equivalent operations of each kind of vector op (ir.ops.RULES says which kind an op is);

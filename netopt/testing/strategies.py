@@ -16,7 +16,8 @@ with random budgets and schedules, for joint-budget properties.
 
 `networks()` draws small CNNs built from the blocks real networks use: conv-BN-activation,
 depthwise-separable, residual (plain and inverted), squeeze-and-excitation, concat branches
-(Fire-style), grouped convs, pooling; with a pooled or flattened linear head. Every network
+(Fire-style), grouped convs, pooling, PoolFormer, ConvNeXt(-V2), arithmetic with constants;
+with a pooled or flattened linear head. Every network
 it returns passes `lint()`. This module needs only hypothesis, not torch.
 """
 
@@ -27,7 +28,15 @@ from typing import TYPE_CHECKING
 from hypothesis import strategies as st
 
 from netopt.ir import Builder, Network, OpKind
-from netopt.ir.ops import AdaptivePoolAttrs
+from netopt.ir.ops import (
+    AdaptivePoolAttrs,
+    GrnAttrs,
+    GroupNormAttrs,
+    OperandAttrs,
+    PoolAttrs,
+    ScalarAttrs,
+)
+from netopt.ir.tokens import AttentionAttrs, ClassTokenAttrs, HeadSliceAttrs, MapAttrs, TokenSelectAttrs
 
 if TYPE_CHECKING:
     from netopt.constraints import Constraint
@@ -39,11 +48,11 @@ ACTIVATIONS = (OpKind.RELU, OpKind.RELU6, OpKind.HARDSWISH, OpKind.HARDSIGMOID,
                OpKind.SILU, OpKind.SIGMOID, OpKind.GELU, OpKind.LEAKY_RELU)
 
 BLOCKS = ("conv", "dwsep", "residual", "inverted", "se", "concat", "grouped", "pool",
-          "convnext", "split", "resize", "shuffle", "eca", "decoder")
+          "convnext", "split", "resize", "shuffle", "eca", "decoder", "poolformer", "convnextv2", "arith", "vit", "psa")
 
-CHANNEL_MIXING = ("convnext", "eca")
-"""Blocks whose ops mix channels without weights (LayerNorm statistics, ECA's filter across
-channels): cutting a channel that contributes nothing still changes them."""
+CHANNEL_MIXING = ("convnext", "eca", "poolformer", "convnextv2", "vit", "psa")
+"""Blocks whose ops mix channels without weights (LayerNorm and GroupNorm statistics, ECA's filter
+across channels, GRN's mean over channels): cutting a channel that contributes nothing still changes them."""
 
 _channels = st.sampled_from((8, 12, 16, 24, 32))
 Draw = st.DrawFn
@@ -148,8 +157,70 @@ def _eca(draw: Draw, b: Builder, x: str, c: int) -> str:
     return b.eca(_conv_bn_act(draw, b, x, draw(_channels), 3), draw(st.sampled_from((3, 5))))
 
 
-_NEWER = {"convnext": _convnext, "split": _split, "resize": _resize, "shuffle": _shuffle, "eca": _eca,
-          "decoder": _decoder}
+def _poolformer(draw: Draw, b: Builder, x: str, c: int) -> str:
+    """PoolFormer / RepMixer: GroupNorm (one group, equal blocks, or one a channel), `pool(y) - y`, a residual."""
+    g = draw(st.sampled_from([g for g in (1, 2, 4, c) if c % g == 0]))
+    y = b.add(OpKind.GROUP_NORM, [x], GroupNormAttrs(num_groups=g, bias=draw(st.booleans())))
+    pooled = b.add(OpKind.AVGPOOL2D, [y], PoolAttrs(kernel_size=(3, 3), stride=(1, 1), padding=(1, 1),
+                                                     count_include_pad=False))
+    return b.add_(x, b.add(OpKind.SUB, [pooled, y], OperandAttrs()))
+
+
+def _convnextv2(draw: Draw, b: Builder, x: str, c: int) -> str:
+    """ConvNeXt-V2: ConvNeXt's block with a global response norm after the MLP's activation."""
+    y = b.layernorm(b.conv(x, c, 7, groups=c, bias=True))
+    y = b.add(OpKind.GRN, [b.act(b.conv(y, 4 * c, 1, bias=True), OpKind.GELU)], GrnAttrs())
+    return b.add_(x, b.conv(y, c, 1, bias=True))
+
+
+def _arith(draw: Draw, b: Builder, x: str, c: int) -> str:
+    """HGNetV2's learnable scalar affine or MetaFormer's StarReLU, a gate `1 - sigmoid`, a negation,
+    and division by a constant (RepViT's `(a + b) / 2`) or by a tensor."""
+    y = b.add(draw(st.sampled_from((OpKind.SCALAR_AFFINE, OpKind.STAR_RELU))), [_conv_bn_act(draw, b, x, c, 3)])
+    s = b.act(y, OpKind.SIGMOID)
+    z = b.mul(x, b.add(OpKind.SUB, [s], OperandAttrs(scalar=1.0, reverse=True)))
+    z = b.add(OpKind.NEG, [z]) if draw(st.booleans()) else z
+    if draw(st.booleans()):
+        return b.add(OpKind.DIV, [z, b.add(OpKind.ADD, [s], ScalarAttrs(scalar=1.0))], OperandAttrs())
+    return b.add(OpKind.DIV, [b.add_(x, z)], OperandAttrs(scalar=draw(st.sampled_from((2.0, 3.0)))))
+
+
+def _vit(draw: Draw, b: Builder, x: str, c: int) -> str:
+    """A transformer block on the map's tokens: (class token,) position embedding, multi-head
+    attention with a fused qkv, an MLP, layer scale; the tokens folded back into the map."""
+    h, w = _hw(b, x)
+    t = b.add(OpKind.TOKENS, [x])
+    cls = draw(st.booleans())
+    t = b.add(OpKind.POS_EMBED, [b.add(OpKind.CLASS_TOKEN, [t], ClassTokenAttrs()) if cls else t])
+    heads, dim = draw(st.sampled_from((1, 2, 3))), draw(st.sampled_from((4, 8)))
+    qkv = b.linear(b.layernorm(t), 3 * heads * dim)
+    q, k, v = (b.slice(qkv, i * heads * dim, (i + 1) * heads * dim) for i in range(3))
+    bias = draw(st.sampled_from((0, 7)))  # a relative position bias of 7 positions, or none
+    a = b.add(OpKind.ATTENTION, [q, k, v], AttentionAttrs(qk_dim=dim, v_dim=dim, scale=dim ** -0.5,
+                                                          bias_positions=bias))
+    t = b.add_(t, b.linear(a, c))
+    t = b.add_(t, b.scale(b.linear(b.act(b.linear(b.layernorm(t), 2 * c), OpKind.GELU), c)))
+    t = b.add(OpKind.TOKEN_SELECT, [t], TokenSelectAttrs(start=1, stop=h * w + 1)) if cls else t
+    return b.add(OpKind.TO_MAP, [t], MapAttrs(height=h, width=w))
+
+
+def _psa(draw: Draw, b: Builder, x: str, c: int) -> str:
+    """YOLO's PSA attention on a map: a 1x1 conv makes each head's q, k and v side by side, q is
+    scaled, a depthwise conv encodes v's positions, a 1x1 conv projects, a residual."""
+    heads, kd, hd = draw(st.sampled_from((1, 2, 3))), draw(st.sampled_from((4, 8))), draw(st.sampled_from((4, 8)))
+    unit = 2 * kd + hd
+    qkv = b.bn(b.conv(x, heads * unit, 1))
+    q, k, v = (b.add(OpKind.HEAD_SLICE, [qkv], HeadSliceAttrs(unit=unit, start=s, stop=e))
+               for s, e in ((0, kd), (kd, 2 * kd), (2 * kd, unit)))
+    q = b.add(OpKind.MUL, [q], ScalarAttrs(scalar=kd ** -0.5))
+    a = b.add(OpKind.ATTENTION, [q, k, v], AttentionAttrs(qk_dim=kd, v_dim=hd, scale=1.0))
+    y = b.add_(a, b.bn(b.conv(v, heads * hd, 3, groups=heads * hd)))
+    return b.add_(x, b.bn(b.conv(y, c, 1)))
+
+
+_NEWER = {"vit": _vit, "psa": _psa,
+          "convnext": _convnext, "split": _split, "resize": _resize, "shuffle": _shuffle, "eca": _eca,
+          "decoder": _decoder, "poolformer": _poolformer, "convnextv2": _convnextv2, "arith": _arith}
 
 
 @st.composite
