@@ -236,3 +236,40 @@ def test_a_relative_position_bias_loses_the_rows_of_the_heads_removed() -> None:
     attention = next(m for m in smaller.modules() if isinstance(m, Attention))
     assert tuple(attention.attention_biases.shape) == (7, 49)
     assert max_abs_diff(smaller, model, x) <= 1e-4
+
+
+class MultiQuery(nn.Module):
+    """MobileNetV4's multi-query attention on a map: 4 query heads of 8 share one k and one v head
+    (strided k and v), written as timm writes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, 2, 1)
+        self.query = nn.Conv2d(32, 4 * 8, 1, bias=False)
+        self.key = nn.Sequential(nn.Conv2d(32, 32, 3, 2, 1, groups=32), nn.Conv2d(32, 8, 1, bias=False))
+        self.value = nn.Sequential(nn.Conv2d(32, 32, 3, 2, 1, groups=32), nn.Conv2d(32, 8, 1, bias=False))
+        self.output, self.head = nn.Conv2d(4 * 8, 32, 1), nn.Linear(32, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        b, _, h, w = x.shape
+        q = self.query(x).reshape(b, 4, 8, -1).transpose(-1, -2).contiguous()
+        k, v = (t.reshape(b, 8, -1).transpose(1, 2).unsqueeze(1).contiguous() for t in (self.key(x), self.value(x)))
+        o = F.scaled_dot_product_attention(q, k, v)
+        o = o.transpose(1, 2).reshape(b, h, w, 4 * 8).permute(0, 3, 1, 2).contiguous()
+        return self.head((x + self.output(o)).mean((2, 3)))
+
+
+def test_multi_query_attention_shrinks_its_query_heads_and_keeps_the_shared_head() -> None:
+    torch.manual_seed(0)
+    model, x = MultiQuery().eval(), torch.randn(1, 3, 16, 16)
+    traced = netopt.trace(model, x)
+    (heads,) = _head_groups(traced.network)
+    assert traced.network.group(heads).full_width == 4
+    assert max_abs_diff(traced.materialize(), model, x) <= 1e-5
+    smaller = traced.network.with_widths({heads: 2})
+    smaller.lint()
+    module = traced.materialize(smaller)
+    assert module.get_submodule("query").out_channels == 16 and module.get_submodule("output").in_channels == 16
+    assert module_params(module) == netopt.ir.params(smaller) and module_macs(module, x) == netopt.ir.macs(smaller)
+    assert module(x).shape == (1, 10)

@@ -47,7 +47,8 @@ BOUND_TO = "netopt_bound_to"
 HEADS = "netopt_heads"
 """fx node meta key: the (B, N, C) token shape of a tensor split into heads (B, heads, N, dim)."""
 
-HEAD_OPS = frozenset({OpKind.IDENTITY, OpKind.DROPOUT, OpKind.MUL, OpKind.ATTENTION, OpKind.HEAD_SLICE})
+HEAD_OPS = frozenset({OpKind.IDENTITY, OpKind.DROPOUT, OpKind.MUL, OpKind.ATTENTION, OpKind.HEAD_SLICE,
+                      OpKind.TO_MAP})
 """Ops that may read a tensor split into heads (q/k norms that are identities, a scalar factor)."""
 
 
@@ -260,7 +261,21 @@ def _transpose(node: fx.Node) -> Converted | None:
     if st is not None and st.kind == "split" and st.parts == 1 and swapped and len(_shape(x)) == 4:
         _to_heads(node, _shape(st.src))
         return OpKind.IDENTITY, NoAttrs(), (st.src,)
+    if st is not None and st.kind == "cf_split" and _name(node) == "transpose" and sorted(_dims(node, 4)) == [2, 3]:
+        b, c, *hw = _shape(st.src)  # a 1x1 conv's map as token heads (B, h, H*W, unit): multi-query's q
+        _to_heads(node, (b, math.prod(hw), c))
+        return OpKind.TOKENS, NoAttrs(), (st.src,)
     return None
+
+
+def _unsqueeze(node: fx.Node) -> Converted | None:
+    """Tokens (B, M, dim) as one head (B, 1, M, dim): the k or v every query head shares (multi-query)."""
+    x = _x(node)
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if not is_tokens(x) or _heads(x) or not isinstance(dim, int) or dim % 4 != 1:
+        return None
+    _to_heads(node, _shape(x))
+    return OpKind.IDENTITY, NoAttrs(), (x,)
 
 
 def _reshape(node: fx.Node) -> Converted | None:
@@ -270,6 +285,9 @@ def _reshape(node: fx.Node) -> Converted | None:
     if st is not None and st.kind == "merged" and len(after) == 3:
         _mark(node, True)
         return OpKind.IDENTITY, NoAttrs(), (st.src,)
+    if st is not None and st.kind == "merged" and len(after) == 4 and after[1] * after[2] == token_shape(st.src)[1]:
+        _mark(node, True)  # heads merged straight into a channels-last map (B, H, W, C)
+        return OpKind.TO_MAP, MapAttrs(height=after[1], width=after[2]), (st.src,)
     if _on_map(x) and after == tuple(x.meta[HEADS]):  # heads of a map viewed as the map again
         return OpKind.IDENTITY, NoAttrs(), (x,)
     before = _shape(x)
@@ -433,7 +451,7 @@ def convert(node: fx.Node) -> Converted | None:
         raise _refuse(node, f"{name} of attention scores; netopt models them only as softmax(q @ k^T * scale) @ v")
     converter = {"transpose": _transpose, "permute": _transpose, "reshape": _reshape, "view": _reshape,
                  "getitem": _getitem, "cat": _cat, "concat": _cat, "add": _add, "iadd": _add,
-                 "mean": _mean}.get(name or "")
+                 "mean": _mean, "unsqueeze": _unsqueeze}.get(name or "")
     return converter(node) if converter is not None else None
 
 
