@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
@@ -27,13 +27,16 @@ __all__ = ["build_problem", "strategy_makers", "make_strategy", "strategy_class"
            "own_objective", "ConfigObjective"]
 
 
-def _constraint(c: ConstraintConfig, config: AdaptConfig, objective: Objective | None = None) -> Constraint:
+def _constraint(c: ConstraintConfig, config: AdaptConfig, objective: Objective | None = None,
+                opaque: Mapping[str, nn.Module] | None = None) -> Constraint:
     """The registered resource's constraint, its estimator built from the `[lut]` table's values
-    (an int8 table quantizes on the objective's training inputs)."""
+    (an int8 table quantizes on the objective's training inputs; the traced model's `opaque`
+    blocks are priced as units of their own)."""
     lut = config.lut
     inputs = (lambda: _representative(objective, config.data.seed)) if objective is not None else None
     sources = EstimatorSources(lut_path=lut.path, backend=lut.backend, threads=lut.threads,
-                               calibration=lut.calibration, precision=lut.precision, representative=inputs)
+                               calibration=lut.calibration, precision=lut.precision, representative=inputs,
+                               opaque=opaque)
     schedule = ReductionSchedule(c.schedule.initial, c.schedule.decay)
     return CONSTRAINTS[c.resource].make(c.budget, schedule, sources, c.basis)  # binding a latency one calibrates
 
@@ -65,7 +68,7 @@ def build_problem(config: AdaptConfig, workers: bool = False) -> Problem:
         example = data.train_x[:1]
         objective = objective or _digits_objective(config, data)
     traced = netopt.trace(model, example)
-    constraints = [_constraint(c, config, objective) for c in config.constraints]
+    constraints = [_constraint(c, config, objective, traced.opaque) for c in config.constraints]
     assert objective is not None  # the config requires objective.factory with model.factory
     return Problem(traced, constraints, ConfigObjective(config, objective) if workers else objective)
 

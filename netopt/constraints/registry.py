@@ -8,7 +8,7 @@ resource is its constraint class plus one `ConstraintEntry` here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +27,7 @@ from netopt.registry import Registry
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
     from netopt.constraints.amount import Amount
     from netopt.constraints.base import Basis
@@ -39,8 +40,9 @@ __all__ = ["CONSTRAINTS", "ConstraintEntry", "EstimatorSources"]
 class EstimatorSources:
     """What an estimator may be built from: where the latency lookup table lives, the registered
     backend that measures it (`netopt.measure.registry`), its threads, precision and calibration
-    size, and for int8 where the representative inputs come from (the objective's training
-    inputs, asked for only when the backend quantizes)."""
+    size, for int8 where the representative inputs come from (the objective's training
+    inputs, asked for only when the backend quantizes), and the traced model's opaque blocks
+    (`Traced.opaque`), which a lookup table measures as units of their own."""
 
     lut_path: str = "runs/lut-ort-cpu1.sqlite"
     backend: str = "onnxruntime"
@@ -48,6 +50,7 @@ class EstimatorSources:
     calibration: int = 16
     precision: str = "fp32"
     representative: Callable[[], Sequence[torch.Tensor] | None] | None = None
+    opaque: Mapping[str, nn.Module] | None = None
 
 
 EstimatorFactory = Callable[[EstimatorSources], "Estimator"]
@@ -84,7 +87,7 @@ def _lookup_table(sources: EstimatorSources) -> Estimator:
     quantized = {} if sources.precision == "fp32" else {
         "precision": sources.precision, "representative": sources.representative() if sources.representative else None}
     backend = BACKENDS[sources.backend].make(threads=sources.threads, **quantized)
-    return LookupTable.open(sources.lut_path, backend, calibration_networks=sources.calibration)
+    return LookupTable.open(sources.lut_path, backend, calibration_networks=sources.calibration, opaque=sources.opaque)
 
 
 def _registered(name: str) -> EstimatorFactory:

@@ -1,6 +1,14 @@
-"""Turn a unit into a small torch module that a backend can measure on its own."""
+"""Turn a unit into a small torch module that a backend can measure on its own.
+
+A unit headed by an opaque block runs a copy of the traced model's module for it: the IR node
+holds no weights. `describe_block` says what such a module computes, for the unit's signature.
+"""
 
 from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -9,7 +17,7 @@ from netopt.bridge.build import FACTORIES, make_layer
 from netopt.ir import Network, OpKind
 from netopt.lut.units import FREE, Unit
 
-__all__ = ["unit_module", "overhead_module", "yardstick_module"]
+__all__ = ["unit_module", "overhead_module", "yardstick_module", "describe_block"]
 
 
 class UnitModule(nn.Module):
@@ -35,13 +43,37 @@ def unmeasurable_ops() -> list[OpKind]:
     return [k for k in OpKind if k not in FACTORIES and k not in FREE and k is not OpKind.OPAQUE]
 
 
-def unit_module(net: Network, unit: Unit) -> tuple[nn.Module, Tensor]:
-    """A module computing `unit` at `net`'s widths, and an input for it (batch 1)."""
+def unit_module(net: Network, unit: Unit, opaque: Mapping[str, nn.Module] | None = None) -> tuple[nn.Module, Tensor]:
+    """A module computing `unit` at `net`'s widths, and an input for it (batch 1); an opaque
+    block's layer is a copy of its module in `opaque` (the traced model's, by node name)."""
     torch.manual_seed(0)
-    layers = [make_layer(net, node) for node in unit.nodes]
+    copies = {n.name: copy.deepcopy(opaque[n.name]) for n in unit.nodes if opaque and n.name in opaque}
+    layers = [make_layer(net, node, copies) for node in unit.nodes]
     others = [_example(shape) for shape in unit.input_shapes[1:]]
     module = UnitModule(layers, others).eval()
     return module, _example(unit.input_shapes[0])
+
+
+_SETTINGS = (bool, int, float, str)
+"""The types of a module's plain attributes that describe its computation (flags, sizes, modes);
+caches a forward fills (a torch.Size, tensors) and None are left out, so that running the block
+does not change its description."""
+
+
+def describe_block(module: nn.Module) -> dict[str, object]:
+    """What an opaque block computes, beyond its IR node: its class, its layers (their reprs),
+    the shapes of its weights and buffers, and its plain settings, each of its submodules'
+    too. Weight values are not in it: a fine-tuned copy costs the same."""
+    cls = type(module)
+    state = [[name, list(t.shape), str(t.dtype)] for name, t in (*module.named_parameters(), *module.named_buffers())]
+    settings = sorted([name, key, value] for name, m in module.named_modules() for key, value in vars(m).items()
+                      if type(value) in _SETTINGS and not key.startswith("_") and key != "training")
+    return {"class": f"{cls.__module__}.{cls.__qualname__}", "layers": _digest(repr(module)),
+            "state": _digest(repr(state)), "settings": _digest(repr(settings))}
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _example(shape: tuple[int, ...]) -> Tensor:

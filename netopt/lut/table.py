@@ -12,13 +12,16 @@ The table is the public face of three parts, each in its own module:
   chooses, and grown by what strategies measure. A structure without a calibration is never
   estimated: `estimate` raises, naming `calibrate`.
 
+A traced model's opaque blocks (`Traced.opaque`) are priced as units of their own, measured
+with their modules: the table is given them when opened (`opaque=`) or calibrated.
+
 Entries live in a `netopt.lut.stores.Store`: an SQLite file, or a PostgreSQL database shared
 by many machines.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,7 +70,8 @@ class LookupTable:
     """
 
     def __init__(self, store: Store, backend: Backend, wait_timeout: float = 600.0,
-                 calibration_networks: int = CALIBRATION_NETWORKS) -> None:
+                 calibration_networks: int = CALIBRATION_NETWORKS,
+                 opaque: Mapping[str, nn.Module] | None = None) -> None:
         missing = unmeasurable_ops()
         if missing:
             raise LookupTableError(
@@ -81,16 +85,19 @@ class LookupTable:
         self.costs = UnitCosts(store, backend, self.meter, wait_timeout)
         self.networks = NetworkMeasurements(store, backend, self.meter)
         self.calibrator = Calibrator(self.costs, self.networks, calibration_networks)
+        self.costs.add_blocks(opaque or {})
 
     @classmethod
-    def open(cls, path: str | Path, backend: Backend, calibration_networks: int = CALIBRATION_NETWORKS) -> LookupTable:
+    def open(cls, path: str | Path, backend: Backend, calibration_networks: int = CALIBRATION_NETWORKS,
+             opaque: Mapping[str, nn.Module] | None = None) -> LookupTable:
         """Open (or create) the table at `path` for `backend`'s platform: an SQLite file (one
         machine), or a PostgreSQL URL ("postgresql://user:password@host:5432/db", the postgres
         extra) that many search machines share. `calibration_networks`: the most whole networks
-        a calibration measures (binding a constraint calibrates)."""
+        a calibration measures (binding a constraint calibrates). `opaque`: the traced model's
+        opaque blocks (`traced.opaque`), which its networks' estimates need (a warm table's too)."""
         store: Store = PostgresStore(str(path), backend.fingerprint) if is_postgres_url(path) else \
             SqliteStore(path, backend.fingerprint)
-        return cls(store, backend, calibration_networks=calibration_networks)
+        return cls(store, backend, calibration_networks=calibration_networks, opaque=opaque)
 
     def close(self) -> None:
         self.store.close()
@@ -210,7 +217,9 @@ class LookupTable:
 
     def calibrate(self, traced: Traced, max_networks: int | None = None, seed: int = 0) -> Calibration:
         """Fit the correction on end-to-end measurements of `traced` at widths this chooses
-        (`Calibrator.calibrate`; `max_networks` defaults to `calibration_networks`), and keep it."""
+        (`Calibrator.calibrate`; `max_networks` defaults to `calibration_networks`), and keep it.
+        The table keeps `traced`'s opaque blocks for the units they head."""
+        self.costs.add_blocks(traced.opaque)
         return self.calibrator.calibrate(traced, max_networks, seed)
 
     def recalibrate(self, traced: Traced, nets: Sequence[Network],
@@ -219,4 +228,5 @@ class LookupTable:
         calibration of their structure, and keep it: what a strategy does when a measurement
         misses a budget the estimate met. `figures`, one per network (None: the table's), are
         measurements taken already at the level the table keeps the full network."""
+        self.costs.add_blocks(traced.opaque)
         return self.calibrator.recalibrate(traced, nets, figures)

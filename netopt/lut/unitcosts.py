@@ -4,6 +4,10 @@ A unit is measured beside a fixed yardstick unit, in batches, and expressed at t
 yardstick was first measured at: units measured an hour apart, under other loads, add up. The
 backend's fixed cost of one call (`overhead`) is measured on the cheapest model there is and
 taken off each unit, since a whole network pays it once: layer_sum = overhead + sum(unit - overhead).
+
+A unit headed by an opaque block is measured with a copy of the traced model's module for it
+(`add_blocks`), and signed with what that module computes; such a block keeps its full width,
+so it is measured once per table.
 """
 
 from __future__ import annotations
@@ -12,17 +16,17 @@ import functools
 import itertools
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from netopt.errors import LookupTableError
-from netopt.ir import Network
-from netopt.lut.probe import overhead_module, unit_module, yardstick_module
+from netopt.ir import Network, Node
+from netopt.lut.probe import describe_block, overhead_module, unit_module, yardstick_module
 from netopt.lut.stores import Store
-from netopt.lut.units import Unit, units
+from netopt.lut.units import Unit, sign, units
 from netopt.lut.variants import spread
 from netopt.measure.base import Backend, Measurement, NoisyMeasurementWarning, steady
 
@@ -62,6 +66,22 @@ class UnitCosts:
         self._mins: dict[str, float] = {}
         self._signatures: dict[Unit, str] = {}
         self._level: float | None = None  # the yardstick's first minimum, once read
+        self.blocks: dict[str, nn.Module] = {}  # opaque blocks' modules, by node name (`add_blocks`)
+        self._blocks: dict[str, dict[str, object]] = {}  # what each computes, described when added
+
+    def add_blocks(self, opaque: Mapping[str, nn.Module]) -> None:
+        """Keep the modules of a traced model's opaque blocks (`Traced.opaque`, node name ->
+        module): units they head are measured with them and signed with what they compute."""
+        for name, module in opaque.items():
+            if self.blocks.get(name) is module:
+                continue  # described when first given: a block that ran since keeps its signature
+            described = describe_block(module)
+            if self._blocks.get(name, described) != described:
+                raise LookupTableError(
+                    f"opaque block {name!r} was given as two different modules ({self._blocks[name]['class']} and "
+                    f"{described['class']}); one LookupTable prices the opaque blocks of one model: open the table "
+                    "once per model")
+            self.blocks[name], self._blocks[name] = module, described
 
     def overhead(self) -> float:
         """The backend's fixed cost of one call, in its unit."""
@@ -82,10 +102,31 @@ class UnitCosts:
         return self._level
 
     def signature(self, unit: Unit) -> str:
-        """`unit.signature`, remembered."""
+        """`unit.signature` (an opaque unit's with its block's description), remembered."""
         if unit not in self._signatures:
-            self._signatures[unit] = unit.signature
+            self._signatures[unit] = sign(self.describe(unit))
         return self._signatures[unit]
+
+    def describe(self, unit: Unit) -> dict[str, object]:
+        """`unit.describe()`, with what its block computes where it is opaque."""
+        return unit.describe(self._block(unit.head) if unit.opaque else None)
+
+    def _block(self, node: Node) -> dict[str, object]:
+        """The description of the module given for opaque `node`; refused where none was given,
+        or where it is not the module that node was traced from."""
+        module = self.blocks.get(node.name)
+        if module is None:
+            raise LookupTableError(
+                f"the lookup table cannot price opaque block {node.name!r} ({node.attrs.module_type}): it has no "
+                "module for it; pass the traced model's, LookupTable.open(path, backend, opaque=traced.opaque) (or "
+                "EstimatorSources(opaque=traced.opaque)), or call lut.calibrate(traced) first")
+        params = sum(p.numel() for p in module.parameters())
+        if (type(module).__qualname__, params) != (node.attrs.module_type, node.attrs.params):
+            raise LookupTableError(
+                f"opaque block {node.name!r} was traced from a {node.attrs.module_type} of {node.attrs.params} "
+                f"parameters, but the table was given a {type(module).__qualname__} of {params}: pass the opaque "
+                "modules of the model this network was traced from (traced.opaque)")
+        return self._blocks[node.name]
 
     def ensure(self, nets: Iterable[Network], progress: str | None = None) -> None:
         """Measure every unit of `nets` that the table does not hold yet."""
@@ -93,7 +134,7 @@ class UnitCosts:
         for net in nets:
             for u in units(net):
                 todo.setdefault(self.signature(u), (net, u))
-        self._measure_units({sig: (u.describe(), functools.partial(unit_module, net, u))
+        self._measure_units({sig: (self.describe(u), functools.partial(unit_module, net, u, self.blocks))
                              for sig, (net, u) in sorted(todo.items())}, progress)
 
     def prebuild(self, net: Network, points_per_group: int = 4) -> int:

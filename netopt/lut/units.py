@@ -5,18 +5,23 @@ that follow it alone (BatchNorm, activation, dropout), which ONNX Runtime fuses 
 head's kernel (Conv+BN folding, Conv+ReLU/Clip/HardSigmoid fusion). Measuring units, not
 single ops, is the first half of the calibration: the layer sum sees the fusions the
 runtime does. Views (flatten, identity, dropout alone) cost nothing and form no unit.
+
+An opaque block's IR node says only its class name, shapes and counts: the signature of a unit
+it heads also holds what the block's module computes (`netopt.lut.probe.describe_block`), so
+that two models sharing one table share an entry only for the same computation.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from netopt.ir import INPUT, Network, Node
+from netopt.ir import INPUT, Network, Node, OpKind
 from netopt.ir.ops import CONVOLUTIONS, RULES, Fusion
 
-__all__ = ["Unit", "units", "FUSABLE"]
+__all__ = ["Unit", "units", "sign", "FUSABLE"]
 
 FUSABLE = frozenset(k for k, rule in RULES.items() if rule.fusion in (Fusion.FUSED, Fusion.VIEW))
 """Ops absorbed into the unit of the op before them when that op is their only producer and
@@ -39,21 +44,35 @@ class Unit:
     def head(self) -> Node:
         return self.nodes[0]
 
-    def describe(self) -> dict[str, object]:
-        """Everything that decides the unit's cost, and nothing else: no names, no full widths."""
-        return {
+    @property
+    def opaque(self) -> bool:
+        """Headed by a block kept whole: its cost depends on a module the IR does not hold."""
+        return self.head.op is OpKind.OPAQUE
+
+    def describe(self, block: Mapping[str, object] | None = None) -> dict[str, object]:
+        """Everything that decides the unit's cost, and nothing else: no names, no full widths;
+        for an opaque unit, `block`: what its module computes (`probe.describe_block`)."""
+        described: dict[str, object] = {
             "ops": [[n.op.value, _cost_attrs(n)] for n in self.nodes],
             "inputs": [list(s) for s in self.input_shapes],
             "output": list(self.output_shape),
             "groups": self.conv_groups,
             "dtype": "float32",
         }
+        if block is not None:  # only here: the entries of other units keep their signatures
+            described["block"] = dict(block)
+        return described
 
     @property
     def signature(self) -> str:
-        """A stable hash of `describe()`: units with equal signatures cost the same."""
-        text = json.dumps(self.describe(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:24]
+        """A stable hash of `describe()`: units with equal signatures cost the same (an opaque
+        unit's needs its block: `UnitCosts.signature`)."""
+        return sign(self.describe())
+
+
+def sign(description: Mapping[str, object]) -> str:
+    """The stable hash a unit's description is kept under in a table."""
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:24]
 
 
 _WIDTH_ATTRS = frozenset({"out_channels", "out_features", "groups"})
