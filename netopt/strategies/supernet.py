@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from netopt.bridge import Traced, trace
 from netopt.bridge.materialize import group_weights, materialize_channels
 from netopt.bridge.select import FilterSelector, GroupWeights, L2Magnitude
-from netopt.ir import Network, OpKind
+from netopt.ir import Network, Node, OpKind
 
 __all__ = ["ordered", "FirstChannels", "OrderedDropout", "reestimate_batchnorm"]
 
@@ -77,21 +77,14 @@ class OrderedDropout:
         self.grids = {g.id: torch.tensor(g.valid_widths(bypass)) for g in network.groups}
         self.widths: dict[str, Tensor] | None = None
         self._masks: dict[tuple[Any, ...], Tensor] = {}
-        info = network.analysis.info
         self.handles = [module.register_forward_pre_hook(self._draw)]
         for node in network.nodes:
-            layout = network.layout(node.name)
-            if not any(s.group in self.grids for s in layout):
-                continue
-            index = []
-            for s in layout:
-                full, blocks = info[s.group].full_width, info[s.group].blocks
-                channel = torch.arange(full)
-                position = (channel % (full // blocks)) * blocks  # < k exactly for the first k/blocks of each block
-                group = s.group if s.group in self.grids else None
-                index.append((group, position.repeat_interleave(s.inner)))
-            key = tuple(layout)
-            self.handles.append(module.get_submodule(node.name).register_forward_hook(self._hook(key, index)))
+            if any(s.group in self.grids for s in network.layout(node.name)):
+                self.handles.append(module.get_submodule(node.name).register_forward_hook(self._hook(node.name)))
+            divisor = _divisor(node)
+            if divisor is not None and any(s.group in self.grids for s in network.layout(node.inputs[divisor])):
+                self.handles.append(module.get_submodule(node.name).register_forward_pre_hook(
+                    self._divide(node.inputs[divisor], divisor)))
         gates: dict[str, list[str]] = {}  # a branch's last node -> the bypass groups that remove it
         for gid, branch in network.bypassable.items() if bypass else ():
             if gid in self.grids:
@@ -113,19 +106,45 @@ class OrderedDropout:
             widths[gid] = k
         self.widths = widths
 
-    def _hook(self, key: tuple[Any, ...], index: list[tuple[str | None, Tensor]]) -> Any:
+    def _mask(self, name: str, out: Tensor) -> Tensor | None:
+        """The per-sample mask of `name`'s channels shaped to broadcast over `out`, or None where
+        `out` is not a (batch, channels, ...) tensor of its layout. The channels are dim 1 of a map
+        or vector and the last dim of tokens (the IR's rank-1 spatial: (B, N, C)), never N."""
+        assert self.widths is not None
+        if out.dim() < 2:
+            return None
+        key = tuple(self.network.layout(name))
+        mask = self._masks.get(key)
+        if mask is None:
+            mask = self._masks[key] = _layout_mask(self.network, name, self.widths, out.shape[0]).to(out.dtype)
+        dim = out.dim() - 1 if len(self.network.analysis.spatial[name]) == 1 else 1
+        if mask.shape != (out.shape[0], out.shape[dim]):
+            return None
+        shape = [1] * out.dim()
+        shape[0], shape[dim] = mask.shape
+        return mask.to(out.device).reshape(shape)
+
+    def _hook(self, name: str) -> Any:
+        """A forward hook zeroing the channels of `name`'s output past each sample's widths."""
         def apply(module: nn.Module, args: tuple[Any, ...], out: Tensor) -> Tensor:
-            if self.widths is None or not isinstance(out, Tensor) or out.dim() < 2:
+            if self.widths is None or not isinstance(out, Tensor):
                 return out
-            mask = self._masks.get(key)
+            mask = self._mask(name, out)
+            return out if mask is None else out * mask
+        return apply
+
+    def _divide(self, name: str, position: int) -> Any:
+        """A forward pre-hook setting the masked channels of a divisor (`name`, argument `position`)
+        to 1: divided by 0 they would be NaN (0 / 0) and stay NaN through the mask (NaN * 0), in
+        the output and in the gradients; the quotient's channels are masked after it anyway."""
+        def apply(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            x = args[position]
+            if self.widths is None or not isinstance(x, Tensor):
+                return args
+            mask = self._mask(name, x)
             if mask is None:
-                parts = [torch.ones(len(pos), out.shape[0], dtype=torch.bool) if g is None
-                         else pos[:, None] < self.widths[g][None, :] for g, pos in index]
-                mask = torch.cat(parts).T.to(out.dtype)
-                self._masks[key] = mask
-            if mask.shape != out.shape[:2]:
-                return out  # not a (batch, channels, ...) tensor of the layout: leave it
-            return out * mask.to(out.device).reshape(*mask.shape, *([1] * (out.dim() - 2)))
+                return args
+            return (*args[:position], torch.where(mask.bool(), x, torch.ones_like(x)), *args[position + 1:])
         return apply
 
     def _gate(self, gids: list[str]) -> Any:
@@ -140,6 +159,28 @@ class OrderedDropout:
         for handle in self.handles:
             handle.remove()
         self.handles = []
+
+
+def _layout_mask(network: Network, name: str, widths: dict[str, Tensor], batch: int) -> Tensor:
+    """(batch, channels) booleans: which of `name`'s channels each sample keeps (its first k of
+    each group, of each block of a grouped group; a fixed group's channels always)."""
+    info, parts = network.analysis.info, []
+    for s in network.layout(name):
+        full, blocks = info[s.group].full_width, info[s.group].blocks
+        position = (torch.arange(full) % (full // blocks)) * blocks  # < k exactly for the first k/blocks of each block
+        position = position.repeat_interleave(s.inner)
+        parts.append(position[:, None] < widths[s.group][None, :] if s.group in widths
+                     else torch.ones(len(position), batch, dtype=torch.bool))
+    return torch.cat(parts).T
+
+
+def _divisor(node: Node) -> int | None:
+    """Which input of `node` is a divisor (`a / b`: 1; `scalar / x`: 0), or None."""
+    if node.op is not OpKind.DIV:
+        return None
+    if node.attrs.scalar is None:
+        return 1
+    return 0 if node.attrs.reverse else None
 
 
 @torch.no_grad()

@@ -1,0 +1,116 @@
+"""Fixes found while landing the edge-model work (issue 31): each test fails without its fix."""
+
+from __future__ import annotations
+
+import json
+from importlib import import_module
+
+import torch
+from test_transformers import TinyViT
+from torch import nn
+
+import netopt
+from netopt.bridge import trace
+from netopt.bridge.modules import ChannelNorm
+from netopt.ir import Network, OpKind
+from netopt.ir.ops import LayerNormAttrs, attrs_from_dict, attrs_to_dict
+from netopt.strategies.supernet import OrderedDropout, ordered, sub_network
+from netopt.testing.peers import import_timm
+from netopt.testing.torch_checks import max_abs_diff, module_params
+
+
+def _layer_norm_groups(net: netopt.ir.Network) -> set[str]:
+    """Groups whose channels a LayerNorm mixes: first-k is only approximate there (see supernet)."""
+    return {s.group for n in net.nodes if n.op is OpKind.LAYERNORM for s in net.layout(n.name)}
+
+
+def test_ordered_dropout_masks_the_channels_of_token_tensors() -> None:
+    """A ViT's masked super-network is its first-k sub-network: heads and MLP widths masked over C."""
+    torch.manual_seed(0)
+    model, x = TinyViT().eval(), torch.randn(3, 3, 32, 32)
+    reordered = ordered(trace(model, x[:1]))
+    net = reordered.network
+    mixed = _layer_norm_groups(net)
+    widths = {g.id: g.full_width if g.id in mixed else max(g.min_width, g.full_width // 2) for g in net.groups}
+    assert any(widths[g.id] < g.full_width for g in net.groups)
+    supernet = reordered.materialize()
+    dropout = OrderedDropout(supernet, net, seed=0, sandwich=False)
+    dropout.grids = {g: torch.tensor([w]) for g, w in widths.items()}
+    supernet.train()
+    masked = supernet(x)
+    dropout.remove()
+    sub = sub_network(trace(supernet.eval(), x[:1], step=net.step), widths).eval()
+    torch.testing.assert_close(sub(x), masked, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(supernet(x), masked, atol=1e-3)  # the masks did something
+
+
+class _Quotients(nn.Module):
+    """`x / (sigmoid(x) + 1)` and `1 / (relu(x) + 1)`: divisors in the group being masked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 1), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv1(x))
+        x = x / (torch.sigmoid(x) + 1) + 1 / (torch.relu(x) + 1)
+        return self.head(self.conv2(x).mean((2, 3)))
+
+
+def test_ordered_dropout_never_divides_by_a_masked_channel() -> None:
+    """A masked divisor would make 0 / 0 = NaN (in the output and the gradients), not the sub-network."""
+    torch.manual_seed(0)
+    model, x = _Quotients().eval(), torch.randn(3, 3, 8, 8)
+    reordered = ordered(trace(model, x[:1], step=8))
+    net = reordered.network
+    widths = {g.id: g.min_width for g in net.groups}
+    supernet = reordered.materialize()
+    dropout = OrderedDropout(supernet, net, seed=0, sandwich=False)
+    dropout.grids = {g: torch.tensor([w]) for g, w in widths.items()}
+    supernet.train()
+    masked = supernet(x)
+    masked.sum().backward()
+    dropout.remove()
+    assert all(torch.isfinite(p.grad).all() for p in supernet.parameters() if p.grad is not None)
+    sub = sub_network(trace(supernet.eval(), x[:1], step=net.step), widths).eval()
+    torch.testing.assert_close(sub(x), masked, atol=1e-4, rtol=1e-4)
+
+
+class _NoBiasNorms(nn.Module):
+    """timm's LayerNorm2dNoBias (PoolFormerV2) on a map and nn.LayerNorm(bias=False) on a vector."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import_timm()
+        self.conv, self.norm = nn.Conv2d(3, 16, 3, padding=1), import_module("timm.models.metaformer").LayerNorm2dNoBias(16)
+        self.fc, self.norm2, self.head = nn.Linear(16, 24), nn.LayerNorm(24, bias=False), nn.Linear(24, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.conv(x)).mean((2, 3))
+        return self.head(self.norm2(self.fc(x)))
+
+
+def test_a_layer_norm_without_a_bias_counts_and_materializes_none() -> None:
+    torch.manual_seed(0)
+    model, x = _NoBiasNorms().eval(), torch.randn(2, 3, 8, 8)
+    traced = netopt.trace(model, x)
+    norms = [n for n in traced.network.nodes if n.op is OpKind.LAYERNORM]
+    assert len(norms) == 2 and all(not n.attrs.bias for n in norms)
+    small = traced.network.scaled(0.5)
+    assert module_params(model) == netopt.ir.params(traced.network)
+    module = traced.materialize(small)
+    assert module_params(module) == netopt.ir.params(small)
+    assert all(m.bias is None for m in module.modules() if isinstance(m, ChannelNorm))
+    assert max_abs_diff(traced.materialize(), model, x) <= 1e-5
+    assert Network.from_json(small.to_json()) == small
+
+
+def test_a_layer_norm_with_a_bias_writes_the_json_it_always_wrote() -> None:
+    """The new `bias` is left out at its default: documents and identity hashes stay as they were."""
+    net = trace(TinyViT().eval(), torch.randn(1, 3, 32, 32)).network
+    written = json.loads(net.to_json())
+    norms = [n["attrs"] for n in written["nodes"] if n["op"] == OpKind.LAYERNORM.value]
+    assert norms and all(set(attrs) == {"eps", "affine"} for attrs in norms)
+    assert Network.from_json(net.to_json()) == net
+    no_bias = LayerNormAttrs(affine=True, bias=False)
+    assert attrs_from_dict(LayerNormAttrs, attrs_to_dict(no_bias)) == no_bias
