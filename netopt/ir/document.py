@@ -3,19 +3,19 @@
 Version 1 carried its version under `"version"`; version 2 under `"format_version"`, the key
 every netopt file uses. Both read; only version 2 is written. `canonical_json` keeps the text
 of version 1 whatever the format becomes: identity hashes (lookup-table keys) are taken over it,
-so keys stored before a format change still match.
+so keys stored before a format change still match. An attribute added since (`OMIT_AT_DEFAULT`)
+is written only where it differs from its default, so every earlier network keeps its text too.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from netopt.errors import FormatError
 from netopt.ir.node import Node
-from netopt.ir.ops import RULES, OpKind, attrs_from_dict
+from netopt.ir.ops import RULES, OpKind, attrs_from_dict, attrs_to_dict
 from netopt.ir.versions import VERSION_KEY, version_of
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Parts", "canonical_json", "document", "parse", "read"]
@@ -59,7 +59,7 @@ def _body(net: Described) -> dict[str, Any]:
         "input_shape": list(net.input_shape),
         "step": net.step,
         "nodes": [
-            {"name": n.name, "op": n.op.value, "inputs": list(n.inputs), "attrs": asdict(n.attrs)}
+            {"name": n.name, "op": n.op.value, "inputs": list(n.inputs), "attrs": attrs_to_dict(n.attrs)}
             for n in net.nodes
         ],
         "outputs": list(net.outputs),
