@@ -99,14 +99,19 @@ def _node_problems(node: Node, seen: set[str]) -> list[str]:
 
 
 def _arity_problems(node: Node) -> list[str]:
+    """A plain ADD or MUL sums or multiplies two or more tensors (`sum(xs)` is one n-ary ADD);
+    with a constant, one; any other op as many as RULES says (None: one or more)."""
     n = len(node.inputs)
-    arity = RULES[node.op].arity
+    arity, least = RULES[node.op].arity, 1
     if isinstance(node.attrs, ScalarAttrs) and node.attrs.scalar is not None:
         arity = 1
     elif node.op in (OpKind.ADD, OpKind.MUL):
-        arity = 2
-    if (arity is None and n >= 1) or n == arity:
+        least = 2
+    if (arity is None and n >= least) or n == arity:
         return []
+    if least == 2:
+        return [f"node {node.name!r} ({node.op.value}) takes 2 input(s), got {n}; or more (one n-ary "
+                f"{node.op.value}), or one and a scalar: give it another input or its scalar"]
     want = "one or more" if arity is None else str(arity)
     return [f"node {node.name!r} ({node.op.value}) takes {want} input(s), got {n}"]
 
