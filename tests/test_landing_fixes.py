@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from importlib import import_module
 
+import pytest
 import torch
 from test_transformers import TinyViT
 from torch import nn
@@ -12,11 +13,12 @@ from torch import nn
 import netopt
 from netopt.bridge import trace
 from netopt.bridge.modules import ChannelNorm
-from netopt.ir import Network, OpKind
-from netopt.ir.ops import LayerNormAttrs, attrs_from_dict, attrs_to_dict
+from netopt.errors import LintError
+from netopt.ir import Network, Node, OpKind
+from netopt.ir.ops import Conv2dAttrs, LayerNormAttrs, attrs_from_dict, attrs_to_dict
 from netopt.strategies.supernet import OrderedDropout, ordered, sub_network
 from netopt.testing.peers import import_timm
-from netopt.testing.torch_checks import max_abs_diff, module_params
+from netopt.testing.torch_checks import max_abs_diff, module_macs, module_params
 
 
 def _layer_norm_groups(net: netopt.ir.Network) -> set[str]:
@@ -82,7 +84,8 @@ class _NoBiasNorms(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         import_timm()
-        self.conv, self.norm = nn.Conv2d(3, 16, 3, padding=1), import_module("timm.models.metaformer").LayerNorm2dNoBias(16)
+        no_bias = import_module("timm.models.metaformer").LayerNorm2dNoBias
+        self.conv, self.norm = nn.Conv2d(3, 16, 3, padding=1), no_bias(16)
         self.fc, self.norm2, self.head = nn.Linear(16, 24), nn.LayerNorm(24, bias=False), nn.Linear(24, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,3 +117,43 @@ def test_a_layer_norm_with_a_bias_writes_the_json_it_always_wrote() -> None:
     assert Network.from_json(net.to_json()) == net
     no_bias = LayerNormAttrs(affine=True, bias=False)
     assert attrs_from_dict(LayerNormAttrs, attrs_to_dict(no_bias)) == no_bias
+
+
+class _Merge(nn.Module):
+    """Three branches summed as smp FPN merges them (`torch.stack(xs).sum(0)`) or by Python's `sum`."""
+
+    def __init__(self, stacked: bool) -> None:
+        super().__init__()
+        self.stacked = stacked
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.branches = nn.ModuleList(nn.Conv2d(16, 8, 3, padding=1) for _ in range(3))
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        xs = [b(x) for b in self.branches]
+        return self.head(torch.stack(xs).sum(dim=0) if self.stacked else sum(xs))
+
+
+@pytest.mark.parametrize("stacked", [True, False], ids=["stack_sum", "python_sum"])
+def test_a_sum_of_several_tensors_is_one_n_ary_add(stacked: bool) -> None:
+    torch.manual_seed(0)
+    model, x = _Merge(stacked).eval(), torch.randn(2, 3, 8, 8)
+    traced = netopt.trace(model, x)
+    adds = [n for n in traced.network.nodes if n.op is OpKind.ADD]
+    assert len(adds) == 1 and len(adds[0].inputs) == 3
+    small = traced.network.scaled(0.5)
+    small.lint()
+    assert max_abs_diff(traced.materialize(), model, x) <= 1e-5
+    module = traced.materialize(small)
+    assert module_params(module) == netopt.ir.params(small) and module_macs(module, x) == netopt.ir.macs(small)
+    assert Network.from_json(small.to_json()) == small
+
+
+def test_a_plain_add_or_mul_takes_two_or_more_inputs() -> None:
+    conv = Conv2dAttrs(out_channels=8, kernel_size=(1, 1))
+    nodes = [Node(n, OpKind.CONV2D, ("input",), conv) for n in "abc"]
+    for op in (OpKind.ADD, OpKind.MUL):
+        Network((*nodes, Node("s", op, ("a", "b", "c"))), (3, 4, 4), ("s",)).lint()
+        with pytest.raises(LintError, match="takes 2 input"):
+            Network((*nodes, Node("s", op, ("a",))), (3, 4, 4), ("s",))
