@@ -273,3 +273,66 @@ def test_multi_query_attention_shrinks_its_query_heads_and_keeps_the_shared_head
     assert module.get_submodule("query").out_channels == 16 and module.get_submodule("output").in_channels == 16
     assert module_params(module) == netopt.ir.params(smaller) and module_macs(module, x) == netopt.ir.macs(smaller)
     assert module(x).shape == (1, 10)
+
+
+class WindowBlock(nn.Module):
+    """Swin's (shifted) window attention on a channels-last map, written as timm writes it: a roll,
+    windows of 4 x 4, a (positions, heads) relative position bias table and the shifted-window mask."""
+
+    def __init__(self, shift: int) -> None:
+        super().__init__()
+        from netopt.bridge.token_modules import shift_mask
+
+        self.shift, self.norm = shift, nn.LayerNorm(DIM)
+        self.qkv, self.proj = nn.Linear(DIM, 3 * DIM), nn.Linear(DIM, DIM)
+        self.relative_position_bias_table = nn.Parameter(torch.randn(49, HEADS))
+        self.register_buffer("relative_position_index", torch.randint(0, 49, (16, 16)))
+        self.register_buffer("attn_mask", shift_mask((8, 8), (4, 4), (shift, shift)) if shift else None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, h, w, c = x.shape
+        y = torch.roll(self.norm(x), (-self.shift, -self.shift), (1, 2)) if self.shift else self.norm(x)
+        y = y.view(b, 2, 4, 2, 4, c).permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, 16, c)
+        q, k, v = self.qkv(y).reshape(-1, 16, 3, HEADS, HEAD_DIM).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(16, 16, -1)
+        mask = bias.permute(2, 0, 1).contiguous().unsqueeze(0)
+        if self.attn_mask is not None:
+            mask = mask + self.attn_mask.view(1, 4, 1, 16, 16).expand(b, -1, HEADS, -1, -1).reshape(-1, HEADS, 16, 16)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(-1, 16, c)
+        y = self.proj(y).view(-1, 2, 2, 4, 4, c).permute(0, 1, 3, 2, 4, 5).contiguous().view(b, h, w, c)
+        return x + (torch.roll(y[:, :h, :w, :].contiguous(), (self.shift, self.shift), (1, 2)) if self.shift else y)
+
+
+class Windows(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.blocks, self.head = nn.Conv2d(3, DIM, 4, 4), nn.Sequential(WindowBlock(0), WindowBlock(2)), \
+            nn.Linear(DIM, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.blocks(self.stem(x).permute(0, 2, 3, 1)).mean((1, 2)))
+
+
+def test_shifted_window_attention_shrinks_by_whole_heads_with_its_bias_and_mask() -> None:
+    torch.manual_seed(0)
+    model, x = Windows().eval(), torch.randn(2, 3, 32, 32)
+    traced = _check_exact(model, x)
+    windows = [n.attrs for n in traced.network.nodes if n.op is OpKind.ATTENTION]
+    assert [(a.window, a.grid, a.shift, a.bias_positions) for a in windows] == [((4, 4), (8, 8), (0, 0), 49),
+                                                                                ((4, 4), (8, 8), (2, 2), 49)]
+    block = model.blocks[1]
+    with torch.no_grad():  # silence head 1 of the shifted block: removing one head there changes nothing
+        block.qkv.weight.view(3, HEADS, HEAD_DIM, DIM)[:, 1] = 0
+        block.qkv.bias.view(3, HEADS, HEAD_DIM)[:, 1] = 0
+    traced = netopt.trace(model, x)
+    gid = next(g for g in _head_groups(traced.network) if g.startswith("blocks.1"))
+    smaller = traced.materialize(traced.network.with_widths({gid: 2}))
+    assert max_abs_diff(smaller, model, x) <= 1e-4
+
+
+def test_timm_tiny_vit_attends_in_windows_and_shrinks() -> None:
+    timm = import_timm()
+    torch.manual_seed(0)
+    model = timm.create_model("tiny_vit_5m_224", pretrained=False).eval()
+    traced = _check_exact(model, torch.randn(1, 3, 224, 224))
+    assert {n.attrs.window for n in traced.network.nodes if n.op is OpKind.ATTENTION} == {(7, 7), (0, 0)}

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["Tokens", "ToMap", "ClassToken", "PositionEmbedding", "TokenSelect", "Attention", "HeadSlice",
-           "TOKEN_MODULES"]
+           "TOKEN_MODULES", "shift_mask", "position_bias"]
 
 
 class Tokens(nn.Module):
@@ -95,14 +95,20 @@ class Attention(nn.Module):
     torch.Size([1, 5, 4])
     """
 
-    def __init__(self, qk_dim: int, v_dim: int, scale: float, bias: tuple[int, int, int, int] | None = None) -> None:
-        """`bias`: (heads, positions, N, M) of a relative position bias `attention_biases[:, attention_bias_idxs]`."""
+    def __init__(self, qk_dim: int, v_dim: int, scale: float, bias: tuple[int, int, int, int] | None = None, *,
+                 window: tuple[int, int] = (0, 0), grid: tuple[int, int] = (0, 0),
+                 shift: tuple[int, int] = (0, 0)) -> None:
+        """`bias`: (heads, positions, N, M) of a relative position bias `attention_biases[:, attention_bias_idxs]`;
+        `window`, `grid`, `shift`: attention within windows of the token grid (netopt.ir.tokens.AttentionAttrs)."""
         super().__init__()
         self.qk_dim, self.v_dim, self.scale = qk_dim, v_dim, scale
+        self.window, self.grid, self.shift = tuple(window), tuple(grid), tuple(shift)
         if bias is not None:
             heads, positions, n, m = bias
             self.attention_biases = nn.Parameter(torch.zeros(heads, positions))
             self.register_buffer("attention_bias_idxs", torch.zeros(n, m, dtype=torch.long))
+        if any(self.shift):
+            self.register_buffer("shift_mask", shift_mask(self.grid, self.window, self.shift), persistent=False)
 
     def _heads(self, x: Tensor, dim: int) -> Tensor:
         b, n, c = x.shape
@@ -112,14 +118,60 @@ class Attention(nn.Module):
         if q.dim() == 4:
             qt, kt, vt = (x.flatten(2).transpose(1, 2) for x in (q, k, v))
             return self._attend(qt, kt, vt).transpose(1, 2).reshape(q.shape[0], -1, *q.shape[2:])
+        if self.window[0]:
+            out = self._attend(*(self._windows(x) for x in (q, k, v)))
+            return self._merge(out, q.shape[0])
         return self._attend(q, k, v)
+
+    def _windows(self, x: Tensor) -> Tensor:
+        """(B, H*W, C) tokens of the grid, rolled by -shift, as (B * windows, wh * ww, C)."""
+        (h, w), (wh, ww), c = self.grid, self.window, x.shape[-1]
+        x = x.reshape(x.shape[0], h, w, c)
+        if any(self.shift):
+            x = torch.roll(x, (-self.shift[0], -self.shift[1]), (1, 2))
+        return x.view(x.shape[0], h // wh, wh, w // ww, ww, c).transpose(2, 3).reshape(-1, wh * ww, c)
+
+    def _merge(self, x: Tensor, batch: int) -> Tensor:
+        """Windows back to the grid's (B, H*W, C) tokens, rolled back."""
+        (h, w), (wh, ww), c = self.grid, self.window, x.shape[-1]
+        x = x.view(batch, h // wh, w // ww, wh, ww, c).transpose(2, 3).reshape(batch, h, w, c)
+        if any(self.shift):
+            x = torch.roll(x, self.shift, (1, 2))
+        return x.reshape(batch, h * w, c)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         qh, kh, vh = self._heads(q, self.qk_dim), self._heads(k, self.qk_dim), self._heads(v, self.v_dim)
         biases = getattr(self, "attention_biases", None)
         mask = None if biases is None else biases[:, self.attention_bias_idxs]
+        if any(self.shift):  # (windows, N, N), repeated for every image of the batch
+            windows = self.get_buffer("shift_mask")
+            shifted = windows.repeat(q.shape[0] // windows.shape[0], 1, 1).unsqueeze(1)
+            mask = shifted if mask is None else mask + shifted
         out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=self.scale)
         return out.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
+
+
+def shift_mask(grid: tuple[int, ...], window: tuple[int, ...], shift: tuple[int, ...]) -> Tensor:
+    """Swin's mask of shifted windows, (windows, N, N): -100 between tokens of regions that the
+    cyclic shift brought together, 0 within one region."""
+    (h, w), (wh, ww), (sh, sw) = grid, window, shift
+    regions = torch.zeros(h, w)
+    cuts_h, cuts_w = ((0, -wh), (-wh, -sh), (-sh, None)), ((0, -ww), (-ww, -sw), (-sw, None))
+    for i, (h0, h1) in enumerate(cuts_h):
+        for j, (w0, w1) in enumerate(cuts_w):
+            regions[h0:h1, w0:w1] = 3 * i + j
+    windows = regions.view(h // wh, wh, w // ww, ww).transpose(1, 2).reshape(-1, wh * ww)
+    diff = windows.unsqueeze(1) - windows.unsqueeze(2)
+    return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
+
+
+def position_bias(src: nn.Module) -> tuple[Tensor, Tensor]:
+    """A module's relative position bias as a (heads, R) table and its (N, M) index: LeViT's
+    `attention_biases[:, attention_bias_idxs]`, or Swin's `relative_position_bias_table` (R, heads)
+    read at `relative_position_index`."""
+    if hasattr(src, "attention_biases"):
+        return src.get_parameter("attention_biases"), src.get_buffer("attention_bias_idxs")
+    return src.get_parameter("relative_position_bias_table").t(), src.get_buffer("relative_position_index")
 
 
 TOKEN_MODULES: tuple[type[nn.Module], ...] = (Tokens, ToMap, ClassToken, PositionEmbedding, TokenSelect, Attention,

@@ -46,6 +46,13 @@ BOUND_TO = "netopt_bound_to"
 """fx node meta key: the module holding the parameter an attention node reads (its position bias)."""
 HEADS = "netopt_heads"
 """fx node meta key: the (B, N, C) token shape of a tensor split into heads (B, heads, N, dim)."""
+WINDOWED = "netopt_windowed"
+"""fx node meta key: ((B, N, C), (H, W, wh, ww, sh, sw)) of tokens in windows (B * windows, wh * ww, C):
+the token shape the IR sees (the grid's, row-major) and the grid, window and shift they came from."""
+HEADS_LAST = "netopt_heads_last"
+"""fx node meta key: a heads tensor still laid out (B, N, heads, dim), before its permute(0, 2, 1, 3)."""
+ROLLED = "netopt_rolled"
+"""fx node meta key: the shift (sh, sw) a map merged from shifted windows still has to be rolled back by."""
 
 HEAD_OPS = frozenset({OpKind.IDENTITY, OpKind.DROPOUT, OpKind.MUL, OpKind.ATTENTION, OpKind.HEAD_SLICE,
                       OpKind.TO_MAP})
@@ -65,6 +72,8 @@ class Stage:
     scale: float = 1.0
     bounds: tuple[tuple[int, int], ...] = ()
     bias: fx.Node | None = None  # the `attention_biases[:, attention_bias_idxs]` lookup added to the scores
+    window: tuple[int, ...] = ()  # (H, W, wh, ww, sh, sw) of a window partition or merge under way
+    masked: bool = False  # a position bias plus Swin's mask of shifted windows
 
 
 def _name(node: fx.Node) -> str | None:
@@ -122,13 +131,22 @@ def stage(node: fx.Node) -> Stage | None:
     name, x = _name(node), _x(node)
     if node.op == "call_module" and _stage(x) is not None and _stage(x).kind == "probs":  # type: ignore[union-attr]
         return _stage(x)  # attention dropout
+    scores = _stage(x)
+    if node.op == "call_module" and scores is not None and scores.kind == "scores" and _softmax_last(node):
+        return replace(scores, kind="probs")
     if name is None or not isinstance(x, fx.Node):
         return None
     before, after, st = _shape(x), _shape(node), _stage(x)
     if name in ("matmul", "bmm"):
         return matmul_stage(node)
+    if (found := window_stage(node, name, x, st)) is not None:
+        return found
     if name == "getitem" and x.op == "get_attr" and _bias_lookup(node):
         return Stage("bias", x)
+    if name == "add" and st is not None and st.kind == "bias" and _window_mask(_arg1(node), after):
+        return replace(st, masked=True)  # Swin: the bias plus the mask of shifted windows (a buffer)
+    if name in ("view", "reshape", "permute", "contiguous", "unsqueeze") and st is not None and st.kind == "bias":
+        return st  # Swin's table lookup laid out as (1, heads, N, N)
     if name == "add" and st is not None and st.kind == "bias":
         other = _stage(_arg1(node))
         return replace(other, bias=x) if other is not None and other.kind == "scores" else None
@@ -164,6 +182,10 @@ def _next_stage(node: fx.Node, name: str, st: Stage, after: tuple[int, ...]) -> 
         return replace(st, kind="parts")
     if name == "unbind" and st.kind == "parts" and _dim0(node):
         return replace(st, kind="unbound")
+    if name == "add" and st.kind == "scores" and _window_mask(_arg1(node), after):
+        return replace(st, masked=True)  # Swin's mask of shifted windows, added per window
+    if name in ("view", "reshape") and st.kind == "scores":
+        return st  # the scores viewed per window to add the mask, and back
     if name == "add" and st.kind == "scores" and st.bias is None:
         bias = _stage(_arg1(node))
         return replace(st, bias=_arg1(node)) if bias is not None and bias.kind == "bias" else None
@@ -172,6 +194,8 @@ def _next_stage(node: fx.Node, name: str, st: Stage, after: tuple[int, ...]) -> 
     if name == "transpose" and st.kind == "probs" and sorted(_dims(node, len(after)))[-2:] == [len(after) - 2,
                                                                                             len(after) - 1]:
         return replace(st, kind="probs_t")
+    if name in ("split", "chunk") and st.kind == "split" and st.parts == 1 and _split_dim(node) == 3:
+        return replace(st, kind="pre_parts", bounds=_bounds(node, 3))  # TinyViT: q, k, v cut before the permute
     if name in ("split", "chunk") and st.kind == "cf_split" and _split_dim(node) == 2:
         return replace(st, kind="cf_parts", bounds=_bounds(node, 2))
     if name == "dropout" and st.kind == "probs":
@@ -183,6 +207,72 @@ def _next_stage(node: fx.Node, name: str, st: Stage, after: tuple[int, ...]) -> 
         if isinstance(factor, int | float) and not isinstance(factor, bool):
             return replace(st, scale=st.scale * (float(factor) if name == "mul" else 1 / float(factor)))
     return None
+
+
+def window_stage(node: fx.Node, name: str, x: fx.Node, st: Stage | None) -> Stage | None:
+    """A step of a window partition (a channels-last map (B, H, W, C), perhaps rolled by -shift,
+    viewed as (B * windows, wh * ww, C)) or of the merge back (windowed tokens to the map)."""
+    before, after = _shape(x), _shape(node)
+    if name == "roll" and st is None and _map_last(x) and _roll(node)[1] == (1, 2) \
+            and max(_roll(node)[0], default=1) <= 0:
+        return Stage("rolled", x, window=(0, 0, 0, 0, *(-s for s in _roll(node)[0])))
+    if name == "pad" and st is not None and st.kind == "rolled" and not any(_arg1(node) or ()):
+        return st  # no padding: the windows tile the map
+    if name in ("view", "reshape") and len(after) == 6 and ((st is None and _map_last(x)) or
+                                                             (st is not None and st.kind == "rolled")):
+        b, h, w, c = before
+        if after == (b, h // after[2], after[2], w // after[4], after[4], c) and not h % after[2] + w % after[4]:
+            shift = st.window[4:] if st is not None else (0, 0)
+            return Stage("win6", st.src if st is not None else x, window=(h, w, after[2], after[4], *shift))
+    if st is not None and st.kind in ("win6", "unwin6") and _swaps_windows(node, name):
+        return replace(st, kind="win_t" if st.kind == "win6" else "unwin_t")
+    if name == "contiguous" and st is not None and st.kind in ("win_t", "unwin_t", "win4", "unwin4"):
+        return st
+    if name in ("view", "reshape") and st is not None and st.kind == "win_t" and len(after) == 4:
+        return replace(st, kind="win4")
+    win = x.meta.get(WINDOWED) if st is None else None
+    source = (x, win[1]) if win is not None and not _heads(x) else None
+    if st is not None and st.kind == "unwin4":
+        source = (st.src, st.window)
+    if name in ("view", "reshape") and source is not None:
+        h, w, wh, ww = source[1][:4]
+        if after == (before[0], wh, ww, before[-1]) and st is None:
+            return Stage("unwin4", x, window=source[1])
+        if len(after) == 6 and after[1:] == (h // wh, w // ww, wh, ww, before[-1]):
+            return Stage("unwin6", source[0], window=source[1])
+    return None
+
+
+def _map_last(x: fx.Node) -> bool:
+    """A channels-last map (B, H, W, C), not split into heads."""
+    return bool(x.meta.get(CHANNELS_LAST)) and len(_shape(x)) == 4 and not _heads(x) and WINDOWED not in x.meta
+
+
+def _roll(node: fx.Node) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(shifts, dims) of a torch.roll over two dims, else ((), ())."""
+    shifts = node.args[1] if len(node.args) > 1 else node.kwargs.get("shifts")
+    dims = node.args[2] if len(node.args) > 2 else node.kwargs.get("dims")
+    if not isinstance(shifts, list | tuple) or not isinstance(dims, list | tuple) or len(dims) != 2:
+        return (), ()
+    return tuple(int(s) for s in shifts), tuple(int(d) % 4 for d in dims)  # type: ignore[arg-type]
+
+
+def _swaps_windows(node: fx.Node, name: str) -> bool:
+    """permute(0, 1, 3, 2, 4, 5) or transpose(2, 3) of a rank-6 window view."""
+    if name == "permute":
+        return _dims(node, 6) == (0, 1, 3, 2, 4, 5)
+    return name == "transpose" and sorted(_dims(node, 6)) == [2, 3]
+
+
+def _window_mask(x: Any, scores: tuple[int, ...]) -> bool:
+    """A buffer (or constant) of (N, N) masks added to a window's scores: Swin's shifted-window mask."""
+    return param_path(x) is not None and _shape(x)[-2:] == scores[-2:] and len(scores) >= 3
+
+
+def _softmax_last(node: fx.Node) -> bool:
+    """An nn.Softmax over the last dim (Swin's `self.softmax`)."""
+    module = node.graph.owning_module.get_submodule(str(node.target))  # type: ignore[union-attr]
+    return isinstance(module, torch.nn.Softmax) and module.dim in (-1, 3)
 
 
 def _split_dim(node: fx.Node) -> int | None:
@@ -202,8 +292,11 @@ def _dim(node: fx.Node, default: int = 0) -> int:
 
 
 def _bias_lookup(node: fx.Node) -> bool:
-    """`attention_biases[:, attention_bias_idxs]`: a parameter indexed by a buffer of the same module."""
+    """`attention_biases[:, attention_bias_idxs]`: a parameter indexed by a buffer of the same module
+    (or Swin's `relative_position_bias_table[relative_position_index.view(-1)]`)."""
     index = node.args[1]
+    if isinstance(index, fx.Node) and str(node.args[0].target).endswith(".relative_position_bias_table"):  # type: ignore[union-attr]
+        return param_path(index) is not None  # the index buffer, or fx's constant of its view
     return isinstance(index, tuple) and len(index) == 2 and index[0] == slice(None) \
         and isinstance(index[1], fx.Node) and index[1].op == "get_attr"
 
@@ -253,6 +346,9 @@ def _transpose(node: fx.Node) -> Converted | None:
     """flatten(2).transpose(1, 2): a map's tokens; a (B, N, heads, dim) view transposed: heads."""
     x = _x(node)
     st = _stage(x)
+    if _heads(x) and x.meta.get(HEADS_LAST) and _name(node) == "permute" and _dims(node, 4) == (0, 2, 1, 3):
+        _to_heads(node, x.meta[HEADS])
+        return OpKind.IDENTITY, NoAttrs(), (x,)
     swapped = sorted(_dims(node, len(_shape(x)))) == [1, 2] if _name(node) == "transpose" \
         else _dims(node, len(_shape(x))) in ((0, 2, 1), (0, 2, 1, 3))
     if st is not None and st.kind == "flat" and swapped:
@@ -282,8 +378,12 @@ def _reshape(node: fx.Node) -> Converted | None:
     """Heads merged back to tokens, or tokens folded back into a feature map."""
     x = _x(node)
     st, after = _stage(x), _shape(node)
+    if st is not None and st.kind in ("win_t", "win4", "unwin_t"):
+        return _window_layout(node, st, after)
     if st is not None and st.kind == "merged" and len(after) == 3:
         _mark(node, True)
+        if WINDOWED in st.src.meta:
+            node.meta[WINDOWED] = st.src.meta[WINDOWED]
         return OpKind.IDENTITY, NoAttrs(), (st.src,)
     if st is not None and st.kind == "merged" and len(after) == 4 and after[1] * after[2] == token_shape(st.src)[1]:
         _mark(node, True)  # heads merged straight into a channels-last map (B, H, W, C)
@@ -305,6 +405,32 @@ def _reshape(node: fx.Node) -> Converted | None:
     return None
 
 
+def _window_layout(node: fx.Node, st: Stage, after: tuple[int, ...]) -> Converted | None:
+    """A map's windows as tokens (TOKENS: the IR sees the grid's tokens, the attention makes the
+    windows), or the windows merged back into the map (TO_MAP, still rolled by the shift)."""
+    h, w, wh, ww, *shift = st.window
+    b, c = _shape(st.src)[0], _shape(st.src)[-1]
+    if st.kind in ("win_t", "win4") and len(after) == 3 and after[1:] == (wh * ww, c):
+        _mark(node, True)
+        node.meta[WINDOWED] = ((b, h * w, c), st.window)
+        return OpKind.TOKENS, NoAttrs(), (st.src,)
+    if st.kind == "unwin_t" and len(after) == 4 and after[1:] == (h, w, c):
+        _mark(node, True)
+        if any(shift):
+            node.meta[ROLLED] = tuple(shift)
+        return OpKind.TO_MAP, MapAttrs(height=h, width=w), (st.src,)
+    return None
+
+
+def _roll_back(node: fx.Node) -> Converted | None:
+    """torch.roll by the shift a map merged from shifted windows has: the attention rolled it back."""
+    x = _x(node)
+    if isinstance(x, fx.Node) and x.meta.get(ROLLED) and _roll(node) == (x.meta[ROLLED], (1, 2)):
+        _mark(node, True)
+        return OpKind.IDENTITY, NoAttrs(), (x,)
+    return None
+
+
 def _getitem(node: fx.Node) -> Converted | None:
     """q, k or v of an unbound qkv; `x[:, 0]` (a token as a vector) or `x[:, a:b]` of tokens."""
     x: Any
@@ -316,6 +442,12 @@ def _getitem(node: fx.Node) -> Converted | None:
         b, n, c = st.src.meta[HEADS]
         _to_heads(node, (b, n, c // st.dim * (stop - start)))
         return OpKind.HEAD_SLICE, HeadSliceAttrs(unit=st.dim, start=start, stop=stop), (st.src,)
+    if st is not None and st.kind == "pre_parts" and isinstance(index, int):
+        start, stop = st.bounds[index]
+        b, n, c = token_shape(st.src)
+        _to_heads(node, (b, n, c // st.dim * (stop - start)))
+        node.meta[HEADS_LAST] = True  # (B, N, heads, dim) until its permute(0, 2, 1, 3)
+        return OpKind.HEAD_SLICE, HeadSliceAttrs(unit=st.dim, start=start, stop=stop), (st.src,)
     if st is not None and st.kind == "cf_parts" and isinstance(index, int):
         start, stop = st.bounds[index]
         b, c, *hw = _shape(st.src)
@@ -323,8 +455,14 @@ def _getitem(node: fx.Node) -> Converted | None:
         return OpKind.HEAD_SLICE, HeadSliceAttrs(unit=st.dim, start=start, stop=stop), (st.src,)
     if st is not None and st.kind in ("unbound", "parts") and isinstance(index, int):  # unbind(0) or qkv[i]
         width = st.heads * st.dim
-        _to_heads(node, (*_shape(st.src)[:2], width))
+        _to_heads(node, (*token_shape(st.src)[:2], width))
         return OpKind.SLICE, SliceAttrs(start=index * width, stop=(index + 1) * width), (st.src,)
+    if isinstance(x, fx.Node) and _map_last(x) and isinstance(index, tuple) \
+            and all(isinstance(i, slice) and i.indices(d) == (0, d, 1) for i, d in zip(index, _shape(x), strict=False)):
+        if ROLLED in x.meta:  # [:, :H, :W] of a map merged from windows that needed no padding
+            node.meta[ROLLED] = x.meta[ROLLED]
+        _mark(node, True)
+        return OpKind.IDENTITY, NoAttrs(), (x,)
     if not is_tokens(x) or not isinstance(index, tuple) or len(index) != 2 or index[0] != slice(None):
         return None
     n = _shape(x)[1]
@@ -375,13 +513,17 @@ def _mean(node: fx.Node) -> Converted | None:
 
 def _sdpa(node: fx.Node) -> Converted:
     q, k, v = (node.args[i] if len(node.args) > i else node.kwargs[n] for i, n in enumerate("qkv"))
-    extra = {n: node.kwargs.get(n) for n in ("attn_mask", "dropout_p", "is_causal", "enable_gqa")}
-    if len(node.args) > 3 or extra["attn_mask"] is not None or extra["is_causal"] or extra["dropout_p"] \
-            or extra["enable_gqa"] or not all(_heads(t) for t in (q, k, v)):
+    extra: dict[str, Any] = {n: node.kwargs.get(n) for n in ("attn_mask", "dropout_p", "is_causal", "enable_gqa")}
+    mask = _stage(extra["attn_mask"])  # a relative position bias (and Swin's mask) added to the scores
+    bias = extra["attn_mask"] if mask is not None and mask.kind == "bias" else None
+    if len(node.args) > 3 or (extra["attn_mask"] is not None and bias is None) or extra["is_causal"] \
+            or extra["dropout_p"] or extra["enable_gqa"] or not all(_heads(t) for t in (q, k, v)):
         raise _refuse(node, "scaled_dot_product_attention with a mask, causal, dropout, grouped queries or inputs "
                             "not split into heads from tokens")
     scale = node.kwargs.get("scale")
-    return _attention(node, q, k, v, 1 / math.sqrt(_shape(q)[-1]) if scale is None else float(scale))  # type: ignore[arg-type]
+    masked = mask is not None and mask.masked
+    return _attention(node, q, k, v, 1 / math.sqrt(_shape(q)[-1]) if scale is None else float(scale),  # type: ignore[arg-type]
+                      bias, masked)
 
 
 def _matmul(node: fx.Node) -> Converted:
@@ -397,11 +539,11 @@ def _matmul(node: fx.Node) -> Converted:
     if st is None or st.k is None or st.kind != ("probs_t" if on_map else "probs") \
             or not (_heads(v) or on_map) or _on_map(st.src) != _on_map(v):
         raise _refuse(node, "a matmul that is not softmax(q @ k^T) @ v of tensors split into heads")
-    return _attention(node, st.src, st.k, v, st.scale, st.bias)
+    return _attention(node, st.src, st.k, v, st.scale, st.bias, st.masked)
 
 
 def _attention(node: fx.Node, q: fx.Node, k: fx.Node, v: fx.Node, scale: float,
-               bias: fx.Node | None = None) -> Converted:
+               bias: fx.Node | None = None, masked: bool = False) -> Converted:
     if _on_map(q):  # (B, h, dim, N) of the map q's IR tensor is
         dq, dv, heads = _shape(q)[2], _shape(v)[2], _shape(q)[1]
         b, _, *hw = q.meta[HEADS]
@@ -411,18 +553,36 @@ def _attention(node: fx.Node, q: fx.Node, k: fx.Node, v: fx.Node, scale: float,
         b, _, *hw = _shape(q)
         _to_heads(node, (b, dv, *hw))
     else:
-        dq, dv = _shape(q)[-1], _shape(v)[-1]
-        b, heads, n, _ = _shape(q)
+        dq, dv, heads = _shape(q)[-1], _shape(v)[-1], _shape(q)[1]
+        b, n = token_shape(q)[:2]
         _to_heads(node, (b, n, heads * dv))
     positions = _bias_positions(node, bias, heads) if bias is not None else 0
-    return OpKind.ATTENTION, AttentionAttrs(qk_dim=dq, v_dim=dv, scale=scale, bias_positions=positions), (q, k, v)
+    attrs = AttentionAttrs(qk_dim=dq, v_dim=dv, scale=scale, bias_positions=positions)
+    return OpKind.ATTENTION, _windows(node, q, attrs, masked), (q, k, v)
+
+
+def _windows(node: fx.Node, q: fx.Node, attrs: AttentionAttrs, masked: bool) -> AttentionAttrs:
+    """The attention's windows, read off its q (tokens in windows), with Swin's mask if shifted."""
+    if WINDOWED not in q.meta:
+        return attrs
+    h, w, wh, ww, sh, sw = q.meta[WINDOWED][1]
+    node.meta[WINDOWED] = (token_shape(node), q.meta[WINDOWED][1])
+    if bool(sh or sw) != masked:
+        raise _refuse(node, f"attention in windows shifted by {(sh, sw)} {'with' if masked else 'without'} a mask; "
+                            "netopt models Swin's shifted windows: a roll by -shift, the mask of its regions added")
+    return replace(attrs, window=(wh, ww), grid=(h, w), shift=(sh, sw))
 
 
 def _bias_positions(node: fx.Node, bias: fx.Node, heads: int) -> int:
     """The positions R of a (heads, R) relative position bias, bound to the module holding it."""
+    while _name(bias) != "getitem":  # from the bias laid out (and masked) back to its lookup
+        bias = bias.args[0]  # type: ignore[assignment]
     table: Any = bias.args[0]
-    idxs: Any = bias.args[1][1]  # type: ignore[index]
     owner, _, name = str(table.target).rpartition(".")
+    if name == "relative_position_bias_table" and _shape(table)[1] == heads:
+        node.meta[BOUND_TO] = owner  # Swin's (R, heads) table
+        return _shape(table)[0]
+    idxs: Any = bias.args[1][1] if isinstance(bias.args[1], tuple) else bias.args[1]  # type: ignore[index]
     if name != "attention_biases" or str(idxs.target) != f"{owner}.attention_bias_idxs" \
             or _shape(table)[0] != heads:
         raise _refuse(node, f"attention scores plus {table.target!r}[:, {idxs.target!r}]; a relative position bias "
@@ -451,7 +611,8 @@ def convert(node: fx.Node) -> Converted | None:
         raise _refuse(node, f"{name} of attention scores; netopt models them only as softmax(q @ k^T * scale) @ v")
     converter = {"transpose": _transpose, "permute": _transpose, "reshape": _reshape, "view": _reshape,
                  "getitem": _getitem, "cat": _cat, "concat": _cat, "add": _add, "iadd": _add,
-                 "mean": _mean, "unsqueeze": _unsqueeze}.get(name or "")
+                 "mean": _mean, "unsqueeze": _unsqueeze,
+                 "roll": _roll_back}.get(name or "")
     return converter(node) if converter is not None else None
 
 
@@ -459,8 +620,11 @@ def convert(node: fx.Node) -> Converted | None:
 
 
 def token_shape(node: fx.Node) -> tuple[int, ...]:
-    """The shape the IR sees for `node`: a heads tensor's token shape, else its own."""
-    return tuple(node.meta.get(HEADS) or node.meta[SHAPE])
+    """The shape the IR sees for `node`: a heads tensor's token shape, windowed tokens' the grid's,
+    else its own."""
+    if HEADS in node.meta:
+        return tuple(node.meta[HEADS])
+    return tuple(node.meta[WINDOWED][0] if WINDOWED in node.meta else node.meta[SHAPE])
 
 
 def bound_parameter(node: fx.Node) -> str:
@@ -471,7 +635,9 @@ def bound_parameter(node: fx.Node) -> str:
 
 
 def check_heads(node: fx.Node, kind: OpKind, inputs: tuple[fx.Node, ...]) -> None:
-    """Only identities, scalar factors and attention may read a tensor split into heads."""
+    """Only identities, scalar factors and attention may read a tensor split into heads. Per-token
+    ops keep tokens in windows (the IR sees the grid's tokens); a roll back waits through views."""
+    _follow_windows(node, kind, inputs)
     if not any(_heads(i) for i in inputs) or kind is OpKind.ATTENTION:
         return
     if kind not in HEAD_OPS or len(inputs) != 1:
@@ -479,3 +645,16 @@ def check_heads(node: fx.Node, kind: OpKind, inputs: tuple[fx.Node, ...]) -> Non
                             f"opaque=[{_enclosing(node)!r}] to keep the module that does it whole at full width")
     if _shape(node) == _shape(inputs[0]):  # still split (a merge back is an identity too)
         node.meta[HEADS] = inputs[0].meta[HEADS]
+
+
+def _follow_windows(node: fx.Node, kind: OpKind, inputs: tuple[fx.Node, ...]) -> None:
+    """An op on windowed tokens that keeps every token where it is (Linear, LayerNorm, add, ...)
+    makes windowed tokens; an identity of a map still to be rolled back is such a map too."""
+    win = next((i.meta[WINDOWED] for i in inputs if WINDOWED in i.meta), None)
+    shape = _shape(node)
+    if win is not None and WINDOWED not in node.meta and HEADS in node.meta:
+        node.meta[WINDOWED] = (tuple(node.meta[HEADS]), win[1])
+    elif win is not None and WINDOWED not in node.meta and shape[:-1] == _shape(inputs[0])[:-1]:
+        node.meta[WINDOWED] = ((*win[0][:-1], shape[-1]), win[1])
+    if kind is OpKind.IDENTITY and len(inputs) == 1 and ROLLED in inputs[0].meta and shape == _shape(inputs[0]):
+        node.meta.setdefault(ROLLED, inputs[0].meta[ROLLED])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from netopt.errors import IRError
@@ -21,6 +21,7 @@ __all__ = ["MapAttrs", "ClassTokenAttrs", "TokenSelectAttrs", "AttentionAttrs", 
            "class_token_spatial", "token_spatial", "select_spatial", "attention_spatial"]
 
 Spatial = tuple[int, ...]
+_OMIT = {"netopt_omit_at_default": True}  # ops.OMIT_AT_DEFAULT's metadata (ops.py imports this module)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,12 +64,23 @@ class AttentionAttrs:
     softmax(q k^T * scale) v per head, over the tokens or the positions of a map (1x1-conv
     attention). `scale` is the original's, kept when heads go. With `bias_positions` R > 0 a learned
     (heads, R) relative position bias, looked up for every (query, key) pair, is added to the scaled
-    scores (EfficientFormer, LeViT): it loses the rows of removed heads."""
+    scores (EfficientFormer, LeViT): it loses the rows of removed heads. With a `window` (wh, ww) the
+    tokens, a `grid` (H, W) in row-major order, attend only within windows of wh x ww (Swin, TinyViT),
+    after a cyclic `shift` of the grid by (-sh, -sw) with Swin's mask between regions; the bias
+    then has wh * ww positions a side."""
 
     qk_dim: int
     v_dim: int
     scale: float
     bias_positions: int = 0
+    window: tuple[int, int] = field(default=(0, 0), metadata=_OMIT)
+    grid: tuple[int, int] = field(default=(0, 0), metadata=_OMIT)
+    shift: tuple[int, int] = field(default=(0, 0), metadata=_OMIT)
+
+    @property
+    def keys(self) -> int:
+        """Keys each query sees in a window (0: all of them)."""
+        return self.window[0] * self.window[1]
 
 
 def _need_tokens(name: str, spatial: Sequence[Spatial], what: str) -> Spatial:
@@ -118,4 +130,8 @@ def attention_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spat
     if len({len(s) for s in spatial}) != 1 or len(q) not in (1, 2) or math.prod(k) != math.prod(v):
         raise IRError(f"attention node {name!r} gets q, k, v of spatial sizes {list(spatial)}; they must all be "
                       "tokens or all maps, and k and v must have as many positions")
+    if attrs.keys and (q != k or q != (math.prod(attrs.grid),) or any(
+            g % w for g, w in zip(attrs.grid, attrs.window, strict=True))):
+        raise IRError(f"attention node {name!r} attends in windows {attrs.window} of a grid {attrs.grid} but gets "
+                      f"q, k of spatial sizes {q}, {k}; the tokens must be the grid's and the windows must tile it")
     return q
