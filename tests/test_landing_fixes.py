@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 from importlib import import_module
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +15,13 @@ from torch import nn
 import netopt
 from netopt.bridge import trace
 from netopt.bridge.modules import ChannelNorm
+from netopt.constraints import MACsConstraint, ReductionSchedule
+from netopt.data import mnist
 from netopt.errors import LintError
 from netopt.ir import Network, Node, OpKind
 from netopt.ir.ops import Conv2dAttrs, LayerNormAttrs, attrs_from_dict, attrs_to_dict
+from netopt.objectives import Accuracy, Trainer
+from netopt.strategies import NetAdaptV2, Problem
 from netopt.strategies.supernet import OrderedDropout, ordered, sub_network
 from netopt.testing.peers import import_timm
 from netopt.testing.torch_checks import max_abs_diff, module_macs, module_params
@@ -157,3 +163,21 @@ def test_a_plain_add_or_mul_takes_two_or_more_inputs() -> None:
         Network((*nodes, Node("s", op, ("a", "b", "c"))), (3, 4, 4), ("s",)).lint()
         with pytest.raises(LintError, match="takes 2 input"):
             Network((*nodes, Node("s", op, ("a",))), (3, 4, 4), ("s",))
+
+
+def test_netadaptv2_trains_a_vit_super_network_and_shrinks_its_heads(tmp_path: Path) -> None:
+    """The tiny ViT on the bundled digits (1x16 px: 16 patches and a class token) under a MACs budget."""
+    torch.manual_seed(0)
+    model = TinyViT()
+    model.patch = nn.Conv2d(1, model.patch.out_channels, 4, stride=4)
+    model.pos_embed = nn.Parameter(torch.randn(1, 17, model.patch.out_channels) * 0.02)
+    data = mnist(size=16, holdout_per_class=10, test_fraction=0.1)
+    traced = netopt.trace(model.eval(), data.train_x[:1])
+    problem = Problem(traced, [MACsConstraint("70%", schedule=ReductionSchedule("15%"))],
+                      Accuracy(data, Trainer(lr=0.01)))
+    result = NetAdaptV2(supernet_steps=10, samples=4, long_term_steps=2, seed=0, progress=False).run(
+        problem, run_dir=tmp_path / "run")
+    assert all(b.met(result.final.resources[b.resource]) for b in problem.bind())
+    final = result.final.network
+    assert any(g.width < g.full_width for g in final.groups if final.analysis.info[g.id].unit > 1)  # heads went
+    assert math.isfinite(result.final.accuracy)

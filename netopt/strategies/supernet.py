@@ -6,7 +6,8 @@ computes exactly what it did (a permutation of channels, applied to producers an
 alike). `OrderedDropout` turns that network into a super-network: on every training forward
 pass each sample of the batch draws its own width for every group and the channels past it are
 zeroed in every tensor of the group (per-sample masks, one forward-backward pass for many
-sub-networks). `FirstChannels` then materializes the sub-network of any widths with the
+sub-networks; the channels of tokens (B, N, C) are their last dim; a divisor's masked channels
+are set to 1, not 0, so that no 0 / 0 turns the sample into NaN). `FirstChannels` then materializes the sub-network of any widths with the
 super-network's weights, and `reestimate_batchnorm` re-estimates its BatchNorm statistics.
 
 Where a group passes through an op that mixes channels without weights (LayerNorm over
