@@ -336,3 +336,14 @@ def test_timm_tiny_vit_attends_in_windows_and_shrinks() -> None:
     model = timm.create_model("tiny_vit_5m_224", pretrained=False).eval()
     traced = _check_exact(model, torch.randn(1, 3, 224, 224))
     assert {n.attrs.window for n in traced.network.nodes if n.op is OpKind.ATTENTION} == {(7, 7), (0, 0)}
+
+
+def test_timm_swin_shifts_windows_merges_patches_and_shrinks() -> None:
+    timm = import_timm()
+    torch.manual_seed(0)
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, depths=(2, 2, 2, 2)).eval()
+    traced = _check_exact(model, torch.randn(1, 3, 224, 224))
+    net = traced.network
+    assert sum(n.op is OpKind.SPACE_TO_DEPTH for n in net.nodes) == 3
+    assert {n.attrs.shift for n in net.nodes if n.op is OpKind.ATTENTION} == {(0, 0), (3, 3)}
+    assert len(_head_groups(net)) == 8

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["Tokens", "ToMap", "ClassToken", "PositionEmbedding", "TokenSelect", "Attention", "HeadSlice",
-           "TOKEN_MODULES", "shift_mask", "position_bias"]
+           "TOKEN_MODULES", "shift_mask", "position_bias", "SpaceToDepth"]
 
 
 class Tokens(nn.Module):
@@ -174,5 +174,19 @@ def position_bias(src: nn.Module) -> tuple[Tensor, Tensor]:
     return src.get_parameter("relative_position_bias_table").t(), src.get_buffer("relative_position_index")
 
 
+class SpaceToDepth(nn.Module):
+    """Each block x block patch of a (B, C, H, W) map as one position of block^2 * C channels, the
+    patch offset (j, i) outer and the channel inner, as Swin's patch merging orders them."""
+
+    def __init__(self, block: int = 2) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w, k = *x.shape, self.block
+        x = x.view(b, c, h // k, k, w // k, k).permute(0, 5, 3, 1, 2, 4)
+        return x.reshape(b, k * k * c, h // k, w // k)
+
+
 TOKEN_MODULES: tuple[type[nn.Module], ...] = (Tokens, ToMap, ClassToken, PositionEmbedding, TokenSelect, Attention,
-                                               HeadSlice)
+                                               HeadSlice, SpaceToDepth)

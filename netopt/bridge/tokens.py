@@ -34,6 +34,7 @@ from netopt.ir.ops import (
     MeanAttrs,
     NoAttrs,
     SliceAttrs,
+    SpaceToDepthAttrs,
     TokenSelectAttrs,
 )
 
@@ -224,6 +225,9 @@ def window_stage(node: fx.Node, name: str, x: fx.Node, st: Stage | None) -> Stag
         if after == (b, h // after[2], after[2], w // after[4], after[4], c) and not h % after[2] + w % after[4]:
             shift = st.window[4:] if st is not None else (0, 0)
             return Stage("win6", st.src if st is not None else x, window=(h, w, after[2], after[4], *shift))
+    if st is not None and st.kind == "win6" and name == "permute" and _dims(node, 6) == (0, 1, 3, 4, 2, 5) \
+            and st.window[2] == st.window[3] and not any(st.window[4:]):
+        return replace(st, kind="s2d")  # Swin's patch merging: (B, H/2, W/2, 2 (w), 2 (h), C), then flatten(3)
     if st is not None and st.kind in ("win6", "unwin6") and _swaps_windows(node, name):
         return replace(st, kind="win_t" if st.kind == "win6" else "unwin_t")
     if name == "contiguous" and st is not None and st.kind in ("win_t", "unwin_t", "win4", "unwin4"):
@@ -378,7 +382,7 @@ def _reshape(node: fx.Node) -> Converted | None:
     """Heads merged back to tokens, or tokens folded back into a feature map."""
     x = _x(node)
     st, after = _stage(x), _shape(node)
-    if st is not None and st.kind in ("win_t", "win4", "unwin_t"):
+    if st is not None and st.kind in ("win_t", "win4", "unwin_t", "s2d"):
         return _window_layout(node, st, after)
     if st is not None and st.kind == "merged" and len(after) == 3:
         _mark(node, True)
@@ -410,6 +414,9 @@ def _window_layout(node: fx.Node, st: Stage, after: tuple[int, ...]) -> Converte
     windows), or the windows merged back into the map (TO_MAP, still rolled by the shift)."""
     h, w, wh, ww, *shift = st.window
     b, c = _shape(st.src)[0], _shape(st.src)[-1]
+    if st.kind == "s2d" and after == (b, h // wh, w // ww, wh * ww * c):
+        _mark(node, True)
+        return OpKind.SPACE_TO_DEPTH, SpaceToDepthAttrs(block=wh), (st.src,)
     if st.kind in ("win_t", "win4") and len(after) == 3 and after[1:] == (wh * ww, c):
         _mark(node, True)
         node.meta[WINDOWED] = ((b, h * w, c), st.window)
@@ -420,6 +427,12 @@ def _window_layout(node: fx.Node, st: Stage, after: tuple[int, ...]) -> Converte
             node.meta[ROLLED] = tuple(shift)
         return OpKind.TO_MAP, MapAttrs(height=h, width=w), (st.src,)
     return None
+
+
+def _flatten(node: fx.Node) -> Converted | None:
+    """flatten(3) of a map's 2 x 2 patches: space to depth (Swin's patch merging)."""
+    st = _stage(_x(node))
+    return _window_layout(node, st, _shape(node)) if st is not None and st.kind == "s2d" else None
 
 
 def _roll_back(node: fx.Node) -> Converted | None:
@@ -612,7 +625,7 @@ def convert(node: fx.Node) -> Converted | None:
     converter = {"transpose": _transpose, "permute": _transpose, "reshape": _reshape, "view": _reshape,
                  "getitem": _getitem, "cat": _cat, "concat": _cat, "add": _add, "iadd": _add,
                  "mean": _mean, "unsqueeze": _unsqueeze,
-                 "roll": _roll_back}.get(name or "")
+                 "roll": _roll_back, "flatten": _flatten}.get(name or "")
     return converter(node) if converter is not None else None
 
 

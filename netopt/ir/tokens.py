@@ -17,7 +17,7 @@ from typing import Any
 from netopt.errors import IRError
 
 __all__ = ["MapAttrs", "ClassTokenAttrs", "TokenSelectAttrs", "AttentionAttrs", "HeadSliceAttrs", "tokens_spatial",
-           "map_spatial",
+           "map_spatial", "SpaceToDepthAttrs", "unfold_spatial",
            "class_token_spatial", "token_spatial", "select_spatial", "attention_spatial"]
 
 Spatial = tuple[int, ...]
@@ -83,6 +83,14 @@ class AttentionAttrs:
         return self.window[0] * self.window[1]
 
 
+@dataclass(frozen=True, kw_only=True)
+class SpaceToDepthAttrs:
+    """Each `block` x `block` patch of a map as one position (Swin's patch merging: (H, W, C) ->
+    (H/2, W/2, 4C)); its channels are the input's, once per offset (j, i) in the patch, j outer."""
+
+    block: int = 2
+
+
 def _need_tokens(name: str, spatial: Sequence[Spatial], what: str) -> Spatial:
     if any(len(s) != 1 for s in spatial):
         raise IRError(
@@ -123,6 +131,13 @@ def select_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial
         raise IRError(f"token_select node {name!r} takes tokens [{attrs.start}, {stop}) of {n}; "
                       f"they must satisfy 0 <= start < stop <= {n}")
     return () if attrs.stop is None else (stop - attrs.start,)
+
+
+def unfold_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
+    if len(spatial[0]) != 2 or attrs.block < 1 or any(d % attrs.block for d in spatial[0]):
+        raise IRError(f"space_to_depth node {name!r} cuts a map of spatial {spatial[0]} into {attrs.block}x"
+                      f"{attrs.block} patches; it needs a (C, H, W) map whose H and W the block divides")
+    return tuple(d // attrs.block for d in spatial[0])
 
 
 def attention_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
