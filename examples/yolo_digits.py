@@ -228,11 +228,13 @@ def latency(args: argparse.Namespace, traced: netopt.Traced, example: torch.Tens
     """The latency budget, priced by a lookup table of ONNX Runtime layer costs (--lut) or by
     measuring each candidate end to end (the default)."""
     backend = OnnxRuntimeCPU(threads=1)
-    estimator: Any = MeasuredLatency(traced, example, backend)
+    estimator: Any
     if args.lut is not None:
         args.lut.parent.mkdir(parents=True, exist_ok=True)
         # the problem calibrates it, once; the head's decoding, kept whole, is priced with its module
         estimator = netopt.LookupTable.open(args.lut, backend, opaque=traced.opaque)
+    else:  # measures the start when made: only where it prices the run
+        estimator = MeasuredLatency(traced, example, backend)
     return netopt.LatencyConstraint(args.latency, estimator, netopt.ReductionSchedule("10%", decay=0.96))
 
 

@@ -251,6 +251,23 @@ def test_the_examples_latency_estimator_measures_each_set_of_widths_once(
     assert 0 < estimator.estimate(traced.network.scaled(0.25)) < full
 
 
+def test_the_examples_lookup_table_is_given_the_heads_decoder(example: ModuleType, tmp_path: Path) -> None:
+    import argparse
+
+    import netopt
+    from netopt.lut import units
+
+    _traceable(example)
+    x = torch.rand(1, 3, 32, 32)
+    traced = netopt.trace(example.yolo().eval(), x)
+    args = argparse.Namespace(lut=tmp_path / "lut.sqlite", latency="90%")
+    lut = example.latency(args, traced, x).estimator
+    (decoder,) = [u for u in units(traced.network) if u.opaque]
+    assert lut.costs.blocks[decoder.head.name] is traced.opaque[decoder.head.name]
+    assert lut.costs.describe(decoder)["block"]["class"] == "netopt.bridge.heads.DetectDecode"
+    lut.close()
+
+
 def _run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     args = [sys.executable, str(EXAMPLE), "--run", str(tmp_path / "run"), "--size", "32", "--canvases", "64",
             "--pretrain", "4", "--short", "1", "--long", "2", "--latency", "90%", *extra]
@@ -273,9 +290,6 @@ def test_the_example_adapts_yolo_under_a_latency_budget_end_to_end(example: Modu
 def test_the_example_adapts_yolo_priced_by_a_lookup_table(example: ModuleType, tmp_path: Path) -> None:
     _retraced(example)
     done = _run(tmp_path, "--lut", str(tmp_path / "lut.sqlite"))
-    if done.returncode and "is an opaque block; building it needs its module" in done.stderr:
-        pytest.skip("pending: a lookup table cannot yet price an opaque block's unit (the Detect head's "
-                    "decoding): netopt/lut/probe.py unit_module builds layers without the traced opaque modules")
     assert done.returncode == 0, done.stderr[-2000:]
     line = done.stdout.split("latency: ")[1].splitlines()[0]
     measured, budget = (float(line.split(word)[1].split()[0].rstrip(",;")) for word in ("measured ", "budget "))
