@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_netadaptv2 import _first_k_property
 from test_transformers import TinyViT
 from torch import nn
 
@@ -23,6 +27,7 @@ from netopt.ir.ops import Conv2dAttrs, LayerNormAttrs, attrs_from_dict, attrs_to
 from netopt.objectives import Accuracy, Trainer
 from netopt.strategies import NetAdaptV2, Problem
 from netopt.strategies.supernet import OrderedDropout, ordered, sub_network
+from netopt.testing import strategies as nst
 from netopt.testing.peers import import_timm
 from netopt.testing.torch_checks import max_abs_diff, module_macs, module_params
 
@@ -181,3 +186,39 @@ def test_netadaptv2_trains_a_vit_super_network_and_shrinks_its_heads(tmp_path: P
     final = result.final.network
     assert any(g.width < g.full_width for g in final.groups if final.analysis.info[g.id].unit > 1)  # heads went
     assert math.isfinite(result.final.accuracy)
+
+
+class _Normalized(nn.Module):
+    """F.normalize across the channels of a map (dim 1) and of its tokens (dim -1, SwiftFormer's q)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.q, self.proj = nn.Conv2d(3, 16, 3, padding=1), nn.Linear(16, 24), nn.Linear(24, 16)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(torch.relu(self.conv(x)), dim=1)
+        t = x.flatten(2).transpose(1, 2)
+        t = t + self.proj(F.normalize(self.q(t), dim=-1))
+        return self.head(t.mean(1))
+
+
+def test_an_l2_normalization_across_the_channels_is_an_op_that_shrinks() -> None:
+    torch.manual_seed(0)
+    model, x = _Normalized().eval(), torch.randn(2, 3, 8, 8)
+    traced = netopt.trace(model, x)
+    assert sum(n.op is OpKind.NORMALIZE for n in traced.network.nodes) == 2
+    small = traced.network.scaled(0.5)
+    small.lint()
+    assert all(g.width < g.full_width for g in small.groups)
+    assert max_abs_diff(traced.materialize(), model, x) <= 1e-5
+    module = traced.materialize(small)
+    assert module_params(module) == netopt.ir.params(small) and module_macs(module, x) == netopt.ir.macs(small)
+    assert Network.from_json(small.to_json()) == small
+
+
+@settings(max_examples=15)
+@given(nst.networks(blocks=("normalize", "conv")), st.data())
+def test_a_normalized_sub_network_is_the_masked_super_network(network: Network, data: st.DataObject) -> None:
+    """A masked channel adds nothing to the L2 norm: first-k is exact through F.normalize."""
+    _first_k_property(network, network.with_widths(data.draw(nst.widths(network))).widths)
