@@ -347,3 +347,41 @@ def test_timm_swin_shifts_windows_merges_patches_and_shrinks() -> None:
     assert sum(n.op is OpKind.SPACE_TO_DEPTH for n in net.nodes) == 3
     assert {n.attrs.shift for n in net.nodes if n.op is OpKind.ATTENTION} == {(0, 0), (3, 3)}
     assert len(_head_groups(net)) == 8
+
+
+class LinearAttention(nn.Module):
+    """EfficientViT's ReLU linear attention, written as timm writes it: a 1x1 conv makes each head's
+    q, k and v side by side, v gets a column of ones, the last column normalizes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.qkv, self.proj = nn.Conv2d(3, 32, 3, 2, 1), nn.Conv2d(32, 3 * 4 * 8, 1), nn.Conv2d(32, 32, 1)
+        self.kernel, self.head = nn.ReLU(), nn.Linear(32, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        b, _, h, w = x.shape
+        q, k, v = self.qkv(x).reshape(b, -1, 3 * 8, h * w).transpose(-1, -2).chunk(3, dim=-1)
+        q, k, v = self.kernel(q), self.kernel(k), F.pad(v, (0, 1), mode="constant", value=1.0)
+        q, k, v = q.float(), k.float(), v.float()
+        out = q @ (k.transpose(-1, -2) @ v)
+        out = out[..., :-1] / (out[..., -1:] + 1e-15)
+        return self.head((x + self.proj(out.transpose(-1, -2).reshape(b, -1, h, w))).mean((2, 3)))
+
+
+def test_linear_attention_is_modelled_and_shrinks_by_whole_heads() -> None:
+    torch.manual_seed(0)
+    traced = _check_exact(LinearAttention().eval(), torch.randn(1, 3, 16, 16))
+    (attention,) = [n for n in traced.network.nodes if n.op is OpKind.ATTENTION]
+    assert attention.attrs.linear and attention.attrs.eps == 1e-15
+    (heads,) = _head_groups(traced.network)
+    assert traced.network.group(heads).full_width == 4
+
+
+@pytest.mark.parametrize("name", ["efficientvit_b0", "mobilenetv4_hybrid_medium"])
+def test_timm_linear_and_multi_query_attention_models_are_exact(name: str) -> None:
+    """EfficientViT's multi-scale qkv keeps its heads whole (fixed), the rest of the model shrinks."""
+    timm = import_timm()
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False).eval()
+    _check_exact(model, torch.randn(1, 3, 224, 224))

@@ -97,12 +97,13 @@ class Attention(nn.Module):
 
     def __init__(self, qk_dim: int, v_dim: int, scale: float, bias: tuple[int, int, int, int] | None = None, *,
                  window: tuple[int, int] = (0, 0), grid: tuple[int, int] = (0, 0),
-                 shift: tuple[int, int] = (0, 0)) -> None:
+                 shift: tuple[int, int] = (0, 0), linear: bool = False, eps: float = 0.0) -> None:
         """`bias`: (heads, positions, N, M) of a relative position bias `attention_biases[:, attention_bias_idxs]`;
         `window`, `grid`, `shift`: attention within windows of the token grid (netopt.ir.tokens.AttentionAttrs)."""
         super().__init__()
         self.qk_dim, self.v_dim, self.scale = qk_dim, v_dim, scale
         self.window, self.grid, self.shift = tuple(window), tuple(grid), tuple(shift)
+        self.linear, self.eps = linear, eps
         if bias is not None:
             heads, positions, n, m = bias
             self.attention_biases = nn.Parameter(torch.zeros(heads, positions))
@@ -141,6 +142,10 @@ class Attention(nn.Module):
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         qh, kh, vh = self._heads(q, self.qk_dim), self._heads(k, self.qk_dim), self._heads(v, self.v_dim)
+        if self.linear:
+            out = qh @ (kh.transpose(-1, -2) @ F.pad(vh, (0, 1), mode="constant", value=1.0))
+            out = out[..., :-1] / (out[..., -1:] + self.eps)
+            return out.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
         biases = getattr(self, "attention_biases", None)
         mask = None if biases is None else biases[:, self.attention_bias_idxs]
         if any(self.shift):  # (windows, N, N), repeated for every image of the batch

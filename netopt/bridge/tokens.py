@@ -56,7 +56,7 @@ ROLLED = "netopt_rolled"
 """fx node meta key: the shift (sh, sw) a map merged from shifted windows still has to be rolled back by."""
 
 HEAD_OPS = frozenset({OpKind.IDENTITY, OpKind.DROPOUT, OpKind.MUL, OpKind.ATTENTION, OpKind.HEAD_SLICE,
-                      OpKind.TO_MAP})
+                      OpKind.TO_MAP, OpKind.RELU})
 """Ops that may read a tensor split into heads (q/k norms that are identities, a scalar factor)."""
 
 
@@ -75,6 +75,8 @@ class Stage:
     bias: fx.Node | None = None  # the `attention_biases[:, attention_bias_idxs]` lookup added to the scores
     window: tuple[int, ...] = ()  # (H, W, wh, ww, sh, sw) of a window partition or merge under way
     masked: bool = False  # a position bias plus Swin's mask of shifted windows
+    v: fx.Node | None = None  # linear attention's v (k^T [v, 1] and what follows)
+    eps: float = 0.0  # linear attention's normalizer offset
 
 
 def _name(node: fx.Node) -> str | None:
@@ -141,6 +143,8 @@ def stage(node: fx.Node) -> Stage | None:
     if name in ("matmul", "bmm"):
         return matmul_stage(node)
     if (found := window_stage(node, name, x, st)) is not None:
+        return found
+    if (found := linear_stage(node, name, x, st)) is not None:
         return found
     if name == "getitem" and x.op == "get_attr" and _bias_lookup(node):
         return Stage("bias", x)
@@ -268,6 +272,37 @@ def _swaps_windows(node: fx.Node, name: str) -> bool:
     return name == "transpose" and sorted(_dims(node, 6)) == [2, 3]
 
 
+def linear_stage(node: fx.Node, name: str, x: fx.Node, st: Stage | None) -> Stage | None:
+    """A step of ReLU linear attention (EfficientViT): v padded with a column of ones, the last
+    column of q (k^T [v, 1]) split off as the normalizer and offset by eps."""
+    if st is not None and st.kind in ("ones", "kv", "linear") and name in ("float", "to", "contiguous"):
+        return st  # fp32 casts of fp32 tensors
+    if name == "pad" and _heads(x) and not _on_map(x) and tuple(_arg1(node) or ()) == (0, 1) \
+            and node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None) == 1.0:
+        return Stage("ones", x)
+    index = node.args[1] if name == "getitem" and len(node.args) > 1 else None
+    if st is not None and st.kind == "linear" and isinstance(index, tuple) and len(index) == 2 \
+            and index[0] is Ellipsis and isinstance(index[1], slice) and index[1].step is None:
+        if (index[1].start, index[1].stop) == (None, -1):
+            return replace(st, kind="numerator")
+        if (index[1].start, index[1].stop) == (-1, None):
+            return replace(st, kind="normalizer")
+    eps = _arg1(node)
+    if name == "add" and st is not None and st.kind == "normalizer" and isinstance(eps, float) and not st.eps:
+        return replace(st, eps=eps)
+    return None
+
+
+def _linear_attention(node: fx.Node) -> Converted | None:
+    """numerator / normalizer of linear attention: the ATTENTION node (linear)."""
+    num, den = _stage(_x(node)), _stage(_arg1(node))
+    if num is None or den is None or num.kind != "numerator" or den.kind != "normalizer" or num.src is not den.src \
+            or num.v is None or num.k is None:
+        return None
+    kind, attrs, inputs = _attention(node, num.src, num.k, num.v, 1.0)
+    return kind, replace(attrs, linear=True, eps=den.eps), inputs
+
+
 def _window_mask(x: Any, scores: tuple[int, ...]) -> bool:
     """A buffer (or constant) of (N, N) masks added to a window's scores: Swin's shifted-window mask."""
     return param_path(x) is not None and _shape(x)[-2:] == scores[-2:] and len(scores) >= 3
@@ -319,6 +354,10 @@ def matmul_stage(node: fx.Node) -> Stage | None:
     sa, sb = _stage(a), _stage(b)
     if _heads(a) and sb is not None and sb.kind == "t" and not _on_map(a):
         return Stage("scores", a, k=sb.src)  # type: ignore[arg-type]
+    if sa is not None and sa.kind == "t" and not _on_map(sa.src) and sb is not None and sb.kind == "ones":
+        return Stage("kv", sa.src, k=sa.src, v=sb.src)  # linear attention: k^T [v, 1]
+    if _heads(a) and not _on_map(a) and sb is not None and sb.kind == "kv":
+        return replace(sb, kind="linear", src=a)  # type: ignore[arg-type]  # q (k^T [v, 1])
     if sa is not None and sa.kind == "t" and _on_map(sa.src) and _heads(b) and _on_map(b):
         return Stage("scores", sa.src, k=b)  # type: ignore[arg-type]
     flat = _stage(a.args[0]) if isinstance(a, fx.Node) and a.args else None
@@ -384,6 +423,10 @@ def _reshape(node: fx.Node) -> Converted | None:
     st, after = _stage(x), _shape(node)
     if st is not None and st.kind in ("win_t", "win4", "unwin_t", "s2d"):
         return _window_layout(node, st, after)
+    if st is not None and st.kind == "t" and not _on_map(st.src) and len(after) == 4 \
+            and after[1] == token_shape(st.src)[2] and after[2] * after[3] == token_shape(st.src)[1]:
+        _mark(node, False)  # heads (B, h, dim, N) straight into a map (B, h * dim, H, W)
+        return OpKind.TO_MAP, MapAttrs(height=after[2], width=after[3]), (st.src,)
     if st is not None and st.kind == "merged" and len(after) == 3:
         _mark(node, True)
         if WINDOWED in st.src.meta:
@@ -625,7 +668,8 @@ def convert(node: fx.Node) -> Converted | None:
     converter = {"transpose": _transpose, "permute": _transpose, "reshape": _reshape, "view": _reshape,
                  "getitem": _getitem, "cat": _cat, "concat": _cat, "add": _add, "iadd": _add,
                  "mean": _mean, "unsqueeze": _unsqueeze,
-                 "roll": _roll_back, "flatten": _flatten}.get(name or "")
+                 "roll": _roll_back, "flatten": _flatten, "truediv": _linear_attention,
+                 "div": _linear_attention}.get(name or "")
     return converter(node) if converter is not None else None
 
 

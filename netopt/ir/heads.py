@@ -1,10 +1,10 @@
 """Which projections attention splits into heads, read off the network's structure.
 
 A projection (a linear layer, or a dense 1x1 convolution on maps) feeds an ATTENTION node's q, k
-or v directly, or through identities, a map made tokens, a BatchNorm, a scalar factor and one
-slice: an aligned range (q, k, v of a fused qkv: `parts` pieces of heads x `unit` channels) or the
-same range of every head (a HEAD_SLICE: heads of `unit` channels each holding q, k and v). Its
-channel group counts heads.
+or v directly, or through identities, a map made tokens, a BatchNorm, a ReLU (linear attention's
+kernel), a scalar factor and one slice: an aligned range (q, k, v of a fused qkv: `parts` pieces
+of heads x `unit` channels) or the same range of every head (a HEAD_SLICE: heads of `unit`
+channels each holding q, k and v). Its channel group counts heads.
 The structure says it, so nothing is stored in the projection's attributes (and a network's JSON,
 and the identity hashes taken over it, stay those of a network without heads).
 """
@@ -18,7 +18,7 @@ from netopt.ir.ops import AttentionAttrs, Conv2dAttrs, HeadSliceAttrs, LinearAtt
 
 __all__ = ["head_projections"]
 
-_PASS = frozenset({OpKind.IDENTITY, OpKind.DROPOUT, OpKind.MUL, OpKind.BATCHNORM, OpKind.TOKENS})
+_PASS = frozenset({OpKind.IDENTITY, OpKind.DROPOUT, OpKind.MUL, OpKind.BATCHNORM, OpKind.TOKENS, OpKind.RELU})
 
 
 def head_projections(nodes: Sequence[Node]) -> dict[str, tuple[int, int]]:

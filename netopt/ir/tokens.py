@@ -67,7 +67,8 @@ class AttentionAttrs:
     scores (EfficientFormer, LeViT): it loses the rows of removed heads. With a `window` (wh, ww) the
     tokens, a `grid` (H, W) in row-major order, attend only within windows of wh x ww (Swin, TinyViT),
     after a cyclic `shift` of the grid by (-sh, -sw) with Swin's mask between regions; the bias
-    then has wh * ww positions a side."""
+    then has wh * ww positions a side. `linear`: ReLU-kernel linear attention (EfficientViT):
+    per head q (k^T [v, 1]), its last column (the normalizer, plus `eps`) dividing the others."""
 
     qk_dim: int
     v_dim: int
@@ -76,6 +77,8 @@ class AttentionAttrs:
     window: tuple[int, int] = field(default=(0, 0), metadata=_OMIT)
     grid: tuple[int, int] = field(default=(0, 0), metadata=_OMIT)
     shift: tuple[int, int] = field(default=(0, 0), metadata=_OMIT)
+    linear: bool = field(default=False, metadata=_OMIT)
+    eps: float = field(default=0.0, metadata=_OMIT)
 
     @property
     def keys(self) -> int:
