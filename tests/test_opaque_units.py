@@ -155,6 +155,17 @@ def test_calibrating_gives_the_table_the_traced_blocks(tmp_path: Path) -> None:
     assert warm.measurements == 0
 
 
+def test_the_estimator_factory_hands_the_table_the_traced_blocks(tmp_path: Path) -> None:
+    from netopt.constraints import ReductionSchedule
+    from netopt.constraints.registry import CONSTRAINTS, EstimatorSources
+
+    traced = gated()
+    sources = EstimatorSources(lut_path=str(tmp_path / "lut.sqlite"), opaque=traced.opaque)
+    lut = CONSTRAINTS["latency"].make("50%", ReductionSchedule("2%"), sources).estimator
+    assert isinstance(lut, LookupTable) and lut.costs.blocks == dict(traced.opaque)
+    lut.close()
+
+
 # --- priced and measured ----------------------------------------------------------------------
 
 

@@ -63,7 +63,12 @@ does not change its description."""
 def describe_block(module: nn.Module) -> dict[str, object]:
     """What an opaque block computes, beyond its IR node: its class, its layers (their reprs),
     the shapes of its weights and buffers, and its plain settings, each of its submodules'
-    too. Weight values are not in it: a fine-tuned copy costs the same."""
+    too. Weight values are not in it: a fine-tuned copy costs the same.
+
+    >>> a, b = describe_block(nn.Conv2d(8, 8, 3)), describe_block(nn.Conv2d(8, 8, 3, padding=1))
+    >>> a["class"], a["state"] == b["state"], a["layers"] == b["layers"]
+    ('torch.nn.modules.conv.Conv2d', True, False)
+    """
     cls = type(module)
     state = [[name, list(t.shape), str(t.dtype)] for name, t in (*module.named_parameters(), *module.named_buffers())]
     settings = sorted([name, key, value] for name, m in module.named_modules() for key, value in vars(m).items()
