@@ -24,6 +24,7 @@ from netopt.data import mnist
 from netopt.errors import LintError
 from netopt.ir import Network, Node, OpKind
 from netopt.ir.ops import Conv2dAttrs, LayerNormAttrs, attrs_from_dict, attrs_to_dict
+from netopt.lut.units import units
 from netopt.objectives import Accuracy, Trainer
 from netopt.strategies import NetAdaptV2, Problem
 from netopt.strategies.supernet import OrderedDropout, ordered, sub_network
@@ -126,6 +127,9 @@ def test_a_layer_norm_with_a_bias_writes_the_json_it_always_wrote() -> None:
     norms = [n["attrs"] for n in written["nodes"] if n["op"] == OpKind.LAYERNORM.value]
     assert norms and all(set(attrs) == {"eps", "affine"} for attrs in norms)
     assert Network.from_json(net.to_json()) == net
+    described = [attrs for u in units(net) for op, attrs in u.describe()["ops"]  # type: ignore[attr-defined]
+                 if op == OpKind.LAYERNORM.value]
+    assert described and all("bias" not in attrs for attrs in described)  # lookup-table unit keys stay too
     no_bias = LayerNormAttrs(affine=True, bias=False)
     assert attrs_from_dict(LayerNormAttrs, attrs_to_dict(no_bias)) == no_bias
 
