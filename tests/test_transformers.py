@@ -385,3 +385,16 @@ def test_timm_linear_and_multi_query_attention_models_are_exact(name: str) -> No
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False).eval()
     _check_exact(model, torch.randn(1, 3, 224, 224))
+
+
+def test_timm_levit_normalizes_flattened_tokens_and_subsamples_them() -> None:
+    """LeViT: BatchNorm1d on tokens flattened to (B * N, C), q from every other token of the grid,
+    q and kv heads of different sizes in one group of heads."""
+    timm = import_timm()
+    torch.manual_seed(0)
+    model = timm.create_model("levit_128s", pretrained=False).eval()
+    traced = _check_exact(model, torch.randn(1, 3, 224, 224))
+    net = traced.network
+    assert sum(n.op is OpKind.AVGPOOL2D for n in net.nodes) == 2
+    assert net.group("stages.1.downsample.attn_downsample.kv.linear").producers == (
+        "stages.1.downsample.attn_downsample.kv.linear", "stages.1.downsample.attn_downsample.q.ln.linear")

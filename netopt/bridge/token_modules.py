@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["Tokens", "ToMap", "ClassToken", "PositionEmbedding", "TokenSelect", "Attention", "HeadSlice",
-           "TOKEN_MODULES", "shift_mask", "position_bias", "SpaceToDepth"]
+           "TOKEN_MODULES", "shift_mask", "position_bias", "SpaceToDepth",
+           "TokenBatchNorm"]
 
 
 class Tokens(nn.Module):
@@ -179,6 +180,13 @@ def position_bias(src: nn.Module) -> tuple[Tensor, Tensor]:
     return src.get_parameter("relative_position_bias_table").t(), src.get_buffer("relative_position_index")
 
 
+class TokenBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the channels of (B, N, C) tokens, as LeViT writes it: `bn(x.flatten(0, 1)).reshape_as(x)`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.flatten(0, 1)).reshape_as(x)
+
+
 class SpaceToDepth(nn.Module):
     """Each block x block patch of a (B, C, H, W) map as one position of block^2 * C channels, the
     patch offset (j, i) outer and the channel inner, as Swin's patch merging orders them."""
@@ -194,4 +202,4 @@ class SpaceToDepth(nn.Module):
 
 
 TOKEN_MODULES: tuple[type[nn.Module], ...] = (Tokens, ToMap, ClassToken, PositionEmbedding, TokenSelect, Attention,
-                                               HeadSlice, SpaceToDepth)
+                                               HeadSlice, SpaceToDepth, TokenBatchNorm)

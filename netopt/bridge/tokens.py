@@ -33,6 +33,7 @@ from netopt.ir.ops import (
     MapAttrs,
     MeanAttrs,
     NoAttrs,
+    PoolAttrs,
     SliceAttrs,
     SpaceToDepthAttrs,
     TokenSelectAttrs,
@@ -52,6 +53,8 @@ WINDOWED = "netopt_windowed"
 the token shape the IR sees (the grid's, row-major) and the grid, window and shift they came from."""
 HEADS_LAST = "netopt_heads_last"
 """fx node meta key: a heads tensor still laid out (B, N, heads, dim), before its permute(0, 2, 1, 3)."""
+FLAT = "netopt_flat"
+"""fx node meta key: (B, C, N) of tokens flattened to (B * N, C) for a BatchNorm1d (LeViT), as the IR sees them."""
 ROLLED = "netopt_rolled"
 """fx node meta key: the shift (sh, sw) a map merged from shifted windows still has to be rolled back by."""
 
@@ -142,6 +145,8 @@ def stage(node: fx.Node) -> Stage | None:
     before, after, st = _shape(x), _shape(node), _stage(x)
     if name in ("matmul", "bmm"):
         return matmul_stage(node)
+    if name == "permute" and _heads(x) and x.meta.get(HEADS_LAST) and _dims(node, 4) == (0, 2, 3, 1):
+        return Stage("t", x)  # LeViT's k cut from (B, N, heads, dim) and transposed at once
     if (found := window_stage(node, name, x, st)) is not None:
         return found
     if (found := linear_stage(node, name, x, st)) is not None:
@@ -473,9 +478,39 @@ def _window_layout(node: fx.Node, st: Stage, after: tuple[int, ...]) -> Converte
 
 
 def _flatten(node: fx.Node) -> Converted | None:
-    """flatten(3) of a map's 2 x 2 patches: space to depth (Swin's patch merging)."""
-    st = _stage(_x(node))
-    return _window_layout(node, st, _shape(node)) if st is not None and st.kind == "s2d" else None
+    """flatten(3) of a map's 2 x 2 patches: space to depth (Swin's patch merging); flatten(0, 1) of
+    tokens for a BatchNorm1d (LeViT)."""
+    x, st = _x(node), _stage(_x(node))
+    if st is not None and st.kind == "s2d":
+        return _window_layout(node, st, _shape(node))
+    if is_tokens(x) and not _heads(x) and WINDOWED not in x.meta and node.args[1:] == (0, 1):
+        b, n, c = _shape(x)
+        node.meta[FLAT] = (b, c, n)
+        _mark(node, False)  # (B * N, C): channels at dim 1, like vectors
+        return OpKind.IDENTITY, NoAttrs(), (x,)
+    return None
+
+
+def _unflatten(node: fx.Node) -> Converted | None:
+    """`y.reshape_as(x)` of tokens flattened to (B * N, C): the tokens again."""
+    x, like = _x(node), _arg1(node)
+    if isinstance(x, fx.Node) and FLAT in x.meta and is_tokens(like) and _shape(node) == _shape(like):
+        _mark(node, True)
+        return OpKind.IDENTITY, NoAttrs(), (x,)
+    return None
+
+
+def _subsample(node: fx.Node, x: Any, index: Any) -> Converted | None:
+    """`x[:, ::s, ::s]` of a channels-last map (LeViT's token subsampling): a 1x1 pool of stride s."""
+    if not isinstance(x, fx.Node) or not _map_last(x) or not isinstance(index, tuple) or len(index) not in (3, 4) \
+            or index[0] != slice(None) or not all(isinstance(i, slice) for i in index):
+        return None
+    steps = [i.step or 1 for i in index[1:3]]
+    if any(i.start not in (None, 0) or i.stop is not None for i in index[1:3]) or steps == [1, 1] \
+            or (len(index) == 4 and index[3] != slice(None)):
+        return None
+    _mark(node, True)
+    return OpKind.AVGPOOL2D, PoolAttrs(kernel_size=(1, 1), stride=(steps[0], steps[1])), (x,)
 
 
 def _roll_back(node: fx.Node) -> Converted | None:
@@ -513,6 +548,8 @@ def _getitem(node: fx.Node) -> Converted | None:
         width = st.heads * st.dim
         _to_heads(node, (*token_shape(st.src)[:2], width))
         return OpKind.SLICE, SliceAttrs(start=index * width, stop=(index + 1) * width), (st.src,)
+    if (found := _subsample(node, x, index)) is not None:
+        return found
     if isinstance(x, fx.Node) and _map_last(x) and isinstance(index, tuple) \
             and all(isinstance(i, slice) and i.indices(d) == (0, d, 1) for i, d in zip(index, _shape(x), strict=False)):
         if ROLLED in x.meta:  # [:, :H, :W] of a map merged from windows that needed no padding
@@ -669,7 +706,7 @@ def convert(node: fx.Node) -> Converted | None:
                  "getitem": _getitem, "cat": _cat, "concat": _cat, "add": _add, "iadd": _add,
                  "mean": _mean, "unsqueeze": _unsqueeze,
                  "roll": _roll_back, "flatten": _flatten, "truediv": _linear_attention,
-                 "div": _linear_attention}.get(name or "")
+                 "div": _linear_attention, "reshape_as": _unflatten}.get(name or "")
     return converter(node) if converter is not None else None
 
 
@@ -681,6 +718,8 @@ def token_shape(node: fx.Node) -> tuple[int, ...]:
     else its own."""
     if HEADS in node.meta:
         return tuple(node.meta[HEADS])
+    if FLAT in node.meta:
+        return tuple(node.meta[FLAT])
     return tuple(node.meta[WINDOWED][0] if WINDOWED in node.meta else node.meta[SHAPE])
 
 
@@ -713,5 +752,7 @@ def _follow_windows(node: fx.Node, kind: OpKind, inputs: tuple[fx.Node, ...]) ->
         node.meta[WINDOWED] = (tuple(node.meta[HEADS]), win[1])
     elif win is not None and WINDOWED not in node.meta and shape[:-1] == _shape(inputs[0])[:-1]:
         node.meta[WINDOWED] = ((*win[0][:-1], shape[-1]), win[1])
+    if len(inputs) == 1 and FLAT in inputs[0].meta and shape == _shape(inputs[0]):
+        node.meta.setdefault(FLAT, inputs[0].meta[FLAT])  # the BatchNorm1d on flattened tokens
     if kind is OpKind.IDENTITY and len(inputs) == 1 and ROLLED in inputs[0].meta and shape == _shape(inputs[0]):
         node.meta.setdefault(ROLLED, inputs[0].meta[ROLLED])
