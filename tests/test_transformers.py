@@ -398,3 +398,12 @@ def test_timm_levit_normalizes_flattened_tokens_and_subsamples_them() -> None:
     assert sum(n.op is OpKind.AVGPOOL2D for n in net.nodes) == 2
     assert net.group("stages.1.downsample.attn_downsample.kv.linear").producers == (
         "stages.1.downsample.attn_downsample.kv.linear", "stages.1.downsample.attn_downsample.q.ln.linear")
+
+
+def test_timm_mobilevit_attends_across_patches_at_each_offset() -> None:
+    """MobileViT unfolds a map into the tokens at each offset of its 2 x 2 patches and folds them back."""
+    timm = import_timm()
+    torch.manual_seed(0)
+    model = timm.create_model("mobilevit_xxs", pretrained=False).eval()
+    traced = _check_exact(model, torch.randn(1, 3, 128, 128))
+    assert {n.attrs.patch for n in traced.network.nodes if n.op is OpKind.ATTENTION} == {(2, 2)}

@@ -98,13 +98,14 @@ class Attention(nn.Module):
 
     def __init__(self, qk_dim: int, v_dim: int, scale: float, bias: tuple[int, int, int, int] | None = None, *,
                  window: tuple[int, int] = (0, 0), grid: tuple[int, int] = (0, 0),
-                 shift: tuple[int, int] = (0, 0), linear: bool = False, eps: float = 0.0) -> None:
+                 shift: tuple[int, int] = (0, 0), linear: bool = False, eps: float = 0.0,
+                 patch: tuple[int, int] = (0, 0)) -> None:
         """`bias`: (heads, positions, N, M) of a relative position bias `attention_biases[:, attention_bias_idxs]`;
         `window`, `grid`, `shift`: attention within windows of the token grid (netopt.ir.tokens.AttentionAttrs)."""
         super().__init__()
         self.qk_dim, self.v_dim, self.scale = qk_dim, v_dim, scale
         self.window, self.grid, self.shift = tuple(window), tuple(grid), tuple(shift)
-        self.linear, self.eps = linear, eps
+        self.linear, self.eps, self.patch = linear, eps, tuple(patch)
         if bias is not None:
             heads, positions, n, m = bias
             self.attention_biases = nn.Parameter(torch.zeros(heads, positions))
@@ -123,6 +124,9 @@ class Attention(nn.Module):
         if self.window[0]:
             out = self._attend(*(self._windows(x) for x in (q, k, v)))
             return self._merge(out, q.shape[0])
+        if self.patch[0]:
+            out = self._attend(*(self._offsets(x) for x in (q, k, v)))
+            return self._unoffsets(out, q.shape[0])
         return self._attend(q, k, v)
 
     def _windows(self, x: Tensor) -> Tensor:
@@ -132,6 +136,17 @@ class Attention(nn.Module):
         if any(self.shift):
             x = torch.roll(x, (-self.shift[0], -self.shift[1]), (1, 2))
         return x.view(x.shape[0], h // wh, wh, w // ww, ww, c).transpose(2, 3).reshape(-1, wh * ww, c)
+
+    def _offsets(self, x: Tensor) -> Tensor:
+        """(B, H*W, C) tokens of the grid as (B * ph * pw, patches, C): the tokens at each patch offset."""
+        (h, w), (ph, pw), c = self.grid, self.patch, x.shape[-1]
+        x = x.reshape(x.shape[0], h // ph, ph, w // pw, pw, c).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(-1, h // ph * (w // pw), c)
+
+    def _unoffsets(self, x: Tensor, batch: int) -> Tensor:
+        (h, w), (ph, pw), c = self.grid, self.patch, x.shape[-1]
+        x = x.reshape(batch, ph, pw, h // ph, w // pw, c).permute(0, 3, 1, 4, 2, 5)
+        return x.reshape(batch, h * w, c)
 
     def _merge(self, x: Tensor, batch: int) -> Tensor:
         """Windows back to the grid's (B, H*W, C) tokens, rolled back."""

@@ -151,6 +151,8 @@ def stage(node: fx.Node) -> Stage | None:
         return found
     if (found := linear_stage(node, name, x, st)) is not None:
         return found
+    if (found := patch_stage(node, name, x, st)) is not None:
+        return found
     if name == "getitem" and x.op == "get_attr" and _bias_lookup(node):
         return Stage("bias", x)
     if name == "add" and st is not None and st.kind == "bias" and _window_mask(_arg1(node), after):
@@ -253,6 +255,39 @@ def window_stage(node: fx.Node, name: str, x: fx.Node, st: Stage | None) -> Stag
             return Stage("unwin4", x, window=source[1])
         if len(after) == 6 and after[1:] == (h // wh, w // ww, wh, ww, before[-1]):
             return Stage("unwin6", source[0], window=source[1])
+    return None
+
+
+_PATCH_STEPS = {("unfold", "transpose", (1, 2)): "unfold_t", ("unfold_cnp", "transpose", (1, 3)): "unfold_pnc",
+                ("fold", "transpose", (1, 3)): "fold_cnp", ("fold5", "transpose", (1, 2)): "fold_t"}
+
+
+def patch_stage(node: fx.Node, name: str, x: fx.Node, st: Stage | None) -> Stage | None:
+    """A step of MobileViT's unfolding of a map (B, C, H, W) into the tokens at each offset of its
+    ph x pw patches, (B * ph * pw, patches, C), or of the folding back."""
+    before, after = _shape(x), _shape(node)
+    reshape = name in ("reshape", "view")
+    if st is None:
+        win = x.meta.get(WINDOWED)
+        if reshape and len(before) == 4 and len(after) == 4 and not x.meta.get(CHANNELS_LAST) and not _heads(x):
+            b, c, h, w = before
+            if after[0] == b * c * (h // after[1]) and after[2:] == (w // after[3], after[3]) and h % after[1] == 0 \
+                    and w % after[3] == 0:
+                return Stage("unfold", x, window=(h, w, after[1], after[3], 0, 0, 1))
+        if reshape and win is not None and len(win[1]) == 7 and not _heads(x):
+            h, w, ph, pw = win[1][:4]
+            if after == (win[0][0], ph * pw, h // ph * (w // pw), before[-1]):
+                return Stage("fold", x, window=win[1])
+        return None
+    if name == "contiguous" and st.kind in ("unfold", "unfold_t", "unfold_cnp", "unfold_pnc", "fold", "fold_cnp",
+                                            "fold5", "fold_t"):
+        return st
+    if name == "transpose" and (kind := _PATCH_STEPS.get((st.kind, name, tuple(sorted(_dims(node, len(before))))))):
+        return replace(st, kind=kind)
+    if reshape and st.kind == "unfold_t" and len(after) == 4 and after[3] == st.window[2] * st.window[3]:
+        return replace(st, kind="unfold_cnp")
+    if reshape and st.kind == "fold_cnp" and len(after) == 4 and after[2:] == st.window[2:4]:
+        return replace(st, kind="fold5")
     return None
 
 
@@ -428,6 +463,8 @@ def _reshape(node: fx.Node) -> Converted | None:
     st, after = _stage(x), _shape(node)
     if st is not None and st.kind in ("win_t", "win4", "unwin_t", "s2d"):
         return _window_layout(node, st, after)
+    if st is not None and st.kind in ("unfold_pnc", "fold_t"):
+        return _patch_layout(node, st, after)
     if st is not None and st.kind == "t" and not _on_map(st.src) and len(after) == 4 \
             and after[1] == token_shape(st.src)[2] and after[2] * after[3] == token_shape(st.src)[1]:
         _mark(node, False)  # heads (B, h, dim, N) straight into a map (B, h * dim, H, W)
@@ -473,6 +510,21 @@ def _window_layout(node: fx.Node, st: Stage, after: tuple[int, ...]) -> Converte
         _mark(node, True)
         if any(shift):
             node.meta[ROLLED] = tuple(shift)
+        return OpKind.TO_MAP, MapAttrs(height=h, width=w), (st.src,)
+    return None
+
+
+def _patch_layout(node: fx.Node, st: Stage, after: tuple[int, ...]) -> Converted | None:
+    """A map's tokens by patch offset (TOKENS: the IR sees the grid's tokens, the attention groups
+    them), or folded back into the map (TO_MAP)."""
+    h, w = st.window[:2]
+    if st.kind == "unfold_pnc" and len(after) == 3:
+        b, c = _shape(st.src)[:2]
+        _mark(node, True)
+        node.meta[WINDOWED] = ((b, h * w, c), st.window)
+        return OpKind.TOKENS, NoAttrs(), (st.src,)
+    if st.kind == "fold_t" and len(after) == 4 and after[2:] == (h, w):
+        _mark(node, False)
         return OpKind.TO_MAP, MapAttrs(height=h, width=w), (st.src,)
     return None
 
@@ -658,8 +710,10 @@ def _windows(node: fx.Node, q: fx.Node, attrs: AttentionAttrs, masked: bool) -> 
     """The attention's windows, read off its q (tokens in windows), with Swin's mask if shifted."""
     if WINDOWED not in q.meta:
         return attrs
-    h, w, wh, ww, sh, sw = q.meta[WINDOWED][1]
+    h, w, wh, ww, sh, sw, *patch = q.meta[WINDOWED][1]
     node.meta[WINDOWED] = (token_shape(node), q.meta[WINDOWED][1])
+    if patch:  # MobileViT: the tokens at one offset of every patch attend to each other
+        return replace(attrs, patch=(wh, ww), grid=(h, w))
     if bool(sh or sw) != masked:
         raise _refuse(node, f"attention in windows shifted by {(sh, sw)} {'with' if masked else 'without'} a mask; "
                             "netopt models Swin's shifted windows: a roll by -shift, the mask of its regions added")

@@ -67,7 +67,8 @@ class AttentionAttrs:
     scores (EfficientFormer, LeViT): it loses the rows of removed heads. With a `window` (wh, ww) the
     tokens, a `grid` (H, W) in row-major order, attend only within windows of wh x ww (Swin, TinyViT),
     after a cyclic `shift` of the grid by (-sh, -sw) with Swin's mask between regions; the bias
-    then has wh * ww positions a side. `linear`: ReLU-kernel linear attention (EfficientViT):
+    then has wh * ww positions a side. With a `patch` (ph, pw) instead, tokens attend to the tokens
+    at the same offset in every ph x pw patch of the grid (MobileViT's unfolding). `linear`: ReLU-kernel linear attention (EfficientViT):
     per head q (k^T [v, 1]), its last column (the normalizer, plus `eps`) dividing the others."""
 
     qk_dim: int
@@ -78,11 +79,14 @@ class AttentionAttrs:
     grid: tuple[int, int] = field(default=(0, 0), metadata=_OMIT)
     shift: tuple[int, int] = field(default=(0, 0), metadata=_OMIT)
     linear: bool = field(default=False, metadata=_OMIT)
+    patch: tuple[int, int] = field(default=(0, 0), metadata=_OMIT)
     eps: float = field(default=0.0, metadata=_OMIT)
 
     @property
     def keys(self) -> int:
-        """Keys each query sees in a window (0: all of them)."""
+        """Keys each query sees in a window or at its patch offset (0: all of them)."""
+        if self.patch[0]:
+            return self.grid[0] // self.patch[0] * (self.grid[1] // self.patch[1])
         return self.window[0] * self.window[1]
 
 
@@ -148,8 +152,9 @@ def attention_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spat
     if len({len(s) for s in spatial}) != 1 or len(q) not in (1, 2) or math.prod(k) != math.prod(v):
         raise IRError(f"attention node {name!r} gets q, k, v of spatial sizes {list(spatial)}; they must all be "
                       "tokens or all maps, and k and v must have as many positions")
+    tiles = attrs.patch if attrs.patch[0] else attrs.window
     if attrs.keys and (q != k or q != (math.prod(attrs.grid),) or any(
-            g % w for g, w in zip(attrs.grid, attrs.window, strict=True))):
+            g % w for g, w in zip(attrs.grid, tiles, strict=True))):
         raise IRError(f"attention node {name!r} attends in windows {attrs.window} of a grid {attrs.grid} but gets "
                       f"q, k of spatial sizes {q}, {k}; the tokens must be the grid's and the windows must tile it")
     return q
