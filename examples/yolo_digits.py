@@ -1,6 +1,6 @@
 """A YOLO detector adapted under a latency budget, scored by mAP: Ultralytics' YOLOv8n on digits placed on a canvas.
 
-    python examples/yolo_digits.py --run runs/yolo-digits [--latency 60%] [--size 64] [--lut LUT.sqlite]
+    python examples/yolo_digits.py --run runs/yolo-digits [--latency 60%] [--size 64] [--lut LUT.sqlite | --measure]
 
 Everything here is the user's, not netopt's: the model (Ultralytics' `DetectionModel` from its
 bundled yolov8n.yaml, 10 classes, random init: nothing downloaded), the training loop
@@ -9,9 +9,11 @@ metric (torchmetrics' COCO mAP@[.5:.95] on the holdout canvases after Ultralytic
 are `netopt.data_detection.mnist_detection()`: real MNIST digits placed on canvases, their ink
 boxes as labels, train/holdout/test from disjoint digit images. netopt gets the loop and the
 metric through `FunctionObjective` and adapts the network with ProgressiveBarrier until its ONNX
-Runtime latency meets the budget: each candidate measured end to end (the user's own estimator,
-`MeasuredLatency`), or priced by a lookup table of layer costs with --lut. Stop it at any point
-and run it again with --resume.
+Runtime latency meets the budget: each candidate priced by a lookup table of layer costs (the
+head's decoding, kept whole, is a unit of its own, measured with its module), calibrated once and
+kept in --lut for the next run, or measured end to end with --measure (the user's own estimator,
+`MeasuredLatency`: slower, every candidate exported and timed). Stop it at any point and run it
+again with --resume.
 
 Needs Ultralytics (installed with --no-deps beside the CPU torch, as `make test` does) and the
 `detection` extra (torchmetrics, pycocotools).
@@ -225,16 +227,16 @@ class MeasuredLatency:
 
 
 def latency(args: argparse.Namespace, traced: netopt.Traced, example: torch.Tensor) -> netopt.LatencyConstraint:
-    """The latency budget, priced by a lookup table of ONNX Runtime layer costs (--lut) or by
-    measuring each candidate end to end (the default)."""
+    """The latency budget, priced by a lookup table of ONNX Runtime layer costs (`args.lut`, the
+    default) or by measuring each candidate end to end (`args.measure`)."""
     backend = OnnxRuntimeCPU(threads=1)
     estimator: Any
-    if args.lut is not None:
+    if args.measure:  # measures the start when made: only where it prices the run
+        estimator = MeasuredLatency(traced, example, backend)
+    else:
         args.lut.parent.mkdir(parents=True, exist_ok=True)
         # the problem calibrates it, once; the head's decoding, kept whole, is priced with its module
         estimator = netopt.LookupTable.open(args.lut, backend, opaque=traced.opaque)
-    else:  # measures the start when made: only where it prices the run
-        estimator = MeasuredLatency(traced, example, backend)
     return netopt.LatencyConstraint(args.latency, estimator, netopt.ReductionSchedule("10%", decay=0.96))
 
 
@@ -266,7 +268,10 @@ def report(result: Any, task: Detection, model: nn.Module, seconds: float) -> No
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, default=Path("runs/yolo-digits"))
-    p.add_argument("--lut", type=Path, default=None, help="price latency with this lookup table (default: measure)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--lut", type=Path, default=Path("runs/lut-ort-cpu1.sqlite"),
+                     help="the lookup table that prices latency (kept for the next run)")
+    how.add_argument("--measure", action="store_true", help="measure each candidate end to end instead of a table")
     p.add_argument("--latency", default="60%")
     p.add_argument("--size", type=int, default=64, help="canvas side in px (a multiple of 32)")
     p.add_argument("--canvases", type=int, default=2000, help="training canvases")
