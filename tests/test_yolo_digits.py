@@ -271,7 +271,7 @@ def test_the_examples_lookup_table_is_given_the_heads_decoder(example: ModuleTyp
 def _run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     args = [sys.executable, str(EXAMPLE), "--run", str(tmp_path / "run"), "--size", "32", "--canvases", "64",
             "--pretrain", "4", "--short", "1", "--long", "2", "--latency", "90%", *extra]
-    return subprocess.run(args, capture_output=True, text=True, timeout=1800, check=False,
+    return subprocess.run(args, capture_output=True, text=True, timeout=3600, check=False,
                           env={**os.environ, "YOLO_CONFIG_DIR": str(tmp_path / "yolo-config")})
 
 
