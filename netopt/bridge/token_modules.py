@@ -174,7 +174,11 @@ class Attention(nn.Module):
 
 def shift_mask(grid: tuple[int, ...], window: tuple[int, ...], shift: tuple[int, ...]) -> Tensor:
     """Swin's mask of shifted windows, (windows, N, N): -100 between tokens of regions that the
-    cyclic shift brought together, 0 within one region."""
+    cyclic shift brought together, 0 within one region.
+
+    >>> shift_mask((8, 8), (4, 4), (2, 2)).shape  # 4 windows of 16 tokens
+    torch.Size([4, 16, 16])
+    """
     (h, w), (wh, ww), (sh, sw) = grid, window, shift
     regions = torch.zeros(h, w)
     cuts_h, cuts_w = ((0, -wh), (-wh, -sh), (-sh, None)), ((0, -ww), (-ww, -sw), (-sw, None))
@@ -204,7 +208,11 @@ class TokenBatchNorm(nn.BatchNorm1d):
 
 class SpaceToDepth(nn.Module):
     """Each block x block patch of a (B, C, H, W) map as one position of block^2 * C channels, the
-    patch offset (j, i) outer and the channel inner, as Swin's patch merging orders them."""
+    patch offset (j, i) outer and the channel inner, as Swin's patch merging orders them.
+
+    >>> SpaceToDepth(2)(torch.randn(1, 8, 6, 4)).shape
+    torch.Size([1, 32, 3, 2])
+    """
 
     def __init__(self, block: int = 2) -> None:
         super().__init__()
