@@ -237,7 +237,7 @@ def op_named(reason: str) -> str | None:
     """The op a one-line refusal names (what `peers.REFUSED` keeps); None for any other failure."""
     if not reason.startswith("UnsupportedOpError: "):
         return None
-    for pattern in (r" calls ('[^']*')", r" reads the tensor ('[^']*')", r"node '[^']*': (.*?)(?:;|: pass )"):
+    for pattern in (r" calls ('[^']*')", r" reads (?:the tensor )?('[^']*')", r"node '[^']*': (.*?)(?:;|: pass )"):
         if found := re.search(pattern, reason):
             return found.group(1)
     return reason.removeprefix("UnsupportedOpError: ")
