@@ -68,8 +68,9 @@ class AttentionAttrs:
     tokens, a `grid` (H, W) in row-major order, attend only within windows of wh x ww (Swin, TinyViT),
     after a cyclic `shift` of the grid by (-sh, -sw) with Swin's mask between regions; the bias
     then has wh * ww positions a side. With a `patch` (ph, pw) instead, tokens attend to the tokens
-    at the same offset in every ph x pw patch of the grid (MobileViT's unfolding). `linear`: ReLU-kernel linear attention (EfficientViT):
-    per head q (k^T [v, 1]), its last column (the normalizer, plus `eps`) dividing the others."""
+    at the same offset in every ph x pw patch of the grid (MobileViT's unfolding). `linear`:
+    ReLU-kernel linear attention (EfficientViT): per head q (k^T [v, 1]), its last column (the
+    normalizer, plus `eps`) dividing the others."""
 
     qk_dim: int
     v_dim: int
