@@ -54,7 +54,8 @@ SHELLS: dict[OpKind, Callable[[Network, Node, Device], nn.Module]] = {
 
 def _batchnorm(net: Network, node: Node) -> nn.Module:
     a = node.attrs
-    cls = nn.BatchNorm2d if len(net.shape(node.name)) == 3 else nn.BatchNorm1d
+    rank = len(net.shape(node.name))
+    cls = nn.BatchNorm2d if rank == 3 else TM.TokenBatchNorm if rank == 2 else nn.BatchNorm1d  # 2: tokens (C, N)
     return cls(net.shape(node.name)[0], eps=a.eps, momentum=a.momentum, affine=a.affine,
                track_running_stats=a.track_running_stats)
 
@@ -75,7 +76,8 @@ def _attention_bias(net: Network, node: Node) -> tuple[int, int, int, int] | Non
     if not node.attrs.bias_positions:
         return None
     q, k = net.shape(node.inputs[0]), net.shape(node.inputs[1])
-    return q[0] // node.attrs.qk_dim, node.attrs.bias_positions, math.prod(q[1:]), math.prod(k[1:])
+    n, m = node.attrs.keys or math.prod(q[1:]), node.attrs.keys or math.prod(k[1:])  # keys: a window's
+    return q[0] // node.attrs.qk_dim, node.attrs.bias_positions, n, m
 
 
 def _pool(cls: type[nn.Module]) -> LayerFactory:
@@ -115,7 +117,8 @@ FACTORIES: dict[OpKind, LayerFactory] = {
     OpKind.FLATTEN: _plain(M.Flatten),
     OpKind.DROPOUT: lambda net, node: nn.Dropout(node.attrs.p),
     OpKind.IDENTITY: _plain(nn.Identity),
-    OpKind.LAYERNORM: lambda net, node: M.ChannelNorm(net.shape(node.name)[0], node.attrs.eps, node.attrs.affine),
+    OpKind.LAYERNORM: lambda net, node: M.ChannelNorm(net.shape(node.name)[0], node.attrs.eps, node.attrs.affine,
+                                                      node.attrs.bias),
     OpKind.SCALE: lambda net, node: M.ChannelScale(net.shape(node.name)[0]),
     OpKind.DROPPATH: lambda net, node: M.DropPath(node.attrs.p, node.attrs.mode, node.attrs.scale_by_keep),
     OpKind.PAD: lambda net, node: M.Pad(node.attrs.pad, node.attrs.value),
@@ -132,8 +135,12 @@ FACTORIES: dict[OpKind, LayerFactory] = {
     OpKind.POS_EMBED: lambda net, node: TM.PositionEmbedding(net.shape(node.name)[1], net.shape(node.name)[0]),
     OpKind.TOKEN_SELECT: lambda net, node: TM.TokenSelect(node.attrs.start, node.attrs.stop),
     OpKind.ATTENTION: lambda net, node: TM.Attention(node.attrs.qk_dim, node.attrs.v_dim, node.attrs.scale,
-                                                     _attention_bias(net, node)),
+                                                     _attention_bias(net, node), window=node.attrs.window,
+                                                     grid=node.attrs.grid, shift=node.attrs.shift,
+                                                     linear=node.attrs.linear, eps=node.attrs.eps,
+                                                     patch=node.attrs.patch),
     OpKind.HEAD_SLICE: lambda net, node: TM.HeadSlice(node.attrs.unit, node.attrs.start, node.attrs.stop),
+    OpKind.SPACE_TO_DEPTH: lambda net, node: TM.SpaceToDepth(node.attrs.block),
     OpKind.SUB: lambda net, node: M.Sub(node.attrs.scalar, node.attrs.reverse),
     OpKind.DIV: lambda net, node: M.Div(node.attrs.scalar, node.attrs.reverse),
     OpKind.NEG: _plain(M.Neg),
@@ -141,6 +148,7 @@ FACTORIES: dict[OpKind, LayerFactory] = {
     OpKind.GRN: lambda net, node: M.Grn(net.shape(node.name)[0], node.attrs.eps),
     OpKind.SCALAR_AFFINE: _plain(M.ScalarAffine),
     OpKind.STAR_RELU: _plain(M.StarRelu),
+    OpKind.NORMALIZE: lambda net, node: M.Normalize(node.attrs.eps),
 }
 
 

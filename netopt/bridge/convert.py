@@ -49,6 +49,7 @@ from netopt.ir.ops import (
     MapAttrs,
     MeanAttrs,
     NoAttrs,
+    NormalizeAttrs,
     OperandAttrs,
     OpKind,
     PadAttrs,
@@ -56,12 +57,13 @@ from netopt.ir.ops import (
     ScalarAttrs,
     ShuffleAttrs,
     SliceAttrs,
+    SpaceToDepthAttrs,
     TokenSelectAttrs,
     UpsampleAttrs,
 )
 
 __all__ = ["MODULES", "FOREIGN", "FUNCTIONS", "METHODS", "Converted", "leaf_converter", "param_path", "pieces",
-           "function_converter", "shuffle_stage", "SHUFFLE",
+           "function_converter", "shuffle_stage", "SHUFFLE", "sum_stage", "SUMMED",
            "CHANNELS_LAST", "PIECES", "SHAPES", "DTYPE"]
 
 CHANNELS_LAST = "netopt_channels_last"
@@ -149,18 +151,20 @@ def _channels(node: fx.Node, x: fx.Node) -> int:
 
 
 def _layer_norm(node: fx.Node, m: nn.LayerNorm) -> Converted:
-    return _norm_over_channels(node, _first(node)[0], tuple(m.normalized_shape), m.eps, m.weight is not None)
+    return _norm_over_channels(node, _first(node)[0], tuple(m.normalized_shape), m.eps, m.weight is not None,
+                               m.bias is not None)
 
 
 def _norm_over_channels(node: fx.Node, x: fx.Node, normalized: tuple[int, ...], eps: float,
-                        affine: bool) -> Converted:
+                        affine: bool, bias: bool = True) -> Converted:
     shape = x.meta[SHAPE]
     over_channels = len(shape) == 2 or (_channels_last(x) and len(shape) in (3, 4))  # 3: tokens
     if not over_channels or normalized != (_channels(node, x),):
         raise _refuse(node, f"LayerNorm over {normalized} of a tensor of shape {tuple(shape)}",
                       "only a LayerNorm over the channels (channels-last, or of a vector) is modelled; "
                       "")
-    return OpKind.LAYERNORM, LayerNormAttrs(eps=float(eps), affine=affine), (x,)
+    # bias=False only beside a weight (LayerNorm2dNoBias): without one, the default keeps the JSON as it was
+    return OpKind.LAYERNORM, LayerNormAttrs(eps=float(eps), affine=affine, bias=bias or not affine), (x,)
 
 
 def _drop_path(p: Callable[[Any], float], mode: Callable[[Any], str], scale: Callable[[Any], bool]
@@ -334,7 +338,8 @@ MODULES: dict[type, Callable[[fx.Node, Any], Converted]] = {
     M.Concat: _own(OpKind.CONCAT, lambda m: NoAttrs()),
     M.Flatten: _own(OpKind.FLATTEN, lambda m: NoAttrs()),
     M.Mean: _own(OpKind.MEAN, lambda m: MeanAttrs(keepdim=m.keepdim)),
-    M.ChannelNorm: _own(OpKind.LAYERNORM, lambda m: LayerNormAttrs(eps=m.eps, affine=m.weight is not None)),
+    M.ChannelNorm: _own(OpKind.LAYERNORM, lambda m: LayerNormAttrs(eps=m.eps, affine=m.weight is not None,
+                                                                    bias=m.bias is not None or m.weight is None)),
     M.ChannelScale: _own(OpKind.SCALE, lambda m: NoAttrs()),
     M.DropPath: _own(OpKind.DROPPATH, lambda m: DropPathAttrs(p=m.p, mode=m.mode, scale_by_keep=m.scale_by_keep)),
     M.Pad: _own(OpKind.PAD, lambda m: PadAttrs(pad=m.pad, value=m.value)),
@@ -349,14 +354,18 @@ MODULES: dict[type, Callable[[fx.Node, Any], Converted]] = {
     TM.PositionEmbedding: _own(OpKind.POS_EMBED, lambda m: NoAttrs()),
     TM.Attention: _own(OpKind.ATTENTION, lambda m: AttentionAttrs(
         qk_dim=m.qk_dim, v_dim=m.v_dim, scale=m.scale,
-        bias_positions=m.attention_biases.shape[1] if hasattr(m, "attention_biases") else 0)),
+        bias_positions=m.attention_biases.shape[1] if hasattr(m, "attention_biases") else 0,
+        window=m.window, grid=m.grid, shift=m.shift, linear=m.linear, eps=m.eps, patch=m.patch)),
     TM.HeadSlice: _own(OpKind.HEAD_SLICE, lambda m: HeadSliceAttrs(unit=m.unit, start=m.start, stop=m.stop)),
+    TM.TokenBatchNorm: lambda node, m: _layout(OpKind.BATCHNORM, lambda m: _bn(node, m)[1], lambda m: True)(node, m),
+    TM.SpaceToDepth: _own(OpKind.SPACE_TO_DEPTH, lambda m: SpaceToDepthAttrs(block=m.block)),
     M.Sub: _own(OpKind.SUB, lambda m: OperandAttrs(scalar=m.scalar, reverse=m.reverse)),
     M.Div: _own(OpKind.DIV, lambda m: OperandAttrs(scalar=m.scalar, reverse=m.reverse)),
     M.Neg: _unary(OpKind.NEG),
     M.Grn: lambda node, m: (OpKind.GRN, GrnAttrs(eps=m.eps), _first(node)),
     M.ScalarAffine: _unary(OpKind.SCALAR_AFFINE),
     M.StarRelu: _unary(OpKind.STAR_RELU),
+    M.Normalize: lambda node, m: (OpKind.NORMALIZE, NormalizeAttrs(eps=m.eps), _first(node)),
 }
 
 def _eca(node: fx.Node, m: Any) -> Converted:
@@ -432,6 +441,8 @@ def _binary(kind: OpKind) -> Callable[[fx.Node], Converted]:
         if node.kwargs.get("alpha", 1) != 1:
             raise _refuse(node, "add with alpha is not modelled", "compute it with a plain add")
         a, b = node.args[0], _arg(node, 1, "other")
+        if kind is OpKind.ADD and isinstance(a, fx.Node) and SUMMED in a.meta and isinstance(b, fx.Node):
+            return kind, ScalarAttrs(), (*a.meta[SUMMED], b)  # the last add of Python's sum(xs)
         params = [x for x in (a, b) if param_path(x) is not None]
         if kind is OpKind.MUL and len(params) == 1:
             (x,) = [t for t in (a, b) if t is not params[0]]
@@ -519,6 +530,47 @@ def shuffle_stage(node: fx.Node) -> tuple[fx.Node, int, bool] | None:
     if name == "contiguous":
         return stage  # type: ignore[no-any-return]
     return None
+
+
+SUMMED = "netopt_summed"
+"""fx node meta key: the tensors a `torch.stack(xs)` summed over dim 0 (smp FPN's merge), or a partial
+Python `sum(xs)` (`0 + x0 + x1 ...`), adds up: no IR node, one n-ary ADD at the sum's end."""
+
+
+def _adds(node: fx.Node) -> bool:
+    return node.op == "call_function" and node.target is operator.add and len(node.args) == 2
+
+
+def _sums_stack(node: fx.Node) -> bool:
+    """`x.sum(0)` or `torch.sum(x, 0)`, without keepdim."""
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", None)
+    return name == "sum" and _arg(node, 1, "dim") in (0, (0,), [0]) and not _arg(node, 2, "keepdim", False)
+
+
+def sum_stage(node: fx.Node) -> tuple[fx.Node, ...] | None:
+    """The tensors `node` stacks for a `.sum(0)` alone, or the partial `sum(xs)` it passes to one
+    more add (`0 + x0`, then `+ x1`, ...), else None: the sum's last op is one n-ary ADD of them."""
+    if node.op == "call_function" and node.target is torch.stack:
+        xs, dim = node.args[0], _arg(node, 1, "dim", 0)
+        tensors = isinstance(xs, list | tuple) and len(xs) >= 2 and all(isinstance(x, fx.Node) for x in xs)
+        ok = tensors and dim == 0 and node.users and all(_sums_stack(u) for u in node.users)
+        return tuple(xs) if ok else None  # type: ignore[arg-type]
+    users = list(node.users)
+    if not _adds(node) or len(users) != 1 or not _adds(users[0]) or users[0].args[0] is not node \
+            or not isinstance(users[0].args[1], fx.Node) or not isinstance(b := node.args[1], fx.Node):
+        return None
+    a = node.args[0]
+    if isinstance(a, int | float) and not isinstance(a, bool) and a == 0:
+        return (b,)
+    return (*a.meta[SUMMED], b) if isinstance(a, fx.Node) and SUMMED in a.meta else None
+
+
+def _sum(node: fx.Node) -> Converted:
+    x = node.args[0]
+    if not isinstance(x, fx.Node) or SUMMED not in x.meta or not _sums_stack(node):
+        raise _refuse(node, "a sum over dims other than those of torch.stack(xs).sum(0)",
+                      "only the sum of stacked tensors (one n-ary add) is modelled")
+    return OpKind.ADD, ScalarAttrs(), x.meta[SUMMED]
 
 
 def _reshape(node: fx.Node) -> Converted:
@@ -655,7 +707,18 @@ def _f_layer_norm(node: fx.Node) -> Converted:
     _owned(node, {"weight": weight, "bias": bias}, "layer_norm")
     normalized = tuple(_arg(node, 1, "normalized_shape"))
     return _norm_over_channels(node, node.args[0], normalized, float(_arg(node, 4, "eps", 1e-5)),  # type: ignore[arg-type]
-                               weight is not None)
+                               weight is not None, bias is not None)
+
+
+def _f_normalize(node: fx.Node) -> Converted:
+    """`F.normalize(x, p=2, dim=channels)`: an L2 norm across the channels, as the IR models it."""
+    x, p, dim = node.args[0], _arg(node, 1, "p", 2.0), _arg(node, 2, "dim", 1)
+    rank = len(x.meta[SHAPE])  # type: ignore[union-attr]
+    channel = rank - 1 if _channels_last(x) or rank == 2 else 1
+    if p != 2 or dim % rank != channel:
+        raise _refuse(node, f"normalize with p={p}, dim={dim} of a tensor of shape {tuple(x.meta[SHAPE])}",  # type: ignore[union-attr]
+                      "only the L2 norm across the channels is modelled")
+    return OpKind.NORMALIZE, NormalizeAttrs(eps=float(_arg(node, 3, "eps", 1e-12))), (x,)  # type: ignore[return-value]
 
 
 def _f_group_norm(node: fx.Node) -> Converted:
@@ -819,9 +882,12 @@ FUNCTIONS: dict[Any, Callable[[fx.Node], Converted]] = {
     operator.neg: _f_unary(OpKind.NEG),
     torch.neg: _f_unary(OpKind.NEG),
     F.group_norm: _f_group_norm,
+    F.normalize: _f_normalize,
+    torch.sum: _sum,
 }
 
 METHODS: dict[str, Callable[[fx.Node], Converted]] = {
+    "sum": _sum,
     "add": _binary(OpKind.ADD),
     "add_": _binary(OpKind.ADD),
     "mul": _binary(OpKind.MUL),

@@ -16,6 +16,7 @@ from torch import Tensor, fx, nn
 
 from netopt.bridge.build import build, make_shell
 from netopt.bridge.select import FilterSelector, GroupWeights, L2Magnitude, top_channels
+from netopt.bridge.token_modules import position_bias
 from netopt.errors import MaterializeError
 from netopt.ir import Layout, Network, Node, OpKind
 
@@ -50,8 +51,8 @@ def expand(net: Network, layout: Layout, kept: Mapping[str, Tensor]) -> Tensor:
 def group_weights(traced: TracedLike, gid: str, batchnorms: Mapping[str, list[str]] | None = None) -> GroupWeights:
     """The filters that make group `gid`'s channels and the BN gammas applied to them."""
     info = traced.network.analysis.info[gid]
-    filters = tuple(_per_head(len(traced.network.layout(p)), info.unit, _filters(_module(traced, p)))
-                    for p in info.producers)
+    filters = tuple(_per_head(len(layout), layout[0].inner if info.unit > 1 else 1, _filters(_module(traced, p)))
+                    for p in info.producers if (layout := traced.network.layout(p)))  # each its own head size
     bns = (batchnorms if batchnorms is not None else _batchnorms(traced.network)).get(gid, ())
     gammas = tuple(w for bn in bns if (w := _module(traced, bn).weight) is not None)
     return GroupWeights(filters, gammas)
@@ -175,11 +176,13 @@ def _sliced(src: Any, net: Network, node: Node, indices: Callable[[Layout], Tens
     if node.op in (OpKind.SCALAR_AFFINE, OpKind.STAR_RELU):  # one scale and one bias, whatever the width
         layer.scale, layer.bias = (nn.Parameter(p.detach().clone(), p.requires_grad) for p in (src.scale, src.bias))
         return layer  # type: ignore[no-any-return]
+    if node.op is OpKind.ATTENTION and not node.attrs.bias_positions:  # bound for its shifted-window mask only
+        return layer  # type: ignore[no-any-return]
     if node.op is OpKind.ATTENTION:  # a relative position bias: the rows of the kept heads
         heads = out_idx[::node.attrs.v_dim] // node.attrs.v_dim
-        layer.attention_biases = nn.Parameter(src.attention_biases.detach().index_select(0, heads),
-                                              src.attention_biases.requires_grad)
-        layer.attention_bias_idxs = src.attention_bias_idxs.clone()
+        table, idxs = position_bias(src)  # LeViT's (heads, R) or Swin's (R, heads) table
+        layer.attention_biases = nn.Parameter(table.detach().index_select(0, heads).contiguous(), table.requires_grad)
+        layer.attention_bias_idxs = idxs.reshape(layer.attention_bias_idxs.shape).clone()
         return layer  # type: ignore[no-any-return]
     if node.op in (OpKind.CLASS_TOKEN, OpKind.POS_EMBED):  # (1, k or N, C): the channels are the last dim
         layer.weight = nn.Parameter(src.weight.detach().index_select(-1, out_idx), src.weight.requires_grad)

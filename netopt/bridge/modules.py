@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from netopt.bridge.token_modules import TOKEN_MODULES
 
 __all__ = ["Add", "Mul", "Concat", "Flatten", "Mean", "ChannelNorm", "ChannelScale", "DropPath", "Pad", "Slice",
-           "ChannelShuffle", "Eca", "Sub", "Div", "Neg", "Grn", "ScalarAffine", "StarRelu",
+           "ChannelShuffle", "Eca", "Sub", "Div", "Neg", "Grn", "ScalarAffine", "StarRelu", "Normalize",
            "OPS_MODULES"]
 
 
@@ -113,11 +113,11 @@ def _per_channel(x: Tensor, v: Tensor) -> Tensor:
 class ChannelNorm(nn.Module):
     """LayerNorm across the channels of every position of an NCHW map (or of a vector)."""
 
-    def __init__(self, channels: int, eps: float = 1e-6, affine: bool = True) -> None:
+    def __init__(self, channels: int, eps: float = 1e-6, affine: bool = True, bias: bool = True) -> None:
         super().__init__()
         self.channels, self.eps = channels, eps
         self.weight = nn.Parameter(torch.ones(channels)) if affine else None
-        self.bias = nn.Parameter(torch.zeros(channels)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(channels)) if affine and bias else None
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4:  # a vector, or tokens (B, N, C): the channels are the last dim
@@ -204,6 +204,17 @@ class Grn(nn.Module):
         return x + torch.addcmul(_per_channel(x, self.bias), _per_channel(x, self.weight), x * n)
 
 
+class Normalize(nn.Module):
+    """`F.normalize` across the channels: dim 1 of a map or vector, the last dim of tokens (B, N, C)."""
+
+    def __init__(self, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=-1 if x.dim() == 3 else 1, eps=self.eps)
+
+
 class ScalarAffine(nn.Module):
     """`scale * x + bias` with one learned scale and bias for the whole tensor (HGNetV2's
     LearnableAffineBlock): its two parameters do not depend on the width."""
@@ -245,4 +256,4 @@ class Slice(nn.Module):
 
 OPS_MODULES: tuple[type[nn.Module], ...] = (Add, Mul, Concat, Flatten, Mean, ChannelNorm, ChannelScale, DropPath,
                                             Pad, Slice, ChannelShuffle, Eca, Sub, Div, Neg, Grn, ScalarAffine, StarRelu,
-                                            *TOKEN_MODULES)
+                                            Normalize, *TOKEN_MODULES)

@@ -41,12 +41,14 @@ from netopt.bridge.convert import (
     SHAPE,
     SHAPES,
     SHUFFLE,
+    SUMMED,
     Converted,
     function_converter,
     leaf_converter,
     param_path,
     pieces,
     shuffle_stage,
+    sum_stage,
 )
 from netopt.bridge.count import counting_macs
 from netopt.bridge.heads import STAND_INS, router
@@ -392,6 +394,8 @@ class _Converter:
             return  # a parameter: the op that reads it decides (batch_norm, conv2d, layer scale, ...)
         elif (stage := shuffle_stage(node)) is not None:
             node.meta[SHUFFLE] = stage  # the view and transpose of a channel shuffle: converted at its end
+        elif (summed := sum_stage(node)) is not None:
+            node.meta[SUMMED] = summed  # torch.stack(xs) before .sum(0), or a partial sum(xs): one ADD at its end
         elif (step := tokens.stage(node)) is not None:
             node.meta[tokens.STAGE] = step  # a step of attention or of a token layout (tokens.py)
         elif MULTI in node.meta and (bounds := pieces(node)) is not None:
@@ -630,7 +634,7 @@ CHANNELS_LAST_OK = frozenset({
     OpKind.CONV2D, OpKind.LAYERNORM, OpKind.SCALE, OpKind.ADD, OpKind.MUL, OpKind.DROPOUT, OpKind.DROPPATH,
     OpKind.IDENTITY, OpKind.RELU, OpKind.RELU6, OpKind.GELU, OpKind.SILU, OpKind.HARDSWISH, OpKind.SIGMOID,
     OpKind.HARDSIGMOID, OpKind.SUB, OpKind.DIV, OpKind.NEG, OpKind.GRN, OpKind.SCALAR_AFFINE, OpKind.SLICE,
-    OpKind.CONCAT,
+    OpKind.CONCAT, OpKind.NORMALIZE,
     OpKind.LINEAR, OpKind.CLASS_TOKEN, OpKind.POS_EMBED, OpKind.TOKEN_SELECT, OpKind.ATTENTION,  # on tokens
 })
 """Ops whose meaning on an (N, H, W, C) tensor is the same op on its NCHW view (CONV2D: a Linear)."""

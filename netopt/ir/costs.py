@@ -66,7 +66,9 @@ def layer_params(net: Network, node: Node) -> int:
     if isinstance(attrs, LinearAttrs):
         c_out = net.shape(node.name)[0]
         return c_out * net.shape(node.inputs[0])[0] + (c_out if attrs.bias else 0)
-    if isinstance(attrs, BatchNormAttrs | LayerNormAttrs):
+    if isinstance(attrs, LayerNormAttrs):  # a weight, and a bias unless it has none (LayerNorm2dNoBias)
+        return net.shape(node.name)[0] * (1 + int(attrs.bias)) if attrs.affine else 0
+    if isinstance(attrs, BatchNormAttrs):
         return 2 * net.shape(node.name)[0] if attrs.affine else 0
     if isinstance(attrs, GroupNormAttrs):
         return net.shape(node.name)[0] * (int(attrs.affine) + int(attrs.bias))
@@ -126,7 +128,9 @@ def attention_scores(net: Network, node: Node) -> int:
     if not isinstance(node.attrs, AttentionAttrs):
         return 0
     q, k = net.shape(node.inputs[0]), net.shape(node.inputs[1])  # tokens (C, N) or maps (C, H, W)
-    return q[0] // node.attrs.qk_dim * math.prod(q[1:]) * math.prod(k[1:])
+    if node.attrs.linear:  # linear attention holds k^T [v, 1] per head: qk_dim x (v_dim + 1)
+        return q[0] // node.attrs.qk_dim * node.attrs.qk_dim * (node.attrs.v_dim + 1)
+    return q[0] // node.attrs.qk_dim * math.prod(q[1:]) * (node.attrs.keys or math.prod(k[1:]))  # keys: a window's
 
 
 def _storage_owners(net: Network) -> dict[str, str]:

@@ -27,6 +27,7 @@ from netopt.ir.ops import (
     LinearAttrs,
     OpaqueAttrs,
     SliceAttrs,
+    SpaceToDepthAttrs,
     Spatial,
 )
 
@@ -225,6 +226,8 @@ class _Walker:
         assert isinstance(attrs, AttentionAttrs)
         heads = [lay[0] for lay in ins if len(lay) == 1 and lay[0].group in self.units]
         dims = (attrs.qk_dim, attrs.qk_dim, attrs.v_dim)
+        if self.full_channels(ins[1]) == attrs.qk_dim < self.full_channels(ins[0]):
+            return self._multi_query(node, ins)
         if len(heads) != 3 or len({self.full[s.group] for s in heads}) != 1 \
                 or any(s.inner != d for s, d in zip(heads, dims, strict=True)):
             self.fix(ins)
@@ -232,6 +235,18 @@ class _Walker:
         for seg in heads[1:]:
             self.uf.union(heads[0].group, seg.group)
         return ins[2]
+
+    def _multi_query(self, node: Node, ins: list[Layout]) -> Layout:
+        """Multi-query attention: one k and v head every q head shares stays whole; the q heads
+        shrink, and each keeps its v_dim output channels (else all stay at full width)."""
+        attrs = node.attrs
+        assert isinstance(attrs, AttentionAttrs)
+        self.fix(ins[1:])
+        q = ins[0]
+        if len(q) == 1 and q[0].group in self.units and q[0].inner == attrs.qk_dim:
+            return (Segment(q[0].group, attrs.v_dim),)
+        self.fix(ins)
+        return self._new_group(node.name, self.full_channels(q) // attrs.qk_dim * attrs.v_dim, fixed=True)
 
     def _part(self, node: Node, ins: list[Layout]) -> Layout:
         """The same channels of every head: whole heads shrink with their group; else full width."""
@@ -286,6 +301,11 @@ class _Walker:
 
     def _concat(self, node: Node, ins: list[Layout]) -> Layout:
         return tuple(s for lay in ins for s in lay)
+
+    def _unfold(self, node: Node, ins: list[Layout]) -> Layout:
+        """Space to depth: the input's channels once per position of a block x block patch."""
+        assert isinstance(node.attrs, SpaceToDepthAttrs)
+        return ins[0] * (node.attrs.block ** 2)
 
     def _flatten(self, node: Node, ins: list[Layout]) -> Layout:
         hw = math.prod(self.spatial[node.inputs[0]])

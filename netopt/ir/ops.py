@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum, StrEnum
 from typing import Any
 
@@ -19,6 +19,7 @@ from netopt.ir.tokens import (
     ClassTokenAttrs,
     HeadSliceAttrs,
     MapAttrs,
+    SpaceToDepthAttrs,
     TokenSelectAttrs,
     attention_spatial,
     class_token_spatial,
@@ -26,6 +27,7 @@ from netopt.ir.tokens import (
     select_spatial,
     token_spatial,
     tokens_spatial,
+    unfold_spatial,
 )
 
 __all__ = [
@@ -60,14 +62,21 @@ __all__ = [
     "OperandAttrs",
     "GroupNormAttrs",
     "GrnAttrs",
+    "NormalizeAttrs",
     "Spatial",
     "attrs_from_dict",
+    "attrs_to_dict",
+    "OMIT_AT_DEFAULT",
     "MapAttrs",
     "ClassTokenAttrs",
     "TokenSelectAttrs",
     "AttentionAttrs",
     "HeadSliceAttrs",
+    "SpaceToDepthAttrs",
 ]
+
+OMIT_AT_DEFAULT = "netopt_omit_at_default"
+"""Metadata key of an attrs field added after networks were stored: `attrs_to_dict` omits it at its default."""
 
 Spatial = tuple[int, ...]
 """Spatial part of a tensor shape without batch and channels: (H, W) for maps, () for vectors."""
@@ -115,6 +124,7 @@ class OpKind(StrEnum):
     TOKEN_SELECT = "token_select"
     ATTENTION = "attention"
     HEAD_SLICE = "head_slice"
+    SPACE_TO_DEPTH = "space_to_depth"
     SUB = "sub"
     DIV = "div"
     NEG = "neg"
@@ -122,6 +132,7 @@ class OpKind(StrEnum):
     GRN = "grn"
     SCALAR_AFFINE = "scalar_affine"
     STAR_RELU = "star_relu"
+    NORMALIZE = "normalize"
 
 
 class Role(Enum):
@@ -137,6 +148,7 @@ class Role(Enum):
     SHUFFLE = "shuffle"  # channels interleaved across groups: inputs and output keep their full width
     ATTEND = "attend"  # q, k, v split into heads: their head groups merge, the output has v's channels
     PART = "part"  # the same range of channels of every head: whole heads shrink with their group
+    UNFOLD = "unfold"  # positions of a patch as channels: the input's channels once per position
     BLOCKS = "blocks"  # channel-wise over equal blocks of channels (GroupNorm): the blocks stay equal
 
 
@@ -239,6 +251,14 @@ class GroupNormAttrs:
 
 
 @dataclass(frozen=True, kw_only=True)
+class NormalizeAttrs:
+    """`F.normalize(x, dim=channels)`: each position's channels over their L2 norm (at least `eps`),
+    SwiftFormer's q and k. A removed channel adds nothing to the norm, so the rest stay as they were."""
+
+    eps: float = 1e-12
+
+
+@dataclass(frozen=True, kw_only=True)
 class GrnAttrs:
     """ConvNeXt-V2's global response norm: x + bias + weight * x * n, with n each channel's spatial
     L2 norm over the mean of those norms across channels."""
@@ -269,10 +289,12 @@ class OpaqueAttrs:
 @dataclass(frozen=True, kw_only=True)
 class LayerNormAttrs:
     """LayerNorm over the channels of each position (timm's LayerNorm2d, ConvNeXt's
-    channels-last LayerNorm): statistics across channels, a weight and bias per channel."""
+    channels-last LayerNorm): statistics across channels; with `affine` a weight per channel and,
+    with `bias` too, a bias per channel (timm's LayerNorm2dNoBias has none)."""
 
     eps: float = 1e-6
     affine: bool = True
+    bias: bool = field(default=True, metadata={OMIT_AT_DEFAULT: True})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -329,6 +351,20 @@ class SliceAttrs:
 
     start: int
     stop: int
+
+
+def attrs_to_dict(attrs: Any) -> dict[str, Any]:
+    """An attribute dataclass as JSON data. A field added later (metadata `OMIT_AT_DEFAULT`) is left
+    out at its default, so that every network written before it keeps its text and identity hash.
+
+    >>> attrs_to_dict(LayerNormAttrs()), attrs_to_dict(LayerNormAttrs(bias=False))["bias"]
+    ({'eps': 1e-06, 'affine': True}, False)
+    """
+    data = asdict(attrs)
+    for f in fields(attrs):
+        if f.metadata.get(OMIT_AT_DEFAULT) and data[f.name] == f.default:
+            del data[f.name]
+    return data
 
 
 def attrs_from_dict(cls: type[Any], data: dict[str, Any]) -> Any:
@@ -488,6 +524,7 @@ class Energy(Enum):
     WINDOW = "window"  # output elements times the pooling window
     COMBINE = "combine"  # output elements times (inputs - 1), or one each with a constant
     NORM = "norm"  # mean, variance, normalize and affine: four per output element
+    L2NORM = "l2norm"  # an L2 norm across the channels (square and sum) and the divide: two per output element
     RESIZE = "resize"  # four per output element when bilinear, data movement only when nearest
     ATTENTION = "attention"  # ECA: pooled channels, a k-tap filter across them, the gate and its product
     SCORES = "scores"  # softmax attention: q k^T and the scores times v per head, and the softmax per score
@@ -568,6 +605,7 @@ RULES: dict[OpKind, OpRule] = {
     OpKind.TOKEN_SELECT: OpRule(TokenSelectAttrs, Role.FOLLOW, select_spatial, Energy.VIEW, Fusion.VIEW, "vit"),
     OpKind.ATTENTION: OpRule(AttentionAttrs, Role.ATTEND, attention_spatial, Energy.SCORES, _H, "vit", arity=3),
     OpKind.HEAD_SLICE: OpRule(HeadSliceAttrs, Role.PART, _same_spatial, Energy.MOVE, _H, "psa"),
+    OpKind.SPACE_TO_DEPTH: OpRule(SpaceToDepthAttrs, Role.UNFOLD, unfold_spatial, Energy.MOVE, _H, "merge"),
     OpKind.SUB: OpRule(OperandAttrs, Role.COUPLE, _broadcast_spatial, Energy.COMBINE, _H, "poolformer", arity=2),
     OpKind.DIV: OpRule(OperandAttrs, Role.COUPLE, _broadcast_spatial, Energy.COMBINE, _H, "arith", arity=2),
     OpKind.NEG: _act("arith"),
@@ -575,6 +613,7 @@ RULES: dict[OpKind, OpRule] = {
     OpKind.GRN: OpRule(GrnAttrs, Role.FOLLOW, _same_spatial, Energy.NORM, _H, "convnextv2"),
     OpKind.SCALAR_AFFINE: OpRule(NoAttrs, Role.FOLLOW, _same_spatial, Energy.PER_OUTPUT, _H, "arith"),
     OpKind.STAR_RELU: OpRule(NoAttrs, Role.FOLLOW, _same_spatial, Energy.PER_OUTPUT, _H, "arith"),
+    OpKind.NORMALIZE: OpRule(NormalizeAttrs, Role.FOLLOW, _same_spatial, Energy.L2NORM, _H, "normalize"),
 }
 
 CONVOLUTIONS: frozenset[OpKind] = frozenset({OpKind.CONV2D, OpKind.CONV_TRANSPOSE2D})

@@ -192,6 +192,10 @@ def _norm_ops(net: Network, node: Node) -> int:
     return 4 * _out_ops(net, node)  # mean, variance, normalize, affine
 
 
+def _l2norm_ops(net: Network, node: Node) -> int:
+    return 2 * _out_ops(net, node)  # square and sum across the channels, divide
+
+
 def _resize_ops(net: Network, node: Node) -> int:
     bilinear = isinstance(node.attrs, UpsampleAttrs) and node.attrs.mode == "bilinear"
     return 4 * _out_ops(net, node) if bilinear else 0  # nearest: a copy, its cost is the data moved
@@ -206,6 +210,9 @@ def _score_ops(net: Network, node: Node) -> int:
     """Softmax attention: per head q k^T and scores x v (N * M * (qk_dim + v_dim) MACs), and
     exp, sum and divide per score."""
     assert isinstance(node.attrs, AttentionAttrs)
+    if node.attrs.linear:  # k^T [v, 1], then q times it: (M + N) MACs per element of k^T [v, 1]
+        q, k = net.shape(node.inputs[0]), net.shape(node.inputs[1])
+        return attention_scores(net, node) * (math.prod(q[1:]) + math.prod(k[1:]))
     return attention_scores(net, node) * (node.attrs.qk_dim + node.attrs.v_dim + 3)
 
 
@@ -215,6 +222,7 @@ _PRICED: dict[Energy, Callable[[Network, Node], int]] = {
     Energy.WINDOW: _window_ops,
     Energy.COMBINE: _combine_ops,
     Energy.NORM: _norm_ops,
+    Energy.L2NORM: _l2norm_ops,
     Energy.RESIZE: _resize_ops,
     Energy.ATTENTION: _attention_ops,
     Energy.SCORES: _score_ops,

@@ -23,6 +23,7 @@ it returns passes `lint()`. This module needs only hypothesis, not torch.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from hypothesis import strategies as st
@@ -32,11 +33,19 @@ from netopt.ir.ops import (
     AdaptivePoolAttrs,
     GrnAttrs,
     GroupNormAttrs,
+    NormalizeAttrs,
     OperandAttrs,
     PoolAttrs,
     ScalarAttrs,
 )
-from netopt.ir.tokens import AttentionAttrs, ClassTokenAttrs, HeadSliceAttrs, MapAttrs, TokenSelectAttrs
+from netopt.ir.tokens import (
+    AttentionAttrs,
+    ClassTokenAttrs,
+    HeadSliceAttrs,
+    MapAttrs,
+    SpaceToDepthAttrs,
+    TokenSelectAttrs,
+)
 
 if TYPE_CHECKING:
     from netopt.constraints import Constraint
@@ -48,11 +57,13 @@ ACTIVATIONS = (OpKind.RELU, OpKind.RELU6, OpKind.HARDSWISH, OpKind.HARDSIGMOID,
                OpKind.SILU, OpKind.SIGMOID, OpKind.GELU, OpKind.LEAKY_RELU)
 
 BLOCKS = ("conv", "dwsep", "residual", "inverted", "se", "concat", "grouped", "pool",
-          "convnext", "split", "resize", "shuffle", "eca", "decoder", "poolformer", "convnextv2", "arith", "vit", "psa")
+          "convnext", "split", "resize", "shuffle", "eca", "decoder", "poolformer", "convnextv2", "arith", "vit", "psa",
+          "merge", "normalize")
 
-CHANNEL_MIXING = ("convnext", "eca", "poolformer", "convnextv2", "vit", "psa")
+CHANNEL_MIXING = ("convnext", "eca", "poolformer", "convnextv2", "vit", "psa", "normalize")
 """Blocks whose ops mix channels without weights (LayerNorm and GroupNorm statistics, ECA's filter
-across channels, GRN's mean over channels): cutting a channel that contributes nothing still changes them."""
+across channels, GRN's mean over channels, F.normalize's norm): cutting a channel that contributes
+nothing to the layers after it still changes them."""
 
 _channels = st.sampled_from((8, 12, 16, 24, 32))
 Draw = st.DrawFn
@@ -185,6 +196,17 @@ def _arith(draw: Draw, b: Builder, x: str, c: int) -> str:
     return b.add(OpKind.DIV, [b.add_(x, z)], OperandAttrs(scalar=draw(st.sampled_from((2.0, 3.0)))))
 
 
+def _normalize(draw: Draw, b: Builder, x: str, c: int) -> str:
+    """SwiftFormer's q and k: a projection normalized (L2) across its channels, on the map or on its tokens."""
+    if draw(st.booleans()):
+        h, w = _hw(b, x)
+        t = b.linear(b.add(OpKind.TOKENS, [x]), draw(_channels))
+        t = b.linear(b.add(OpKind.NORMALIZE, [t], NormalizeAttrs()), c)
+        return b.add(OpKind.TO_MAP, [t], MapAttrs(height=h, width=w))
+    y = b.add(OpKind.NORMALIZE, [_conv_bn_act(draw, b, x, draw(_channels), 1)], NormalizeAttrs())
+    return b.add_(x, b.conv(y, c, 1))
+
+
 def _vit(draw: Draw, b: Builder, x: str, c: int) -> str:
     """A transformer block on the map's tokens: (class token,) position embedding, multi-head
     attention with a fused qkv, an MLP, layer scale; the tokens folded back into the map."""
@@ -196,12 +218,31 @@ def _vit(draw: Draw, b: Builder, x: str, c: int) -> str:
     qkv = b.linear(b.layernorm(t), 3 * heads * dim)
     q, k, v = (b.slice(qkv, i * heads * dim, (i + 1) * heads * dim) for i in range(3))
     bias = draw(st.sampled_from((0, 7)))  # a relative position bias of 7 positions, or none
-    a = b.add(OpKind.ATTENTION, [q, k, v], AttentionAttrs(qk_dim=dim, v_dim=dim, scale=dim ** -0.5,
-                                                          bias_positions=bias))
+    a = b.add(OpKind.ATTENTION, [q, k, v], _windows(draw, AttentionAttrs(qk_dim=dim, v_dim=dim, scale=dim ** -0.5,
+                                                                         bias_positions=bias), h, w, cls))
     t = b.add_(t, b.linear(a, c))
     t = b.add_(t, b.scale(b.linear(b.act(b.linear(b.layernorm(t), 2 * c), OpKind.GELU), c)))
     t = b.add(OpKind.TOKEN_SELECT, [t], TokenSelectAttrs(start=1, stop=h * w + 1)) if cls else t
     return b.add(OpKind.TO_MAP, [t], MapAttrs(height=h, width=w))
+
+
+def _windows(draw: Draw, attrs: AttentionAttrs, h: int, w: int, cls: bool) -> AttentionAttrs:
+    """Swin's attention in windows of half the map a side, shifted or not (no class token), or
+    EfficientViT's linear attention (no bias), or softmax attention over all the tokens."""
+    if not attrs.bias_positions and draw(st.booleans()):
+        return replace(attrs, linear=True, eps=1e-15, scale=1.0)
+    if cls or h % 2 or w % 2 or not draw(st.booleans()):
+        return attrs
+    shift = draw(st.sampled_from((0, 1)))
+    return replace(attrs, window=(h // 2, w // 2), grid=(h, w), shift=(shift, shift))
+
+
+def _merge(draw: Draw, b: Builder, x: str, c: int) -> str:
+    """Swin's patch merging: each 2 x 2 patch as one position of 4C channels, a 1x1 conv to C."""
+    h, w = _hw(b, x)
+    if h % 2 or w % 2:
+        return x
+    return b.bn(b.conv(b.add(OpKind.SPACE_TO_DEPTH, [x], SpaceToDepthAttrs(block=2)), c, 1))
 
 
 def _psa(draw: Draw, b: Builder, x: str, c: int) -> str:
@@ -218,9 +259,10 @@ def _psa(draw: Draw, b: Builder, x: str, c: int) -> str:
     return b.add_(x, b.bn(b.conv(y, c, 1)))
 
 
-_NEWER = {"vit": _vit, "psa": _psa,
+_NEWER = {"vit": _vit, "psa": _psa, "merge": _merge,
           "convnext": _convnext, "split": _split, "resize": _resize, "shuffle": _shuffle, "eca": _eca,
-          "decoder": _decoder, "poolformer": _poolformer, "convnextv2": _convnextv2, "arith": _arith}
+          "decoder": _decoder, "poolformer": _poolformer, "convnextv2": _convnextv2, "arith": _arith,
+          "normalize": _normalize}
 
 
 @st.composite
