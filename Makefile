@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml constraints.txt
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
 	  echo "PostgreSQL server binaries not installed: the tests that need a server will be skipped"
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,dask,postgres,executorch,openvino]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,dask,postgres,executorch,openvino,detection]'
 	$(PIP) install --quiet --no-deps $(PEERS)
 	touch $(STAMP)
 
@@ -50,7 +50,7 @@ test-all: $(STAMP)
 	$(PY) -m mkdocs build --strict
 
 bench: $(STAMP)
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,dask,postgres,executorch,openvino,bench]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,dask,postgres,executorch,openvino,detection,bench]'
 	$(PY) benchmarks/bench_materialize.py
 	$(PY) benchmarks/bench_coverage.py
 
