@@ -16,10 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from netopt.ir import INPUT, Network, Node, OpKind
-from netopt.ir.ops import CONVOLUTIONS, RULES, Fusion
+from netopt.ir.ops import CONVOLUTIONS, RULES, Fusion, attrs_to_dict
 
 __all__ = ["Unit", "units", "sign", "FUSABLE"]
 
@@ -80,7 +80,7 @@ _WIDTH_ATTRS = frozenset({"out_channels", "out_features", "groups"})
 
 def _cost_attrs(node: Node) -> dict[str, object]:
     """The node's attributes less those that describe full width (the shapes say the current)."""
-    return {k: v for k, v in asdict(node.attrs).items() if k not in _WIDTH_ATTRS}
+    return {k: v for k, v in attrs_to_dict(node.attrs).items() if k not in _WIDTH_ATTRS}  # as stored: keys stay
 
 
 def _readers(net: Network) -> dict[str, list[str]]:
