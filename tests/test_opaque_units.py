@@ -155,6 +155,21 @@ def test_calibrating_gives_the_table_the_traced_blocks(tmp_path: Path) -> None:
     assert warm.measurements == 0
 
 
+def test_binding_a_constraint_hands_a_warm_table_the_traced_blocks(tmp_path: Path) -> None:
+    from netopt.constraints import LatencyConstraint as Latency
+
+    traced = gated()
+    first = eager(tmp_path)
+    Latency("80%", first).bind(traced.network, traced)  # calibrates, so it is given the blocks
+    first.close()
+    warm = eager(tmp_path)  # a later run: opened without them, its calibration stored
+    with pytest.raises(LookupTableError, match="opaque"):
+        warm.estimate(traced.network.scaled(0.5))
+    bound = Latency("80%", warm).bind(traced.network, traced)
+    assert warm.estimate(traced.network.scaled(0.5)) < bound.initial
+    warm.close()
+
+
 def test_the_estimator_factory_hands_the_table_the_traced_blocks(tmp_path: Path) -> None:
     from netopt.constraints import ReductionSchedule
     from netopt.constraints.registry import CONSTRAINTS, EstimatorSources

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from netopt.constraints.amount import Amount, check_unit, parse_amount
 from netopt.errors import ConfigError
 from netopt.ir import Network
-from netopt.measure.base import Estimator, MeasuringEstimator
+from netopt.measure.base import Estimator, MeasuringEstimator, ModelAware
 
 if TYPE_CHECKING:
     from netopt.bridge import Traced
@@ -110,6 +110,8 @@ class Constraint(ABC):
         """Absolute budget and schedule against the starting network. With `traced` (the start's
         model) and a measuring estimator, the estimator is calibrated for the network first if
         it is not yet, and a relative budget resolves against the start's measured cost."""
+        if traced is not None and isinstance(self.estimator, ModelAware):
+            self.estimator.attach(traced)
         if traced is None or not self.measuring:
             initial = self.estimate(start)
             return Bound(self, initial, self.budget.resolve(initial))

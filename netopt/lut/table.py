@@ -215,6 +215,11 @@ class LookupTable:
         is refused rather than estimated by its biased layer sum."""
         return self.calibrator.estimate(net)
 
+    def attach(self, traced: Traced) -> None:
+        """Keep `traced`'s opaque blocks for the units they head (`ModelAware`): binding a
+        constraint does this every run, so a table calibrated before still prices them."""
+        self.costs.add_blocks(traced.opaque)
+
     def calibrate(self, traced: Traced, max_networks: int | None = None, seed: int = 0) -> Calibration:
         """Fit the correction on end-to-end measurements of `traced` at widths this chooses
         (`Calibrator.calibrate`; `max_networks` defaults to `calibration_networks`), and keep it.

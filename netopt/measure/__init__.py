@@ -17,6 +17,7 @@ from netopt.measure.base import (
     Measurement,
     MeasureSettings,
     MeasuringEstimator,
+    ModelAware,
     NoisyMeasurementWarning,
 )
 
@@ -38,6 +39,7 @@ __all__ = [
     "Estimator",
     "ExecuTorch",
     "MeasuringEstimator",
+    "ModelAware",
     "Fingerprint",
     "MeasureSettings",
     "Measurement",

@@ -34,6 +34,7 @@ __all__ = [
     "Backend",
     "Estimator",
     "MeasuringEstimator",
+    "ModelAware",
     "Fingerprint",
     "MeasureSettings",
     "Measurement",
@@ -243,6 +244,17 @@ MEASURED_PASSES = 3
 """Windows over the networks a figure that checks a budget takes (each network's samples pooled
 over them): a table's kept figures and a verification's side-by-side ones, so one burst of load
 must not decide it."""
+
+
+@runtime_checkable
+class ModelAware(Protocol):
+    """An estimator that needs the traced model itself, not only its networks: a lookup table
+    prices opaque blocks with their modules. Binding a constraint hands it the model every run,
+    so a warm table (calibrated in an earlier run) still has them."""
+
+    def attach(self, traced: Traced) -> None:
+        """Keep what estimates of `traced`'s networks need from the model (its opaque blocks)."""
+        ...
 
 
 @runtime_checkable
