@@ -1,6 +1,6 @@
 """What every fx-node converter shares: the meta keys trace.py writes on fx nodes, the `Converted`
 triple a converter returns, reading a call's arguments, the channel layout of a tensor, and the
-refuse that names the node."""
+refusal that names the node."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from netopt.errors import UnsupportedOpError
 from netopt.ir.ops import OpKind
 
 __all__ = ["CHANNELS_LAST", "PIECES", "SHAPES", "SHAPE", "DTYPE", "Converted", "pair", "opt_pair", "float_pair",
-           "first", "refuse", "arg_at", "channels_last", "channel_count", "param_path"]
+           "first", "refuse", "arg_at", "channels_last", "channel_count", "param_path",
+           "MULTI", "MACS", "STAND_IN", "FED"]
 
 CHANNELS_LAST = "netopt_channels_last"
 """fx node meta key: the tensor is an NCHW map permuted to (N, H, W, C)."""
@@ -78,3 +79,13 @@ def param_path(x: Any) -> str | None:
         x = x.args[0]
     return None
 
+
+
+MULTI = "netopt_multi"
+"""fx node meta key: the node returned several tensors (chunk, split, ...)."""
+MACS = "netopt_macs"
+"""fx node meta key: CONV/FC MACs per sample measured inside an opaque block."""
+STAND_IN = "netopt_stand_in"
+"""fx node meta key: the module a routed head's node calls in place of its target (heads.py)."""
+FED = "netopt_fed"
+"""GraphModule meta key: which module paths were called with a traced tensor."""
