@@ -7,8 +7,9 @@ alike). `OrderedDropout` turns that network into a super-network: on every train
 pass each sample of the batch draws its own width for every group and the channels past it are
 zeroed in every tensor of the group (per-sample masks, one forward-backward pass for many
 sub-networks; the channels of tokens (B, N, C) are their last dim; a divisor's masked channels
-are set to 1, not 0, so that no 0 / 0 turns the sample into NaN). `FirstChannels` then materializes the sub-network of any widths with the
-super-network's weights, and `reestimate_batchnorm` re-estimates its BatchNorm statistics.
+are set to 1, not 0, so that no 0 / 0 turns the sample into NaN). `FirstChannels` then
+materializes the sub-network of any widths with the super-network's weights, and
+`reestimate_batchnorm` re-estimates its BatchNorm statistics.
 
 Where a group passes through an op that mixes channels without weights (LayerNorm over
 channels, ECA), a masked channel still moves the statistics or the filter, so the super-network
