@@ -323,17 +323,12 @@ REFUSED: dict[str, str] = {
     "timm:resnest14d": "a sum over dims other than those of torch.stack(xs).sum(0)",  # split attention
     "timm:skresnet18": "'stack'",  # selective kernels stack branch outputs on a new dim
     "timm:nf_resnet26": "'stem.conv.gain'",  # weight standardization computes each conv's weight
-    "timm:efficientvit_b0": "a relu on a tensor split into attention heads (B, heads, N, dim)",
-    "timm:efficientvit_m0": "reshape from (1, 14, 14, 64) to (1, 2, 7, 2, 7, 64)",
-    "timm:mobilevit_xxs": "reshape from (1, 64, 32, 32) to (1024, 2, 16, 2)",
-    "timm:mobilevitv2_050": "reshape from (1, 64, 32, 32) to (1, 64, 16, 2, 16, 2)",
-    "timm:levit_128s": "flatten(start_dim=0, end_dim=1)",
-    "timm:tiny_vit_5m_224": "reshape from (1, 28, 28, 128) to (1, 4, 7, 4, 7, 128)",
-    "timm:efficientformerv2_s0": "permute(0, 1, 3, 2) of a tensor of shape (1, 8, 32, 49)",
-    "timm:swiftformer_xs": "'normalize'",
-    "timm:edgenext_xx_small": "'_tensor_constant0'",
-    "timm:swin_tiny_patch4_window7_224": "reshape from (1, 56, 56, 96) to (1, 8, 7, 8, 7, 96)",
-    "smp:MAnet": "'decoder.center.map_softmax'",
+    "timm:efficientvit_m0": "permute(0, 3, 1, 2) of a tensor of shape (4, 7, 7, 64)",  # convs inside windows
+    "timm:mobilevitv2_050": "reshape from (1, 64, 32, 32) to (1, 64, 16, 2, 16, 2)",  # separable attention
+    "timm:efficientformerv2_s0": "permute(0, 1, 3, 2) of a tensor of shape (1, 8, 32, 49)",  # talking heads
+    "timm:swiftformer_xs": "a matmul that is not softmax(q @ k^T) @ v of tensors split into heads",  # additive
+    "timm:edgenext_xx_small": "'_tensor_constant0'",  # Fourier position encoding made in forward
+    "smp:MAnet": "'decoder.center.map_softmax'",  # a softmax over the whole flattened map
 }
 """What netopt still refuses, by architecture id: the op (as its one-line refusal names it) that
 stops the trace. The coverage suite checks every other architecture end to end, and these for
