@@ -122,7 +122,7 @@ def test_a_key_and_value_channel_that_contributes_nothing_is_the_one_removed() -
     with torch.no_grad():
         for row in (1 + 5, 1 + DIM + 5):  # k and v of channel 5
             qkv.weight[row].zero_()
-            qkv.bias[row] = 0.0
+            qkv.get_parameter("bias")[row] = 0.0
     traced = netopt.trace(model, x, step=1)
     small = traced.network.with_widths({"block.attns.1.qkv_proj": DIM - 1})
     assert 5 not in netopt.bridge.kept_channels(traced, small)["block.attns.1.qkv_proj"].tolist()
