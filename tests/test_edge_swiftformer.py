@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from test_netadaptv2 import _first_k_property
 from test_properties import silence
 from torch import Tensor, nn
 
@@ -192,3 +193,10 @@ def test_random_additive_networks_run_in_onnx_runtime_as_in_torch(net: Network) 
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         assert float(abs(torch.from_numpy(out) - model(x)).max()) <= 1e-4
+
+
+@settings(max_examples=6, deadline=None)
+@given(ADDITIVE, st.data())
+def test_a_sub_network_of_additive_attention_is_the_masked_super_network(net: Network, data: st.DataObject) -> None:
+    """A masked q and k channel adds nothing to q w and pools to nothing: first-k is exact (NetAdaptV2)."""
+    _first_k_property(net, net.with_widths(data.draw(nst.widths(net))).widths)
