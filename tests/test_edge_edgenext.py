@@ -112,7 +112,8 @@ def test_a_position_encoding_made_in_forward_is_a_constant_read_by_a_conv_that_s
     traced = _check_exact(model, x)
     net = traced.network
     (constant,) = [n for n in net.nodes if n.op is OpKind.CONSTANT]
-    assert constant.attrs.shape == (2 * HIDDEN, 8, 8) and net.layout(constant.name)[0].group not in net.analysis.prunable
+    assert constant.attrs.shape == (2 * HIDDEN, 8, 8)
+    assert net.layout(constant.name)[0].group not in net.analysis.prunable  # its own channels: fixed
     projection = net.layout("pos_embd.token_projection")[0].group
     assert projection in net.analysis.prunable  # coupled to the embedding width through the add
     module = traced.materialize(net.with_widths({projection: 16}))
