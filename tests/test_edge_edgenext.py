@@ -193,3 +193,15 @@ def test_materialized_xca_networks_have_the_ir_sizes(net: Network, data: st.Data
     model, x = build(net).eval(), torch.randn(1, *net.input_shape)
     module = netopt.trace(model, x).materialize(smaller)
     assert module_params(module) == netopt.ir.params(smaller) and module_macs(module, x) == netopt.ir.macs(smaller)
+
+
+@settings(max_examples=5, deadline=None, database=None)
+@given(nst.networks(max_blocks=1, blocks=("xca",)))
+def test_xca_networks_run_in_onnx_runtime_as_in_torch(net: Network) -> None:
+    from netopt.measure.onnxrt import OnnxRuntimeCPU, export_onnx
+
+    model, x = build(net).eval(), torch.randn(1, *net.input_shape)
+    session = OnnxRuntimeCPU(threads=1).session(export_onnx(model, x))
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        assert float(abs(torch.from_numpy(out) - model(x)).max()) <= 1e-4
