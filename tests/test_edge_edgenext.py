@@ -119,6 +119,7 @@ def test_a_position_encoding_made_in_forward_is_a_constant_read_by_a_conv_that_s
     module = traced.materialize(net.with_widths({projection: 16}))
     assert module.get_submodule("pos_embd.token_projection").out_channels == 16
     assert not any(b.requires_grad for b in module.buffers())  # the constant is a buffer, not trained
+    assert netopt.trace(model, x).network == net  # fx's constants of a second trace get new names; the IR's do not
 
 
 def test_cross_covariance_attention_shrinks_by_whole_heads_with_their_temperatures() -> None:

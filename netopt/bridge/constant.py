@@ -51,9 +51,10 @@ def constant_attrs(x: Any) -> ConstantAttrs | None:
     return ConstantAttrs(shape=tuple(value.shape[1:]))  # type: ignore[arg-type]
 
 
-def constant_name(x: fx.Node) -> str:
-    """The IR name of a constant: fx's, without the leading underscore (a built submodule's name)."""
-    return str(x.name).lstrip("_")
+def constant_name(index: int) -> str:
+    """The IR name of a model's `index`-th constant: by order, not fx's counter, which goes on
+    counting when the same model is traced again (each trace leaves its constants on the root)."""
+    return f"constant{index}"
 
 
 def constant_value(src: Any) -> Tensor:
