@@ -40,10 +40,13 @@ from netopt.errors import UnsupportedOpError
 from netopt.ir import OpKind
 from netopt.ir.ops import AttentionAttrs, NoAttrs
 
-__all__ = ["HEADS_T", "stage", "convert", "talking_convs", "keep_talking_heads"]
+__all__ = ["HEADS_T", "TALKING", "stage", "convert", "talking_convs", "keep_talking_heads"]
 
 HEADS_T = "netopt_map_heads_t"
 """fx node meta key: the output of an attention on maps, laid out (B, heads, N, dim) until its transpose(2, 3)."""
+
+TALKING = ("talking_head1", "talking_head2")
+"""The names of the talking-head convs in the module that holds them (timm's, and netopt's Attention's)."""
 
 _DROPS = (nn.Dropout, nn.Identity)
 
@@ -129,21 +132,20 @@ def _attention(node: fx.Node, st: Stage, v: Stage | None) -> Converted:
 def _bind(node: fx.Node, st: Stage) -> int:
     """Bind the attention to the one module that holds its position bias and talking heads; the
     bias's positions R (0: none)."""
-    root: Any = node.graph.owning_module
     owners = {path.rpartition(".")[0] for path in st.talking}
     positions = 0
     if st.bias is not None:
         table, idxs = _lookup(node, st.bias)
         owner = str(table.target).rpartition(".")[0]
-        if str(idxs.target) != f"{owner}.attention_bias_idxs" or shape_of(table)[0] != st.heads:
+        if (str(table.target), str(idxs.target)) != (f"{owner}.attention_biases", f"{owner}.attention_bias_idxs") \
+                or shape_of(table)[0] != st.heads:
             raise _refuse(node, f"attention scores plus {table.target!r}[:, {idxs.target!r}]; a relative position "
                                 "bias is modelled as attention_biases[:, attention_bias_idxs] of one module")
         owners.add(owner)
         positions = shape_of(table)[1]
-    convs = [root.get_submodule(p) for p in st.talking]
-    if len(owners) > 1 or (convs and talking_convs(root.get_submodule(min(owners))) != convs):
-        raise _refuse(node, f"talking heads {list(st.talking)} that are not the only 1x1 convs of the module "
-                            "holding the position bias")
+    if len(owners) > 1 or (st.talking and st.talking != tuple(f"{min(owners)}.{n}" for n in TALKING)):
+        raise _refuse(node, f"talking heads {list(st.talking)} that are not the submodules {list(TALKING)} of the "
+                            "module holding the position bias (as timm's EfficientFormerV2 names them)")
     if owners:
         node.meta[BOUND_TO] = min(owners)
     return positions
@@ -158,17 +160,27 @@ def _lookup(node: fx.Node, bias: fx.Node) -> tuple[fx.Node, fx.Node]:
 
 
 def _refuse(node: fx.Node, what: str) -> UnsupportedOpError:
-    return UnsupportedOpError(f"node {node.name!r}: {what}; pass opaque=[{enclosing(node)!r}] to keep the "
-                              "module that does it whole at full width")
+    """The refusal naming the attention module around `node` (a talking-head conv's parent) as the fix."""
+    where = str(node.target).rpartition(".")[0] if node.op == "call_module" else enclosing(node)
+    return UnsupportedOpError(f"node {node.name!r}: {what}; pass opaque=[{where!r}] to keep the module that does "
+                              "it whole at full width")
 
 
 def talking_convs(module: nn.Module) -> list[nn.Conv2d]:
-    """The talking-head convs of an attention module: its direct Conv2d children, in order."""
-    return [m for m in module.children() if isinstance(m, nn.Conv2d)]
+    """The talking-head convs of an attention module, before and after the softmax."""
+    return [m for name in TALKING if isinstance(m := module.get_submodule(name), nn.Conv2d)]
 
 
 def keep_talking_heads(layer: nn.Module, src: nn.Module, heads: Tensor) -> None:
-    """Copy into `layer`'s talking-head convs the rows and columns of the kept `heads` of `src`'s."""
+    """Copy into `layer`'s talking-head convs the rows and columns of the kept `heads` of `src`'s.
+
+    >>> import torch
+    >>> from netopt.bridge.token_modules import Attention
+    >>> src, layer = Attention(4, 4, 0.5, talking=3), Attention(4, 4, 0.5, talking=2)
+    >>> keep_talking_heads(layer, src, torch.tensor([0, 2]))
+    >>> torch.equal(layer.talking_head1.weight[:, :, 0, 0], src.talking_head1.weight[[0, 2]][:, [0, 2], 0, 0])
+    True
+    """
     for into, conv in zip(talking_convs(layer), talking_convs(src), strict=True):
         weight = conv.weight.detach().index_select(0, heads).index_select(1, heads).contiguous()
         into.weight = nn.Parameter(weight, conv.weight.requires_grad)
