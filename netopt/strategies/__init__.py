@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from netopt.strategies.base import (
     Candidate,
+    Landing,
     Problem,
     Proposal,
     Result,
@@ -74,6 +75,7 @@ __all__ = [
     "WidthSearch",
     "pareto_front",
     "Result",
+    "Landing",
     "SelectionRule",
     "Strategy",
     "check_feasible",

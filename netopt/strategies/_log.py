@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from netopt.runs import RunDir, RunError
 from netopt.runs.rundir import exported_program
-from netopt.strategies.base import Candidate, Problem, Proposal, Result
+from netopt.strategies.base import LANDING, Candidate, Landing, Problem, Proposal, Result
 
 if TYPE_CHECKING:
     import torch
@@ -64,13 +64,17 @@ class RunLog:
         self.run.record_proposal(proposal.to_dict(), module)
 
     def proposals(self, family: list[Candidate]) -> list[Proposal]:
-        """Logged proposals of completed iterations, the chosen one marked."""
+        """Logged proposals of completed iterations, the chosen one marked (a landing's left out)."""
         chosen = {c.iteration - 1: self.run.summary(c.iteration)["group"] for c in family if c.iteration > 0}
         out = []
         for r in self.run.history():
-            if r["iteration"] in chosen:
+            if r["iteration"] in chosen and not r["group"].startswith(LANDING):
                 out.append(Proposal(**{**r, "chosen": chosen[r["iteration"]] == r["group"]}))
         return out
+
+    def landed(self) -> list[Proposal]:
+        """The proposal a landing scored, if any (`netopt.strategies.landing`)."""
+        return [Proposal(**r) for r in self.run.history() if r["group"].startswith(LANDING)]
 
     def logged(self) -> dict[tuple[int, str], dict[str, Any]]:
         """Every proposal on disk by (iteration, group): what a resumed run replays."""
@@ -91,11 +95,13 @@ class RunLog:
     def has_final(self) -> bool:
         return (self.run.path / "final" / "summary.json").is_file()
 
-    def save_final(self, final: Candidate, example: torch.Tensor) -> None:
+    def save_final(self, final: Candidate, example: torch.Tensor, landing: Landing | None = None) -> None:
         from netopt.measure.onnxrt import export_onnx
 
         summary = {"iteration": final.iteration, "accuracy": final.accuracy, "test_accuracy": final.test_accuracy,
                    "resources": final.resources, "measured": final.measured}
+        if landing is not None:
+            summary["landing"] = landing.to_dict()
         self.run.save_final(final.network, final.module, summary, export_onnx(final.module, example),
                             exported_program(final.module, example))
 
@@ -103,13 +109,15 @@ class RunLog:
         """A finished run read back whole: its family, every proposal, the final network."""
         final, family = self.final(problem), self.family(problem)
         if self.iterative():
-            history = self.proposals(family)
+            history = self.proposals(family) + self.landed()
         else:
             history = [Proposal(**{**r, "chosen": r["iteration"] == final.iteration}) for r in self.run.history()]
         config = self.run.config()  # NetAdaptV2's super-network steps are training too
         used = sum(p.steps for p in history) + int(config.get("long_term_steps", 0)) + \
             int(config.get("supernet_steps", 0))
-        return Result(final, family, history, used, strategy=strategy, start=self.run.original())
+        landing = self.run.summary("final").get("landing")
+        return Result(final, family, history, used, strategy=strategy, start=self.run.original(),
+                      landing=Landing.from_dict(landing) if landing else None)
 
     def final(self, problem: Problem) -> Candidate:
         s = self.run.summary("final")

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
     from netopt.bridge import Traced
 
-__all__ = ["Problem", "Strategy", "StrategySettings", "Candidate", "Proposal", "Result", "smallest", "check_feasible",
-           "non_negative", "changed", "validated"]
+__all__ = ["Problem", "Strategy", "StrategySettings", "Candidate", "Proposal", "Result", "Landing", "LANDED", "LANDING",
+           "smallest", "check_feasible", "non_negative", "changed", "validated"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,49 @@ class Candidate:
     test_accuracy: float | None = None
 
 
+LANDED = 0.9
+"""A final network has landed on a budget checked by measurement when it measures at least this
+share of it (and at most all of it): `netopt.strategies.landing`."""
+LANDING = "landing:"
+"""How a landing's proposal names its groups in the run's history ("landing:g3+g5")."""
+
+
+@dataclass(frozen=True)
+class Landing:
+    """Where the final network stands against each budget checked by measurement: its measured
+    share of the budget (`shares`); where that is below LANDED, the share the smallest step up
+    measures (`above`: over 1, so no network between meets the budget); and whether the landing
+    ran (`on`: False where `land=False`).
+
+    >>> Landing({"latency": 0.84}, {"latency": 1.03}).describe()
+    'landed: latency at 84% of its budget (the smallest step up measures 103%)'
+    """
+
+    shares: dict[str, float]
+    above: dict[str, float] = field(default_factory=dict)
+    on: bool = True
+
+    @property
+    def short(self) -> dict[str, float]:
+        """The budgets the final measures below LANDED of."""
+        return {r: s for r, s in self.shares.items() if s < LANDED}
+
+    def describe(self) -> str:
+        """One line for a report: each budget's share, and why a short one is short."""
+        def one(r: str, s: float) -> str:
+            why = f" (the smallest step up measures {self.above[r]:.0%})" if r in self.above else ""
+            return f"{r} at {s:.0%} of its budget{why}"
+        return f"{'landed' if self.on else 'not landed (land=False)'}: " + ", ".join(
+            one(r, s) for r, s in self.shares.items())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shares": self.shares, "above": self.above, "on": self.on}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Landing:
+        return cls(dict(doc["shares"]), dict(doc.get("above", {})), bool(doc.get("on", True)))
+
+
 @dataclass
 class Result:
     """The final network, the family (one per iteration: the frontier) and every proposal."""
@@ -111,6 +154,8 @@ class Result:
     starts: dict[str, float] = field(default_factory=dict)
     """Each relative measured budget's start, measured end to end when it was bound. The final's
     measured figure is this times its ratio to the start measured side by side, in one minute."""
+    landing: Landing | None = None
+    """An iterative strategy's: where the final stands against each budget checked by measurement."""
 
     @property
     def over_budget(self) -> dict[str, float]:

@@ -53,13 +53,15 @@ class TableRecord:
     (each addition a list of width assignments, the last the one that missed or strayed);
     `verified`: each addition's figure for that last network; `given`: whether that figure was
     measured side by side with the start; `tracked`: iteration -> the figure `track` measured
-    (None for a run begun before netopt tracked, which resumes without tracking)."""
+    (None for a run begun before netopt tracked, which resumes without tracking); `landed`: the
+    (widths, figure) of every network the landing measured (`netopt.strategies.landing`)."""
 
     points: list[list[float]]
     added: list[list[Widths]] = field(default_factory=list)
     verified: list[float | None] = field(default_factory=list)
     given: list[bool] = field(default_factory=list)
     tracked: dict[str, float] | None = field(default_factory=dict)
+    landed: list[tuple[Widths, float]] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> TableRecord:
@@ -80,7 +82,8 @@ class TableRecord:
         given = doc.get("given", [False] * len(added))
         if not all(isinstance(v, bool) for v in given):
             raise ValueError("given flags are not true or false")
-        return cls(points, added, list(verified), list(given), tracked)
+        landed = [(dict(w), float(v)) for w, v in doc.get("landed", [])]  # absent: a run begun before landing
+        return cls(points, added, list(verified), list(given), tracked, landed)
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"points": self.points, "added": self.added}
@@ -88,6 +91,8 @@ class TableRecord:
             doc["tracked"] = self.tracked
         if self.added:
             doc.update(verified=self.verified, given=self.given)
+        if self.landed:
+            doc["landed"] = [[w, v] for w, v in self.landed]
         return doc
 
 
@@ -251,6 +256,21 @@ class MeasuredBudgets:
         return dataclasses.replace(current, resources={**current.resources, **estimates,
                                                        **self.measured_over.get(net, {})},
                                    measured=dict(current.measured))
+
+    def landing_figure(self, bound: Bound, network: Network, iteration: int | None = None) -> float:
+        """`network`'s figure for the landing (`netopt.strategies.landing`): the one recorded (as the
+        landing measured it, or as `track` did for the member of `iteration`), else measured now,
+        side by side as `verify` does, and recorded, so that a resumed run lands alike."""
+        entry = self.entry(bound.resource)
+        if iteration is not None and entry.tracked and str(iteration) in entry.tracked:
+            return entry.tracked[str(iteration)]
+        found = [v for w, v in entry.landed if w == network.widths]
+        if found:
+            return found[0]
+        value = self.measure_now(bound, network)
+        entry.landed.append((dict(network.widths), value))
+        self.save()
+        return value
 
     # --- the record ------------------------------------------------------------------------------
 

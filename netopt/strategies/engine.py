@@ -35,7 +35,7 @@ from netopt.errors import ConfigError, NetoptError, ObjectiveError, first_line
 from netopt.measure.base import MeasuringEstimator
 from netopt.runs import RunError
 from netopt.strategies._log import RunLog
-from netopt.strategies.base import Candidate, Problem, Proposal, Result, check_feasible
+from netopt.strategies.base import Candidate, Landing, Problem, Proposal, Result, check_feasible
 from netopt.strategies.budgets import MeasuredBudgets, read_record
 
 if TYPE_CHECKING:
@@ -300,8 +300,9 @@ class Engine:
         if self.log:
             self.log.save_member(member, group)
 
-    def finish(self, chosen: Candidate, long_term_steps: int) -> Candidate:
-        """Long-term fine-tune a copy of the chosen network, score it on test, measure it end to end."""
+    def finish(self, chosen: Candidate, long_term_steps: int, landing: Landing | None = None) -> Candidate:
+        """Long-term fine-tune a copy of the chosen network, score it on test, measure it end to end
+        (an iterative strategy's `landing` is kept with it)."""
         if self.log and self.log.has_final():
             return self.log.final(self.problem)
         module = copy.deepcopy(chosen.module)  # the family keeps the chosen network as it was
@@ -317,13 +318,13 @@ class Engine:
         unverified = [b for b in self.bounds if b.resource not in chosen.measured]
         final.measured = {**measure(unverified, self.problem.traced, final.network), **chosen.measured}
         if self.log:
-            self.log.save_final(final, self.problem.traced.example_input())
+            self.log.save_final(final, self.problem.traced.example_input(), landing)
         return final
 
     def result(self, strategy: str, final: Candidate, family: list[Candidate], history: list[Proposal],
-               training_steps: int) -> Result:
+               training_steps: int, landing: Landing | None = None) -> Result:
         return self._budgets(Result(final, family, history, training_steps, self.clock.timings(), strategy=strategy,
-                                    start=self.network))
+                                    start=self.network, landing=landing))
 
     def _budgets(self, result: Result) -> Result:
         """`result` with its budgets, their bases and the measured starts (what over_budget and

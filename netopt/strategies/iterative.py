@@ -4,8 +4,10 @@ Each iteration starts from Net_{i-1}: the network is tracked (measured where its
 nears a measured budget), the loop stops once every budget is met as estimated and as
 measured, and otherwise the strategy proposes, scores and picks the next network (`_iterate`),
 which joins the family. At the end the last network is fine-tuned for longer, tested and
-measured. ProgressiveBarrier and NetAdaptV2 differ only in how they propose and pick; the
-loop, its resume, its log lines and its progress bar are written once, here.
+measured. Before that, the last network is landed on its measured budgets
+(`netopt.strategies.landing`; setting `land`). ProgressiveBarrier and NetAdaptV2 differ only in
+how they propose and pick; the loop, its landing, its resume, its log lines and its progress bar
+are written once, here.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from netopt.bridge import trace
 from netopt.errors import InfeasibleError
-from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy
-from netopt.strategies.engine import Engine, Serial
+from netopt.strategies.base import Candidate, Problem, Proposal, Result, Strategy, changed
+from netopt.strategies.engine import Ask, Engine, Serial, seed_for
+from netopt.strategies.landing import Landing, land, shares
 
 if TYPE_CHECKING:
     from torch import nn
@@ -67,9 +71,10 @@ class Iterative(Strategy):
             self._saved_start(engine, prepared)]
         history = engine.log.proposals(family) if engine.log else []
         current = self._loop(engine, prepared, family, history)
+        current, landing = self._land(engine, prepared, family, history, current)
         finishing = engine.clock.objective
-        final = engine.finish(current, self.long_term_steps)
-        result = engine.result(self.name, final, family, history, self._steps_taken(history))
+        final = engine.finish(current, self.long_term_steps, landing)
+        result = engine.result(self.name, final, family, history, self._steps_taken(history), landing)
         self._timed(result, prepared, searching=finishing - search_began, final=engine.clock.objective - finishing)
         return result
 
@@ -99,6 +104,20 @@ class Iterative(Strategy):
         bar.close()
         return current
 
+    def _land(self, engine: Engine, prepared: Any, family: list[Candidate], history: list[Proposal],
+              current: Candidate) -> tuple[Candidate, Landing]:
+        """The loop's last network landed on its measured budgets (`netopt.strategies.landing`;
+        with `land=False` only where it stands); a proposal the landing scored joins `history`."""
+        if getattr(self.settings, "land", None) is False:
+            return current, Landing(shares(engine, current), on=False)
+        final, proposals, landing = land(engine, family, current,
+                                         lambda member, group, widths, resources: self._landing_ask(
+                                             engine, prepared, member, group, widths, resources))
+        history += proposals
+        if final is not current:
+            LOG.info("landed from iteration %d: %s", final.iteration, landing.describe())
+        return final, landing
+
     def _saved_start(self, engine: Engine, prepared: Any) -> Candidate:
         start = self._start(engine, prepared)
         engine.save_member(start, None)
@@ -121,6 +140,15 @@ class Iterative(Strategy):
     @abstractmethod
     def _iterate(self, engine: Engine, prepared: Any, current: Candidate, family: Sequence[Candidate]) -> Step:
         """One iteration from `current`: propose, score, pick; `cannot_shrink` where nothing can."""
+
+    def _landing_ask(self, engine: Engine, prepared: Any, member: Candidate, group: str, widths: dict[str, int],
+                     resources: dict[str, float]) -> Ask:
+        """The landing's network (`widths`, less cut than the step after `member`), fine-tuned
+        from `member`'s weights as a proposal of the iteration after it."""
+        traced = trace(member.module, engine.problem.traced.example_input(), step=engine.network.step)
+        block = "+".join(g for g in widths if widths[g] != member.network.widths[g])
+        return Ask(member.iteration, group, widths, resources, traced, changed(block, widths, traced.network),
+                   seed_for(self.seed, member.iteration, group))
 
     def _describe(self, current: Candidate, picked: Proposal, proposals: Sequence[Proposal]) -> str:
         """The iteration's log line: what was picked."""

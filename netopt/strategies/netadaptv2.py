@@ -236,6 +236,12 @@ class NetAdaptV2(Iterative):
         proposals[best] = replace(proposals[best], chosen=True)
         return proposals, proposals[best], told[best].module
 
+    def _landing_ask(self, engine: Engine, prepared: _Supernet, member: Candidate, group: str,
+                     widths: dict[str, int], resources: dict[str, float]) -> Ask:
+        """The landing's network, scored as a sample: with the super-network's weights."""
+        return Ask(member.iteration, group, widths, resources, prepared.traced, widths,
+                   seed_for(self.seed, member.iteration, group))
+
     def _value(self, proposal: Proposal, bounds: list[Bound]) -> float:
         assert proposal.score is not None
         return proposal.score if self.reward is None else self.reward(proposal.score, proposal.resources, bounds)

@@ -55,9 +55,11 @@ class ProgressiveBarrier(Iterative):
     settings: ProgressiveBarrierSettings
 
     def training_budget(self, problem: Problem) -> int:
-        """Every iteration may fine-tune one proposal per group; at most max_iterations of them."""
+        """Every iteration may fine-tune one proposal per group, at most max_iterations of them; the
+        landing one more."""
         proposals = -(-len(problem.traced.network.groups) // self.block_size)  # blocks per iteration
-        return self.max_iterations * proposals * self.short_term_steps + self.long_term_steps
+        landing = 0 if self.land is False else 1
+        return (self.max_iterations * proposals + landing) * self.short_term_steps + self.long_term_steps
 
     def _start(self, engine: Engine, prepared: None) -> Candidate:
         module = engine.problem.traced.materialize()  # a copy: the user's model is never trained

@@ -47,6 +47,9 @@ class ProgressiveBarrierSettings(StrategySettings):
     block_size: StrictInt = 1
     """Consecutive channel groups one proposal shrinks together (1: each singly, as in the paper)."""
     max_iterations: StrictInt = 500
+    land: bool | None = None
+    """Land the final network on its measured budgets (`netopt.strategies.landing`): on unless
+    False (None, the default, is how a run begun before landing existed resumes)."""
 
     @field_validator("selection", mode="before")
     @classmethod
@@ -209,6 +212,9 @@ class NetAdaptV2Settings(StrategySettings):
     reward: MnasNetReward | None = None
     """Pick each iteration's sample by MnasNet's reward instead of the score."""
     max_iterations: StrictInt = 500
+    land: bool | None = None
+    """Land the final network on its measured budgets (`netopt.strategies.landing`): on unless
+    False (None, the default, is how a run begun before landing existed resumes)."""
 
     @field_validator("supernet_steps", "bn_batches")
     @classmethod
