@@ -212,7 +212,8 @@ def validated(kind: type[StrategySettings], values: Mapping[str, Any], strategy:
 
 class Strategy(ABC):
     """Turns a Problem into a Result. The contract (checked for every strategy by
-    `netopt.testing.contract`): the result meets every constraint by its estimator, or
+    `netopt.testing.contract`): the result meets every constraint by its estimator (one checked
+    by measurement: as measured, which an iterative strategy's landing goes by), or
     InfeasibleError is raised; it uses at most `training_budget(problem)` training steps; the
     same seed gives the same result; every proposal is in the result's history.
 
