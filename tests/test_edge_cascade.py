@@ -3,8 +3,10 @@
 timm's `LocalWindowAttention` cuts a map into windows (B * windows, C, wh, ww) and runs its
 cascaded group attention on each: heads fed chunks of the channels plus the previous head's
 output, q through a depthwise kxk conv padded at the window's edges, a position bias row per
-head. The IR sees the whole map; the kxk conv and the attention carry the window. Checked on
-timm's efficientvit_m0 and on a hand-written block of the same form.
+head. The IR sees the whole map; the kxk conv and the attention carry the window. Each head is an
+attention of one head whose q and k channels shrink in pairs (and the last head's v channels);
+the embedding widths, cut into the heads' chunks, stay at full width. Checked on timm's
+efficientvit_m0 and on a hand-written block of the same form.
 """
 
 from __future__ import annotations
@@ -171,9 +173,28 @@ def test_timm_efficientvit_m0_goes_through_with_its_windows() -> None:
     traced = netopt.trace(model, x)
     net = traced.network
     assert sum(1 for n in net.nodes if n.op is OpKind.ATTENTION and n.attrs.window[0]) == 4  # stage 0: 14 x 14
+    assert sum(1 for g in net.groups if ".attn.qkvs." in g.id) == 6 * 5  # each block: 4 heads' q/k, the last v
     assert max_abs_diff(traced.materialize(), model, x) <= 1e-4
     small = net.scaled(0.5)
     module = traced.materialize(small)
     assert module_params(module) == netopt.ir.params(small) < netopt.ir.params(net) == module_params(model)
     with torch.no_grad():
         assert module(x).shape == (1, 1000)
+
+
+def test_a_heads_key_channels_that_score_nothing_are_the_ones_removed() -> None:
+    """One head's q and k pair channel by channel: with k's channels 0 and 1 zero (and q's rows too,
+    so that L2 picks them), dropping them from q and k leaves the scores and the outputs unchanged."""
+    model, x = _model()
+    conv, bn = model.get_submodule("mixer.attn.qkvs.0.0"), model.get_submodule("mixer.attn.qkvs.0.1")
+    assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None
+    with torch.no_grad():
+        for row in (0, 1, KEY, KEY + 1):  # q's and k's rows 0 and 1
+            conv.weight[row] = 0
+        bn.bias[KEY:KEY + 2], bn.running_mean[KEY:KEY + 2] = 0, 0
+    traced = netopt.trace(model, x, step=2)
+    qk = next(g for g in traced.network.groups if g.id == "mixer.attn.qkvs.0.0")
+    assert qk.full_width == KEY
+    smaller = traced.materialize(traced.network.with_widths({qk.id: KEY - 2}))
+    assert smaller.get_submodule("mixer.attn.qkvs.0.0").out_channels == 2 + 2 + DIM // HEADS
+    assert max_abs_diff(smaller, model, x) <= 1e-5
