@@ -95,6 +95,7 @@ def lut_command(args: argparse.Namespace) -> int:
     cal = lut.calibrate(traced, max_networks=args.calibration)
     ratios = ", ".join(f"{r:.2f}" for r in cal.knots[1])
     weights = f"; weights fetched anew priced at {cal.plane[2]:.3g} {lut.unit} a million" if cal.weighted else ""
+    weights += f"; traffic priced at {cal.coefficients[3]:.3g} {lut.unit} a million" if cal.trafficked else ""
     print(f"calibration on {len(cal.points)} networks (at most {args.calibration}): measured / layer sum = {ratios} "
           f"(smallest to largest){weights}")
     report = fidelity(lut, traced, variants=args.variants)

@@ -193,8 +193,30 @@ def test_calibration_prices_the_weights_where_they_vary_apart_from_the_layer_sum
     assert not old.weighted and old.apply(2.0) == pytest.approx(1.5)
     assert old.with_points([(5.0, 3.6, 9.0)]).points[-1] == (5.0, 3.6)  # added to it, a point loses its weights
     assert stored_calibration(old.points) is None and stored_calibration(exact.points) == exact  # refitted when bound
+    current = Calibration.fit([(*p, 1.0) for p in exact.points])  # traffic alike in every network: not priced
+    assert stored_calibration(current.points) == current and current.plane == pytest.approx((0.1, 0.5, 0.2))
+    assert not current.trafficked
     with pytest.raises(LookupTableError, match=r"got .* of another length"):
         Calibration.fit([(1.0, 1.0), (2.0, 2.0, 1.0)])
+
+
+def test_calibration_prices_the_traffic_where_the_layer_sum_follows_the_units_edges() -> None:
+    """A runtime that times a unit alone unlike inside the network (OpenVINO converts a lone
+    unit's layouts): the layer sum tells little, the weights and the activations moved tell."""
+    from netopt.lut import Calibration
+
+    rng = np.random.default_rng(1)
+    nets = [(rng.uniform(0.1, 3.5), rng.uniform(1.0, 4.5)) for _ in range(16)]  # (weights, traffic)
+    points = [(0.3 + 0.6 * t + 0.1 * w + rng.uniform(-0.3, 0.3), 0.15 + 0.2 * w + 0.16 * t, w, t) for w, t in nets]
+    cal = Calibration.fit(points)
+    assert cal.trafficked and cal.weighted
+    assert cal.coefficients == pytest.approx((0.15, 0.0, 0.2, 0.16), abs=2e-3)  # the slope at its floor
+    assert cal.apply(2.0, 1.0, 3.0) == pytest.approx(0.15 + 0.2 + 0.48, rel=1e-2)
+    with pytest.raises(LookupTableError, match="pass the network's traffic"):
+        cal.apply(2.0, 1.0)
+    without = Calibration.fit([p[:3] for p in points])  # the same networks, their traffic unknown
+    worst = max(abs(without.error(*p[:3])) for p in points)
+    assert worst > 0.05 and max(abs(cal.error(*p)) for p in points) < 0.005
 
 
 class Fixed(Backend):

@@ -66,7 +66,7 @@ def biased_table(path: Path, tr: netopt.Traced, ratio: float = 0.7) -> LookupTab
     """A table whose calibration estimates every network at `ratio` of what it measures."""
     lut = LookupTable.open(path, Device())
     right = lut.calibrate(tr, max_networks=4)
-    wrong = Calibration.fit([(x, y * ratio, w) for x, y, w in right.points])
+    wrong = Calibration.fit([(x, y * ratio, *rest) for x, y, *rest in right.points])
     lut.store.put_calibration(structure_key(tr.network), wrong)
     lut.close()
     return LookupTable.open(path, Device())
@@ -186,7 +186,7 @@ def test_a_relative_budget_is_checked_side_by_side_with_the_start_so_the_machine
     assert record["added"] and all(record["given"]), "the drift is taken for a miss"
     assert record["tracked"][str(final.iteration)] == final.measured["latency"]  # verified by that one measurement
     level = result.starts["latency"] / true(tr.network)
-    points = {x: y for x, y, _ in lut.calibration(tr.network).points}  # type: ignore[union-attr]
+    points = {x: y for x, y, *_ in lut.calibration(tr.network).points}  # type: ignore[union-attr]
     for (widths,), figure in zip(record["added"], record["verified"], strict=True):
         net = tr.network.with_widths(widths)
         assert figure == pytest.approx(level * true(net), rel=0.02) and points[lut.layer_sum(net)] == figure

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from netopt.errors import LookupTableError
 from netopt.ir import Network
-from netopt.lut.calibration import Calibration, weights
+from netopt.lut.calibration import Calibration, traffic, weights
 from netopt.lut.networks import NetworkMeasurements
 from netopt.lut.unitcosts import UnitCosts
 from netopt.lut.variants import TILT, at_fraction
@@ -66,7 +66,8 @@ class Calibrator:
                 "and its layer sum alone is biased (fused layers, per-call costs); call lut.calibrate(traced) once (it "
                 "is kept in the table; binding a constraint does it), or read lut.layer_sum(net) for the uncorrected "
                 "sum")
-        return cal.apply(raw, weights(net) if cal.weighted else None)  # a search estimates thousands
+        return cal.apply(raw, weights(net) if cal.weighted else None,  # a search estimates thousands
+                         traffic(net) if cal.trafficked else None)
 
     def calibrate(self, traced: Traced, max_networks: int | None = None, seed: int = 0) -> Calibration:
         """Fit the calibration of `traced`'s structure on networks this chooses: `first_networks`,
@@ -108,7 +109,7 @@ class Calibrator:
                                    "network (None: the table measures it)")
         todo = [n for n, f in zip(nets, figures, strict=True) if f is None]
         taken = iter(m.median for m in self.networks.measured(traced, todo)) if todo else iter(())
-        new = [(self.costs.layer_sum(n), next(taken) if f is None else f, weights(n))
+        new = [(self.costs.layer_sum(n), next(taken) if f is None else f, weights(n), traffic(n))
                for n, f in zip(nets, figures, strict=True)]
         return self._keep(traced.network, before.with_points(new) if before is not None else Calibration.fit(new))
 
@@ -119,9 +120,9 @@ class Calibrator:
         self._calibrations[key] = cal
         return cal
 
-    def _points(self, traced: Traced, nets: Sequence[Network]) -> list[tuple[float, float, float]]:
+    def _points(self, traced: Traced, nets: Sequence[Network]) -> list[tuple[float, float, float, float]]:
         self.costs.ensure(nets, progress="measuring layers for calibration")
-        return [(self.costs.layer_sum(n), m.median, weights(n))
+        return [(self.costs.layer_sum(n), m.median, weights(n), traffic(n))
                 for n, m in zip(nets, self.networks.measured(traced, nets), strict=True)]
 
 
@@ -136,7 +137,7 @@ def first_networks(net: Network, seed: int) -> list[tuple[float, Network]]:
     return placed + [(f, at_fraction(net, f, seed + k, tilt)) for k, (f, tilt) in enumerate(FIRST, 1)]
 
 
-def worst_fitted(points: Sequence[tuple[float, float, float]], fractions: Sequence[float],
+def worst_fitted(points: Sequence[tuple[float, ...]], fractions: Sequence[float],
                  cal: Calibration) -> tuple[int, int] | None:
     """The neighbours in width whose errors under `cal`, weighted by the width between them,
     are largest, as indices into `points`; None where every network is fitted within
