@@ -46,7 +46,7 @@ def land(engine: Engine, family: Sequence[Candidate], current: Candidate,
     k = _first_holding(engine, path)
     if k == len(path):  # no part of the step holds: the member below is the final
         up = path[-2] if len(path) > 1 else None
-        final = _as_measured(engine, upper)
+        final = current if upper is current else _as_measured(engine, upper)
         return final, [], _where(engine, final, up, lower)
     assert lower is not None
     landed, proposal = _score(engine, lower, path[k], current.iteration, propose)
