@@ -196,6 +196,9 @@ class LutConfig(Frozen):
     threads: int = Field(1, ge=1)
     calibration: int = Field(16, ge=2, le=1000)
     """The most whole networks the table's calibration measures (once per structure)."""
+    frozen: bool = False
+    """Read the table and write nothing back (no recalibration kept): runs compared from one table
+    start alike and leave it as it was."""
 
     @model_validator(mode="before")
     @classmethod

@@ -36,7 +36,7 @@ def _constraint(c: ConstraintConfig, config: AdaptConfig, objective: Objective |
     inputs = (lambda: _representative(objective, config.data.seed)) if objective is not None else None
     sources = EstimatorSources(lut_path=lut.path, backend=lut.backend, threads=lut.threads,
                                calibration=lut.calibration, precision=lut.precision, representative=inputs,
-                               opaque=opaque)
+                               opaque=opaque, frozen=lut.frozen)
     schedule = ReductionSchedule(c.schedule.initial, c.schedule.decay)
     return CONSTRAINTS[c.resource].make(c.budget, schedule, sources, c.basis)  # binding a latency one calibrates
 

@@ -52,6 +52,8 @@ def summary(result: Result) -> str:
     test = "-" if f.test_accuracy is None else f"{f.test_accuracy:.4g}"
     lines.append(f"\nfinal network: holdout {f.accuracy:.4g}, test {test}; {figures}")
     lines.append(f"{len(result.history)} proposals, {result.training_steps} training steps")
+    if result.landing is not None and result.landing.shares:
+        lines.append(result.landing.describe())
     if result.over_budget:
         lines.append("over budget (a soft reward's targets): " + ", ".join(f"{r} {v:.2f}x its budget"
                                                                          for r, v in result.over_budget.items()))

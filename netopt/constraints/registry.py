@@ -41,8 +41,9 @@ class EstimatorSources:
     """What an estimator may be built from: where the latency lookup table lives, the registered
     backend that measures it (`netopt.measure.registry`), its threads, precision and calibration
     size, for int8 where the representative inputs come from (the objective's training
-    inputs, asked for only when the backend quantizes), and the traced model's opaque blocks
-    (`Traced.opaque`), which a lookup table measures as units of their own."""
+    inputs, asked for only when the backend quantizes), the traced model's opaque blocks
+    (`Traced.opaque`), which a lookup table measures as units of their own, and whether the
+    table is `frozen` (read, never written: `LookupTable.open(frozen=True)`)."""
 
     lut_path: str = "runs/lut-ort-cpu1.sqlite"
     backend: str = "onnxruntime"
@@ -51,6 +52,7 @@ class EstimatorSources:
     precision: str = "fp32"
     representative: Callable[[], Sequence[torch.Tensor] | None] | None = None
     opaque: Mapping[str, nn.Module] | None = None
+    frozen: bool = False
 
 
 EstimatorFactory = Callable[[EstimatorSources], "Estimator"]
@@ -87,7 +89,8 @@ def _lookup_table(sources: EstimatorSources) -> Estimator:
     quantized = {} if sources.precision == "fp32" else {
         "precision": sources.precision, "representative": sources.representative() if sources.representative else None}
     backend = BACKENDS[sources.backend].make(threads=sources.threads, **quantized)
-    return LookupTable.open(sources.lut_path, backend, calibration_networks=sources.calibration, opaque=sources.opaque)
+    return LookupTable.open(sources.lut_path, backend, calibration_networks=sources.calibration, opaque=sources.opaque,
+                            frozen=sources.frozen)
 
 
 def _registered(name: str) -> EstimatorFactory:

@@ -8,7 +8,7 @@ The table is the public face of three parts, each in its own module:
   network, kept beside the units so that a budget, a calibration and a check of a final network
   read the same figure in every process and after a resume;
 - calibration (`netopt.lut.calibrator`, the fit in `netopt.lut.calibration`): the whole-network
-  cost as a rising plane in the layer sum and the weights, fitted per structure on networks it
+  cost as a rising plane in the layer sum, the weights and the traffic, fitted per structure on networks it
   chooses, and grown by what strategies measure. A structure without a calibration is never
   estimated: `estimate` raises, naming `calibrate`.
 
@@ -16,7 +16,7 @@ A traced model's opaque blocks (`Traced.opaque`) are priced as units of their ow
 with their modules: the table is given them when opened (`opaque=`) or calibrated.
 
 Entries live in a `netopt.lut.stores.Store`: an SQLite file, or a PostgreSQL database shared
-by many machines.
+by many machines. A table opened `frozen` writes nothing back (`netopt.lut.frozen`).
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING
 from netopt._process import is_postgres_url
 from netopt.errors import LookupTableError
 from netopt.ir import Network
-from netopt.lut.calibration import Calibration, weights
+from netopt.lut.calibration import Calibration, traffic, weights
 from netopt.lut.calibrator import CALIBRATION_NETWORKS, Calibrator
+from netopt.lut.frozen import FrozenStore
 from netopt.lut.networks import NetworkMeasurements, network_signature, structure_key
 from netopt.lut.pgstore import PostgresStore
 from netopt.lut.probe import unmeasurable_ops
@@ -89,15 +90,26 @@ class LookupTable:
 
     @classmethod
     def open(cls, path: str | Path, backend: Backend, calibration_networks: int = CALIBRATION_NETWORKS,
-             opaque: Mapping[str, nn.Module] | None = None) -> LookupTable:
+             opaque: Mapping[str, nn.Module] | None = None, frozen: bool = False) -> LookupTable:
         """Open (or create) the table at `path` for `backend`'s platform: an SQLite file (one
         machine), or a PostgreSQL URL ("postgresql://user:password@host:5432/db", the postgres
         extra) that many search machines share. `calibration_networks`: the most whole networks
         a calibration measures (binding a constraint calibrates). `opaque`: the traced model's
-        opaque blocks (`traced.opaque`), which its networks' estimates need (a warm table's too)."""
+        opaque blocks (`traced.opaque`), which its networks' estimates need (a warm table's too).
+        `frozen`: an existing table read but never written (`netopt.lut.frozen`): what a run
+        measures and recalibrates stays in its process, so runs compared start alike."""
+        if frozen and not is_postgres_url(path) and not Path(path).is_file():
+            raise LookupTableError(f"frozen=True needs an existing lookup table, and {path} is none; open it unfrozen "
+                                   "once (binding a constraint calibrates it), then frozen")
         store: Store = PostgresStore(str(path), backend.fingerprint) if is_postgres_url(path) else \
             SqliteStore(path, backend.fingerprint)
+        store = FrozenStore(store) if frozen else store
         return cls(store, backend, calibration_networks=calibration_networks, opaque=opaque)
+
+    @property
+    def frozen(self) -> bool:
+        """Whether what this table measures and recalibrates stays in this process (`open(frozen=True)`)."""
+        return isinstance(self.store, FrozenStore)
 
     def close(self) -> None:
         self.store.close()
@@ -200,6 +212,11 @@ class LookupTable:
     def weights(net: Network) -> float:
         """`net`'s weights in millions of parameters (`Calibration` prices them)."""
         return weights(net)
+
+    @staticmethod
+    def traffic(net: Network) -> float:
+        """The activations `net`'s units read and write, in millions (`Calibration` prices them)."""
+        return traffic(net)
 
     def calibration(self, net: Network) -> Calibration | None:
         """The calibration of `net`'s structure, if one was fitted (or pinned)."""
