@@ -23,8 +23,11 @@ version is refused.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -244,22 +247,38 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def exported_program(module: nn.Module, example: torch.Tensor) -> bytes | None:
-    """`torch.export` of the module, any batch size, as the bytes `torch.export.save` writes; None
-    (with a warning) where torch cannot export it, so that the run is saved all the same."""
-    import io
-
-    buffer = io.BytesIO()
+    """`torch.export` of the module, any batch size where torch can, else at the example's, as the
+    bytes `torch.export.save` writes; None (with a warning) where torch cannot export it, so that
+    the run is saved all the same."""
     batch = torch.cat([example[:1], example[:1]])  # a batch of 1 would be specialized to 1
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.export.export(module.eval(), (batch,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
-            torch.export.save(program, buffer)
-    except Exception as exc:
-        warnings.warn(f"torch.export could not export the final network ({first_line(exc, 160)}); final/model.pt2 is "
-                      "not written (model.onnx and weights.pt + network.json are)", UserWarning, stacklevel=2)
-        return None
+        program = _export(module, (batch,), ({0: torch.export.Dim.AUTO},))
+    except Exception as dynamic:
+        try:  # e.g. a detector's decoding that branches on a value: its batch stays the example's
+            program = _export(module, (example,), None)
+        except Exception as exc:
+            warnings.warn(f"torch.export could not export the final network ({first_line(exc, 160)}); final/model.pt2 "
+                          "is not written (model.onnx and weights.pt + network.json are)", UserWarning, stacklevel=2)
+            return None
+        warnings.warn(f"torch.export could not export the final network for any batch size "
+                      f"({first_line(dynamic, 120)}); final/model.pt2 takes batches of {example.shape[0]} only",
+                      UserWarning, stacklevel=2)
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
     return buffer.getvalue()
+
+
+def _export(module: nn.Module, args: tuple[torch.Tensor, ...], dynamic: Any) -> torch.export.ExportedProgram:
+    """torch.export with its warnings, logs and printed graphs held back (a failure is one line)."""
+    loud = logging.getLogger("torch")
+    level, held = loud.level, io.StringIO()
+    loud.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(held), contextlib.redirect_stdout(held):
+            warnings.simplefilter("ignore")
+            return torch.export.export(module.eval(), args, dynamic_shapes=dynamic)
+    finally:
+        loud.setLevel(level)
 
 
 def load(run_dir: str | Path, which: int | str = "final") -> nn.Module:
