@@ -15,8 +15,14 @@ from torch import fx, nn
 
 from netopt.bridge import modules as M
 from netopt.bridge import token_modules as TM
+from netopt.bridge.additive_modules import AdditiveAttention
+from netopt.bridge.constant import Constant
+from netopt.bridge.separable_modules import FoldPatches, SeparableAttention, UnfoldPatches
+from netopt.bridge.window_modules import WindowConv2d
+from netopt.bridge.xca_modules import CrossCovarianceAttention
 from netopt.errors import MaterializeError
 from netopt.ir import INPUT, Network, Node, OpKind
+from netopt.ir.single_head import head_dims
 
 __all__ = ["build", "make_layer"]
 
@@ -26,10 +32,11 @@ Device = torch.device | str | None
 
 def _conv(net: Network, node: Node, device: Device = None) -> nn.Module:
     a = node.attrs
-    return nn.Conv2d(
+    cls, extra = (WindowConv2d, {"window": a.window}) if a.window[0] else (nn.Conv2d, {})
+    return cls(
         net.shape(node.inputs[0])[0], net.shape(node.name)[0], a.kernel_size, stride=a.stride,
         padding=a.padding, dilation=a.dilation, groups=net.conv_groups(node.name), bias=a.bias,
-        padding_mode=a.padding_mode, device=device,
+        padding_mode=a.padding_mode, device=device, **extra,
     )
 
 
@@ -71,13 +78,29 @@ def _group_norm(net: Network, node: Node) -> nn.Module:
     return layer
 
 
+def _head_dims(net: Network, node: Node) -> tuple[int, int]:
+    """(qk_dim, v_dim) of an attention's heads at the current widths (one head may have lost channels)."""
+    return head_dims(node.attrs, net.shape(node.inputs[0])[0], net.shape(node.inputs[2])[0])[1:]
+
+
 def _attention_bias(net: Network, node: Node) -> tuple[int, int, int, int] | None:
     """(heads, positions, N, M) of an attention node's relative position bias, or None."""
     if not node.attrs.bias_positions:
         return None
     q, k = net.shape(node.inputs[0]), net.shape(node.inputs[1])
     n, m = node.attrs.keys or math.prod(q[1:]), node.attrs.keys or math.prod(k[1:])  # keys: a window's
-    return q[0] // node.attrs.qk_dim, node.attrs.bias_positions, n, m
+    return head_dims(node.attrs, q[0], net.shape(node.inputs[2])[0])[0], node.attrs.bias_positions, n, m
+
+
+def _talking_heads(net: Network, node: Node) -> int:
+    """The heads an attention node's talking heads mix at the current widths (0: it has none)."""
+    return head_dims(node.attrs, net.shape(node.inputs[0])[0], net.shape(node.inputs[2])[0])[0] \
+        if node.attrs.talking else 0
+
+
+def _xca(net: Network, node: Node) -> nn.Module:
+    """Cross-covariance attention with a temperature for each head q's channels hold now."""
+    return CrossCovarianceAttention(node.attrs.qk_dim, net.shape(node.inputs[0])[0] // node.attrs.qk_dim)
 
 
 def _pool(cls: type[nn.Module]) -> LayerFactory:
@@ -134,11 +157,12 @@ FACTORIES: dict[OpKind, LayerFactory] = {
     OpKind.CLASS_TOKEN: lambda net, node: TM.ClassToken(net.shape(node.name)[0], node.attrs.tokens),
     OpKind.POS_EMBED: lambda net, node: TM.PositionEmbedding(net.shape(node.name)[1], net.shape(node.name)[0]),
     OpKind.TOKEN_SELECT: lambda net, node: TM.TokenSelect(node.attrs.start, node.attrs.stop),
-    OpKind.ATTENTION: lambda net, node: TM.Attention(node.attrs.qk_dim, node.attrs.v_dim, node.attrs.scale,
+    OpKind.ATTENTION: lambda net, node: _xca(net, node) if node.attrs.channels else TM.Attention(
+                                                     *_head_dims(net, node), node.attrs.scale,
                                                      _attention_bias(net, node), window=node.attrs.window,
                                                      grid=node.attrs.grid, shift=node.attrs.shift,
                                                      linear=node.attrs.linear, eps=node.attrs.eps,
-                                                     patch=node.attrs.patch),
+                                                     patch=node.attrs.patch, talking=_talking_heads(net, node)),
     OpKind.HEAD_SLICE: lambda net, node: TM.HeadSlice(node.attrs.unit, node.attrs.start, node.attrs.stop),
     OpKind.SPACE_TO_DEPTH: lambda net, node: TM.SpaceToDepth(node.attrs.block),
     OpKind.SUB: lambda net, node: M.Sub(node.attrs.scalar, node.attrs.reverse),
@@ -149,6 +173,12 @@ FACTORIES: dict[OpKind, LayerFactory] = {
     OpKind.SCALAR_AFFINE: _plain(M.ScalarAffine),
     OpKind.STAR_RELU: _plain(M.StarRelu),
     OpKind.NORMALIZE: lambda net, node: M.Normalize(node.attrs.eps),
+    OpKind.CONSTANT: lambda net, node: Constant(node.attrs.shape),
+    OpKind.ADDITIVE_ATTENTION: lambda net, node: AdditiveAttention(net.shape(node.name)[0], node.attrs.scale,
+                                                                   node.attrs.eps),
+    OpKind.UNFOLD_PATCHES: lambda net, node: UnfoldPatches(node.attrs.patch, node.attrs.grid),
+    OpKind.FOLD_PATCHES: lambda net, node: FoldPatches(node.attrs.patch, node.attrs.grid),
+    OpKind.SEPARABLE_ATTENTION: _plain(SeparableAttention),
 }
 
 

@@ -11,6 +11,8 @@ from torch import fx, nn
 
 from netopt.bridge import modules as M
 from netopt.bridge import token_modules as TM
+from netopt.bridge.additive_modules import AdditiveAttention
+from netopt.bridge.constant import Constant
 from netopt.bridge.fxmeta import (
     CHANNELS_LAST,
     SHAPE,
@@ -23,6 +25,11 @@ from netopt.bridge.fxmeta import (
     pair,
     refuse,
 )
+from netopt.bridge.separable_modules import FoldPatches, SeparableAttention, UnfoldPatches
+from netopt.bridge.window_modules import WindowConv2d
+from netopt.bridge.xca_modules import CrossCovarianceAttention
+from netopt.ir.additive import AdditiveAttentionAttrs
+from netopt.ir.constant import ConstantAttrs
 from netopt.ir.ops import (
     AdaptivePoolAttrs,
     AttentionAttrs,
@@ -55,6 +62,7 @@ from netopt.ir.ops import (
     TokenSelectAttrs,
     UpsampleAttrs,
 )
+from netopt.ir.separable import PatchAttrs
 
 __all__ = ["MODULES", "FOREIGN", "leaf_converter", "norm_over_channels", "resize", "padding_op", "grouped_norm"]
 
@@ -76,7 +84,7 @@ def _conv(node: fx.Node, m: nn.Conv2d) -> Converted:
     attrs = Conv2dAttrs(
         out_channels=m.out_channels, kernel_size=pair(m.kernel_size), stride=pair(m.stride),
         padding=pair(padding), dilation=pair(m.dilation), groups=m.groups,
-        bias=m.bias is not None, padding_mode=m.padding_mode,
+        bias=m.bias is not None, padding_mode=m.padding_mode, window=tuple(getattr(m, "window", (0, 0))),
     )
     return OpKind.CONV2D, attrs, first(node)
 
@@ -262,6 +270,7 @@ MODULES: dict[type, Callable[[fx.Node, Any], Converted]] = {
     nn.Dropout1d: _dropout,
     nn.GroupNorm: _group_norm,
     nn.Conv2d: _conv,
+    WindowConv2d: _conv,  # a conv on each window of the map apart (netopt built it: Conv2dAttrs.window)
     nn.Linear: _linear,
     nn.BatchNorm2d: _bn,
     nn.BatchNorm1d: _bn,
@@ -302,7 +311,8 @@ MODULES: dict[type, Callable[[fx.Node, Any], Converted]] = {
     TM.Attention: _own(OpKind.ATTENTION, lambda m: AttentionAttrs(
         qk_dim=m.qk_dim, v_dim=m.v_dim, scale=m.scale,
         bias_positions=m.attention_biases.shape[1] if hasattr(m, "attention_biases") else 0,
-        window=m.window, grid=m.grid, shift=m.shift, linear=m.linear, eps=m.eps, patch=m.patch)),
+        window=m.window, grid=m.grid, shift=m.shift, linear=m.linear, eps=m.eps, patch=m.patch,
+        talking=hasattr(m, "talking_head1"))),
     TM.HeadSlice: _own(OpKind.HEAD_SLICE, lambda m: HeadSliceAttrs(unit=m.unit, start=m.start, stop=m.stop)),
     TM.TokenBatchNorm: lambda node, m: _layout(OpKind.BATCHNORM, lambda m: _bn(node, m)[1], lambda m: True)(node, m),
     TM.SpaceToDepth: _own(OpKind.SPACE_TO_DEPTH, lambda m: SpaceToDepthAttrs(block=m.block)),
@@ -313,6 +323,13 @@ MODULES: dict[type, Callable[[fx.Node, Any], Converted]] = {
     M.ScalarAffine: _unary(OpKind.SCALAR_AFFINE),
     M.StarRelu: _unary(OpKind.STAR_RELU),
     M.Normalize: lambda node, m: (OpKind.NORMALIZE, NormalizeAttrs(eps=m.eps), first(node)),
+    AdditiveAttention: _own(OpKind.ADDITIVE_ATTENTION, lambda m: AdditiveAttentionAttrs(scale=m.scale, eps=m.eps)),
+    UnfoldPatches: _own(OpKind.UNFOLD_PATCHES, lambda m: PatchAttrs(patch=m.patch, grid=m.grid)),
+    FoldPatches: _own(OpKind.FOLD_PATCHES, lambda m: PatchAttrs(patch=m.patch, grid=m.grid)),
+    SeparableAttention: _own(OpKind.SEPARABLE_ATTENTION, lambda m: NoAttrs()),
+    Constant: _layout(OpKind.CONSTANT, lambda m: ConstantAttrs(shape=tuple(m.value.shape[1:])), lambda m: False),
+    CrossCovarianceAttention: _own(OpKind.ATTENTION, lambda m: AttentionAttrs(qk_dim=m.dim, v_dim=m.dim, scale=1.0,
+                                                                             channels=True)),
 }
 
 def _eca(node: fx.Node, m: Any) -> Converted:

@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import fx, nn
 
-from netopt.bridge import tokens
+from netopt.bridge import additive, constant, separable, talking, tokens, window_maps
 from netopt.bridge.concrete import value_kind
 from netopt.bridge.convert import (
     CHANNELS_LAST,
@@ -79,8 +79,12 @@ class Converter:
             node.meta[SHUFFLE] = stage  # the view and transpose of a channel shuffle: converted at its end
         elif (summed := sum_stage(node)) is not None:
             node.meta[SUMMED] = summed  # torch.stack(xs) before .sum(0), or a partial sum(xs): one ADD at its end
-        elif (step := tokens.stage(node)) is not None:
-            node.meta[tokens.STAGE] = step  # a step of attention or of a token layout (tokens.py)
+        elif (add_step := additive.stage(node)) is not None:
+            node.meta[additive.STAGE] = add_step  # a step of additive attention (additive.py)
+        elif (sep_step := separable.stage(node)) is not None:
+            node.meta[separable.STAGE] = sep_step  # MobileViT v2's patches or separable attention (separable.py)
+        elif (step := talking.stage(node) or tokens.stage(node)) is not None:
+            node.meta[tokens.STAGE] = step  # a step of attention (talking.py first) or of a token layout (tokens.py)
         elif MULTI in node.meta and (bounds := pieces(node)) is not None:
             node.meta[PIECES] = bounds  # split/chunk: each getitem of it becomes a slice
         elif SHAPE in node.meta or MULTI in node.meta:
@@ -109,7 +113,9 @@ class Converter:
 
     def _tensor_op(self, node: fx.Node) -> None:
         kind, attrs, inputs = self._convert(node)
-        params = [p for i in inputs if (p := param_path(i)) is not None]
+        kind, attrs = window_maps.follow(node, kind, attrs, inputs)  # windows made the batch
+        self._constants(inputs)
+        params = [p for i in inputs if i not in self.names and (p := param_path(i)) is not None]
         if params and params[0].startswith("_tensor_constant"):  # fx's name for a tensor made in forward
             raise UnsupportedOpError(
                 f"node {node.name!r} ({_what(node)}) reads {params[0]!r}, a constant tensor made in forward (from "
@@ -134,6 +140,16 @@ class Converter:
             self.binding[name] = self._bound(node, kind)
         if tokens.BOUND_TO in node.meta:  # an attention's relative position bias
             self.binding[name] = node.meta[tokens.BOUND_TO]
+
+    def _constants(self, inputs: tuple[fx.Node, ...]) -> None:
+        """A map made in forward from shapes alone that an op reads as its input: a CONSTANT node (its
+        input, the last node so far, only gives the batch), bound to fx's copy of it (netopt.bridge.constant)."""
+        for i in inputs:
+            if i not in self.names and (made := constant.constant_attrs(i)) is not None:
+                self.names[i] = constant.constant_name(sum(n.op is OpKind.CONSTANT for n in self.nodes))
+                self.nodes.append(Node(self.names[i], OpKind.CONSTANT, (self.nodes[-1].name if self.nodes else INPUT,),
+                                       made))
+                self.binding[self.names[i]] = str(i.target)
 
     def _bound(self, node: fx.Node, kind: OpKind) -> str:
         """The module holding a functional op's weights (SCALE: the parameter), checked."""
@@ -211,6 +227,12 @@ class Converter:
     def _convert_once(self, node: fx.Node) -> Converted:
         if node.op == "call_module":
             return self._module(node)
+        if (found := additive.convert(node)) is not None:
+            return found
+        if (found := separable.convert(node)) is not None:
+            return found
+        if (found := talking.convert(node)) is not None:
+            return found
         if (found := tokens.convert(node)) is not None:
             return found
         converter = function_converter(node.target) if node.op == "call_function" else METHODS.get(str(node.target))
@@ -317,7 +339,7 @@ CHANNELS_LAST_OK = frozenset({
     OpKind.CONV2D, OpKind.LAYERNORM, OpKind.SCALE, OpKind.ADD, OpKind.MUL, OpKind.DROPOUT, OpKind.DROPPATH,
     OpKind.IDENTITY, OpKind.RELU, OpKind.RELU6, OpKind.GELU, OpKind.SILU, OpKind.HARDSWISH, OpKind.SIGMOID,
     OpKind.HARDSIGMOID, OpKind.SUB, OpKind.DIV, OpKind.NEG, OpKind.GRN, OpKind.SCALAR_AFFINE, OpKind.SLICE,
-    OpKind.CONCAT, OpKind.NORMALIZE,
+    OpKind.CONCAT, OpKind.NORMALIZE, OpKind.ADDITIVE_ATTENTION,
     OpKind.LINEAR, OpKind.CLASS_TOKEN, OpKind.POS_EMBED, OpKind.TOKEN_SELECT, OpKind.ATTENTION,  # on tokens
 })
 """Ops whose meaning on an (N, H, W, C) tensor is the same op on its NCHW view (CONV2D: a Linear)."""

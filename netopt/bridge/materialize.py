@@ -15,8 +15,11 @@ import torch
 from torch import Tensor, fx, nn
 
 from netopt.bridge.build import build, make_shell
+from netopt.bridge.constant import constant_value
 from netopt.bridge.select import FilterSelector, GroupWeights, L2Magnitude, top_channels
+from netopt.bridge.talking import keep_talking_heads
 from netopt.bridge.token_modules import position_bias
+from netopt.bridge.xca_modules import keep_temperatures
 from netopt.errors import MaterializeError
 from netopt.ir import Layout, Network, Node, OpKind
 
@@ -51,7 +54,7 @@ def expand(net: Network, layout: Layout, kept: Mapping[str, Tensor]) -> Tensor:
 def group_weights(traced: TracedLike, gid: str, batchnorms: Mapping[str, list[str]] | None = None) -> GroupWeights:
     """The filters that make group `gid`'s channels and the BN gammas applied to them."""
     info = traced.network.analysis.info[gid]
-    filters = tuple(_per_head(len(layout), layout[0].inner if info.unit > 1 else 1, _filters(_module(traced, p)))
+    filters = tuple(_group_rows(traced.network, layout, gid, info.unit, _filters(_module(traced, p)))
                     for p in info.producers if (layout := traced.network.layout(p)))  # each its own head size
     bns = (batchnorms if batchnorms is not None else _batchnorms(traced.network)).get(gid, ())
     gammas = tuple(w for bn in bns if (w := _module(traced, bn).weight) is not None)
@@ -67,6 +70,20 @@ def _filters(layer: Any) -> Tensor:
     c_in, out_per = w.shape[:2]
     blocks = w.reshape(g, c_in // g, out_per, *w.shape[2:]).transpose(1, 2)
     return blocks.reshape(g * out_per, c_in // g, *w.shape[2:])
+
+
+def _group_rows(net: Network, layout: Layout, gid: str, unit: int, w: Tensor) -> Tensor:
+    """A producer's filters for group `gid`, one row per group channel: a producer cut into pieces
+    of several groups (netopt.ir.pieces) gives the rows of `gid`'s pieces side by side."""
+    if len({s.group for s in layout}) == 1:
+        return _per_head(len(layout), layout[0].inner if unit > 1 else 1, w)
+    rows, offset = [], 0
+    for seg in layout:
+        size = net.analysis.info[seg.group].full_width * seg.inner
+        if seg.group == gid:
+            rows.append(w[offset:offset + size].reshape(size // seg.inner, -1))
+        offset += size
+    return torch.cat(rows, dim=1)
 
 
 def _per_head(parts: int, unit: int, w: Tensor) -> Tensor:
@@ -162,6 +179,7 @@ _PER_CHANNEL = {
     OpKind.SCALE: ("weight",),
     OpKind.GROUP_NORM: ("weight", "bias"),
     OpKind.GRN: ("weight", "bias"),
+    OpKind.ADDITIVE_ATTENTION: ("weight",),  # SwiftFormer's (D, 1) w_g, one value per channel of q and k
 }
 
 
@@ -176,10 +194,20 @@ def _sliced(src: Any, net: Network, node: Node, indices: Callable[[Layout], Tens
     if node.op in (OpKind.SCALAR_AFFINE, OpKind.STAR_RELU):  # one scale and one bias, whatever the width
         layer.scale, layer.bias = (nn.Parameter(p.detach().clone(), p.requires_grad) for p in (src.scale, src.bias))
         return layer  # type: ignore[no-any-return]
-    if node.op is OpKind.ATTENTION and not node.attrs.bias_positions:  # bound for its shifted-window mask only
+    if node.op is OpKind.CONSTANT:  # fixed values whatever the widths: a buffer
+        layer.value = constant_value(src)
         return layer  # type: ignore[no-any-return]
+    if node.op is OpKind.ATTENTION and node.attrs.channels:  # cross-covariance: the kept heads' temperatures
+        keep_temperatures(layer, src, out_idx[::node.attrs.v_dim] // node.attrs.v_dim)
+        return layer  # type: ignore[no-any-return]
+    if node.op is OpKind.ATTENTION and not node.attrs.bias_positions and not node.attrs.talking:
+        return layer  # type: ignore[no-any-return]  # bound for its shifted-window mask only
     if node.op is OpKind.ATTENTION:  # a relative position bias: the rows of the kept heads
-        heads = out_idx[::node.attrs.v_dim] // node.attrs.v_dim
+        heads = out_idx[::node.attrs.v_dim] // node.attrs.v_dim + node.attrs.bias_row  # cascade: a node a head
+        if node.attrs.talking:  # and the rows and columns of the kept heads in both talking-head convs
+            keep_talking_heads(layer, src, heads)
+        if not node.attrs.bias_positions:
+            return layer  # type: ignore[no-any-return]
         table, idxs = position_bias(src)  # LeViT's (heads, R) or Swin's (R, heads) table
         layer.attention_biases = nn.Parameter(table.detach().index_select(0, heads).contiguous(), table.requires_grad)
         layer.attention_bias_idxs = idxs.reshape(layer.attention_bias_idxs.shape).clone()

@@ -10,7 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from netopt.bridge.additive_modules import AdditiveAttention
+from netopt.bridge.constant import Constant
+from netopt.bridge.separable_modules import SEPARABLE_MODULES
 from netopt.bridge.token_modules import TOKEN_MODULES
+from netopt.bridge.xca_modules import CrossCovarianceAttention
 
 __all__ = ["Add", "Mul", "Concat", "Flatten", "Mean", "ChannelNorm", "ChannelScale", "DropPath", "Pad", "Slice",
            "ChannelShuffle", "Eca", "Sub", "Div", "Neg", "Grn", "ScalarAffine", "StarRelu", "Normalize",
@@ -256,4 +260,5 @@ class Slice(nn.Module):
 
 OPS_MODULES: tuple[type[nn.Module], ...] = (Add, Mul, Concat, Flatten, Mean, ChannelNorm, ChannelScale, DropPath,
                                             Pad, Slice, ChannelShuffle, Eca, Sub, Div, Neg, Grn, ScalarAffine, StarRelu,
-                                            Normalize, *TOKEN_MODULES)
+                                            Normalize, AdditiveAttention, Constant, CrossCovarianceAttention,
+                                            *TOKEN_MODULES, *SEPARABLE_MODULES)

@@ -17,7 +17,7 @@ from netopt.errors import UnsupportedOpError
 __all__ = ["STAGE", "BOUND_TO", "HEADS", "WINDOWED", "HEADS_LAST", "FLAT", "ROLLED", "Stage", "node_name",
            "first_input", "shape_of", "is_tokens", "stage_of", "is_heads", "dims_of", "enclosing", "refuse",
            "split_dim", "piece_bounds", "dim_arg", "on_dim0", "second_arg", "heads_on_map", "mark_tokens",
-           "to_heads", "token_shape"]
+           "to_heads", "token_shape", "WINDOW_MAP"]
 
 STAGE = "netopt_token_stage"
 """fx node meta key: the `Stage` an attention or layout step is at (the node is no IR node)."""
@@ -34,6 +34,9 @@ FLAT = "netopt_flat"
 """fx node meta key: (B, C, N) of tokens flattened to (B * N, C) for a BatchNorm1d (LeViT), as the IR sees them."""
 ROLLED = "netopt_rolled"
 """fx node meta key: the shift (sh, sw) a map merged from shifted windows still has to be rolled back by."""
+WINDOW_MAP = "netopt_window_map"
+"""fx node meta key: ((B, C, H, W), (H, W, wh, ww)) of a map cut into windows that are the batch
+(B * windows, C, wh, ww), as the IR sees it (the whole map; netopt.bridge.window_maps)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,9 @@ class Stage:
     masked: bool = False  # a position bias plus Swin's mask of shifted windows
     v: fx.Node | None = None  # linear attention's v (k^T [v, 1] and what follows)
     eps: float = 0.0  # linear attention's normalizer offset
+    temperature: fx.Node | None = None  # cross-covariance attention's (heads, 1, 1) temperature (netopt.bridge.xca)
+    talking: tuple[str, ...] = ()  # the talking-head convs the scores went through (netopt.bridge.talking)
+    row: int = -1  # the head's row of a (heads, N, N) position bias indexed per head (cascaded heads)
 
 
 def node_name(node: fx.Node) -> str | None:
@@ -145,6 +151,8 @@ def to_heads(node: fx.Node, shape: tuple[int, ...]) -> None:
 def token_shape(node: fx.Node) -> tuple[int, ...]:
     """The shape the IR sees for `node`: a heads tensor's token shape, windowed tokens' the grid's,
     else its own."""
+    if WINDOW_MAP in node.meta:
+        return tuple(node.meta[WINDOW_MAP][0])
     if HEADS in node.meta:
         return tuple(node.meta[HEADS])
     if FLAT in node.meta:

@@ -94,14 +94,17 @@ class Attention(nn.Module):
     torch.Size([1, 5, 8])
     >>> Attention(qk_dim=4, v_dim=4, scale=0.5)(q[..., :4], k[..., :4], v[..., :4]).shape  # one head left
     torch.Size([1, 5, 4])
+    >>> Attention(qk_dim=4, v_dim=4, scale=0.5, talking=2)(q, k, v).shape  # scores mixed across the heads
+    torch.Size([1, 5, 8])
     """
 
     def __init__(self, qk_dim: int, v_dim: int, scale: float, bias: tuple[int, int, int, int] | None = None, *,
                  window: tuple[int, int] = (0, 0), grid: tuple[int, int] = (0, 0),
                  shift: tuple[int, int] = (0, 0), linear: bool = False, eps: float = 0.0,
-                 patch: tuple[int, int] = (0, 0)) -> None:
+                 patch: tuple[int, int] = (0, 0), talking: int = 0) -> None:
         """`bias`: (heads, positions, N, M) of a relative position bias `attention_biases[:, attention_bias_idxs]`;
-        `window`, `grid`, `shift`: attention within windows of the token grid (netopt.ir.tokens.AttentionAttrs)."""
+        `window`, `grid`, `shift`: attention within windows of the token grid (netopt.ir.tokens.AttentionAttrs);
+        `talking`: the heads of talking heads, two 1x1 convs across the heads of the scores (0: none)."""
         super().__init__()
         self.qk_dim, self.v_dim, self.scale = qk_dim, v_dim, scale
         self.window, self.grid, self.shift = tuple(window), tuple(grid), tuple(shift)
@@ -112,6 +115,8 @@ class Attention(nn.Module):
             self.register_buffer("attention_bias_idxs", torch.zeros(n, m, dtype=torch.long))
         if any(self.shift):
             self.register_buffer("shift_mask", shift_mask(self.grid, self.window, self.shift), persistent=False)
+        if talking:  # named as timm's EfficientFormerV2 names them, so materialize slices either alike
+            self.talking_head1, self.talking_head2 = nn.Conv2d(talking, talking, 1), nn.Conv2d(talking, talking, 1)
 
     def _heads(self, x: Tensor, dim: int) -> Tensor:
         b, n, c = x.shape
@@ -120,7 +125,8 @@ class Attention(nn.Module):
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if q.dim() == 4:
             qt, kt, vt = (x.flatten(2).transpose(1, 2) for x in (q, k, v))
-            return self._attend(qt, kt, vt).transpose(1, 2).reshape(q.shape[0], -1, *q.shape[2:])
+            out = self.forward(qt, kt, vt)  # the map's tokens (in windows of it, with a window)
+            return out.transpose(1, 2).reshape(q.shape[0], -1, *q.shape[2:])
         if self.window[0]:
             out = self._attend(*(self._windows(x) for x in (q, k, v)))
             return self._merge(out, q.shape[0])
@@ -168,8 +174,17 @@ class Attention(nn.Module):
             windows = self.get_buffer("shift_mask")
             shifted = windows.repeat(q.shape[0] // windows.shape[0], 1, 1).unsqueeze(1)
             mask = shifted if mask is None else mask + shifted
-        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=self.scale)
+        if hasattr(self, "talking_head1"):
+            out = self._talk(qh, kh, vh, mask)
+        else:
+            out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=self.scale)
         return out.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
+
+    def _talk(self, qh: Tensor, kh: Tensor, vh: Tensor, bias: Tensor | None) -> Tensor:
+        """Talking heads: the scores (B, heads, N, M) mixed across the heads before and after the softmax."""
+        scores = qh @ kh.transpose(-2, -1) * self.scale
+        scores = scores if bias is None else scores + bias
+        return self.talking_head2(self.talking_head1(scores).softmax(dim=-1)) @ vh  # type: ignore[no-any-return]
 
 
 def shift_mask(grid: tuple[int, ...], window: tuple[int, ...], shift: tuple[int, ...]) -> Tensor:

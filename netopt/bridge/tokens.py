@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
+from netopt.bridge import xca
 from netopt.bridge.convert import CHANNELS_LAST, SHAPE, Converted, param_path
 from netopt.bridge.stages import (
     BOUND_TO,
@@ -52,6 +53,8 @@ from netopt.bridge.stages import (
     to_heads,
     token_shape,
 )
+from netopt.bridge.window_maps import convert as window_map_convert
+from netopt.bridge.window_maps import window_map_stage
 from netopt.bridge.windows import (
     flatten_tokens,
     follow_windows,
@@ -92,6 +95,8 @@ HEAD_OPS = frozenset({OpKind.IDENTITY, OpKind.DROPOUT, OpKind.MUL, OpKind.ATTENT
 def stage(node: fx.Node) -> Stage | None:
     """The stage `node` is at, or None when it is an IR op (or nothing of this module's)."""
     name, x = node_name(node), first_input(node)
+    if (found := xca.stage(node, name, x)) is not None:
+        return found  # cross-covariance attention (xca.py)
     if node.op == "call_module" and stage_of(x) is not None and stage_of(x).kind == "probs":  # type: ignore[union-attr]
         return stage_of(x)  # attention dropout
     scores = stage_of(x)
@@ -106,6 +111,8 @@ def stage(node: fx.Node) -> Stage | None:
         return Stage("t", x)  # LeViT's k cut from (B, N, heads, dim) and transposed at once
     if (found := window_stage(node, name, x, st)) is not None:
         return found
+    if (found := window_map_stage(node, name, x, st)) is not None:
+        return found
     if (found := linear_stage(node, name, x, st)) is not None:
         return found
     if (found := patch_stage(node, name, x, st)) is not None:
@@ -116,6 +123,8 @@ def stage(node: fx.Node) -> Stage | None:
         return replace(st, masked=True)  # Swin: the bias plus the mask of shifted windows (a buffer)
     if name in ("view", "reshape", "permute", "contiguous", "unsqueeze") and st is not None and st.kind == "bias":
         return st  # Swin's table lookup laid out as (1, heads, N, N)
+    if name == "getitem" and st is not None and st.kind == "bias" and st.row < 0 and isinstance(node.args[1], int):
+        return replace(st, row=node.args[1])  # one head's row (EfficientViT-M: an attention a head)
     if name == "add" and st is not None and st.kind == "bias":
         other = stage_of(second_arg(node))
         return replace(other, bias=x) if other is not None and other.kind == "scores" else None
@@ -171,7 +180,9 @@ def _next_stage(node: fx.Node, name: str, st: Stage, after: tuple[int, ...]) -> 
         return st
     if name == "maybe_add_mask" and st.kind == "scores" and SHAPE not in getattr(second_arg(node), "meta", {}):
         return st  # timm's mask hook with no mask: the scores unchanged
-    if name in ("mul", "truediv", "div") and st.kind == "scores":
+    if name == "transpose" and st.kind == "flat" and st.scale != 1.0 and sorted(dims_of(node, 3)) == [1, 2]:
+        return replace(st, kind="flat_t")  # q.flatten(2) scaled, transposed: q^T of one head on a map
+    if name in ("mul", "truediv", "div") and st.kind in ("scores", "flat"):
         factor = second_arg(node)
         if isinstance(factor, int | float) and not isinstance(factor, bool):
             return replace(st, scale=st.scale * (float(factor) if name == "mul" else 1 / float(factor)))
@@ -237,6 +248,8 @@ def matmul_stage(node: fx.Node) -> Stage | None:
         return replace(sb, kind="linear", src=a)  # type: ignore[arg-type]  # q (k^T [v, 1])
     if sa is not None and sa.kind == "t" and heads_on_map(sa.src) and is_heads(b) and heads_on_map(b):
         return Stage("scores", sa.src, k=b)  # type: ignore[arg-type]
+    if sa is not None and sa.kind == "flat_t" and sb is not None and sb.kind == "flat" and sb.scale == 1.0:
+        return Stage("scores", sa.src, k=sb.src, scale=sa.scale)  # (q.flatten(2) * scale)^T @ k.flatten(2)
     flat = stage_of(a.args[0]) if isinstance(a, fx.Node) and a.args else None
     if flat is not None and flat.kind == "flat" and sb is not None and sb.kind == "flat":
         return Stage("scores", flat.src, k=sb.src)  # one head on a map: q.flatten(2)^T @ k.flatten(2)
@@ -255,7 +268,7 @@ def _transpose(node: fx.Node) -> Converted | None:
         return OpKind.IDENTITY, NoAttrs(), (x,)
     swapped = sorted(dims_of(node, len(shape_of(x)))) == [1, 2] if node_name(node) == "transpose" \
         else dims_of(node, len(shape_of(x))) in ((0, 2, 1), (0, 2, 1, 3))
-    if st is not None and st.kind == "flat" and swapped:
+    if st is not None and st.kind == "flat" and st.scale == 1.0 and swapped:
         mark_tokens(node, True)
         return OpKind.TOKENS, NoAttrs(), (st.src,)
     if st is not None and st.kind == "split" and st.parts == 1 and swapped and len(shape_of(x)) == 4:
@@ -414,7 +427,7 @@ def _matmul(node: fx.Node) -> Converted:
     sa, sb = stage_of(a), stage_of(b)
     st, v = (sa, b) if sa is not None and sa.kind == "probs" else (sb, a)
     flat = stage_of(v)
-    if flat is not None and flat.kind == "flat":
+    if flat is not None and flat.kind == "flat" and flat.scale == 1.0:
         v = flat.src  # one head on a map: v.flatten(2) @ probs^T
     on_map = heads_on_map(v) or (not is_heads(v) and len(shape_of(v)) == 4)
     if st is None or st.k is None or st.kind != ("probs_t" if on_map else "probs") \
@@ -438,13 +451,15 @@ def _attention(node: fx.Node, q: fx.Node, k: fx.Node, v: fx.Node, scale: float,
         b, n = token_shape(q)[:2]
         to_heads(node, (b, n, heads * dv))
     positions = _bias_positions(node, bias, heads) if bias is not None else 0
-    attrs = AttentionAttrs(qk_dim=dq, v_dim=dv, scale=scale, bias_positions=positions)
+    row = max(stage_of(bias).row, 0) if stage_of(bias) is not None else 0  # type: ignore[union-attr]
+    attrs = AttentionAttrs(qk_dim=dq, v_dim=dv, scale=scale, bias_positions=positions, bias_row=row)
     return OpKind.ATTENTION, window_attrs(node, q, attrs, masked), (q, k, v)
 
 
 def _bias_positions(node: fx.Node, bias: fx.Node, heads: int) -> int:
     """The positions R of a (heads, R) relative position bias, bound to the module holding it."""
-    while node_name(bias) != "getitem":  # from the bias laid out (and masked) back to its lookup
+    row = stage_of(bias).row if stage_of(bias) is not None else -1  # type: ignore[union-attr]
+    while node_name(bias) != "getitem" or isinstance(bias.args[1], int):  # back to its lookup (from a head's row)
         bias = bias.args[0]  # type: ignore[assignment]
     table: Any = bias.args[0]
     owner, _, name = str(table.target).rpartition(".")
@@ -453,7 +468,7 @@ def _bias_positions(node: fx.Node, bias: fx.Node, heads: int) -> int:
         return shape_of(table)[0]
     idxs: Any = bias.args[1][1] if isinstance(bias.args[1], tuple) else bias.args[1]  # type: ignore[index]
     if name != "attention_biases" or str(idxs.target) != f"{owner}.attention_bias_idxs" \
-            or shape_of(table)[0] != heads:
+            or (shape_of(table)[0] != heads if row < 0 else shape_of(table)[0] < row + heads):
         raise refuse(node, f"attention scores plus {table.target!r}[:, {idxs.target!r}]; a relative position bias "
                             "is modelled as attention_biases[:, attention_bias_idxs] of one module, a row per head")
     node.meta[BOUND_TO] = owner
@@ -475,6 +490,10 @@ def convert(node: fx.Node) -> Converted | None:
     """The IR op of a token layout step, class token, position embedding or heads view; None when
     `node` is none of them (the general converters then decide)."""
     name = node_name(node)
+    if (found := window_map_convert(node, name)) is not None:
+        return found
+    if (found := xca.convert(node)) is not None:
+        return found
     scores = [st for a in node.args if (st := stage_of(a)) is not None and st.kind in ("scores", "probs", "probs_t")]
     if scores and name not in ("matmul", "bmm"):
         raise refuse(node, f"{name} of attention scores; netopt models them only as softmax(q @ k^T * scale) @ v")

@@ -50,7 +50,9 @@ class NoAttrs:
 
 @dataclass(frozen=True, kw_only=True)
 class Conv2dAttrs:
-    """nn.Conv2d at full width; `groups == in_channels > 1` makes it depthwise (channel-wise)."""
+    """nn.Conv2d at full width; `groups == in_channels > 1` makes it depthwise (channel-wise). With a
+    `window` (wh, ww) it runs on each window of the map apart, padded at the window's edges (a conv
+    inside windows that are the batch: EfficientViT-M); stride 1, and the windows keep their size."""
 
     out_channels: int
     kernel_size: tuple[int, int]
@@ -60,6 +62,7 @@ class Conv2dAttrs:
     groups: int = 1
     bias: bool = False
     padding_mode: str = "zeros"
+    window: tuple[int, int] = field(default=(0, 0), metadata={OMIT_AT_DEFAULT: True})
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,11 +2,12 @@
 
 MACs count CONV and FC layers, as the NetAdapt paper does (a linear layer on tokens once per
 token; attention's q k^T and scores x v are not weights' MACs: the energy model and the lookup
-tables cost them, and activation memory holds their score matrix). Parameters equal exactly the
-number of parameters of the materialized torch module (BatchNorm affine included, running
-statistics excluded: they are buffers). Activation memory is the peak of live tensors when
-the nodes run one after another in order. A residual branch removed by a bypass group at
-width 0 costs nothing: the costs are those of `Network.reduced()`, what materializes.
+tables cost them, and activation memory holds their score matrix; its talking heads are convs,
+counted). Parameters equal exactly the number of parameters of the materialized torch module
+(BatchNorm affine included, running statistics excluded: they are buffers). Activation memory
+is the peak of live tensors when the nodes run one after another in order. A residual branch
+removed by a bypass group at width 0 costs nothing: the costs are those of `Network.reduced()`,
+what materializes.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from netopt.ir.ops import (
     OpaqueAttrs,
     OpKind,
 )
+from netopt.ir.single_head import head_dims
 
-__all__ = ["macs", "params", "activation_bytes", "layer_macs", "layer_params", "attention_scores"]
+__all__ = ["macs", "params", "activation_bytes", "layer_macs", "layer_params", "attention_scores", "talking_macs"]
 
 
 def layer_macs(net: Network, node: Node) -> int:
@@ -50,6 +52,8 @@ def layer_macs(net: Network, node: Node) -> int:
         return net.shape(node.inputs[0])[0] * math.prod(net.shape(node.name))
     if isinstance(node.attrs, OpaqueAttrs):
         return node.attrs.macs
+    if isinstance(node.attrs, AttentionAttrs):  # its talking heads: two 1x1 convs across the heads of the scores
+        return talking_macs(net, node)
     return 0
 
 
@@ -76,14 +80,16 @@ def layer_params(net: Network, node: Node) -> int:
         return 2 * net.shape(node.name)[0]
     if node.op in (OpKind.SCALAR_AFFINE, OpKind.STAR_RELU):  # one scale and one bias, whatever the width
         return 2
-    if node.op is OpKind.SCALE:
+    if node.op in (OpKind.SCALE, OpKind.ADDITIVE_ATTENTION):  # a weight per channel (additive attention's w)
         return net.shape(node.name)[0]
     if node.op is OpKind.CLASS_TOKEN:  # (1, k, C)
         return node.attrs.tokens * net.shape(node.name)[0]
     if node.op is OpKind.POS_EMBED:  # (1, N, C)
         return math.prod(net.shape(node.name))
-    if isinstance(attrs, AttentionAttrs):  # a relative position bias (heads, R), if any
-        return net.shape(node.inputs[0])[0] // attrs.qk_dim * attrs.bias_positions
+    if isinstance(attrs, AttentionAttrs):  # a relative position bias (heads, R), if any, and talking heads
+        heads = head_dims(attrs, net.shape(node.inputs[0])[0], net.shape(node.inputs[2])[0])[0]  # or one, shrunk
+        return heads * attrs.bias_positions + (2 * heads * (heads + 1) if attrs.talking else 0) \
+            + (heads if attrs.channels else 0)  # cross-covariance attention's temperature, one a head
     if isinstance(attrs, EcaAttrs):
         return attrs.kernel_size
     if isinstance(attrs, OpaqueAttrs):
@@ -125,12 +131,26 @@ def activation_bytes(net: Network, bytes_per_element: int = 4) -> int:
 
 def attention_scores(net: Network, node: Node) -> int:
     """Elements of the score matrix an attention node holds while it runs (heads x N x M), else 0."""
+    if node.op is OpKind.ADDITIVE_ATTENTION:  # q w and its weights over the tokens (N each), their product with q
+        d, n = net.shape(node.inputs[0])
+        return n * (d + 2)
     if not isinstance(node.attrs, AttentionAttrs):
         return 0
     q, k = net.shape(node.inputs[0]), net.shape(node.inputs[1])  # tokens (C, N) or maps (C, H, W)
     if node.attrs.linear:  # linear attention holds k^T [v, 1] per head: qk_dim x (v_dim + 1)
         return q[0] // node.attrs.qk_dim * node.attrs.qk_dim * (node.attrs.v_dim + 1)
-    return q[0] // node.attrs.qk_dim * math.prod(q[1:]) * (node.attrs.keys or math.prod(k[1:]))  # keys: a window's
+    if node.attrs.channels:  # cross-covariance attention: a (qk_dim x qk_dim) map per head
+        return q[0] * node.attrs.qk_dim
+    heads = head_dims(node.attrs, q[0], net.shape(node.inputs[2])[0])[0]  # or one head that lost channels
+    return heads * math.prod(q[1:]) * (node.attrs.keys or math.prod(k[1:]))  # keys: a window's
+
+
+def talking_macs(net: Network, node: Node) -> int:
+    """MACs of an attention node's talking heads: two (heads, heads) 1x1 convs over its scores, else 0."""
+    if not isinstance(node.attrs, AttentionAttrs) or not node.attrs.talking:
+        return 0
+    heads = head_dims(node.attrs, net.shape(node.inputs[0])[0], net.shape(node.inputs[2])[0])[0]
+    return 2 * heads * attention_scores(net, node)
 
 
 def _storage_owners(net: Network) -> dict[str, str]:

@@ -30,6 +30,8 @@ from netopt.ir.ops import (
     SpaceToDepthAttrs,
     Spatial,
 )
+from netopt.ir.pieces import Piece, split_projections
+from netopt.ir.single_head import single_head_pieces
 
 if TYPE_CHECKING:
     from netopt.ir.node import Node
@@ -144,6 +146,8 @@ class _Walker:
 
     def __init__(self, input_shape: Sequence[int], step: int, heads: Mapping[str, tuple[int, int]]) -> None:
         self.heads = heads
+        self.pieces: Mapping[str, tuple[Piece, ...]] = {}  # separable attention's qkv (netopt.ir.pieces)
+        self.owners: dict[str, str] = {}  # the group of a piece -> the producer it is cut from
         self.uf = _UnionFind()
         self.full: dict[str, int] = {}
         self.fixed: set[str] = set()
@@ -179,6 +183,9 @@ class _Walker:
 
     def _produce(self, node: Node, ins: list[Layout]) -> Layout:
         attrs = node.attrs
+        if node.name in self.pieces:  # separable attention cuts its output into pieces (netopt.ir.pieces)
+            self._consume(node.name, ins[0])
+            return self._pieces(node, self.pieces[node.name])
         if isinstance(attrs, LinearAttrs):
             self._consume(node.name, ins[0])
             if node.name in self.heads:  # attention splits its output into heads (netopt.ir.heads)
@@ -220,12 +227,27 @@ class _Walker:
         self.units[node.name] = unit
         return (Segment(node.name, unit),) * parts
 
+    def _pieces(self, node: Node, pieces: Sequence[Piece]) -> Layout:
+        """A producer cut into pieces, one group each (the first free one named after the node)."""
+        layout: list[Segment] = []
+        start, named = 0, False
+        for width, fixed in pieces:
+            gid = node.name if not (fixed or named) else f"{node.name}@{start}"
+            named = named or not fixed
+            layout.extend(self._new_group(gid, width, fixed=fixed))
+            self.owners[gid] = node.name
+            start += width
+        return tuple(layout)
+
     def _attend(self, node: Node, ins: list[Layout]) -> Layout:
         """Attention: q, k and v lose whole heads together; anything else stays at full width."""
         attrs = node.attrs
         assert isinstance(attrs, AttentionAttrs)
         heads = [lay[0] for lay in ins if len(lay) == 1 and lay[0].group in self.units]
         dims = (attrs.qk_dim, attrs.qk_dim, attrs.v_dim)
+        if self._one_head(attrs, ins):  # one head: q's channels pair with k's, v's are the output's
+            self.uf.union(ins[0][0].group, ins[1][0].group)
+            return ins[2]
         if self.full_channels(ins[1]) == attrs.qk_dim < self.full_channels(ins[0]):
             return self._multi_query(node, ins)
         if len(heads) != 3 or len({self.full[s.group] for s in heads}) != 1 \
@@ -235,6 +257,14 @@ class _Walker:
         for seg in heads[1:]:
             self.uf.union(heads[0].group, seg.group)
         return ins[2]
+
+    def _one_head(self, attrs: AttentionAttrs, ins: list[Layout]) -> bool:
+        """q, k and v of a softmax attention of one head, each a group of its own channels
+        (netopt.ir.single_head cuts their projection into pieces)."""
+        dims = (attrs.qk_dim, attrs.qk_dim, attrs.v_dim)
+        return not (attrs.linear or attrs.talking or attrs.channels) and all(
+            len(lay) == 1 and lay[0].inner == 1 and lay[0].group not in self.units and self.full[lay[0].group] == d
+            for lay, d in zip(ins, dims, strict=True))
 
     def _multi_query(self, node: Node, ins: list[Layout]) -> Layout:
         """Multi-query attention: one k and v head every q head shares stays whole; the q heads
@@ -359,6 +389,10 @@ class _Walker:
         self.fix(ins)
         return self._new_group(node.name, self.full_channels(ins[0]), fixed=True)
 
+    def _source(self, node: Node, ins: list[Layout]) -> Layout:
+        """A constant: a fixed group of its own channels; its input's channels are not read."""
+        return self._new_group(node.name, node.attrs.shape[0], fixed=True)
+
     def _opaque(self, node: Node, ins: list[Layout]) -> Layout:
         assert isinstance(node.attrs, OpaqueAttrs)
         self.fix(ins)
@@ -370,6 +404,7 @@ def analyze(
 ) -> Analysis:
     """Infer spatial shapes and channel layouts, and form the channel groups."""
     walker = _Walker(input_shape, step, head_projections(nodes))
+    walker.pieces = {**split_projections(nodes), **single_head_pieces(nodes)}
     for node in nodes:
         walker.visit(node)
     walker.fix([walker.layouts[o] for o in outputs])
@@ -389,7 +424,7 @@ def _finish(w: _Walker) -> Analysis:
         blocks = math.lcm(*(w.blocks.get(m, 1) for m in ms))
         fixed = any(m in w.fixed for m in ms) or w.full[r] % blocks != 0
         consumers = tuple(dict.fromkeys(c for m in ms for c in w.consumers.get(m, ())))
-        producers = tuple(m for m in ms if m in w.producers)
+        producers = tuple(dict.fromkeys(w.owners.get(m, m) for m in ms if m in w.producers or m in w.owners))
         unit = max((w.units[m] for m in ms if m in w.units), default=1)
         info[r] = GroupInfo(w.full[r], blocks, fixed, producers, consumers, unit)
     prunable = tuple(

@@ -15,6 +15,7 @@ from enum import Enum, StrEnum
 from typing import Any
 
 from netopt.errors import IRError
+from netopt.ir.additive import AdditiveAttentionAttrs, additive_spatial
 from netopt.ir.attrs import (
     OMIT_AT_DEFAULT,
     AdaptivePoolAttrs,
@@ -44,6 +45,8 @@ from netopt.ir.attrs import (
     attrs_from_dict,
     attrs_to_dict,
 )
+from netopt.ir.constant import ConstantAttrs, constant_spatial
+from netopt.ir.separable import PatchAttrs, fold_patches_spatial, separable_spatial, unfold_patches_spatial
 from netopt.ir.tokens import (
     AttentionAttrs,
     ClassTokenAttrs,
@@ -103,6 +106,9 @@ __all__ = [
     "AttentionAttrs",
     "HeadSliceAttrs",
     "SpaceToDepthAttrs",
+    "ConstantAttrs",
+    "AdditiveAttentionAttrs",
+    "PatchAttrs",
 ]
 
 Spatial = tuple[int, ...]
@@ -160,6 +166,11 @@ class OpKind(StrEnum):
     SCALAR_AFFINE = "scalar_affine"
     STAR_RELU = "star_relu"
     NORMALIZE = "normalize"
+    CONSTANT = "constant"
+    ADDITIVE_ATTENTION = "additive_attention"
+    UNFOLD_PATCHES = "unfold_patches"
+    FOLD_PATCHES = "fold_patches"
+    SEPARABLE_ATTENTION = "separable_attention"
 
 
 class Role(Enum):
@@ -177,6 +188,7 @@ class Role(Enum):
     PART = "part"  # the same range of channels of every head: whole heads shrink with their group
     UNFOLD = "unfold"  # positions of a patch as channels: the input's channels once per position
     BLOCKS = "blocks"  # channel-wise over equal blocks of channels (GroupNorm): the blocks stay equal
+    SOURCE = "source"  # channels of its own, fixed, made from no input channel (a constant: the input gives the batch)
 
 
 # --- shape rules ----------------------------------------------------------------------------
@@ -201,11 +213,17 @@ def _need_map(name: str, spatial: Sequence[Spatial]) -> Spatial:
 
 def _conv_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
     hw = _need_map(name, spatial)
-    return tuple(
+    out = tuple(
         _window_out(hw[i], attrs.kernel_size[i], attrs.stride[i], attrs.padding[i],
                     attrs.dilation[i], False)
         for i in range(2)
     )
+    window = getattr(attrs, "window", (0, 0))
+    if window[0] and (out != hw or attrs.stride != (1, 1) or any(d % w for d, w in zip(hw, window, strict=True))):
+        raise IRError(f"conv node {name!r} runs in windows {window} of a map of spatial {hw} with stride "
+                      f"{attrs.stride}; in windows a conv needs stride 1, the padding that keeps the size, "
+                      "and windows that tile the map")
+    return out
 
 
 def _conv_transpose_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spatial:
@@ -322,6 +340,8 @@ class Energy(Enum):
     RESIZE = "resize"  # four per output element when bilinear, data movement only when nearest
     ATTENTION = "attention"  # ECA: pooled channels, a k-tap filter across them, the gate and its product
     SCORES = "scores"  # softmax attention: q k^T and the scores times v per head, and the softmax per score
+    ADDITIVE = "additive"  # additive attention: q w, its norm over the tokens, the pooled query and its product with k
+    CONTEXT = "context"  # separable attention: q's softmax over the last axis, k weighted and summed, v times it
     MOVE = "move"  # data movement only (concat, slice, pad, shuffle)
 
 
@@ -408,6 +428,13 @@ RULES: dict[OpKind, OpRule] = {
     OpKind.SCALAR_AFFINE: OpRule(NoAttrs, Role.FOLLOW, _same_spatial, Energy.PER_OUTPUT, _H, "arith"),
     OpKind.STAR_RELU: OpRule(NoAttrs, Role.FOLLOW, _same_spatial, Energy.PER_OUTPUT, _H, "arith"),
     OpKind.NORMALIZE: OpRule(NormalizeAttrs, Role.FOLLOW, _same_spatial, Energy.L2NORM, _H, "normalize"),
+    OpKind.CONSTANT: OpRule(ConstantAttrs, Role.SOURCE, constant_spatial, Energy.MOVE, Fusion.FREE, "xca"),
+    OpKind.ADDITIVE_ATTENTION: OpRule(AdditiveAttentionAttrs, Role.COUPLE, additive_spatial, Energy.ADDITIVE, _H,
+                                      "additive", arity=2),
+    OpKind.UNFOLD_PATCHES: OpRule(PatchAttrs, Role.FOLLOW, unfold_patches_spatial, Energy.MOVE, _H, "separable"),
+    OpKind.FOLD_PATCHES: OpRule(PatchAttrs, Role.FOLLOW, fold_patches_spatial, Energy.MOVE, _H, "separable"),
+    OpKind.SEPARABLE_ATTENTION: OpRule(NoAttrs, Role.COUPLE, separable_spatial, Energy.CONTEXT, _H, "separable",
+                                       arity=3),
 }
 
 CONVOLUTIONS: frozenset[OpKind] = frozenset({OpKind.CONV2D, OpKind.CONV_TRANSPOSE2D})

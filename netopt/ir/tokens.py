@@ -70,7 +70,14 @@ class AttentionAttrs:
     then has wh * ww positions a side. With a `patch` (ph, pw) instead, tokens attend to the tokens
     at the same offset in every ph x pw patch of the grid (MobileViT's unfolding). `linear`:
     ReLU-kernel linear attention (EfficientViT): per head q (k^T [v, 1]), its last column (the
-    normalizer, plus `eps`) dividing the others."""
+    normalizer, plus `eps`) dividing the others. `talking`: the scores mixed across heads by a
+    learned (heads, heads) 1x1 conv with a bias before the softmax and by another after it (talking
+    heads, EfficientFormerV2): they lose the rows and columns of removed heads. `bias_row`: the first
+    row of its module's bias table the heads read (EfficientViT-M's cascade: an attention node a head);
+    on maps, a `window` cuts the map (grid (H, W)) into windows attending apart. `channels`:
+    cross-covariance attention (XCA: XCiT, EdgeNeXt), across channels instead of tokens: per head
+    softmax(temperature_h * q^ k^T) v with q^, k^ each channel's L2-normalized values over the
+    tokens, a (d x d) map; the learned per-head temperature loses the rows of removed heads."""
 
     qk_dim: int
     v_dim: int
@@ -82,6 +89,9 @@ class AttentionAttrs:
     linear: bool = field(default=False, metadata=_OMIT)
     patch: tuple[int, int] = field(default=(0, 0), metadata=_OMIT)
     eps: float = field(default=0.0, metadata=_OMIT)
+    talking: bool = field(default=False, metadata=_OMIT)
+    bias_row: int = field(default=0, metadata=_OMIT)
+    channels: bool = field(default=False, metadata=_OMIT)
 
     @property
     def keys(self) -> int:
@@ -154,7 +164,7 @@ def attention_spatial(name: str, attrs: Any, spatial: Sequence[Spatial]) -> Spat
         raise IRError(f"attention node {name!r} gets q, k, v of spatial sizes {list(spatial)}; they must all be "
                       "tokens or all maps, and k and v must have as many positions")
     tiles = attrs.patch if attrs.patch[0] else attrs.window
-    if attrs.keys and (q != k or q != (math.prod(attrs.grid),) or any(
+    if attrs.keys and (q != k or q not in ((math.prod(attrs.grid),), attrs.grid) or any(
             g % w for g, w in zip(attrs.grid, tiles, strict=True))):
         raise IRError(f"attention node {name!r} attends in windows {attrs.window} of a grid {attrs.grid} but gets "
                       f"q, k of spatial sizes {q}, {k}; the tokens must be the grid's and the windows must tile it")

@@ -56,8 +56,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from netopt.errors import MeasurementError
 from netopt.frozen import Frozen
 from netopt.ir import INPUT, Network, Node, OpKind, layer_macs, layer_params
-from netopt.ir.costs import attention_scores
+from netopt.ir.costs import attention_scores, talking_macs
 from netopt.ir.ops import ALIASING, MAC_OPS, RULES, EcaAttrs, Energy, OpaqueAttrs, PoolAttrs, ScalarAttrs, UpsampleAttrs
+from netopt.ir.single_head import head_dims
 from netopt.ir.tokens import AttentionAttrs
 from netopt.measure.base import Backend, Fingerprint, Measurement, MeasureSettings, settings_from, summarize
 from netopt.measure.onnxrt import OnnxRuntimeCPU, export_onnx
@@ -208,12 +209,29 @@ def _attention_ops(net: Network, node: Node) -> int:
 
 def _score_ops(net: Network, node: Node) -> int:
     """Softmax attention: per head q k^T and scores x v (N * M * (qk_dim + v_dim) MACs), and
-    exp, sum and divide per score."""
+    exp, sum and divide per score; with talking heads, their two 1x1 convs across the heads."""
     assert isinstance(node.attrs, AttentionAttrs)
     if node.attrs.linear:  # k^T [v, 1], then q times it: (M + N) MACs per element of k^T [v, 1]
         q, k = net.shape(node.inputs[0]), net.shape(node.inputs[1])
         return attention_scores(net, node) * (math.prod(q[1:]) + math.prod(k[1:]))
-    return attention_scores(net, node) * (node.attrs.qk_dim + node.attrs.v_dim + 3)
+    if node.attrs.channels:  # cross-covariance: N MACs a score in q^ k^T and as many in it times v; q and k's
+        c, n = net.shape(node.inputs[0])[0], math.prod(net.shape(node.inputs[0])[1:])  # L2 norms: 2 an element
+        return attention_scores(net, node) * (2 * n + 3) + 4 * c * n
+    _, qk_dim, v_dim = head_dims(node.attrs, net.shape(node.inputs[0])[0], net.shape(node.inputs[2])[0])
+    return attention_scores(net, node) * (qk_dim + v_dim + 3) + talking_macs(net, node)
+
+
+def _additive_ops(net: Network, node: Node) -> int:
+    """Additive attention on (D, N) tokens: q w (N * D MACs), its norm over the tokens (2N), the
+    weighted query summed over the tokens (2 N * D) and its product with k (N * D)."""
+    d, n = net.shape(node.inputs[0])
+    return 4 * n * d + 2 * n
+
+
+def _context_ops(net: Network, node: Node) -> int:
+    """Separable attention: exp, sum and divide per element of q (its softmax over the last axis),
+    a multiply and an add per element of k (the context) and a multiply per output element."""
+    return 3 * _elements(net, node.inputs[0]) + 2 * _elements(net, node.inputs[1]) + _out_ops(net, node)
 
 
 _PRICED: dict[Energy, Callable[[Network, Node], int]] = {
@@ -226,6 +244,8 @@ _PRICED: dict[Energy, Callable[[Network, Node], int]] = {
     Energy.RESIZE: _resize_ops,
     Energy.ATTENTION: _attention_ops,
     Energy.SCORES: _score_ops,
+    Energy.ADDITIVE: _additive_ops,
+    Energy.CONTEXT: _context_ops,
     Energy.MOVE: _no_ops,
 }
 """MAC-equivalent operations of each kind of vector op (ir.ops.RULES says which kind an op is);

@@ -323,11 +323,6 @@ REFUSED: dict[str, str] = {
     "timm:resnest14d": "a sum over dims other than those of torch.stack(xs).sum(0)",  # split attention
     "timm:skresnet18": "'stack'",  # selective kernels stack branch outputs on a new dim
     "timm:nf_resnet26": "'stem.conv.gain'",  # weight standardization computes each conv's weight
-    "timm:efficientvit_m0": "permute(0, 3, 1, 2) of a tensor of shape (4, 7, 7, 64)",  # convs inside windows
-    "timm:mobilevitv2_050": "reshape from (1, 64, 32, 32) to (1, 64, 16, 2, 16, 2)",  # separable attention
-    "timm:efficientformerv2_s0": "permute(0, 1, 3, 2) of a tensor of shape (1, 8, 32, 49)",  # talking heads
-    "timm:swiftformer_xs": "a matmul that is not softmax(q @ k^T) @ v of tensors split into heads",  # additive
-    "timm:edgenext_xx_small": "'_tensor_constant0'",  # Fourier position encoding made in forward
     "smp:MAnet": "'decoder.center.map_softmax'",  # a softmax over the whole flattened map
 }
 """What netopt still refuses, by architecture id: the op (as its one-line refusal names it) that

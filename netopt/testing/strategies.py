@@ -29,15 +29,19 @@ from typing import TYPE_CHECKING
 from hypothesis import strategies as st
 
 from netopt.ir import Builder, Network, OpKind
+from netopt.ir.additive import AdditiveAttentionAttrs
+from netopt.ir.constant import ConstantAttrs
 from netopt.ir.ops import (
     AdaptivePoolAttrs,
     GrnAttrs,
     GroupNormAttrs,
+    NoAttrs,
     NormalizeAttrs,
     OperandAttrs,
     PoolAttrs,
     ScalarAttrs,
 )
+from netopt.ir.separable import PatchAttrs
 from netopt.ir.tokens import (
     AttentionAttrs,
     ClassTokenAttrs,
@@ -58,12 +62,12 @@ ACTIVATIONS = (OpKind.RELU, OpKind.RELU6, OpKind.HARDSWISH, OpKind.HARDSIGMOID,
 
 BLOCKS = ("conv", "dwsep", "residual", "inverted", "se", "concat", "grouped", "pool",
           "convnext", "split", "resize", "shuffle", "eca", "decoder", "poolformer", "convnextv2", "arith", "vit", "psa",
-          "merge", "normalize")
+          "merge", "normalize", "talking", "additive", "separable", "xca")
 
-CHANNEL_MIXING = ("convnext", "eca", "poolformer", "convnextv2", "vit", "psa", "normalize")
+CHANNEL_MIXING = ("convnext", "eca", "poolformer", "convnextv2", "vit", "psa", "normalize", "talking", "xca")
 """Blocks whose ops mix channels without weights (LayerNorm and GroupNorm statistics, ECA's filter
-across channels, GRN's mean over channels, F.normalize's norm): cutting a channel that contributes
-nothing to the layers after it still changes them."""
+across channels, GRN's mean over channels, F.normalize's norm, XCA's softmax across a head's channels):
+cutting a channel that contributes nothing to the layers after it still changes them."""
 
 _channels = st.sampled_from((8, 12, 16, 24, 32))
 Draw = st.DrawFn
@@ -207,6 +211,17 @@ def _normalize(draw: Draw, b: Builder, x: str, c: int) -> str:
     return b.add_(x, b.conv(y, c, 1))
 
 
+def _additive(draw: Draw, b: Builder, x: str, c: int) -> str:
+    """SwiftFormer's additive attention on the map's tokens: q and k projections normalized across
+    their channels, the attention, a projection plus q, a linear back to the map's width, a residual."""
+    h, w = _hw(b, x)
+    t, d = b.add(OpKind.TOKENS, [x]), draw(_channels)
+    q, k = (b.add(OpKind.NORMALIZE, [b.linear(t, d)], NormalizeAttrs()) for _ in range(2))
+    a = b.add(OpKind.ADDITIVE_ATTENTION, [q, k], AdditiveAttentionAttrs(scale=d ** -0.5))
+    y = b.linear(b.add_(b.linear(a, d), q), c)
+    return b.add_(x, b.add(OpKind.TO_MAP, [y], MapAttrs(height=h, width=w)))
+
+
 def _vit(draw: Draw, b: Builder, x: str, c: int) -> str:
     """A transformer block on the map's tokens: (class token,) position embedding, multi-head
     attention with a fused qkv, an MLP, layer scale; the tokens folded back into the map."""
@@ -259,10 +274,55 @@ def _psa(draw: Draw, b: Builder, x: str, c: int) -> str:
     return b.add_(x, b.bn(b.conv(y, c, 1)))
 
 
-_NEWER = {"vit": _vit, "psa": _psa, "merge": _merge,
+def _xca(draw: Draw, b: Builder, x: str, c: int) -> str:
+    """EdgeNeXt's global block on the map's tokens: a constant map (a buffer: its position encoding)
+    through a 1x1 conv added to them, cross-covariance attention with a fused qkv, a projection, a residual."""
+    h, w = _hw(b, x)
+    fourier = b.add(OpKind.CONSTANT, [x], ConstantAttrs(shape=(draw(st.sampled_from((4, 8))), h, w)))
+    t = b.add_(b.add(OpKind.TOKENS, [x]), b.add(OpKind.TOKENS, [b.conv(fourier, c, 1, bias=True)]))
+    heads, dim = draw(st.sampled_from((1, 2, 3))), draw(st.sampled_from((4, 8)))
+    qkv = b.linear(t, 3 * heads * dim)
+    q, k, v = (b.slice(qkv, i * heads * dim, (i + 1) * heads * dim) for i in range(3))
+    a = b.add(OpKind.ATTENTION, [q, k, v], AttentionAttrs(qk_dim=dim, v_dim=dim, scale=1.0, channels=True))
+    return b.add(OpKind.TO_MAP, [b.add_(t, b.linear(a, c))], MapAttrs(height=h, width=w))
+
+
+def _talking(draw: Draw, b: Builder, x: str, c: int) -> str:
+    """EfficientFormerV2's attention on a map: q, k, v from 1x1 convs, a position bias, talking heads
+    or none, a depthwise conv of v added, a projection; a residual, or in its downsampling form q from
+    the map at stride 2 and the sum with a strided conv."""
+    heads, kd, hd = draw(st.sampled_from((1, 2, 3))), draw(st.sampled_from((4, 8))), draw(st.sampled_from((4, 8)))
+    h, w = _hw(b, x)
+    down = h % 2 == 0 and w % 2 == 0 and draw(st.booleans())
+    q = b.bn(b.conv(b.conv(x, c, 3, stride=2, groups=c) if down else x, heads * kd, 1))
+    k, v = b.bn(b.conv(x, heads * kd, 1)), b.bn(b.conv(x, heads * hd, 1))
+    attrs = AttentionAttrs(qk_dim=kd, v_dim=hd, scale=kd ** -0.5, bias_positions=draw(st.sampled_from((0, 7))),
+                           talking=draw(st.booleans()))
+    a = b.add(OpKind.ATTENTION, [q, k, v], attrs)
+    local = b.bn(b.conv(v, heads * hd, 3, stride=2 if down else 1, groups=heads * hd))
+    y = b.bn(b.conv(b.act(b.add_(a, local), OpKind.GELU), c, 1))
+    return b.add_(y, b.bn(b.conv(x, c, 3, stride=2))) if down else b.add_(x, y)
+
+
+def _separable(draw: Draw, b: Builder, x: str, c: int) -> str:
+    """MobileViT v2: the map unfolded into its 2 x 2 patches' pixels by the patches, a 1x1 conv to
+    q (one channel), k and v, separable attention of q, k and relu(v), a 1x1 conv, a residual, the
+    patches folded back."""
+    h, w = _hw(b, x)
+    if h % 2 or w % 2:
+        return x
+    patches, d = PatchAttrs(patch=(2, 2), grid=(h, w)), draw(_channels)
+    u = b.add(OpKind.UNFOLD_PATCHES, [x], patches)
+    qkv = b.conv(u, 1 + 2 * d, 1, bias=draw(st.booleans()))
+    q, k, v = b.slice(qkv, 0, 1), b.slice(qkv, 1, 1 + d), b.act(b.slice(qkv, 1 + d, 1 + 2 * d), OpKind.RELU)
+    y = b.add_(u, b.conv(b.add(OpKind.SEPARABLE_ATTENTION, [q, k, v], NoAttrs()), c, 1))
+    return b.add(OpKind.FOLD_PATCHES, [y], patches)
+
+
+_NEWER = {"vit": _vit, "psa": _psa, "talking": _talking, "merge": _merge,
           "convnext": _convnext, "split": _split, "resize": _resize, "shuffle": _shuffle, "eca": _eca,
           "decoder": _decoder, "poolformer": _poolformer, "convnextv2": _convnextv2, "arith": _arith,
-          "normalize": _normalize}
+          "normalize": _normalize, "additive": _additive, "separable": _separable, "xca": _xca}
 
 
 @st.composite
