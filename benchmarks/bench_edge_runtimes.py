@@ -39,8 +39,9 @@ DEFAULT_RUNTIMES = ("ORT fp32", "ORT int8", "OpenVINO fp32", "OpenVINO int8", "X
 
 
 def final_widths(run: Path) -> tuple[dict[str, int], int]:
-    """The widths of the run's last family member, and its iteration."""
-    last = sorted((run / "family").iterdir())[-1]
+    """The widths of the run's final network (its last family member where no final was saved),
+    and its iteration."""
+    last = run / "final" if (run / "final" / "network.json").is_file() else sorted((run / "family").iterdir())[-1]
     network = json.loads((last / "network.json").read_text())
     summary = json.loads((last / "summary.json").read_text())
     return {str(k): int(v) for k, v in network["widths"].items()}, int(summary["iteration"])
