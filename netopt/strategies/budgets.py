@@ -18,15 +18,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from netopt.errors import LookupTableError, first_line
-from netopt.measure.base import MEASURED_PASSES, MeasuringEstimator
+from netopt.measure.base import MeasuringEstimator, NoisyMeasurementWarning
 from netopt.runs import RunDir, RunError
 from netopt.strategies.base import Candidate, Problem
+from netopt.strategies.decisive import Decisive, Reading
 
 if TYPE_CHECKING:
     from netopt.constraints import Bound
@@ -54,7 +56,10 @@ class TableRecord:
     `verified`: each addition's figure for that last network; `given`: whether that figure was
     measured side by side with the start; `tracked`: iteration -> the figure `track` measured
     (None for a run begun before netopt tracked, which resumes without tracking); `landed`: the
-    (widths, figure) of every network the landing measured (`netopt.strategies.landing`)."""
+    (widths, figure) of every network the landing measured (`netopt.strategies.landing`);
+    `rounds`: (widths, each side-by-side round's ratio to the start) of every network measured
+    against a relative budget (`netopt.strategies.decisive`), so a resumed run decides by them;
+    `close`: the decisions still straddling their threshold after the most rounds."""
 
     points: list[list[float]]
     added: list[list[Widths]] = field(default_factory=list)
@@ -62,6 +67,8 @@ class TableRecord:
     given: list[bool] = field(default_factory=list)
     tracked: dict[str, float] | None = field(default_factory=dict)
     landed: list[tuple[Widths, float]] = field(default_factory=list)
+    rounds: list[tuple[Widths, list[float]]] = field(default_factory=list)
+    close: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> TableRecord:
@@ -83,7 +90,9 @@ class TableRecord:
         if not all(isinstance(v, bool) for v in given):
             raise ValueError("given flags are not true or false")
         landed = [(dict(w), float(v)) for w, v in doc.get("landed", [])]  # absent: a run begun before landing
-        return cls(points, added, list(verified), list(given), tracked, landed)
+        rounds = [(dict(w), [float(r) for r in rs]) for w, rs in doc.get("rounds", [])]  # absent: before rounds
+        close = [dict(c) for c in doc.get("close", [])]
+        return cls(points, added, list(verified), list(given), tracked, landed, rounds, close)
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"points": self.points, "added": self.added}
@@ -93,6 +102,10 @@ class TableRecord:
             doc.update(verified=self.verified, given=self.given)
         if self.landed:
             doc["landed"] = [[w, v] for w, v in self.landed]
+        if self.rounds:
+            doc["rounds"] = [[w, rs] for w, rs in self.rounds]
+        if self.close:
+            doc["close"] = self.close
         return doc
 
 
@@ -122,8 +135,10 @@ class MeasuredBudgets:
     module docstring). `soft` budgets (a reward's targets) refuse nothing."""
 
     def __init__(self, problem: Problem, bounds: Sequence[Bound], record: dict[str, TableRecord],
-                 run: RunDir | None, soft: frozenset[str] = frozenset()) -> None:
+                 run: RunDir | None, soft: frozenset[str] = frozenset(), decisive: Decisive | None = None) -> None:
         self.problem, self.bounds, self.soft, self.run = problem, list(bounds), soft, run
+        self.decisive = decisive or Decisive()
+        """How many side-by-side rounds a decision by measurement takes (`netopt.strategies.decisive`)."""
         self.record = record
         if run is not None and not record:
             self.record.update({b.resource: TableRecord([list(p) for p in table(b).calibration(self.network).points])
@@ -133,7 +148,7 @@ class MeasuredBudgets:
         self.aims: dict[str, float] = {}  # budgets that estimates must meet with a margin (see `aim`)
         self.measured_over: dict[Network, dict[str, float]] = {}
         """Networks measured over a budget: their measured figures replace estimates."""
-        self.fresh: dict[tuple[str, Network], float] = {}  # this turn's tracked figures, for `verify`
+        self.readings: dict[tuple[str, Network], Reading] = {}  # this process's, with their noisy rounds
         self.seconds = 0.0  # spent measuring side by side (the tables' own clocks count the rest)
 
     @property
@@ -174,16 +189,14 @@ class MeasuredBudgets:
     # --- measuring -------------------------------------------------------------------------------
 
     def verify(self, candidate: Candidate, members: Sequence[Candidate] = ()) -> dict[str, float]:
-        """Measure `candidate` end to end for every budget checked by measurement (taking the
-        figure `track` measured this turn, where it did; the figures go in `candidate.measured`);
-        for each hard budget it misses, add its measurement and the members' to that table's
-        calibration. Returns the missed budgets' measured figures (empty: every budget holds as
-        measured)."""
+        """Measure `candidate` end to end for every budget checked by measurement (going on from
+        the rounds `track` measured, where it did; the figures go in `candidate.measured`), until
+        the figure is decisive against the budget; for each hard budget it misses, add its
+        measurement and the members' to that table's calibration. Returns the missed budgets'
+        measured figures (empty: every budget holds as measured)."""
         misses: dict[str, float] = {}
         for b in self.measuring():
-            value = self.fresh.pop((b.resource, candidate.network), None)  # tracked this turn: once is enough
-            if value is None:
-                value = self.measure_now(b, candidate.network)
+            value = self.measure_now(b, candidate.network)
             candidate.measured[b.resource] = value
             if value > b.budget and b.resource not in self.soft:
                 misses[b.resource] = value
@@ -194,19 +207,63 @@ class MeasuredBudgets:
             self.measured_over[candidate.network] = misses
         return misses
 
-    def measure_now(self, bound: Bound, network: Network) -> float:
-        """`network`'s figure for a budget checked by measurement. Against a relative budget it is
-        measured now side by side with the start (call by call in turn, as `measure_networks`
-        does) and given as their ratio times the start's measurement at binding, so that the
-        machine's drift between minutes cancels and "50%" means half the start's time measured
-        under the same load. Against an absolute budget, as the table keeps it."""
-        lut = table(bound)
+    def measure_now(self, bound: Bound, network: Network, thresholds: Sequence[float] = (),
+                    decision: str = "verify") -> float:
+        """`network`'s figure for a budget checked by measurement, decisive against `thresholds`
+        (default: the budget). Against a relative budget it is measured side by side with the
+        start in rounds (call by call in turn), given as the start's measurement at binding
+        times the rounds' median ratio, so that the machine's drift between minutes cancels and
+        "50%" means half the start's time under the same load; rounds are added while the
+        figure's interval straddles a threshold, up to `Decisive.most` (then the `decision` is
+        recorded as close). The rounds are kept in the run's record: a resumed run decides by
+        them. Against an absolute budget, as the table keeps it."""
         if bound.measured_start is None:
-            return lut.measured(self.problem.traced, [network])[0].median
+            return table(bound).measured(self.problem.traced, [network])[0].median
+        reading, aims = self.reading(bound, network), list(thresholds) or [bound.budget]
+        taken, noisy = len(reading.ratios), reading.noisy
+        close = reading.settle(aims, self.decisive, lambda: self.round(bound, network))
+        fresh = len(reading.ratios) - taken
+        if fresh:  # measured now (a replayed reading measures nothing, records nothing)
+            if reading.noisy - noisy == fresh:
+                warnings.warn(f"{bound.resource}: a network measured noisy in all {fresh} side-by-side rounds: the "
+                              "machine is busy; the rounds' median is kept", NoisyMeasurementWarning, stacklevel=3)
+            if close:
+                self.closely(bound, network, reading, aims, decision)
+            self.save()
+        return reading.value
+
+    def reading(self, bound: Bound, network: Network) -> Reading:
+        """`network`'s side-by-side rounds against `bound`'s start, as this run measured them
+        (recorded, so a resumed run has them too); empty where none are yet."""
+        key = (bound.resource, network)
+        if key not in self.readings:
+            entry = self.entry(bound.resource)
+            ratios = next((rs for w, rs in entry.rounds if w == network.widths), None)
+            if ratios is None:
+                ratios = []
+                entry.rounds.append((dict(network.widths), ratios))  # the same list: rounds added are recorded
+            assert bound.measured_start is not None, bound
+            self.readings[key] = Reading(bound.measured_start, ratios, self.decisive.level)
+        return self.readings[key]
+
+    def round(self, bound: Bound, network: Network) -> tuple[float, bool]:
+        """One side-by-side round: `network`'s ratio to the start, and whether the round was noisy."""
         started = time.perf_counter()
-        start, now = lut.measure_networks(self.problem.traced, [self.network, network], passes=MEASURED_PASSES)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NoisyMeasurementWarning)  # one warning per figure, not per round
+            start, now = table(bound).measure_networks(self.problem.traced, [self.network, network], passes=1)
         self.seconds += time.perf_counter() - started
-        return bound.measured_start * now.median / start.median
+        return now.median / start.median, start.noisy or now.noisy
+
+    def closely(self, bound: Bound, network: Network, reading: Reading, thresholds: list[float],
+                decision: str) -> None:
+        """Record a decision still straddling its threshold after the most rounds: the median decides."""
+        self.entry(bound.resource).close.append({
+            "decision": decision, "widths": dict(network.widths), "figure": reading.value,
+            "thresholds": thresholds, "interval": list(reading.interval()), "rounds": len(reading.ratios)})
+        LOG.info("%s: %s measures %.4g %s within its repeatability of %s after %d rounds: decided by the median "
+                 "(close)", decision, bound.resource, reading.value, bound.unit,
+                 " and ".join(f"{t:.4g}" for t in thresholds), len(reading.ratios))
 
     def verified(self, current: Candidate, family: Sequence[Candidate]) -> tuple[Candidate, bool]:
         """(current, True) when `current` meets every budget as measured too; else a copy of it
@@ -234,10 +291,9 @@ class MeasuredBudgets:
         steps, and a measurement would buy little. A resumed run does not measure again what the
         stopped one measured: its additions came back with `catch_up`."""
         bounds = self.measuring()
-        self.fresh.clear()
         if current.iteration == 0 or not bounds:
             return current
-        net = current.network
+        net, measured_any = current.network, False
         for b in bounds:
             tracked = self.entry(b.resource).tracked
             if tracked is None:
@@ -245,12 +301,14 @@ class MeasuredBudgets:
             estimated = b.estimate(net)
             if str(current.iteration) in tracked or estimated > NEAR * self.aim(b):
                 continue
-            measured = tracked[str(current.iteration)] = self.fresh[(b.resource, net)] = self.measure_now(b, net)
+            straying = [estimated * (1 - TRACKED), estimated * (1 + TRACKED)]
+            measured = tracked[str(current.iteration)] = self.measure_now(b, net, straying, "track")
+            measured_any = True
             if abs(measured / max(estimated, 1e-12) - 1) > TRACKED:
                 self.recalibrate(b, [net], measured, given=True)
                 LOG.info("iteration %d: %s measures %.4g %s, estimated %.4g: lookup table recalibrated",
                          current.iteration, b.resource, measured, b.unit, estimated)
-        if self.fresh:  # something was measured: keep its figure (a recalibration kept its own)
+        if measured_any:  # something was measured: keep its figure (a recalibration kept its own)
             self.save()
         estimates = {b.resource: b.estimate(net) for b in bounds}
         return dataclasses.replace(current, resources={**current.resources, **estimates,
@@ -258,18 +316,23 @@ class MeasuredBudgets:
                                    measured=dict(current.measured))
 
     def landing_figure(self, bound: Bound, network: Network, iteration: int | None = None) -> float:
-        """`network`'s figure for the landing (`netopt.strategies.landing`): the one recorded (as the
-        landing measured it, or as `track` did for the member of `iteration`), else measured now,
-        side by side as `verify` does, and recorded, so that a resumed run lands alike."""
+        """`network`'s figure for the landing (`netopt.strategies.landing`), decisive against the
+        budget: the member of `iteration` from the rounds `track` measured (more where they
+        straddle it; as `track` recorded it where no rounds were kept), another network as the
+        landing measured it, else measured now side by side as `verify` does. All of it recorded,
+        so that a resumed run lands alike."""
         entry = self.entry(bound.resource)
-        if iteration is not None and entry.tracked and str(iteration) in entry.tracked:
-            return entry.tracked[str(iteration)]
+        tracked = entry.tracked.get(str(iteration)) if iteration is not None and entry.tracked else None
+        if tracked is not None and (bound.measured_start is None
+                                    or not any(w == network.widths for w, _ in entry.rounds)):
+            return tracked  # an absolute budget's (the table's figure), or a run begun before rounds were kept
         found = [v for w, v in entry.landed if w == network.widths]
         if found:
             return found[0]
-        value = self.measure_now(bound, network)
-        entry.landed.append((dict(network.widths), value))
-        self.save()
+        value = self.measure_now(bound, network, [bound.budget], "land")
+        if tracked is None:  # a member's figure is its rounds'
+            entry.landed.append((dict(network.widths), value))
+            self.save()
         return value
 
     # --- the record ------------------------------------------------------------------------------
