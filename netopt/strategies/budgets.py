@@ -6,11 +6,13 @@ measures a chosen network end to end and, where it misses a budget its estimate 
 (and the family) to the table's calibration; `track` measures each network an iterative
 strategy goes on from once its estimate nears the budget, and recalibrates where the estimate
 strays. A relative budget is measured side by side with the start, so the machine's drift
-between minutes cancels.
+between minutes cancels, in rounds until the figure is decisive against the threshold it is
+checked by (`netopt.strategies.decisive`: noise does not decide).
 
 The run directory keeps a `TableRecord` per table (calibrations.json, versioned with the run
 directory): the calibration each table started with and every network added since, with its
-figure, so that a resumed run estimates each proposal as the stopped one did.
+figure, and every side-by-side round measured, so that a resumed run estimates each proposal
+and decides each check as the stopped one did.
 """
 
 from __future__ import annotations
