@@ -173,3 +173,13 @@ def test_runs_measuring_2_percent_noise_give_the_same_family_and_final(tmp_path:
     results = [run(seed, tmp_path / str(seed)) for seed in (0, 3, 5)]
     families = {tuple(m.network for m in r.family) for r in results}
     assert len(families) == 1 and len({r.final.network for r in results}) == 1
+
+
+@pytest.mark.parametrize("level", [0.8, 0.9, 0.95])
+def test_the_interval_takes_students_t_within_a_fraction_of_a_percent_of_scipys(level: float) -> None:
+    from scipy.stats import t
+
+    from netopt.strategies.decisive import _t
+
+    for df in range(1, 12):
+        assert _t(level, df) == pytest.approx(t.ppf((1 + level) / 2, df), rel=2e-3)

@@ -20,6 +20,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from statistics import NormalDist
 
 from pydantic import Field, model_validator
 
@@ -46,10 +47,18 @@ class Decisive(Frozen):
 
 @cache
 def _t(level: float, df: int) -> float:
-    """Student's t quantile for a two-sided interval at `level` with `df` degrees of freedom."""
-    from scipy.stats import t  # a heavy import, wanted only once a figure is measured
-
-    return float(t.ppf((1 + level) / 2, df))
+    """Student's t quantile for a two-sided interval at `level` with `df` degrees of freedom:
+    exact for 1 and 2, else the Cornish-Fisher expansion (within 0.2% of scipy's at 90-95% from
+    3 on), which spares a decision scipy.stats' second-long import."""
+    p = (1 + level) / 2
+    if df == 1:
+        return math.tan(math.pi * (p - 0.5))
+    if df == 2:
+        return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
+    z = NormalDist().inv_cdf(p)
+    terms = ((z**3 + z) / 4, (5 * z**5 + 16 * z**3 + 3 * z) / 96, (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
+             (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160)
+    return z + sum(term / df ** (k + 1) for k, term in enumerate(terms))
 
 
 @dataclass
