@@ -17,11 +17,16 @@ A worker that dies mid-proposal costs that proposal a rerun elsewhere (the sched
 `allowed-failures`, 3 by default); the result is the same, since every proposal's seed is its
 own. Each worker must have this netopt and this torch installed (`pip install netopt[dask]`);
 one without netopt, or with another version, is refused by name before any work.
+Each worker is fitted for torch training once (`_fit_worker`: glibc's allocator thresholds, the
+thread counts), so that a cluster started with Dask's defaults runs at the speed of
+`DaskExecutor.local`; one that cannot be fitted is warned about once, with the fix.
 Dask is an optional extra, imported only here.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib.metadata
 import logging
 import os
@@ -48,7 +53,17 @@ _INLINE = (int, float, str, bool, bytes, type(None))
 SPAWN_ENVIRON, TRIM = "distributed.nanny.pre-spawn-environ", "MALLOC_TRIM_THRESHOLD_"
 """Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which turns glibc's dynamic mmap
 threshold off: every tensor over 128 KiB is then mmapped and unmapped, which slows torch training down
-(benchmarks/bench_scale.py measures by how much). netopt's own clusters go without it."""
+(benchmarks/bench_scale.py measures by how much). netopt's own clusters go without it; `_fit_worker`
+undoes it on anyone else's."""
+
+FITTED = "NETOPT_WORKER_FIT"
+"""Set in a worker process's environment once `_fit_worker` ran there: what it did to the allocator."""
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+MMAP_THRESHOLD, TRIM_THRESHOLD = 32 << 20, 64 << 20
+"""The ceiling of glibc's dynamic mmap threshold on 64 bits (DEFAULT_MMAP_THRESHOLD_MAX) and twice it
+for the trim threshold, as glibc's dynamic rule pairs them: set at run time, tensors up to 32 MiB come
+from the heap again instead of a fresh mapping each."""
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 QUIET: dict[str, Any] = {
@@ -92,21 +107,79 @@ def dask_client(address: str, timeout: float = CONNECT_TIMEOUT) -> Client:
                           "--dask") from None
 
 
+def _fit_worker() -> str:
+    """Fit this worker process for torch training, once: glibc's thresholds back where Dask's `TRIM`
+    moved them (`MMAP_THRESHOLD`), torch's threads as the worker's OMP_NUM_THREADS says (else 1).
+    Returns what was done to the allocator ("mallopt", "as started", or "unfit: why"), kept in `FITTED`."""
+    done = os.environ.get(FITTED)
+    if done is None:
+        _fit_threads()
+        done = os.environ[FITTED] = _fit_allocator() if TRIM in os.environ else "as started"
+    return done
+
+
+def _environ(name: str) -> str | None:
+    """A variable of the environment of the process this runs in (`os.environ.get` would travel with a copy
+    of the client's environment, pickled with the bound method)."""
+    return os.environ.get(name)
+
+
+def _libc() -> Any:
+    """glibc, or None where the C library is another (musl) or cannot be loaded."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018  (only glibc has it)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def _fit_allocator() -> str:
+    """glibc's mmap and trim thresholds set explicitly, as its dynamic rule would have grown them."""
+    libc = _libc()
+    if libc is None:
+        return "unfit: no glibc to call mallopt in"
+    if libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1 or libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1:
+        return "unfit: glibc's mallopt refused the thresholds"
+    return "mallopt"
+
+
+def _fit_threads() -> int:
+    """One torch thread per task thread unless the worker was started with OMP_NUM_THREADS: proposals
+    fill the cores side by side, and more threads each would oversubscribe them."""
+    try:
+        threads = max(1, int(os.environ.get("OMP_NUM_THREADS") or 1))
+    except ValueError:
+        threads = 1
+    for name in THREAD_VARIABLES:
+        os.environ.setdefault(name, str(threads))
+    import torch
+
+    if torch.get_num_threads() != threads:  # per calling thread under OpenMP: `_run` repeats it in the task's
+        torch.set_num_threads(threads)
+    return threads
+
+
 class DaskExecutor(Executor):
     """Runs each submitted task on a Dask cluster (see the module docstring).
 
     `DaskExecutor(client)` uses a client of yours (it stays yours: `shutdown` leaves it open);
     `DaskExecutor.connect(address)` and `DaskExecutor.local(workers)` make and own one.
-    `check_workers` (default True) refuses workers without this netopt and torch."""
+    `check_workers` (default True) refuses workers without this netopt and torch; `fit` (default True)
+    fits each worker for torch training (`fit_workers`), else workers with `TRIM` are only warned about."""
 
     def __init__(self, client: Client, *, check_workers: bool = True, owned: tuple[Any, ...] = (),
-                 timeout: float = CONNECT_TIMEOUT, keep: int = 8) -> None:
+                 timeout: float = CONNECT_TIMEOUT, keep: int = 8, fit: bool = True) -> None:
         self.client = client
         self._owned = owned  # what shutdown closes: a client and cluster this executor made
         self._scattered: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
         self._keep = keep
         if check_workers:
             self.check_workers(timeout)
+        if fit:
+            self.fit_workers()
+        elif check_workers:
+            self._warn_trimmed()
 
     @classmethod
     def connect(cls, address: str, timeout: float = CONNECT_TIMEOUT) -> DaskExecutor:
@@ -146,11 +219,6 @@ class DaskExecutor(Executor):
             address = self.client.scheduler.address if self.client.scheduler else "?"
             raise ConfigError(f"the Dask scheduler {address} has no worker after {timeout:.0f} s; start some "
                               "(dask worker ADDRESS) with netopt installed") from None
-        trimmed = sorted(w for w, v in self.client.run(os.environ.get, TRIM).items() if v is not None)
-        if trimmed:
-            warnings.warn(f"Dask workers {trimmed[:3]} run with {TRIM} set (Dask's default): glibc then maps and "
-                          "unmaps every tensor over 128 KiB, and training runs about 2x slower; start them without it "
-                          f"(dask config {SPAWN_ENVIRON}, or DaskExecutor.local)", SlowWorkerWarning, stacklevel=3)
         for package in PACKAGES:
             mine = importlib.metadata.version(package)
             found = self.client.run(importlib.metadata.version, package, on_error="return")
@@ -161,6 +229,30 @@ class DaskExecutor(Executor):
                 if version != mine:
                     raise ConfigError(f"Dask worker {worker} has {package} {version}, this process {mine}: results "
                                       f"would not be reproducible; install {package} {mine} on every worker")
+
+    def fit_workers(self) -> dict[str, str]:
+        """Fit every worker for torch training (`_fit_worker`; one that joins later, by its first task) and
+        warn once, with the fix, about those it cannot; returns what each worker's allocator got."""
+        found = {w: v if isinstance(v, str) else f"unfit: {first_line(v, 80)}"
+                 for w, v in sorted(self.client.run(_fit_worker, on_error="return").items())}
+        unfit = {w: v for w, v in found.items() if v.startswith("unfit")}
+        if unfit:
+            why = next(iter(unfit.values())).removeprefix("unfit: ")
+            warnings.warn(f"Dask workers {list(unfit)[:3]} run with {TRIM} set (Dask's default) and netopt could not "
+                          f"undo it there ({why}): glibc then maps and unmaps every tensor over 128 KiB, and training "
+                          f"runs about 2x slower; start them with MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD} in their "
+                          f"environment, or without {TRIM} (dask config {SPAWN_ENVIRON}), or use DaskExecutor.local",
+                          SlowWorkerWarning, stacklevel=3)
+        return found
+
+    def _warn_trimmed(self) -> None:
+        """Warn about workers that run with `TRIM` set and were not fitted (`fit=False`)."""
+        trimmed = sorted(w for w, v in self.client.run(_environ, TRIM).items() if v is not None)
+        if trimmed:
+            warnings.warn(f"Dask workers {trimmed[:3]} run with {TRIM} set (Dask's default): glibc then maps and "
+                          "unmaps every tensor over 128 KiB, and training runs about 2x slower; start them without it "
+                          f"(dask config {SPAWN_ENVIRON}, or DaskExecutor.local), or let netopt fit them (fit=True)",
+                          SlowWorkerWarning, stacklevel=3)
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
         """`fn(*args, **kwargs)` on a worker; large arguments go by their scattered copy."""
@@ -218,6 +310,11 @@ _UNPACKED: dict[str, Any] = {}
 
 def _run(fn: Any, *args: Any, **kwargs: Any) -> bytes:
     """On a worker: `fn` on the unpacked arguments, its result pickled whole (see `_Shipped`)."""
+    if FITTED in os.environ:
+        _fit_threads()  # OpenMP keeps the thread count per thread: this task's thread too
+    else:
+        _fit_worker()  # a worker that joined after the executor fitted the others
+
     def unpacked(v: Any) -> Any:
         return v.value() if isinstance(v, _Shipped) else v
     result = fn(*map(unpacked, args), **{k: unpacked(v) for k, v in kwargs.items()})
