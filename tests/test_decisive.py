@@ -183,3 +183,17 @@ def test_the_interval_takes_students_t_within_a_fraction_of_a_percent_of_scipys(
 
     for df in range(1, 12):
         assert _t(level, df) == pytest.approx(t.ppf((1 + level) / 2, df), rel=2e-3)
+
+
+def test_a_strategys_most_rounds_reaches_its_measured_budgets() -> None:
+    from netopt.errors import ConfigError
+    from netopt.strategies import NetAdaptV2
+    from netopt.strategies.engine import Engine
+
+    made = problem(network(), [LatencyConstraint("60%", Noisy(seeded(0)), ReductionSchedule("5%"))])
+    engine = Engine(made, ProgressiveBarrier(most_rounds=5).config(), short_term_steps=0, seed=0)
+    assert engine.budgets.decisive == Decisive(most=5)
+    default = Engine(made, NetAdaptV2().config(), short_term_steps=0, seed=0)
+    assert default.budgets.decisive == Decisive() and NetAdaptV2(most_rounds=2).config()["most_rounds"] == 2
+    with pytest.raises(ConfigError, match="most_rounds 1 must be at least 2"):
+        ProgressiveBarrier(most_rounds=1)

@@ -37,6 +37,7 @@ from netopt.runs import RunError
 from netopt.strategies._log import RunLog
 from netopt.strategies.base import Candidate, Landing, Problem, Proposal, Result, check_feasible
 from netopt.strategies.budgets import MeasuredBudgets, read_record
+from netopt.strategies.decisive import Decisive
 
 if TYPE_CHECKING:
     from torch import nn
@@ -197,7 +198,9 @@ class Engine:
         check_feasible([b for b in self.bounds if b.resource not in soft], problem.traced.network, bypass,
                        problem.traced)
         self.log = RunLog.open(run_dir, resume, config, problem) if run_dir is not None else None
-        self.budgets = MeasuredBudgets(problem, self.bounds, record, self.log.run if self.log else None, soft)
+        most = config.get("most_rounds") or Decisive().most
+        self.budgets = MeasuredBudgets(problem, self.bounds, record, self.log.run if self.log else None, soft,
+                                       Decisive(most=most, rounds=min(Decisive().rounds, most)))
         self.short_term_steps, self.seed = short_term_steps, seed
         self.executor = executor or Serial()
         if not isinstance(self.executor, (Serial, ThreadPoolExecutor)):

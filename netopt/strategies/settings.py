@@ -9,9 +9,9 @@ neither optuna nor cvxpy, so a config file is validated without them.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, StrictInt, field_validator, model_validator
+from pydantic import AfterValidator, Field, StrictInt, field_validator, model_validator
 
 from netopt.strategies.base import StrategySettings, non_negative
 from netopt.strategies.reward import MnasNetReward
@@ -38,6 +38,16 @@ class SelectionRule(StrEnum):
     ACCURACY_PER_RESOURCE = "accuracy_per_resource"
 
 
+def _most_rounds(value: int | None) -> int | None:
+    if value is not None and value < 2:
+        raise ValueError(f"most_rounds {value!r} must be at least 2: the side-by-side rounds a figure measured against "
+                         "a budget may take while it straddles its threshold (None: 9)")
+    return value
+
+
+MostRounds = Annotated[StrictInt | None, AfterValidator(_most_rounds)]
+
+
 class ProgressiveBarrierSettings(StrategySettings):
     """ProgressiveBarrier's settings (see the class); `max_iterations` bounds a run, not its result."""
 
@@ -50,6 +60,9 @@ class ProgressiveBarrierSettings(StrategySettings):
     land: bool | None = None
     """Land the final network on its measured budgets (`netopt.strategies.landing`): on unless
     False (None, the default, is how a run begun before landing existed resumes)."""
+    most_rounds: MostRounds = None
+    """Side-by-side rounds a figure measured against a budget may take while it straddles its
+    threshold (`netopt.strategies.decisive`; None: 9)."""
 
     @field_validator("selection", mode="before")
     @classmethod
@@ -215,6 +228,9 @@ class NetAdaptV2Settings(StrategySettings):
     land: bool | None = None
     """Land the final network on its measured budgets (`netopt.strategies.landing`): on unless
     False (None, the default, is how a run begun before landing existed resumes)."""
+    most_rounds: MostRounds = None
+    """Side-by-side rounds a figure measured against a budget may take while it straddles its
+    threshold (`netopt.strategies.decisive`; None: 9)."""
 
     @field_validator("supernet_steps", "bn_batches")
     @classmethod
