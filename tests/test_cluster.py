@@ -121,12 +121,17 @@ class DiesOnce(Accuracy):
         return super().short_term(module, steps, seed)
 
 
+def _environ(name: str) -> str | None:
+    """A variable of the process this runs in (a bound `os.environ.get` would carry the client's)."""
+    return os.environ.get(name)
+
+
 def test_a_local_cluster_starts_its_workers_quiet_and_without_the_malloc_trim() -> None:
     executor = DaskExecutor.local(2)
     try:
         settings = executor.client.run(lambda: {k: dask.config.get(k) for k in QUIET})
         assert list(settings.values()) == [QUIET, QUIET]
-        assert set(executor.client.run(os.environ.get, TRIM).values()) == {None}
+        assert set(executor.client.run(_environ, TRIM).values()) == {None}  # the workers' own environment
         extensions = executor.client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.extensions))
         assert "stealing" not in extensions
     finally:
@@ -191,7 +196,7 @@ def test_a_worker_without_this_netopt_is_refused_by_name(tmp_path: Path, kind: s
 def test_workers_with_dasks_malloc_setting_are_warned_about() -> None:
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as c, \
             distributed.Client(c) as client, pytest.warns(SlowWorkerWarning, match="about 2x slower"):
-        DaskExecutor(client)
+        DaskExecutor(client, fit=False)  # fitted (the default), they are not: tests/test_cluster_fit.py
 
 
 def test_a_scheduler_without_workers_is_one_line() -> None:
