@@ -14,6 +14,7 @@ from torch import nn
 
 import netopt
 from netopt.errors import TraceError, UnsupportedOpError
+from netopt.ir import OpKind
 
 X = torch.randn(2, 8, 6, 6)
 
@@ -139,6 +140,13 @@ class Added(Grid):
         return x + self.grid(x.shape[0], x.shape[2], x.shape[3])
 
 
+class Ramp(nn.Module):
+    """A ramp made in forward that is no map (one value a column): no constant the IR holds."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.arange(x.shape[3], dtype=torch.float32)
+
+
 class Positions(Block):
     def __init__(self, pos: nn.Module) -> None:
         super().__init__()
@@ -146,14 +154,22 @@ class Positions(Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
-        y = self.pos(y) if isinstance(self.pos, Added) else y + self.pos(y.shape[0], y.shape[2], y.shape[3])
+        y = self.pos(y) if isinstance(self.pos, (Added, Ramp)) else y + self.pos(y.shape[0], y.shape[2], y.shape[3])
         return self.out(F.relu(y))
 
 
-def test_a_constant_fed_to_a_layer_is_refused_naming_a_block_that_can_be_kept_whole() -> None:
-    with pytest.raises(UnsupportedOpError, match=r"constant tensor made in forward.*no submodule around it"):
-        netopt.trace(Positions(SizesOnly()).eval(), X)
-    model = Positions(Added()).eval()
+def test_a_map_made_in_forward_from_sizes_is_a_constant_its_conv_shrinks() -> None:
+    for pos in (SizesOnly(), Added()):
+        model = Positions(pos).eval()
+        traced = netopt.trace(model, X)
+        assert [n.op for n in traced.network.nodes].count(OpKind.CONSTANT) == 1
+        with torch.no_grad():
+            torch.testing.assert_close(traced.materialize().eval()(X), model(X))
+            assert traced.materialize(traced.network.scaled(0.5)).eval()(X).shape == model(X).shape
+
+
+def test_another_constant_fed_to_a_layer_is_refused_naming_a_block_that_can_be_kept_whole() -> None:
+    model = Positions(Ramp()).eval()
     with pytest.raises(UnsupportedOpError, match=r"opaque=\['pos'\]"):
         netopt.trace(model, X)
     with warnings.catch_warnings():

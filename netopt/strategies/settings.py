@@ -9,9 +9,9 @@ neither optuna nor cvxpy, so a config file is validated without them.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, StrictInt, field_validator, model_validator
+from pydantic import Field, StrictInt, field_validator, model_validator
 
 from netopt.strategies.base import StrategySettings, non_negative
 from netopt.strategies.reward import MnasNetReward
@@ -45,9 +45,6 @@ def _most_rounds(value: int | None) -> int | None:
     return value
 
 
-MostRounds = Annotated[StrictInt | None, AfterValidator(_most_rounds)]
-
-
 class ProgressiveBarrierSettings(StrategySettings):
     """ProgressiveBarrier's settings (see the class); `max_iterations` bounds a run, not its result."""
 
@@ -60,9 +57,11 @@ class ProgressiveBarrierSettings(StrategySettings):
     land: bool | None = None
     """Land the final network on its measured budgets (`netopt.strategies.landing`): on unless
     False (None, the default, is how a run begun before landing existed resumes)."""
-    most_rounds: MostRounds = None
+    most_rounds: StrictInt | None = None
     """Side-by-side rounds a figure measured against a budget may take while it straddles its
     threshold (`netopt.strategies.decisive`; None: 9)."""
+
+    _most = field_validator("most_rounds")(classmethod(lambda cls, value: _most_rounds(value)))
 
     @field_validator("selection", mode="before")
     @classmethod
@@ -228,9 +227,11 @@ class NetAdaptV2Settings(StrategySettings):
     land: bool | None = None
     """Land the final network on its measured budgets (`netopt.strategies.landing`): on unless
     False (None, the default, is how a run begun before landing existed resumes)."""
-    most_rounds: MostRounds = None
+    most_rounds: StrictInt | None = None
     """Side-by-side rounds a figure measured against a budget may take while it straddles its
     threshold (`netopt.strategies.decisive`; None: 9)."""
+
+    _most = field_validator("most_rounds")(classmethod(lambda cls, value: _most_rounds(value)))
 
     @field_validator("supernet_steps", "bn_batches")
     @classmethod
