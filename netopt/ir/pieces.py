@@ -15,7 +15,7 @@ from itertools import pairwise
 from netopt.ir.node import Node
 from netopt.ir.ops import RULES, Conv2dAttrs, LinearAttrs, OpKind, Role, SliceAttrs
 
-__all__ = ["Piece", "split_projections"]
+__all__ = ["Piece", "split_projections", "out_channels"]
 
 Piece = tuple[int, bool]
 """(channels, fixed) of one piece of a projection's output, in channel order."""
@@ -49,7 +49,7 @@ def _cut(index: Mapping[str, Node], inputs: Sequence[str]) -> tuple[str, tuple[P
     if any(s is None for s in slices) or len({s[0] for s in slices if s is not None}) != 1:
         return None
     source = index[slices[0][0]]  # type: ignore[index]
-    out = _out_channels(source)
+    out = out_channels(source)
     (_, q), (_, k), (_, v) = slices  # type: ignore[misc]
     ranges = sorted((q, k, v))
     tiled = ranges[0][0] == 0 and ranges[-1][1] == out and all(a[1] == b[0] for a, b in pairwise(ranges))
@@ -67,12 +67,12 @@ def _slice(index: Mapping[str, Node], name: str) -> tuple[str, tuple[int, int]] 
     if node is None or not isinstance(node.attrs, SliceAttrs):
         return None
     source = index.get(node.inputs[0])
-    if source is None or _out_channels(source) is None:
+    if source is None or out_channels(source) is None:
         return None
     return source.name, (node.attrs.start, node.attrs.stop)
 
 
-def _out_channels(node: Node) -> int | None:
+def out_channels(node: Node) -> int | None:
     """Output channels of a linear layer or a dense (groups 1) convolution, else None."""
     if isinstance(node.attrs, LinearAttrs):
         return node.attrs.out_features

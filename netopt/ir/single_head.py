@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from itertools import pairwise
 
 from netopt.ir.node import Node
-from netopt.ir.ops import RULES, AttentionAttrs, Conv2dAttrs, LinearAttrs, OpKind, Role, SliceAttrs
-from netopt.ir.pieces import Piece
+from netopt.ir.ops import RULES, AttentionAttrs, Conv2dAttrs, Role, SliceAttrs
+from netopt.ir.pieces import Piece, out_channels
 
 __all__ = ["single_head_pieces", "head_dims"]
 
@@ -65,7 +65,7 @@ def _cut(index: Mapping[str, Node], inputs: Sequence[str], dims: tuple[int, ...]
     if [stop - start for start, stop in ranges] != list(dims):
         return None
     ordered = sorted(ranges)
-    out = _out_channels(index[slices[0][0]])  # type: ignore[index]
+    out = out_channels(index[slices[0][0]])  # type: ignore[index]
     if ordered[0][0] != 0 or ordered[-1][1] != out or any(a[1] != b[0] for a, b in pairwise(ordered)):
         return None
     return slices[0][0], tuple((stop - start, False) for start, stop in ordered)  # type: ignore[index]
@@ -86,15 +86,6 @@ def _slice(index: Mapping[str, Node], name: str) -> tuple[str, tuple[int, int]] 
     while source is not None and RULES[source.op].role is Role.FOLLOW and len(source.inputs) == 1:
         source = index.get(source.inputs[0])  # the projection's BatchNorm, a view of it
     width = node.attrs.stop - node.attrs.start
-    if source is None or _out_channels(source) is None or any(c != width for c in depthwise):
+    if source is None or out_channels(source) is None or any(c != width for c in depthwise):
         return None
     return source.name, (node.attrs.start, node.attrs.stop)
-
-
-def _out_channels(node: Node) -> int | None:
-    """Output channels of a linear layer or a dense (groups 1) convolution, else None."""
-    if isinstance(node.attrs, LinearAttrs):
-        return node.attrs.out_features
-    if isinstance(node.attrs, Conv2dAttrs) and node.attrs.groups == 1 and node.op is OpKind.CONV2D:
-        return node.attrs.out_channels
-    return None
