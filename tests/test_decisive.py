@@ -14,7 +14,6 @@ import random
 from collections.abc import Iterator, Sequence
 from itertools import cycle
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -22,59 +21,32 @@ from pydantic import ValidationError
 from torch import nn
 
 from netopt.constraints import Bound, LatencyConstraint, ReductionSchedule
-from netopt.ir import Builder, Network, macs
+from netopt.ir import Builder, Network
 from netopt.measure.base import Fingerprint, Measurement, summarize
 from netopt.runs import RunDir
 from netopt.strategies import ProgressiveBarrier, Result
 from netopt.strategies.base import Candidate, Problem
 from netopt.strategies.budgets import MeasuredBudgets, read_record
 from netopt.strategies.decisive import Decisive, Reading
-from netopt.testing.problems import problem
+from netopt.testing.problems import StandInTable, problem
 
 
-class Noisy:
-    """A MeasuringEstimator: exact estimates and kept figures; side-by-side rounds give the
-    network `noise` times its figure beside the exact start."""
-
-    unit = "ms"
+class Noisy(StandInTable):
+    """Exact estimates and kept figures; side-by-side rounds give the network `noise` times its
+    figure beside the exact start."""
 
     def __init__(self, noise: Iterator[float]) -> None:
-        self.noise, self.rounds, self.measure_seconds = noise, 0, 0.0
-
-    @staticmethod
-    def true(net: Network) -> float:
-        return 0.01 + 1e-6 * macs(net)
+        self.noise, self.rounds = noise, 0
 
     @property
     def fingerprint(self) -> Fingerprint:
         return Fingerprint({"backend": "noisy"})
-
-    def estimate(self, net: Network) -> float:
-        return self.true(net)
-
-    def measured(self, traced: Any, nets: Sequence[Network]) -> list[Measurement]:
-        return [summarize([self.true(n)] * 3, "ms") for n in nets]
 
     def measure_networks(self, traced: Any, nets: Sequence[Network], passes: int = 2) -> list[Measurement]:
         self.rounds += 1
         start, *rest = nets
         return [summarize([self.true(start)] * 3, "ms"), *(summarize([self.true(n) * next(self.noise)] * 3, "ms")
                                                             for n in rest)]
-
-    def measure_module(self, module: nn.Module, example_input: Any) -> Measurement:
-        raise NotImplementedError
-
-    def calibration(self, net: Network) -> Any:
-        return SimpleNamespace(points=[[0.0, 0.0, 0.0]])
-
-    def calibrate(self, traced: Any) -> Any:
-        return self.calibration(traced.network)
-
-    def recalibrate(self, traced: Any, nets: Sequence[Network], figures: Sequence[float | None] | None = None) -> Any:
-        return self.calibration(traced.network)
-
-    def pin(self, net: Network, points: Sequence[Sequence[float]]) -> None:
-        pass
 
 
 def network() -> Network:

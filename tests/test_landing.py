@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,24 +20,18 @@ from torch import nn
 import netopt
 from netopt.constraints import LatencyConstraint, ReductionSchedule
 from netopt.errors import ObjectiveError
-from netopt.ir import Builder, Network, macs
-from netopt.measure.base import Fingerprint, Measurement, summarize
+from netopt.ir import Builder, Network
+from netopt.measure.base import Fingerprint, Measurement
 from netopt.strategies import NetAdaptV2, ProgressiveBarrier, Result, Strategy
 from netopt.strategies.base import LANDED, LANDING
-from netopt.testing.problems import ParamsKept, problem
+from netopt.testing.problems import ParamsKept, StandInTable, problem
 
 
-class OffTable:
-    """A MeasuringEstimator whose estimates are `ratio` times what it measures, whatever it is told."""
-
-    unit = "ms"
+class OffTable(StandInTable):
+    """Estimates `ratio` times what it measures, whatever it is told."""
 
     def __init__(self, ratio: float = 1.2) -> None:
-        self.ratio, self.measure_seconds, self.calls = ratio, 0.0, 0
-
-    @staticmethod
-    def true(net: Network) -> float:
-        return 0.01 + 1e-6 * macs(net)
+        self.ratio, self.calls = ratio, 0
 
     @property
     def fingerprint(self) -> Fingerprint:
@@ -49,25 +42,7 @@ class OffTable:
 
     def measured(self, traced: Any, nets: Sequence[Network]) -> list[Measurement]:
         self.calls += 1
-        return [summarize([self.true(n)] * 3, "ms") for n in nets]
-
-    def measure_networks(self, traced: Any, nets: Sequence[Network], passes: int = 2) -> list[Measurement]:
-        return self.measured(traced, nets)
-
-    def measure_module(self, module: nn.Module, example_input: Any) -> Measurement:
-        raise NotImplementedError
-
-    def calibration(self, net: Network) -> Any:
-        return SimpleNamespace(points=[[0.0, 0.0, 0.0]])
-
-    def calibrate(self, traced: Any) -> Any:
-        return self.calibration(traced.network)
-
-    def recalibrate(self, traced: Any, nets: Sequence[Network], figures: Sequence[float | None] | None = None) -> Any:
-        return self.calibration(traced.network)
-
-    def pin(self, net: Network, points: Sequence[Sequence[float]]) -> None:
-        pass
+        return super().measured(traced, nets)
 
 
 def off_problem(net: Network, budget: str = "50%", ratio: float = 1.2,
