@@ -23,6 +23,9 @@ from netopt.lut.units import units
 
 __all__ = ["Calibration", "stored_calibration", "weights", "traffic"]
 
+LEVEL = 0.05
+"""The F-test's level for a term beyond the line: the convention (docs/decisions.md says why not 1%)."""
+
 Coefficients = tuple[float, float, float, float]
 """(intercept, slope, per_weight, per_traffic) of a fitted cost."""
 
@@ -194,13 +197,13 @@ def _fitted(x: np.ndarray, y: np.ndarray, extras: dict[int, np.ndarray], chosen:
 def _significant(x: np.ndarray, y: np.ndarray, extras: dict[int, np.ndarray], bigger: Coefficients,
                  smaller: Coefficients, terms: int) -> bool:
     """Whether `bigger` (of `terms` coefficients) fits the networks better than the nested
-    `smaller` by more than chance: the nested models' F-test on relative errors, at 1%. It keeps
-    chance out, not networks unlike the calibration's: those a strategy measures join the
+    `smaller` by more than chance: the nested models' F-test on relative errors, at `LEVEL`. It
+    keeps chance out, not networks unlike the calibration's: those a strategy measures join the
     calibration (`recalibrate`)."""
     worse, found, free = _squares(x, y, extras, smaller), _squares(x, y, extras, bigger), len(x) - terms
     if free < 1 or worse <= found:
         return False
-    return found <= 0.0 or float(f_distribution.sf((worse - found) / (found / free), 1, free)) < 0.01
+    return found <= 0.0 or float(f_distribution.sf((worse - found) / (found / free), 1, free)) < LEVEL
 
 
 def _apart(design: np.ndarray, w: np.ndarray) -> bool:
