@@ -43,7 +43,9 @@ def test_widths_must_be_a_mapping() -> None:
     ({"short_term_steps": None}, "setting short_term_steps=None is invalid"),
     ({"short_term_steps": 2.5}, "setting short_term_steps=2.5 is invalid"),
     ({"seed": "x"}, "setting seed='x' is invalid"),
-    ({"shortterm_steps": 5}, "setting shortterm_steps=5 is invalid: Extra inputs are not permitted"),
+    ({"shortterm_steps": 5}, "setting shortterm_steps=5 is invalid: Extra inputs are not permitted; did you mean "
+                             "'short_term_steps'? valid settings: ["),
+    ({"sed": 5}, "setting sed=5 is invalid: Extra inputs are not permitted; did you mean 'seed'?"),
     ({"executor": "pool"}, "executor='pool' is not a concurrent.futures.Executor"),
 ])
 def test_strategy_settings_are_checked_at_construction(settings: dict[str, object], rule: str) -> None:

@@ -28,7 +28,7 @@ from pydantic import Field, ValidationError, create_model, field_validator, mode
 from netopt.constraints.amount import parse_amount
 from netopt.constraints.registry import CONSTRAINTS
 from netopt.errors import ConfigError, first_line
-from netopt.frozen import Frozen
+from netopt.frozen import Frozen, did_you_mean, model_at
 from netopt.measure.registry import BACKENDS, latency_backends
 from netopt.strategies.base import StrategySettings
 from netopt.strategies.registry import STRATEGIES as REGISTERED
@@ -357,9 +357,13 @@ def load_config(path: str | Path, kind: type[AdaptConfig] = AdaptConfig) -> Adap
     try:
         return kind(**data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        errors = exc.errors()  # a mistyped key first: it is why a required one is missing
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         field = ".".join(str(p) if str(p).isprintable() else repr(p) for p in err["loc"])  # a key "\n": one line
         message = str(err["msg"]).removeprefix("Value error, ")
         if not field:  # a rule across tables: its message names the field itself
             raise ConfigError(f"{path}: {message}") from None
-        raise ConfigError(f"{path}: {field}: {message} (got {err.get('input')!r})") from None
+        hint = ""
+        if err["type"] == "extra_forbidden" and (where := model_at(kind, err["loc"][:-1])) is not None:
+            hint = did_you_mean(err["loc"][-1], list(where.model_fields))
+        raise ConfigError(f"{path}: {field}: {message} (got {err.get('input')!r}){hint}") from None

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from netopt.errors import ConfigError
-from netopt.frozen import Frozen
+from netopt.frozen import Frozen, did_you_mean
 
 if TYPE_CHECKING:
     import torch
@@ -62,7 +62,8 @@ def setting_error(exc: ValidationError, cls: type[BaseModel], what: str) -> Conf
     """pydantic's report on `cls` as one ConfigError line: the setting, its value, the rule, the valid names."""
     err = exc.errors()[0]
     field = ".".join(str(p) for p in err["loc"]) or "?"
-    return ConfigError(f"{what}: setting {field}={err.get('input')!r} is invalid: {err['msg']}; "
+    hint = did_you_mean(err["loc"][-1], list(cls.model_fields)) if err["type"] == "extra_forbidden" else ""
+    return ConfigError(f"{what}: setting {field}={err.get('input')!r} is invalid: {err['msg']}{hint or ';'} "
                        f"valid settings: {sorted(cls.model_fields)}")
 
 
