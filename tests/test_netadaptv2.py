@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,8 +20,9 @@ from netopt.errors import ConfigError, ObjectiveError
 from netopt.measure import EnergyModel
 from netopt.measure.memory import MemoryModel
 from netopt.objectives import Accuracy, Trainer
+from netopt.runs import RunDir, RunError
 from netopt.strategies import MnasNetReward, NetAdaptV2, Problem, RandomSearch
-from netopt.strategies.netadaptv2 import BatchNormWarning, BypassWarning
+from netopt.strategies.netadaptv2 import BatchNormWarning, BypassWarning, derived_supernet_steps
 from netopt.strategies.supernet import OrderedDropout, ordered, reestimate_batchnorm, sub_network
 from netopt.testing import strategies as nst
 from netopt.testing.problems import joint_problem
@@ -134,7 +136,7 @@ def _problem() -> Problem:
                    Accuracy(DIGITS, Trainer(lr=0.05)))
 
 
-V2 = {"supernet_steps": 20, "samples": 4, "long_term_steps": 5, "seed": 2, "progress": False}
+V2: dict[str, Any] = {"supernet_steps": 20, "samples": 4, "long_term_steps": 5, "seed": 2, "progress": False}
 
 
 def test_netadaptv2_meets_every_budget_and_accounts_its_three_parts(tmp_path: Path) -> None:
@@ -327,3 +329,45 @@ def test_a_finished_soft_reward_search_read_back_still_says_it_is_over_budget(tm
     first = search().run(joint_problem(_small(), "40%", "90%"), run_dir=tmp_path / "run")
     again = search().run(joint_problem(_small(), "40%", "90%"), run_dir=tmp_path / "run", resume=True)
     assert first.over_budget and again.over_budget == first.over_budget
+
+
+# --- the super-network's steps, derived --------------------------------------------------------
+
+
+def test_the_derived_supernet_steps_are_twenty_a_group_within_100_and_300_and_five_passes() -> None:
+    small, deep = _problem(), _residual_problem()
+    assert len(small.traced.network.groups) * 20 < 100 and derived_supernet_steps(small) == 100
+    assert len(deep.traced.network.groups) * 20 > 300
+    object.__setattr__(deep, "objective", Accuracy(DIGITS, Trainer(lr=0.05)))
+    assert derived_supernet_steps(deep) == 300
+    tiny = mnist(size=16, holdout_per_class=10, test_fraction=0.9)  # 400 training digits: 7 batches of 64
+    object.__setattr__(deep, "objective", Accuracy(tiny, Trainer(lr=0.05)))
+    assert derived_supernet_steps(deep) == 5 * math.ceil(len(tiny.train_y) / 64)
+
+
+def test_the_default_supernet_steps_are_derived_and_recorded_and_explicit_ones_win(tmp_path: Path) -> None:
+    problem, settings = _problem(), {k: v for k, v in V2.items() if k != "supernet_steps"}
+    assert NetAdaptV2(**settings).supernet_steps is None
+    assert NetAdaptV2(**settings).training_budget(problem) == 100 + 5
+    assert NetAdaptV2(**{**settings, "supernet_steps": 7}).training_budget(problem) == 7 + 5
+    result = NetAdaptV2(**settings).run(problem, run_dir=tmp_path / "run")
+    assert result.training_steps == 100 + 5
+    assert RunDir.open(tmp_path / "run").config()["supernet_steps"] == 100
+    again = NetAdaptV2(**settings).run(problem, run_dir=tmp_path / "run", resume=True)
+    assert again.training_steps == 105 and again.final.network == result.final.network
+
+
+def test_a_run_begun_with_the_former_default_resumes_under_the_derived_one(tmp_path: Path) -> None:
+    """A run directory records the steps it was started with (300, the former fixed default, or
+    any other): resumed without supernet_steps it keeps them, and ends as it would have."""
+    reference = NetAdaptV2(**V2).run(_problem())
+    killed = _problem()
+    object.__setattr__(killed, "objective", Killed(DIGITS, after=7))
+    with pytest.raises(KeyboardInterrupt):
+        NetAdaptV2(**V2).run(killed, run_dir=tmp_path / "run")
+    default = {k: v for k, v in V2.items() if k != "supernet_steps"}
+    resumed = NetAdaptV2(**default).run(_problem(), run_dir=tmp_path / "run", resume=True)
+    assert [p.to_dict() for p in resumed.history] == [p.to_dict() for p in reference.history]
+    assert resumed.final.network == reference.final.network and resumed.training_steps == V2["supernet_steps"] + 5
+    with pytest.raises(RunError, match="supernet_steps = 20, not 21"):
+        NetAdaptV2(**{**V2, "supernet_steps": 21}).run(_problem(), run_dir=tmp_path / "run", resume=True)

@@ -4,7 +4,8 @@
    important first (`supernet.ordered`): the network computes exactly what it did, and "keep k
    channels" now means "keep the first k".
 2. **Ordered dropout**: the reordered network is trained, from the pretrained weights, for
-   `supernet_steps` as a super-network: in each forward pass every sample of the batch draws its
+   `supernet_steps` (by default 20 a channel group within [100, 300], `derived_supernet_steps`)
+   as a super-network: in each forward pass every sample of the batch draws its
    own width for every group (uniformly on the group's grid; the paper does not fix the
    distribution, and uniform covers every candidate alike) and the channels past it are zeroed
    (per-sample masks: one forward-backward pass trains many sub-networks). With `sandwich`, the
@@ -39,6 +40,7 @@ the paper's accuracy-latency gains come from ordered dropout and multi-layer des
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 import warnings
@@ -52,6 +54,7 @@ import torch
 
 from netopt.bridge import trace
 from netopt.objectives.base import Evaluation, Objective
+from netopt.runs import RunDir
 from netopt.runs.files import save_tensors
 from netopt.strategies.base import Candidate, Problem, Proposal, Result
 from netopt.strategies.engine import Ask, Engine, named_failure, seed_for
@@ -67,9 +70,11 @@ if TYPE_CHECKING:
     from netopt.constraints import Bound
     from netopt.ir import ChannelGroup, Network
 
-__all__ = ["NetAdaptV2", "NetAdaptV2Settings", "BatchNormWarning", "BypassWarning"]
+__all__ = ["NetAdaptV2", "NetAdaptV2Settings", "BatchNormWarning", "BypassWarning", "derived_supernet_steps"]
 
 SUPERNET = "supernet.pt"
+STEPS_PER_GROUP, FEWEST_STEPS, MOST_STEPS, MOST_EPOCHS = 20, 100, 300, 5
+"""`derived_supernet_steps`: steps a channel group, within [FEWEST_STEPS, MOST_STEPS], at most MOST_EPOCHS passes."""
 
 
 class BatchNormWarning(UserWarning):
@@ -151,9 +156,21 @@ class NetAdaptV2(Iterative):
     Settings = NetAdaptV2Settings
     settings: NetAdaptV2Settings
 
+    def run(self, problem: Problem, run_dir: str | Path | None = None, resume: bool = False) -> Result:
+        """Adapt (see `Iterative.run`); `supernet_steps=None` is resolved first: a resumed run's
+        recorded steps, else `derived_supernet_steps(problem)`, recorded as the run's own."""
+        if self.supernet_steps is not None:
+            return super().run(problem, run_dir, resume)
+        resolved = copy.copy(self)
+        steps = _recorded(run_dir) if resume else None
+        resolved.settings = self.settings.model_copy(
+            update={"supernet_steps": derived_supernet_steps(problem) if steps is None else steps})
+        return resolved.run(problem, run_dir, resume)
+
     def training_budget(self, problem: Problem) -> int:
         """The super-network's steps and the final network's: samples are not trained."""
-        return self.supernet_steps + self.long_term_steps
+        steps = derived_supernet_steps(problem) if self.supernet_steps is None else self.supernet_steps
+        return steps + self.long_term_steps
 
     def _engine(self, problem: Problem, run_dir: str | Path | None, resume: bool) -> Engine:
         scored = replace(problem, objective=_SuperScored(problem.objective, self.bn_batches))  # type: ignore[arg-type]
@@ -181,7 +198,7 @@ class NetAdaptV2(Iterative):
         return _Supernet(supernet, seconds)
 
     def _steps_taken(self, history: Sequence[Proposal]) -> int:
-        return self.supernet_steps + self.long_term_steps
+        return cast(int, self.supernet_steps) + self.long_term_steps  # resolved by `run`
 
     def _timed(self, result: Result, prepared: _Supernet, searching: float, final: float) -> None:
         """The paper's three parts of the search time."""
@@ -276,3 +293,33 @@ class NetAdaptV2(Iterative):
 def _gone(group: ChannelGroup, net: Network) -> bool:
     """A group whose layers all sit in a removed residual branch: shrinking it changes nothing."""
     return bool(net.removed) and set(group.producers) <= net.removed
+
+
+def _recorded(run_dir: str | Path | None) -> int | None:
+    """The super-network steps a stopped run in `run_dir` was started with (None where there is none)."""
+    if run_dir is None or not (Path(run_dir) / "config.json").is_file():
+        return None
+    steps = RunDir.open(run_dir).config().get("supernet_steps")
+    return steps if isinstance(steps, int) else None
+
+
+def derived_supernet_steps(problem: Problem) -> int:
+    """`supernet_steps=None`'s steps: 20 a channel group, within [100, 300], and at most 5 passes
+    over the training split where the objective holds it in memory (`Accuracy`).
+
+    Ordered dropout trains every group's widths in each step, so the steps grow with the groups
+    (the sub-networks to cover) rather than staying fixed; 300 (the former fixed default) caps
+    them, and so do a few passes over a small training split: the super-network starts from the
+    pretrained weights and only adapts them.
+
+    >>> from netopt.testing.contract import small_network
+    >>> from netopt.testing.problems import joint_problem
+    >>> derived_supernet_steps(joint_problem(small_network(), macs="60%", memory="90%"))
+    100
+    """
+    steps = min(MOST_STEPS, max(FEWEST_STEPS, STEPS_PER_GROUP * len(problem.traced.network.groups)))
+    data, trainer = getattr(problem.objective, "data", None), getattr(problem.objective, "trainer", None)
+    if data is None or trainer is None:
+        return steps
+    passes = MOST_EPOCHS * math.ceil(len(data.train_y) / trainer.settings.batch_size)
+    return max(1, min(steps, passes))

@@ -209,8 +209,9 @@ class NetAdaptV2Settings(StrategySettings):
     TRAINING: ClassVar[frozenset[str]] = frozenset({"long_term_steps"})  # its samples are scored untrained
 
     short_term_steps: StrictInt = 0
-    supernet_steps: StrictInt = 300
-    """Training steps of the ordered-dropout super-network, from the pretrained weights."""
+    supernet_steps: StrictInt | None = None
+    """Training steps of the ordered-dropout super-network, from the pretrained weights (None:
+    derived from the network and the data, `netadaptv2.derived_supernet_steps`; a resumed run keeps its own)."""
     samples: StrictInt = 16
     """Proposals drawn and scored in every iteration of multi-layer coordinate descent."""
     layers: StrictInt | None = None
@@ -235,7 +236,9 @@ class NetAdaptV2Settings(StrategySettings):
 
     @field_validator("supernet_steps", "bn_batches")
     @classmethod
-    def _counts(cls, value: int, info: Any) -> int:
+    def _counts(cls, value: int | None, info: Any) -> int | None:
+        if value is None:  # supernet_steps derived when the run starts
+            return None
         return non_negative(info.field_name, value, "training steps" if info.field_name == "supernet_steps"
                             else "batches")
 
