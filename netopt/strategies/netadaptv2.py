@@ -59,7 +59,8 @@ from netopt.runs.files import save_tensors
 from netopt.strategies.base import Candidate, Problem, Proposal, Result
 from netopt.strategies.engine import Ask, Engine, named_failure, seed_for
 from netopt.strategies.iterative import Iterative, Step, cannot_shrink
-from netopt.strategies.progressive import largest_meeting, smallest_step
+from netopt.strategies.nearest import nearest_meeting
+from netopt.strategies.progressive import smallest_step
 from netopt.strategies.settings import NetAdaptV2Settings
 from netopt.strategies.supernet import FirstChannels, OrderedDropout, ordered, reestimate_batchnorm
 
@@ -266,7 +267,8 @@ class NetAdaptV2(Iterative):
     def _plans(self, current: Candidate, bounds: list[Bound], targets: dict[str, float],
                iteration: int) -> list[tuple[str, Any, dict[str, float]]]:
         """`samples` distinct proposals: random sets of `layers` shrinkable groups, each shrunk
-        together to the largest widths meeting every target (the biggest step where none can)."""
+        together to the largest widths meeting every target (the biggest step where none can),
+        searched from the current widths down (`nearest_meeting`: the table measures near the search)."""
         net = current.network
         shrinkable = [g.id for g in net.groups if g.width > self._floor(g) and not _gone(g, net)]
         if not shrinkable:
@@ -281,7 +283,7 @@ class NetAdaptV2(Iterative):
                 blocks.append(block)
             if len(blocks) == self.samples or len(blocks) == math.comb(len(shrinkable), layers):
                 break
-        plans = [p for block in blocks if (p := largest_meeting(net, block, bounds, targets, self.bypass))]
+        plans = [p for block in blocks if (p := nearest_meeting(net, block, bounds, targets, self.bypass))]
         if not plans:
             plans = [p for block in blocks if (p := smallest_step(net, block, bounds, self.bypass))]
         return [(p.group, p.network, p.resources) for p in plans]
