@@ -255,6 +255,8 @@ def beyond_zoo(label: str, problem: netopt.Problem, lut_path: Path, out: Path, b
               "NetAdaptV2": lambda: netopt.NetAdaptV2(supernet_steps=supernet, long_term_steps=long, progress=False)}
     test_n = len(problem.objective.data.test_y)  # type: ignore[attr-defined]
     warm(label, problem, 2 if short < 10 else points)  # a smoke run warms the table's corners only
+    print(f"-- {label}: {len(problem.traced.network.groups)} channel groups, start test accuracy "
+          f"{problem.objective.test(problem.traced.module):.4f}", flush=True)
     rows = []
     for budget in budgets:
         results, seconds, split = {}, {}, {}
