@@ -17,13 +17,21 @@ from netopt.bridge import build, trace
 from netopt.constraints import EnergyConstraint, MACsConstraint, MemoryConstraint, ReductionSchedule
 from netopt.data import mnist
 from netopt.errors import ConfigError, ObjectiveError
+from netopt.ir import OpKind
 from netopt.measure import EnergyModel
 from netopt.measure.memory import MemoryModel
 from netopt.objectives import Accuracy, Trainer
 from netopt.runs import RunDir, RunError
 from netopt.strategies import MnasNetReward, NetAdaptV2, Problem, RandomSearch
 from netopt.strategies.netadaptv2 import BatchNormWarning, BypassWarning, derived_supernet_steps
-from netopt.strategies.supernet import OrderedDropout, ordered, reestimate_batchnorm, sub_network
+from netopt.strategies.supernet import (
+    ZERO_KEEPING,
+    OrderedDropout,
+    already_zero,
+    ordered,
+    reestimate_batchnorm,
+    sub_network,
+)
 from netopt.testing import strategies as nst
 from netopt.testing.problems import joint_problem
 from netopt.testing.torch_checks import randomize_batchnorm
@@ -371,3 +379,25 @@ def test_a_run_begun_with_the_former_default_resumes_under_the_derived_one(tmp_p
     assert resumed.final.network == reference.final.network and resumed.training_steps == V2["supernet_steps"] + 5
     with pytest.raises(RunError, match="supernet_steps = 20, not 21"):
         NetAdaptV2(**{**V2, "supernet_steps": 21}).run(_problem(), run_dir=tmp_path / "run", resume=True)
+
+
+def test_activations_and_sums_of_masked_tensors_are_not_masked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    traced = netopt.trace(MobileNetV2(0.5, num_classes=10, in_channels=1).eval(), DIGITS.train_x[:1])
+    net, ops = traced.network, {n.name: n.op for n in traced.network.nodes}
+    zero = already_zero(net, {g.id for g in net.groups})
+    assert {OpKind.ADD, OpKind.RELU6} <= {ops[z] for z in zero} <= ZERO_KEEPING  # residual sums, activations
+    assert already_zero(net, set()) == set()
+
+    def step() -> list[torch.Tensor]:
+        module = traced.materialize().train()
+        dropout = OrderedDropout(module, net, seed=3)
+        torch.manual_seed(1)  # the classifier's dropout
+        module(DIGITS.train_x[:8]).square().sum().backward()
+        dropout.remove()
+        return [p.grad.clone() for p in module.parameters() if p.grad is not None]
+
+    skipped = step()
+    monkeypatch.setattr("netopt.strategies.supernet.already_zero", lambda network, groups: set())
+    for fewer, every in zip(skipped, step(), strict=True):  # every node masked: the same gradients
+        torch.testing.assert_close(fewer, every, rtol=0, atol=0)

@@ -29,7 +29,7 @@ from netopt.bridge.materialize import group_weights, materialize_channels
 from netopt.bridge.select import FilterSelector, GroupWeights, L2Magnitude
 from netopt.ir import Network, Node, OpKind
 
-__all__ = ["ordered", "FirstChannels", "OrderedDropout", "reestimate_batchnorm"]
+__all__ = ["ordered", "FirstChannels", "OrderedDropout", "reestimate_batchnorm", "already_zero", "ZERO_KEEPING"]
 
 
 def ordered(traced: Traced, selector: FilterSelector | None = None) -> Traced:
@@ -80,8 +80,9 @@ class OrderedDropout:
         self.widths: dict[str, Tensor] | None = None
         self._masks: dict[tuple[Any, ...], Tensor] = {}
         self.handles = [module.register_forward_pre_hook(self._draw)]
+        zero = already_zero(network, set(self.grids))
         for node in network.nodes:
-            if any(s.group in self.grids for s in network.layout(node.name)):
+            if node.name not in zero and any(s.group in self.grids for s in network.layout(node.name)):
                 self.handles.append(module.get_submodule(node.name).register_forward_hook(self._hook(node.name)))
             divisor = _divisor(node)
             if divisor is not None and any(s.group in self.grids for s in network.layout(node.inputs[divisor])):
@@ -161,6 +162,29 @@ class OrderedDropout:
         for handle in self.handles:
             handle.remove()
         self.handles = []
+
+
+ZERO_KEEPING = frozenset({OpKind.RELU, OpKind.RELU6, OpKind.HARDSWISH, OpKind.SILU, OpKind.GELU, OpKind.LEAKY_RELU,
+                          OpKind.DROPOUT, OpKind.IDENTITY, OpKind.ADD})
+"""Channel-wise ops whose output is 0 wherever all their inputs are (f(0) = 0; a sum of zeros)."""
+
+
+def already_zero(network: Network, groups: set[str]) -> set[str]:
+    """Nodes whose masked channels are already 0 without a mask of their own: a `ZERO_KEEPING` op
+    (no scalar operand) whose inputs are all masked, or already zero, in the same layout. Masking
+    them again would change neither the outputs nor the gradients (the inputs' masks zero those),
+    only cost a pass over the tensor: on a small CNN the masks cost as much as the convolutions."""
+    masked: set[str] = set()
+    zero: set[str] = set()
+    for node in network.nodes:
+        layout = network.layout(node.name)
+        if not any(s.group in groups for s in layout):
+            continue
+        if (node.op in ZERO_KEEPING and node.inputs and getattr(node.attrs, "scalar", None) is None
+                and all(i in masked and network.layout(i) == layout for i in node.inputs)):
+            zero.add(node.name)
+        masked.add(node.name)
+    return zero
 
 
 def _layout_mask(network: Network, name: str, widths: dict[str, Tensor], batch: int) -> Tensor:
