@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from netopt.strategies.progressive import _Plan, _steps_down
+from netopt.strategies.progressive import _Ladder, _Plan
 
 if TYPE_CHECKING:
     from netopt.constraints import Bound
@@ -39,22 +39,9 @@ def nearest_meeting(net: Network, block: tuple[str, ...], bounds: Sequence[Bound
     >>> nearest_meeting(net, block, [bound], targets).network == largest_meeting(net, block, [bound], targets).network
     True
     """
-    steps = _steps_down(net, block, bypass)
-    plans: dict[int, _Plan] = {}
-
-    def meets(k: int) -> bool:
-        if k not in plans:
-            candidate = net.with_widths(steps[k])
-            plans[k] = _Plan("+".join(block), candidate, {b.resource: b.estimate(candidate) for b in bounds})
-        return all(plans[k].resources[r] <= targets[r] for r in targets)
-
-    missed, k = -1, 0  # invariant: steps[missed] misses the targets (-1: the current widths)
-    while k < len(steps) and not meets(k):
-        missed, k = k, min(2 * k + 1, len(steps) - 1) if k < len(steps) - 1 else len(steps)
-    if k >= len(steps):
-        return None
-    lo, hi = missed + 1, k  # steps[hi] meets; every step above lo - 1 misses
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if meets(mid) else (mid + 1, hi)
-    return plans[hi]
+    ladder = _Ladder(net, block, bounds, targets, bypass)
+    last = len(ladder.steps) - 1
+    missed, k = -1, 0  # invariant: step `missed` misses the targets (-1: the current widths)
+    while k <= last and not ladder.meets(k):
+        missed, k = k, min(2 * k + 1, last) if k < last else last + 1
+    return None if k > last else ladder.first_meeting(missed + 1, k)

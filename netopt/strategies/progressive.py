@@ -123,6 +123,31 @@ def _steps_down(net: Network, block: tuple[str, ...], bypass: bool = False) -> l
     return [{g: ws[min(k, len(ws) - 1)] for g, ws in below.items() if ws} for k in range(depth)]
 
 
+class _Ladder:
+    """A block's steps down from its current widths (`_steps_down`), each estimated at most once:
+    the rungs the searches for the largest widths meeting the targets climb."""
+
+    def __init__(self, net: Network, block: tuple[str, ...], bounds: Sequence[Bound],
+                 targets: dict[str, float], bypass: bool = False) -> None:
+        self.net, self.block, self.bounds, self.targets = net, block, bounds, targets
+        self.steps = _steps_down(net, block, bypass)
+        self.plans: dict[int, _Plan] = {}
+
+    def meets(self, k: int) -> bool:
+        if k not in self.plans:
+            candidate = self.net.with_widths(self.steps[k])
+            self.plans[k] = _Plan("+".join(self.block), candidate,
+                                  {b.resource: b.estimate(candidate) for b in self.bounds})
+        return all(self.plans[k].resources[r] <= self.targets[r] for r in self.targets)
+
+    def first_meeting(self, lo: int, hi: int) -> _Plan:
+        """The shallowest step in [lo, hi] meeting the targets, given that hi does and lo - 1 does not."""
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if self.meets(mid) else (mid + 1, hi)
+        return self.plans[hi]
+
+
 def largest_meeting(net: Network, block: tuple[str, ...], bounds: Sequence[Bound],
                      targets: dict[str, float], bypass: bool = False) -> _Plan | None:
     """ChooseNumFilters: the largest widths of the block's groups below their current ones
@@ -131,22 +156,10 @@ def largest_meeting(net: Network, block: tuple[str, ...], bounds: Sequence[Bound
     Resources shrink with width, so the assignments that meet the targets are the deepest ones:
     a bisection finds the shallowest of them with log2(n) whole-network estimates instead of n.
     """
-    steps = _steps_down(net, block, bypass)
-    plans: dict[int, _Plan] = {}
-
-    def meets(k: int) -> bool:
-        if k not in plans:
-            candidate = net.with_widths(steps[k])
-            plans[k] = _Plan("+".join(block), candidate, {b.resource: b.estimate(candidate) for b in bounds})
-        return all(plans[k].resources[r] <= targets[r] for r in targets)
-
-    if not steps or not meets(len(steps) - 1):
+    ladder = _Ladder(net, block, bounds, targets, bypass)
+    if not ladder.steps or not ladder.meets(len(ladder.steps) - 1):
         return None
-    lo, hi = 0, len(steps) - 1  # invariant: steps[hi] meets the targets
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if meets(mid) else (mid + 1, hi)
-    return plans[hi]
+    return ladder.first_meeting(0, len(ladder.steps) - 1)
 
 
 def smallest_step(net: Network, block: tuple[str, ...], bounds: Sequence[Bound], bypass: bool = False) -> _Plan | None:
