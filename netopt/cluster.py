@@ -107,15 +107,58 @@ def dask_client(address: str, timeout: float = CONNECT_TIMEOUT) -> Client:
                           "--dask") from None
 
 
-def _fit_worker() -> str:
+def _fit_worker(dask_worker: Any = None) -> str:
     """Fit this worker process for torch training, once: glibc's thresholds back where Dask's `TRIM`
-    moved them (`MMAP_THRESHOLD`), torch's threads as the worker's OMP_NUM_THREADS says (else 1).
-    Returns what was done to the allocator ("mallopt", "as started", or "unfit: why"), kept in `FITTED`."""
+    moved them (`MMAP_THRESHOLD`), torch's threads as the worker's OMP_NUM_THREADS says (else 1), and
+    its monitors as `QUIET` sets them (`_quiet`). `dask_worker`: the worker, where Dask's `run` hands
+    it in; else (in a task) the worker this runs on. Returns what was done to the allocator
+    ("mallopt", "as started", or "unfit: why"), kept in `FITTED`."""
     done = os.environ.get(FITTED)
     if done is None:
         _fit_threads()
         done = os.environ[FITTED] = _fit_allocator() if TRIM in os.environ else "as started"
+        if dask_worker is not None:
+            _quiet(dask_worker)
+        else:
+            _quiet_later()
     return done
+
+
+QUIET_CALLBACKS: dict[str, float | None] = {"profile": None, "profile-cycle": None, "monitor": 5.0,
+                                            "memory_monitor": 1.0, "tick": 1.0}
+"""`QUIET` on a running worker: its periodic callbacks by name, stopped (None) or slowed to seconds."""
+
+
+def _quiet(worker: Any) -> list[str]:
+    """A running worker's statistical profiler stopped and its monitors slowed to `QUIET`'s seconds: a
+    user's worker, started with Dask's defaults, then runs proposals as `DaskExecutor.local`'s do. Run
+    in the worker's event loop; returns the callbacks changed, by name."""
+    changed = []
+    for name, seconds in QUIET_CALLBACKS.items():
+        callback = getattr(worker, "periodic_callbacks", {}).get(name)
+        if callback is None:
+            continue
+        if seconds is None and callback.is_running():
+            callback.stop()
+            changed.append(name)
+        elif seconds is not None and callback.callback_time < seconds * 1000:
+            callback.callback_time = seconds * 1000
+            changed.append(name)
+    if "tick" in changed:  # the interval the worker checks its event loop's ticks against
+        worker._tick_interval = QUIET_CALLBACKS["tick"]
+    return changed
+
+
+def _quiet_later() -> None:
+    """`_quiet` for the worker whose task this runs in, handed to its event loop (a worker that joined
+    after the executor fitted the others); nothing outside a worker."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return
+    worker.loop.add_callback(_quiet, worker)
 
 
 def _environ(name: str) -> str | None:
