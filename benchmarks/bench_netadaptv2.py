@@ -207,18 +207,18 @@ class Stopwatch(netopt.Accuracy):
         self.seconds = {"short": 0.0, "long": 0.0}
 
     def short_term(self, module: nn.Module, steps: int, seed: int) -> Evaluation:
-        started = time.perf_counter()
-        try:
-            return super().short_term(module, steps, seed)
-        finally:
-            self.seconds["short"] += time.perf_counter() - started
+        return self._timed("short", super().short_term, module, steps, seed)
 
     def long_term(self, module: nn.Module, steps: int, seed: int) -> Evaluation:
+        return self._timed("long", super().long_term, module, steps, seed)
+
+    def _timed(self, part: str, train: Callable[[nn.Module, int, int], Evaluation], module: nn.Module, steps: int,
+               seed: int) -> Evaluation:
         started = time.perf_counter()
         try:
-            return super().long_term(module, steps, seed)
+            return train(module, steps, seed)
         finally:
-            self.seconds["long"] += time.perf_counter() - started
+            self.seconds[part] += time.perf_counter() - started
 
 
 class Metered(netopt.LookupTable):
