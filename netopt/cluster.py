@@ -124,8 +124,12 @@ def _fit_worker(dask_worker: Any = None) -> str:
     return done
 
 
-QUIET_CALLBACKS: dict[str, float | None] = {"profile": None, "profile-cycle": None, "monitor": 5.0,
-                                            "memory_monitor": 1.0, "tick": 1.0}
+QUIET_CALLBACKS: dict[str, float | None] = {
+    "profile": None, "profile-cycle": None,
+    "monitor": float(QUIET["distributed.admin.system-monitor.interval"].removesuffix("s")),
+    "memory_monitor": float(QUIET["distributed.worker.memory.monitor-interval"].removesuffix("s")),
+    "tick": float(QUIET["distributed.admin.tick.interval"].removesuffix("s")),
+}
 """`QUIET` on a running worker: its periodic callbacks by name, stopped (None) or slowed to seconds."""
 
 
