@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -110,14 +111,18 @@ def test_the_lookup_table_refuses_to_open_when_an_op_cannot_be_measured(
 
 @settings(max_examples=10, deadline=None)
 @given(nst.networks(max_blocks=3, blocks=("convnext", "split", "resize", "shuffle", "eca", "decoder", "poolformer",
-                                          "convnextv2", "arith", "vit")))
-def test_networks_of_the_new_ops_run_in_onnx_runtime_as_in_torch(net: Network) -> None:
+                                          "convnextv2", "arith", "vit")), st.integers(0, 2**31 - 1))
+def test_networks_of_the_new_ops_run_in_onnx_runtime_as_in_torch(net: Network, seed: int) -> None:
+    torch.manual_seed(seed)  # the weights are part of the example: a failure replays and shrinks
     model = build(net).eval()
     x = torch.randn(1, *net.input_shape)
     session = netopt.measure.OnnxRuntimeCPU(threads=1).session(export_onnx(model, x))
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    # ReLU linear attention divides by q . sum(k), which random weights can make small: the two
-    # runtimes' float32 sums (in another order) then differ by up to ~1e-3 on outputs of ~1
-    linear = any(getattr(n.attrs, "linear", False) for n in net.nodes if n.op is OpKind.ATTENTION)
     with torch.no_grad():
-        assert float(abs(torch.from_numpy(out) - model(x)).max()) <= (5e-3 if linear else 1e-4)
+        error = float(abs(torch.from_numpy(out) - model(x)).max())
+        # ReLU linear attention divides by q . sum(k), which random weights can make small: float32
+        # sums in another order then differ by as much as float32 differs from float64 (seen: 0.7 on
+        # outputs of 14), so its bound is torch's own float32 error, not a fixed one
+        linear = any(getattr(n.attrs, "linear", False) for n in net.nodes if n.op is OpKind.ATTENTION)
+        own = float(abs(model(x).double() - copy.deepcopy(model).double()(x.double())).max()) if linear else 0.0
+    assert error <= 1e-4 + 20 * own
