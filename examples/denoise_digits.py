@@ -147,6 +147,8 @@ def main() -> None:
     p.add_argument("--pretrain", type=int, default=600, help="steps that train the user's model first")
     p.add_argument("--short", type=int, default=40)
     p.add_argument("--long", type=int, default=200)
+    p.add_argument("--calibration", type=int, default=16, help="the most whole networks the lookup table's "
+                   "calibration measures (fewer: a quicker, rougher start; budgets are checked as measured either way)")
     p.add_argument("--resume", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -162,7 +164,8 @@ def main() -> None:
     traced = netopt.trace(model, example)
     lut_path = args.lut or args.run.parent / "lut-denoise.sqlite"
     lut_path.parent.mkdir(parents=True, exist_ok=True)
-    lut = netopt.LookupTable.open(lut_path, OnnxRuntimeCPU(threads=1))  # the problem calibrates it, once
+    lut = netopt.LookupTable.open(lut_path, OnnxRuntimeCPU(threads=1),  # the problem calibrates it, once
+                                  calibration_networks=args.calibration)
     problem = netopt.Problem(traced, [
         netopt.LatencyConstraint(args.latency, lut, netopt.ReductionSchedule("10%", decay=0.96)),
         netopt.EnergyConstraint(args.energy, EnergyModel(), netopt.ReductionSchedule("10%", decay=0.96)),

@@ -69,7 +69,8 @@ def problem(args: argparse.Namespace, model: nn.Module, task: netopt.Accuracy) -
     example = task.example_input()
     lut_path = args.lut or args.run.parent / "lut-vit-digits.sqlite"
     lut_path.parent.mkdir(parents=True, exist_ok=True)
-    lut = netopt.LookupTable.open(lut_path, OnnxRuntimeCPU(threads=1))  # the problem calibrates it, once
+    lut = netopt.LookupTable.open(lut_path, OnnxRuntimeCPU(threads=1),  # the problem calibrates it, once
+                                  calibration_networks=args.calibration)
     schedule = partial(netopt.ReductionSchedule, args.reduction, decay=0.96)
     return netopt.Problem(netopt.trace(model, example), [
         netopt.LatencyConstraint(args.latency, lut, schedule()),
@@ -123,6 +124,8 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--mlp-ratio", type=float, default=2.0)
+    p.add_argument("--calibration", type=int, default=16, help="the most whole networks the lookup table's "
+                   "calibration measures (fewer: a quicker, rougher start; budgets are checked as measured either way)")
     p.add_argument("--resume", action="store_true")
     return p.parse_args(argv)
 

@@ -136,7 +136,8 @@ def test_denoising_example_adapts_a_users_encoder_decoder_on_psnr(tmp_path: Path
     loop and a non-accuracy metric, through FunctionObjective, under latency and energy budgets."""
     run = tmp_path / "run"
     args = [sys.executable, str(ROOT / "examples" / "denoise_digits.py"), "--run", str(run), "--size", "16",
-            "--width", "16", "--pretrain", "20", "--short", "2", "--long", "3", "--latency", "90%"]
+            "--width", "16", "--pretrain", "20", "--short", "2", "--long", "3", "--latency", "90%",
+            "--calibration", "4"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "PSNR on holdout: start" in done.stdout and "netopt.load(run) computes what the final network" in done.stdout

@@ -206,7 +206,7 @@ def test_iterations_continue_from_the_measured_figure_and_a_resumed_run_gives_th
             shutil.copy(tmp_path / "pristine.sqlite", tmp_path / f"{name}.sqlite")
         lut = LookupTable.open(tmp_path / f"{name}.sqlite", Device())
         return ProgressiveBarrier(short_term_steps=0, long_term_steps=0).run(
-            latency_problem(lut, tr, objective=objective), run_dir=tmp_path / name, resume=resume)
+            latency_problem(lut, tr, "65%", objective=objective), run_dir=tmp_path / name, resume=resume)
 
     whole = run("whole")
     record = json.loads((tmp_path / "whole" / "calibrations.json").read_text())

@@ -73,7 +73,8 @@ def test_the_report_names_every_blocks_heads_and_mlp_width(example: ModuleType) 
 def test_a_tiny_vit_is_adapted_under_both_budgets_and_its_heads_or_mlp_are_shrunk_and_scored(
         example: ModuleType, tmp_path: Path) -> None:
     _check(example, ["--run", str(tmp_path / "run"), "--depth", "1", "--dim", "48", "--heads", "2", "--steps", "20",
-                     "--short", "2", "--long", "2", "--latency", "80%", "--energy", "70%", "--reduction", "15%"],
+                     "--short", "2", "--long", "2", "--latency", "80%", "--energy", "70%", "--reduction", "15%",
+                     "--calibration", "4"],
            final_shrinks=False)
 
 
