@@ -47,7 +47,7 @@ import math
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -62,6 +62,9 @@ from netopt.objectives.base import Evaluation
 from netopt.report import markdown_table
 from netopt.testing.peers import import_torchvision
 from netopt.zoo.pretrained import cache_root, pretrained_mnist
+
+STRATEGIES = ("ProgressiveBarrier", "NetAdaptV2")
+"""The two strategies the residual CNN and torchvision parts put side by side."""
 
 
 def build(lut_path: Path) -> netopt.Problem:
@@ -246,13 +249,15 @@ def frozen_copy(problem: netopt.Problem, lut_path: Path) -> netopt.Problem:
 
 
 def beyond_zoo(label: str, problem: netopt.Problem, lut_path: Path, out: Path, budgets: list[str],
-               steps: tuple[int, int], supernet: int | None, points: int | None = None) -> list[list[str]]:
-    """ProgressiveBarrier and NetAdaptV2 side by side on `problem` at each budget, on one lookup
-    table warmed at `points` widths a group (None: all); the table's rows."""
+               steps: tuple[int, int], supernet: int | None, points: int | None = None,
+               strategies: Sequence[str] = STRATEGIES) -> list[list[str]]:
+    """ProgressiveBarrier and NetAdaptV2 (those of `strategies`) side by side on `problem` at each
+    budget, on one lookup table warmed at `points` widths a group (None: all); the table's rows."""
     short, long = steps
     makers = {"ProgressiveBarrier": lambda: netopt.ProgressiveBarrier(short_term_steps=short, long_term_steps=long,
                                                                      progress=False),
               "NetAdaptV2": lambda: netopt.NetAdaptV2(supernet_steps=supernet, long_term_steps=long, progress=False)}
+    makers = {name: make for name, make in makers.items() if name in strategies}
     test_n = len(problem.objective.data.test_y)  # type: ignore[attr-defined]
     warm(label, problem, 2 if short < 10 else points)  # a smoke run warms the table's corners only
     print(f"-- {label}: {len(problem.traced.network.groups)} channel groups, start test accuracy "
@@ -271,7 +276,8 @@ def beyond_zoo(label: str, problem: netopt.Problem, lut_path: Path, out: Path, b
         ms = measured(problem, {**results, "start": _start(problem)})  # type: ignore[dict-item]
         rows += [_row(label, budget, name, r, ms[name] / ms["start"], seconds[name], split[name], test_n)
                  for name, r in results.items()]
-        rows.append(_goal(label, budget, results, seconds, split))
+        if len(results) == len(STRATEGIES):
+            rows.append(_goal(label, budget, results, seconds, split))
     return rows
 
 
@@ -325,22 +331,23 @@ BEYOND_HEADER = ["network", "budget", "strategy", "test accuracy", "latency meas
 
 
 def residual_cnn(out: Path, budgets: list[str], steps: tuple[int, int], supernet: int | None, pretrain: int,
-                 width: int, blocks: int) -> list[list[str]]:
+                 width: int, blocks: int, strategies: Sequence[str] = STRATEGIES) -> list[list[str]]:
     data = netopt.data.mnist(size=32, holdout_per_class=20, test_fraction=0.2)
     tag = f"residual-cnn-{width}" + (f"x{blocks}" if blocks != 2 else "")
     model = pretrained(lambda: ResidualCNN(width, blocks), data, pretrain, 0.05, tag)
     lut = out / f"lut-{tag}.sqlite"
     problem = latency_problem(model, data, lut, Stopwatch(data, netopt.Trainer(lr=0.01)))
-    return beyond_zoo(f"residual CNN {width}, {blocks} blocks a stage", problem, lut, out, budgets, steps, supernet)
+    return beyond_zoo(f"residual CNN {width}, {blocks} blocks a stage", problem, lut, out, budgets, steps, supernet,
+                      strategies=strategies)
 
 
 def torchvision_part(out: Path, budgets: list[str], steps: tuple[int, int], supernet: int | None, pretrain: int,
-                     width: float) -> list[list[str]]:
+                     width: float, strategies: Sequence[str] = STRATEGIES) -> list[list[str]]:
     data = netopt.data.mnist(size=32, holdout_per_class=20, test_fraction=0.2)
     model = pretrained(lambda: torchvision_mobilenet_v2(width), data, pretrain, 0.05, f"tv-mobilenet_v2-{width}")
     problem = latency_problem(model, data, out / "lut-tv.sqlite", Stopwatch(data, netopt.Trainer(lr=0.01)))
     return beyond_zoo(f"torchvision MobileNetV2 {width}", problem, out / "lut-tv.sqlite", out, budgets, steps,
-                      supernet, points=4)  # all its widths would be ~10,000 units
+                      supernet, points=4, strategies=strategies)  # all its widths would be ~10,000 units
 
 
 PARTS = ("all", "comparison", "residual", "residual-cnn", "torchvision")
@@ -362,6 +369,9 @@ def arguments() -> argparse.Namespace:
     p.add_argument("--tv-width", type=float, default=0.5, help="torchvision MobileNetV2's width multiplier")
     p.add_argument("--beyond-budgets", nargs="+", default=["50%"],
                    help="budgets of the residual CNN and torchvision parts")
+    p.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES),
+                   help="which of the two the residual CNN and torchvision parts run (one alone: a setting of it "
+                        "tried again without the other's hour; no goal row)")
     return p.parse_args()
 
 
@@ -388,9 +398,9 @@ def beyond(args: argparse.Namespace, out: Path, steps: tuple[int, int]) -> None:
     pretrain = 1000 if not args.quick else 100
     rows = []
     if args.part in ("all", "residual-cnn"):
-        rows += residual_cnn(out, budgets, steps, supernet, pretrain, args.cnn_width, args.cnn_blocks)
+        rows += residual_cnn(out, budgets, steps, supernet, pretrain, args.cnn_width, args.cnn_blocks, args.strategies)
     if args.part in ("all", "torchvision"):
-        rows += torchvision_part(out, budgets, steps, supernet, pretrain, args.tv_width)
+        rows += torchvision_part(out, budgets, steps, supernet, pretrain, args.tv_width, args.strategies)
     print(f"\nbeyond the zoo: {torch.get_num_threads()} torch thread; short {steps[0]}, long {steps[1]} steps; "
           f"super-network {'default' if supernet is None else supernet} steps\n")
     print(markdown_table(BEYOND_HEADER, rows))
