@@ -4,7 +4,7 @@
    important first (`supernet.ordered`): the network computes exactly what it did, and "keep k
    channels" now means "keep the first k".
 2. **Ordered dropout**: the reordered network is trained, from the pretrained weights, for
-   `supernet_steps` (by default 20 a channel group within [100, 300], `derived_supernet_steps`)
+   `supernet_steps` (by default twice the channel groups squared, `derived_supernet_steps`)
    as a super-network: in each forward pass every sample of the batch draws its
    own width for every group (uniformly on the group's grid; the paper does not fix the
    distribution, and uniform covers every candidate alike) and the channels past it are zeroed
@@ -74,8 +74,8 @@ if TYPE_CHECKING:
 __all__ = ["NetAdaptV2", "NetAdaptV2Settings", "BatchNormWarning", "BypassWarning", "derived_supernet_steps"]
 
 SUPERNET = "supernet.pt"
-STEPS_PER_GROUP, FEWEST_STEPS, MOST_STEPS, MOST_EPOCHS = 20, 100, 300, 5
-"""`derived_supernet_steps`: steps a channel group, within [FEWEST_STEPS, MOST_STEPS], at most MOST_EPOCHS passes."""
+STEPS_PER_GROUP_SQUARED, FEWEST_STEPS, MOST_STEPS, MOST_EPOCHS = 2, 100, 5000, 20
+"""`derived_supernet_steps`: steps a squared group, within [FEWEST_STEPS, MOST_STEPS], at most MOST_EPOCHS passes."""
 
 
 class BatchNormWarning(UserWarning):
@@ -306,12 +306,13 @@ def _recorded(run_dir: str | Path | None) -> int | None:
 
 
 def derived_supernet_steps(problem: Problem) -> int:
-    """`supernet_steps=None`'s steps: 20 a channel group, within [100, 300], and at most 5 passes
-    over the training split where the objective holds it in memory (`Accuracy`).
+    """`supernet_steps=None`'s steps: twice the channel groups squared, within [100, 5000], and at
+    most 20 passes over the training split where the objective holds it in memory (`Accuracy`).
 
-    Ordered dropout trains every group's widths in each step, so the steps grow with the groups
-    (the sub-networks to cover) rather than staying fixed; 300 (the former fixed default) caps
-    them, and so do a few passes over a small training split: the super-network starts from the
+    Every step draws a width for every group, so the sub-networks a step mixes, and how far apart
+    they are, grow with the groups: a deep network's super-network needs disproportionately more
+    steps before its narrow sub-networks score well (docs/decisions.md has the measurements). A
+    few passes over a small training split cap them: the super-network starts from the
     pretrained weights and only adapts them.
 
     >>> from netopt.testing.contract import small_network
@@ -319,7 +320,8 @@ def derived_supernet_steps(problem: Problem) -> int:
     >>> derived_supernet_steps(joint_problem(small_network(), macs="60%", memory="90%"))
     100
     """
-    steps = min(MOST_STEPS, max(FEWEST_STEPS, STEPS_PER_GROUP * len(problem.traced.network.groups)))
+    groups = len(problem.traced.network.groups)
+    steps = min(MOST_STEPS, max(FEWEST_STEPS, STEPS_PER_GROUP_SQUARED * groups * groups))
     data, trainer = getattr(problem.objective, "data", None), getattr(problem.objective, "trainer", None)
     if data is None or trainer is None:
         return steps
